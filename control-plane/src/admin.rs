@@ -1,0 +1,308 @@
+//! The admin REST API: resources by name under `/v1`, status, health and metrics.
+//!
+//! Every resource kind gets the same five operations from one generic set of
+//! handlers. Input is validated in full before the store is touched; every
+//! error is an RFC 7807 problem (see [`problem`]).
+
+pub mod problem;
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Request, State},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::{
+    model::{FieldError, Resource, Route, Service},
+    store::Store,
+    telemetry::{HttpLabels, Metrics},
+    xds::{Snapshot, status::NodeRegistry},
+};
+pub use problem::ApiError;
+
+/// Response header carrying the config version after a write.
+pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-config-version");
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub nodes: NodeRegistry,
+    pub metrics: Metrics,
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+}
+
+/// The whole admin API; shared by `main` and the tests.
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/config/version", get(config_version))
+        .route("/v1/status/nodes", get(nodes))
+        .merge(resource_routes::<Service>())
+        .merge(resource_routes::<Route>())
+        .fallback(|| async { ApiError::NoSuchPath })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+fn resource_routes<R: Resource>() -> Router<AdminState> {
+    let collection = format!("/v1/{}", R::KIND.plural());
+    Router::new()
+        .route(&collection, get(list::<R>).post(create::<R>))
+        .route(
+            &format!("{collection}/{{name}}"),
+            get(read::<R>).put(replace::<R>).delete(delete::<R>),
+        )
+}
+
+async fn count_requests(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .admin_requests
+        .get_or_create(&HttpLabels {
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if let Err(e) = state.store.ping().await {
+        tracing::debug!(error = %e, "not ready: store unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
+    }
+    if state.snapshots.borrow().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn config_version(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let version = state.store.version().await?;
+    let served = state.snapshots.borrow().as_ref().map(|s| s.version);
+    Ok(Json(
+        json!({ "version": version, "served_version": served }),
+    ))
+}
+
+async fn nodes(State(state): State<AdminState>) -> Json<Value> {
+    let served = state.snapshots.borrow().as_ref().map(|s| s.version);
+    Json(json!({ "served_version": served, "nodes": state.nodes.nodes() }))
+}
+
+async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {
+    Ok(Json(state.store.list::<R>().await?))
+}
+
+async fn read<R: Resource>(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<R>, ApiError> {
+    state
+        .store
+        .get::<R>(&name)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound {
+            kind: R::KIND,
+            name,
+        })
+}
+
+async fn create<R: Resource>(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let resource: R = parse(&body, None)?;
+    let written = state.store.create(&resource).await?;
+    let location = format!("/v1/{}/{}", R::KIND.plural(), resource.name());
+    Ok(written_response(
+        StatusCode::CREATED,
+        written.version,
+        Some(location),
+        resource,
+    ))
+}
+
+async fn replace<R: Resource>(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let resource: R = parse(&body, Some(&name))?;
+    let written = state.store.upsert(&resource).await?;
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(written_response(status, written.version, None, resource))
+}
+
+async fn delete<R: Resource>(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let version = state.store.delete(R::KIND, &name).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(VERSION_HEADER, version_header(version))],
+    )
+        .into_response())
+}
+
+fn version_header(version: u64) -> HeaderValue {
+    HeaderValue::from(version)
+}
+
+fn written_response<R: Resource>(
+    status: StatusCode,
+    version: u64,
+    location: Option<String>,
+    resource: R,
+) -> Response {
+    let mut response = (
+        status,
+        [(VERSION_HEADER, version_header(version))],
+        Json(resource),
+    )
+        .into_response();
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Parses and validates a request body. With `path_name` (PUT), the body's
+/// `name` may be omitted but must not differ from the path.
+pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, ApiError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Validation(vec![FieldError::new("", format!("malformed JSON: {e}"))])
+    })?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "",
+            "the body must be a JSON object",
+        )]));
+    };
+    if let Some(path_name) = path_name {
+        match object.get("name") {
+            None => {
+                object.insert("name".into(), Value::String(path_name.to_owned()));
+            }
+            Some(Value::String(name)) if name == path_name => {}
+            Some(_) => {
+                return Err(ApiError::Validation(vec![FieldError::new(
+                    "name",
+                    format!("must match the name in the path ({path_name:?})"),
+                )]));
+            }
+        }
+    }
+    let resource: R = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ApiError::Validation(vec![deserialize_error(&path, inner)])
+    })?;
+    if let Some(path_name) = path_name {
+        let mut errors = Vec::new();
+        crate::model::check_name(path_name, "name", &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+    }
+    let errors = resource.validate();
+    if errors.is_empty() {
+        Ok(resource)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// Names the offending field: for a missing field serde reports the
+/// enclosing object, so the field name is appended.
+fn deserialize_error(path: &str, message: String) -> FieldError {
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    // serde_path_to_error already ends the path with an unknown field's name.
+    let child = quoted("missing field `");
+    let field = match (path, child) {
+        (".", Some(child)) | ("", Some(child)) => child,
+        (path, Some(child)) => format!("{path}.{child}"),
+        (path, None) if path == "." => String::new(),
+        (path, None) => path.to_owned(),
+    };
+    FieldError::new(field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let err = parse::<Route>(
+            br#"{"name":"r","match":{"path_prefix":"/","colour":1},"destination":{"service":"s"}}"#,
+            None,
+        )
+        .unwrap_err();
+        let ApiError::Validation(errors) = err else {
+            panic!("validation")
+        };
+        assert_eq!(errors[0].field, "match.colour");
+
+        let err = parse::<Service>(br#"{"endpoints":[{"host":"a"}]}"#, Some("svc")).unwrap_err();
+        let ApiError::Validation(errors) = err else {
+            panic!("validation")
+        };
+        assert_eq!(errors[0].field, "endpoints[0].port");
+
+        let err = parse::<Service>(br#"{"name":"other"}"#, Some("svc")).unwrap_err();
+        let ApiError::Validation(errors) = err else {
+            panic!("validation")
+        };
+        assert_eq!(errors[0].field, "name");
+
+        assert!(matches!(
+            parse::<Service>(b"{not json", None),
+            Err(ApiError::Validation(_))
+        ));
+        assert!(matches!(
+            parse::<Service>(
+                br#"{"name":"ok","endpoints":[{"host":"10.0.0.1","port":70000}]}"#,
+                None
+            ),
+            Err(ApiError::Validation(_))
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! The admin API's one error type, rendered as RFC 7807 `application/problem+json`.
+//! Store faults become 503/500 with a generic message: details go to the log only.
+
+use axum::{
+    Json,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{
+    model::{FieldError, Kind},
+    store::StoreError,
+};
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// The request body or path is invalid; nothing was changed.
+    Validation(Vec<FieldError>),
+    NotFound {
+        kind: Kind,
+        name: String,
+    },
+    /// The write conflicts with the current configuration.
+    Conflict(String),
+    NoSuchPath,
+    /// The store cannot be reached.
+    Unavailable,
+    Internal,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists { .. } | StoreError::InUse { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            StoreError::MissingReference { field, kind, name } => {
+                ApiError::Validation(vec![FieldError::new(
+                    field,
+                    format!("{} {name:?} does not exist", kind.as_str()),
+                )])
+            }
+            StoreError::Database(ref db) if is_unavailable(db) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::Unavailable
+            }
+            e => {
+                tracing::error!(error = %e, kind = e.kind(), "store failure");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Resource not found"),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict with the current configuration",
+            ),
+            ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "no-such-path", "No such API path"),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Configuration store unavailable",
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let detail = match &self {
+            ApiError::Validation(errors) => errors
+                .iter()
+                .map(|e| {
+                    if e.field.is_empty() {
+                        e.message.clone()
+                    } else {
+                        format!("{}: {}", e.field, e.message)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::NotFound { kind, name } => {
+                format!("{} {name:?} does not exist", kind.as_str())
+            }
+            ApiError::Conflict(message) => message.clone(),
+            ApiError::NoSuchPath => "see the admin API reference for the paths it serves".into(),
+            ApiError::Unavailable => {
+                "the configuration store cannot be reached; nothing was changed".into()
+            }
+            ApiError::Internal => "the request failed; see the control plane log".into(),
+        };
+        let mut body = json!({
+            "type": format!("urn:gatehouse:problem:{code}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let ApiError::Validation(errors) = &self {
+            body["errors"] = json!(errors);
+        }
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

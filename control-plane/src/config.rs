@@ -1,0 +1,123 @@
+//! Command-line and environment configuration (every flag has a `GATEHOUSE_*` variable).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser};
+
+use crate::{
+    store::DatabaseUrl, sync::SyncSettings, telemetry::LogFormat, translate::ProxySettings,
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gatehouse-control-plane",
+    version,
+    about = "Gatehouse control plane: admin API, configuration store and xDS server"
+)]
+pub struct Config {
+    /// Admin REST API address.
+    #[arg(long, env = "GATEHOUSE_ADMIN_ADDR", default_value = "127.0.0.1:8001")]
+    pub admin_addr: SocketAddr,
+
+    /// xDS (ADS) gRPC address Envoys connect to.
+    #[arg(long, env = "GATEHOUSE_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    pub xds_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// How often the store's version is checked (catches changes made by other replicas).
+    #[arg(long, env = "GATEHOUSE_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// Quiet period after a change before a snapshot is built, so bursts coalesce.
+    #[arg(long, env = "GATEHOUSE_DEBOUNCE_MS", default_value_t = 5)]
+    pub debounce_ms: u64,
+
+    /// Longest wait for open connections and streams to finish on shutdown.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+
+    #[arg(
+        long,
+        env = "GATEHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+
+    /// Write the bound addresses as JSON to this file once serving (for supervisors and tests).
+    #[arg(long, env = "GATEHOUSE_ADDR_FILE", hide = true)]
+    pub addr_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Database URL: postgres://… (production) or sqlite://… . Defaults to SQLite in --data-dir.
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Directory for the embedded SQLite database.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = ".gatehouse")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Address Envoy's HTTP listener binds (served to Envoy over LDS).
+    #[arg(long, env = "GATEHOUSE_PROXY_ADDR", default_value = "0.0.0.0:8000")]
+    pub proxy_addr: SocketAddr,
+
+    /// File Envoy writes its access log to (one line per request, with response flags).
+    #[arg(long, env = "GATEHOUSE_ACCESS_LOG")]
+    pub access_log: Option<String>,
+}
+
+impl Config {
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.store
+            .database_url
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::sqlite_in(&self.store.data_dir))
+    }
+
+    pub fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            listen: self.proxy.proxy_addr,
+            access_log_path: self.proxy.access_log.clone(),
+        }
+    }
+
+    pub fn sync_settings(&self) -> SyncSettings {
+        SyncSettings {
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(10)),
+            debounce: Duration::from_millis(self.debounce_ms),
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_redaction() {
+        let config = Config::try_parse_from([
+            "gatehouse-control-plane",
+            "--database-url",
+            "postgres://u:hunter2@db/gh",
+        ])
+        .expect("parses");
+        assert_eq!(config.admin_addr.port(), 8001);
+        assert_eq!(config.xds_addr.port(), 18000);
+        assert_eq!(config.proxy.proxy_addr.port(), 8000);
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Gatehouse control plane: the admin REST API over a configuration store,
+//! translated into versioned snapshots and streamed over ADS to every Envoy.
+//!
+//! Data flow: admin write ([`admin`]) → transaction in the [`store`] (version
+//! bump, `NOTIFY`) → [`sync`] loads the whole state → pure [`translate`] into
+//! a checked [`xds::Snapshot`] → every ADS stream ([`xds::server`]) pushes what
+//! changed, make-before-break.
+
+pub mod admin;
+pub mod config;
+pub mod model;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+pub mod translate;
+pub mod xds;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    store::{Store, StoreError},
+    sync::SyncSettings,
+    telemetry::Metrics,
+    translate::ProxySettings,
+    xds::{XdsServer, status::NodeRegistry},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] StoreError),
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error("{0} server failed: {1}")]
+    Serve(&'static str, String),
+}
+
+impl StartError {
+    /// Bad configuration (exit 64, like sysexits' EX_USAGE) versus a runtime failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::DataDir(..))
+    }
+}
+
+/// A control plane with its listeners bound, ready to run.
+pub struct ControlPlane {
+    admin: TcpListener,
+    xds: TcpListener,
+    store: Store,
+    proxy: ProxySettings,
+    sync: SyncSettings,
+    metrics: Metrics,
+}
+
+impl ControlPlane {
+    /// Binds the configured addresses. The store is connected lazily: a
+    /// control plane whose database is down starts, and serves nothing to
+    /// Envoy until it can read a complete configuration.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        if config.store.database_url.is_none() {
+            std::fs::create_dir_all(&config.store.data_dir)
+                .map_err(|e| StartError::DataDir(config.store.data_dir.clone(), e))?;
+        }
+        let store = Store::connect_lazy(&config.database_url())?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        Ok(Self {
+            admin: bind("admin", config.admin_addr).await?,
+            xds: bind("xDS", config.xds_addr).await?,
+            store,
+            proxy: config.proxy_settings(),
+            sync: config.sync_settings(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    pub fn xds_addr(&self) -> Option<SocketAddr> {
+        self.xds.local_addr().ok()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves or a server fails, then drains for at
+    /// most `grace`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> Result<(), StartError> {
+        let token = CancellationToken::new();
+        let (publish, snapshots) = watch::channel(None);
+        let nodes = NodeRegistry::default();
+        let sync = tokio::spawn(sync::run(
+            self.store.clone(),
+            self.proxy,
+            self.sync,
+            publish,
+            self.metrics.clone(),
+            token.clone(),
+        ));
+        let admin_app = admin::app(admin::AdminState {
+            store: self.store.clone(),
+            nodes: nodes.clone(),
+            metrics: self.metrics.clone(),
+            snapshots: snapshots.clone(),
+        });
+        let mut admin = tokio::spawn(
+            axum::serve(self.admin, admin_app)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future(),
+        );
+        let xds_service = XdsServer::new(snapshots, nodes, self.metrics.clone(), token.clone());
+        let mut xds = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(xds_service.into_service())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.xds),
+                    token.clone().cancelled_owned(),
+                ),
+        );
+        let failure = tokio::select! {
+            _ = shutdown => None,
+            r = &mut admin => Some(StartError::Serve("admin", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
+            r = &mut xds => Some(StartError::Serve("xDS", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
+        };
+        tracing::info!("shutting down");
+        token.cancel();
+        let drain = async {
+            let _ = sync.await;
+            if !admin.is_finished() {
+                let _ = admin.await;
+            }
+            if !xds.is_finished() {
+                let _ = xds.await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "shutdown deadline passed; closing remaining connections"
+            );
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+fn describe(result: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "stopped unexpectedly".into(),
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    }
+}

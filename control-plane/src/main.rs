@@ -1,0 +1,65 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gatehouse_control_plane::{ControlPlane, config::Config, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry::init_logging(config.log_format);
+    let control_plane = match ControlPlane::bind(&config).await {
+        Ok(control_plane) => control_plane,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(if e.is_config() { 64 } else { 1 });
+        }
+    };
+    let (admin, xds) = (control_plane.admin_addr(), control_plane.xds_addr());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        admin = ?admin,
+        xds = ?xds,
+        proxy = %config.proxy.proxy_addr,
+        store = %control_plane.store().url(),
+        "gatehouse control plane started"
+    );
+    if let Some(path) = &config.addr_file {
+        let addrs = serde_json::json!({ "admin": admin, "xds": xds });
+        if let Err(e) = std::fs::write(path, addrs.to_string()) {
+            tracing::error!(error = %e, path = %path.display(), "cannot write address file");
+            return ExitCode::FAILURE;
+        }
+    }
+    match control_plane
+        .run(shutdown_signal(), config.shutdown_grace())
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

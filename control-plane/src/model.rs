@@ -1,0 +1,702 @@
+//! The operator-facing resource model (services, routes) and its validation.
+//!
+//! Everything the admin API accepts passes [`Resource::validate`] first, so the
+//! store only ever holds specs that translate into configuration Envoy accepts.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The kinds of resource the admin API manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    Route,
+}
+
+impl Kind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Route => "route",
+        }
+    }
+
+    /// The collection name in the admin API path (`/v1/{plural}`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::Route => "routes",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Option<Kind> {
+        match stored {
+            "service" => Some(Kind::Service),
+            "route" => Some(Kind::Route),
+            _ => None,
+        }
+    }
+}
+
+/// One problem with a submitted resource: which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A resource kind the admin API and the store handle generically.
+pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    const KIND: Kind;
+
+    fn name(&self) -> &str;
+
+    /// Checks the resource on its own (references to other resources are
+    /// checked by the store, inside the write transaction).
+    fn validate(&self) -> Vec<FieldError>;
+
+    /// Other resources this one points at; they must exist.
+    fn references(&self) -> Vec<Reference> {
+        Vec::new()
+    }
+}
+
+/// A pointer from one resource to another, with the field that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub field: String,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// Upstream protocol spoken to a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+    Grpc,
+}
+
+fn default_connect_timeout_ms() -> u32 {
+    5_000
+}
+
+/// An upstream service: a named set of endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// An IP address or a DNS name.
+    pub host: String,
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl Endpoint {
+    /// IP endpoints are delivered by EDS; DNS names make the cluster STRICT_DNS.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
+
+impl Resource for Service {
+    const KIND: Kind = Kind::Service;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name(&self.name, "name", &mut errors);
+        let mut seen = BTreeSet::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}]");
+            if endpoint.ip().is_none() && !is_dns_name(&endpoint.host) {
+                errors.push(FieldError::new(
+                    format!("{field}.host"),
+                    "must be an IP address or a DNS name",
+                ));
+            }
+            if !(1..=65_535).contains(&endpoint.port) {
+                errors.push(FieldError::new(
+                    format!("{field}.port"),
+                    "must be between 1 and 65535",
+                ));
+            }
+            if let Some(weight) = endpoint.weight
+                && !(1..=MAX_ENDPOINT_WEIGHT).contains(&weight)
+            {
+                errors.push(FieldError::new(
+                    format!("{field}.weight"),
+                    format!("must be between 1 and {MAX_ENDPOINT_WEIGHT}"),
+                ));
+            }
+            if !seen.insert((endpoint.host.to_ascii_lowercase(), endpoint.port)) {
+                errors.push(FieldError::new(field, "duplicate endpoint"));
+            }
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.connect_timeout_ms) {
+            errors.push(FieldError::new(
+                "connect_timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        errors
+    }
+}
+
+/// A route: which requests it matches and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+}
+
+/// Exactly one of the path matchers, plus optional method, host and header conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// The path condition of a route, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch<'a> {
+    Prefix(&'a str),
+    Exact(&'a str),
+    Regex(&'a str),
+}
+
+impl RouteMatch {
+    /// The single path matcher; `None` only for an invalid (unvalidated) route.
+    pub fn path(&self) -> Option<PathMatch<'_>> {
+        match (&self.path_prefix, &self.path_exact, &self.path_regex) {
+            (Some(p), None, None) => Some(PathMatch::Prefix(p)),
+            (None, Some(p), None) => Some(PathMatch::Exact(p)),
+            (None, None, Some(p)) => Some(PathMatch::Regex(p)),
+            _ => None,
+        }
+    }
+}
+
+/// A request header condition: exactly one of `exact`, `prefix`, `regex`, `present`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+}
+
+/// Where matched requests go: one service, or a weighted split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedService {
+    pub service: String,
+    pub weight: u32,
+}
+
+impl Destination {
+    /// Every service the destination names, in order.
+    pub fn services(&self) -> Vec<&str> {
+        match &self.service {
+            Some(service) => vec![service.as_str()],
+            None => self.weighted.iter().map(|w| w.service.as_str()).collect(),
+        }
+    }
+}
+
+pub const MAX_WEIGHT: u32 = 1_000_000;
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl Resource for Route {
+    const KIND: Kind = Kind::Route;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name(&self.name, "name", &mut errors);
+        self.validate_match(&mut errors);
+        self.validate_destination(&mut errors);
+        self.validate_rewrite(&mut errors);
+        if let Some(timeout) = self.timeout_ms
+            && timeout > MAX_TIMEOUT_MS
+        {
+            errors.push(FieldError::new(
+                "timeout_ms",
+                format!("must be at most {MAX_TIMEOUT_MS} (0 disables the timeout)"),
+            ));
+        }
+        errors
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        let d = &self.destination;
+        match &d.service {
+            Some(service) => vec![Reference {
+                field: "destination.service".into(),
+                kind: Kind::Service,
+                name: service.clone(),
+            }],
+            None => d
+                .weighted
+                .iter()
+                .enumerate()
+                .map(|(i, w)| Reference {
+                    field: format!("destination.weighted[{i}].service"),
+                    kind: Kind::Service,
+                    name: w.service.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Route {
+    fn validate_match(&self, errors: &mut Vec<FieldError>) {
+        let m = &self.matches;
+        let set = [
+            ("match.path_prefix", &m.path_prefix),
+            ("match.path_exact", &m.path_exact),
+            ("match.path_regex", &m.path_regex),
+        ];
+        let given: Vec<_> = set.iter().filter(|(_, v)| v.is_some()).collect();
+        if given.len() != 1 {
+            errors.push(FieldError::new(
+                "match",
+                "exactly one of path_prefix, path_exact, path_regex is required",
+            ));
+        }
+        for (field, value) in given {
+            let Some(value) = value else { continue };
+            if *field == "match.path_regex" {
+                if let Err(e) = check_re2_regex(value) {
+                    errors.push(FieldError::new(*field, e));
+                }
+            } else if let Err(e) = check_path(value) {
+                errors.push(FieldError::new(*field, e));
+            }
+        }
+        let mut methods = BTreeSet::new();
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.as_str()) {
+                errors.push(FieldError::new(
+                    format!("match.methods[{i}]"),
+                    format!("must be one of {}", METHODS.join(", ")),
+                ));
+            } else if !methods.insert(method) {
+                errors.push(FieldError::new(
+                    format!("match.methods[{i}]"),
+                    "duplicate method",
+                ));
+            }
+        }
+        for (i, host) in m.hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if host.to_ascii_lowercase() != *host || !is_dns_name(bare) {
+                errors.push(FieldError::new(
+                    format!("match.hosts[{i}]"),
+                    "must be a lower-case DNS name, optionally starting with '*.'",
+                ));
+            }
+        }
+        for (i, header) in m.headers.iter().enumerate() {
+            let field = format!("match.headers[{i}]");
+            if !is_header_name(&header.name) {
+                errors.push(FieldError::new(
+                    format!("{field}.name"),
+                    "must be a lower-case HTTP header name",
+                ));
+            }
+            let conditions = [
+                header.exact.is_some(),
+                header.prefix.is_some(),
+                header.regex.is_some(),
+                header.present.is_some(),
+            ];
+            if conditions.iter().filter(|c| **c).count() != 1 {
+                errors.push(FieldError::new(
+                    field.clone(),
+                    "exactly one of exact, prefix, regex, present is required",
+                ));
+            }
+            if header.present == Some(false) {
+                errors.push(FieldError::new(
+                    format!("{field}.present"),
+                    "must be true (use invert for absence)",
+                ));
+            }
+            if let Some(regex) = &header.regex
+                && let Err(e) = check_re2_regex(regex)
+            {
+                errors.push(FieldError::new(format!("{field}.regex"), e));
+            }
+        }
+    }
+
+    fn validate_destination(&self, errors: &mut Vec<FieldError>) {
+        let d = &self.destination;
+        match (&d.service, d.weighted.is_empty()) {
+            (Some(service), true) => check_name(service, "destination.service", errors),
+            (None, false) => {
+                let mut seen = BTreeSet::new();
+                let mut total: u64 = 0;
+                for (i, w) in d.weighted.iter().enumerate() {
+                    check_name(
+                        &w.service,
+                        &format!("destination.weighted[{i}].service"),
+                        errors,
+                    );
+                    if w.weight > MAX_WEIGHT {
+                        errors.push(FieldError::new(
+                            format!("destination.weighted[{i}].weight"),
+                            format!("must be at most {MAX_WEIGHT}"),
+                        ));
+                    }
+                    if !seen.insert(&w.service) {
+                        errors.push(FieldError::new(
+                            format!("destination.weighted[{i}].service"),
+                            "service listed twice",
+                        ));
+                    }
+                    total += u64::from(w.weight);
+                }
+                if total == 0 {
+                    errors.push(FieldError::new(
+                        "destination.weighted",
+                        "weights must sum to more than 0",
+                    ));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                "destination",
+                "exactly one of service, weighted is required",
+            )),
+        }
+    }
+
+    fn validate_rewrite(&self, errors: &mut Vec<FieldError>) {
+        let is_prefix = self.matches.path_prefix.is_some();
+        if self.strip_prefix && !is_prefix {
+            errors.push(FieldError::new(
+                "strip_prefix",
+                "only applies to routes matching match.path_prefix",
+            ));
+        }
+        if let Some(rewrite) = &self.prefix_rewrite {
+            if self.strip_prefix {
+                errors.push(FieldError::new(
+                    "prefix_rewrite",
+                    "cannot be combined with strip_prefix",
+                ));
+            }
+            if self.matches.path_regex.is_some() {
+                errors.push(FieldError::new(
+                    "prefix_rewrite",
+                    "only applies to routes matching match.path_prefix or match.path_exact",
+                ));
+            }
+            if let Err(e) = check_path(rewrite) {
+                errors.push(FieldError::new("prefix_rewrite", e));
+            }
+        }
+    }
+}
+
+/// Names are DNS labels: lower-case alphanumerics and '-', 1..=63 characters,
+/// starting and ending with an alphanumeric.
+pub fn check_name(name: &str, field: &str, errors: &mut Vec<FieldError>) {
+    if !is_dns_label(name) {
+        errors.push(FieldError::new(
+            field,
+            "must be a DNS label: 1-63 lower-case letters, digits or '-', starting and ending with a letter or digit",
+        ));
+    }
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            let lower = label.to_ascii_lowercase();
+            is_dns_label(&lower)
+        })
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+const MAX_PATH_LEN: usize = 1024;
+
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("must be at most {MAX_PATH_LEN} characters"));
+    }
+    if path.contains(['?', '#']) || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("must not contain '?', '#', spaces or control characters".into());
+    }
+    Ok(())
+}
+
+const MAX_REGEX_LEN: usize = 1024;
+
+/// Accepts only what RE2 (Envoy's `safe_regex` engine) accepts: no
+/// look-around or back-references (already absent from this syntax) and no
+/// class set operations, which only Rust's syntax has.
+pub fn check_re2_regex(pattern: &str) -> Result<(), String> {
+    use regex_syntax::ast::{self, Visitor};
+
+    if pattern.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!("must be at most {MAX_REGEX_LEN} characters"));
+    }
+    let parsed = ast::parse::Parser::new()
+        .parse(pattern)
+        .map_err(|e| format!("invalid regular expression: {}", e.kind()))?;
+
+    struct Re2Only;
+    impl Visitor for Re2Only {
+        type Output = ();
+        type Err = String;
+        fn finish(self) -> Result<(), String> {
+            Ok(())
+        }
+        fn visit_class_set_binary_op_pre(
+            &mut self,
+            _op: &ast::ClassSetBinaryOp,
+        ) -> Result<(), String> {
+            Err("class set operations (&&, --, ~~) are not supported by RE2".into())
+        }
+        fn visit_pre(&mut self, ast: &ast::Ast) -> Result<(), String> {
+            let flags = match ast {
+                ast::Ast::Flags(f) => Some(&f.flags),
+                ast::Ast::Group(g) => match &g.kind {
+                    ast::GroupKind::NonCapturing(flags) => Some(flags),
+                    _ => None,
+                },
+                _ => None,
+            };
+            for item in flags.map(|f| f.items.as_slice()).unwrap_or_default() {
+                if let ast::FlagsItemKind::Flag(
+                    ast::Flag::IgnoreWhitespace | ast::Flag::CRLF | ast::Flag::Unicode,
+                ) = item.kind
+                {
+                    return Err("flags x, R and u are not supported by RE2".into());
+                }
+            }
+            if let ast::Ast::Assertion(a) = ast {
+                use ast::AssertionKind::*;
+                if !matches!(
+                    a.kind,
+                    StartLine | EndLine | StartText | EndText | WordBoundary | NotWordBoundary
+                ) {
+                    return Err("this word boundary assertion is not supported by RE2".into());
+                }
+            }
+            Ok(())
+        }
+    }
+    ast::visit(&parsed, Re2Only)?;
+    // Rust's parser is stricter in places RE2 is not; the translated
+    // expression must also compile here so its structure is sound.
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("invalid regular expression: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(json: serde_json::Value) -> Route {
+        serde_json::from_value(json).expect("valid json")
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["a", "users", "users-v2", "0abc"] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn valid_route_has_no_errors() {
+        let r = route(serde_json::json!({
+            "name": "users",
+            "match": {"path_prefix": "/users", "methods": ["GET"], "hosts": ["api.example.com"],
+                      "headers": [{"name": "x-env", "exact": "canary"}]},
+            "destination": {"weighted": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]},
+            "strip_prefix": true,
+            "timeout_ms": 1500
+        }));
+        assert_eq!(r.validate(), vec![]);
+        let names: Vec<_> = r.references().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn route_errors_name_their_fields() {
+        let r = route(serde_json::json!({
+            "name": "Bad_Name",
+            "match": {"path_prefix": "users", "methods": ["FETCH"]},
+            "destination": {"weighted": [{"service": "a", "weight": 0}]},
+        }));
+        assert_eq!(
+            fields(r.validate()),
+            vec![
+                "name",
+                "match.path_prefix",
+                "match.methods[0]",
+                "destination.weighted"
+            ]
+        );
+    }
+
+    #[test]
+    fn exactly_one_path_matcher() {
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_prefix": "/a", "path_exact": "/a"},
+            "destination": {"service": "s"}
+        }));
+        assert_eq!(fields(r.validate()), vec!["match"]);
+    }
+
+    #[test]
+    fn regexes_must_be_re2() {
+        assert!(check_re2_regex("^/users/[0-9]+$").is_ok());
+        assert!(check_re2_regex("/a(b").is_err());
+        assert!(check_re2_regex("(?=x)").is_err());
+        assert!(check_re2_regex(r"(a)\1").is_err());
+        assert!(check_re2_regex("[a-z&&[^aeiou]]").is_err());
+        assert!(check_re2_regex("").is_err());
+    }
+
+    #[test]
+    fn service_validation() {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "name": "svc",
+            "endpoints": [{"host": "10.0.0.1", "port": 0}, {"host": "bad host", "port": 80},
+                          {"host": "backend.internal", "port": 8080, "weight": 0}],
+            "protocol": "grpc"
+        }))
+        .expect("json");
+        assert_eq!(
+            fields(s.validate()),
+            vec![
+                "endpoints[0].port",
+                "endpoints[1].host",
+                "endpoints[2].weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn rewrite_rules() {
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_regex": "^/a$"}, "destination": {"service": "s"},
+            "strip_prefix": true, "prefix_rewrite": "/b"
+        }));
+        assert_eq!(
+            fields(r.validate()),
+            vec!["strip_prefix", "prefix_rewrite", "prefix_rewrite"]
+        );
+    }
+}

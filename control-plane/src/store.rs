@@ -1,0 +1,575 @@
+//! The configuration store: resources kept as validated JSON documents, with
+//! one global config version that every change bumps in its own transaction.
+//!
+//! One implementation serves both backends through sqlx's `Any` driver:
+//! Postgres in production and SQLite as the embedded default. Writers are
+//! serialised by taking the `config_version` row first, so reference checks
+//! (a route's services exist; a service in use cannot go) can't race.
+//! Commits are announced locally through a watch channel and, on Postgres, to
+//! every other replica through `NOTIFY` sent in the same transaction.
+
+use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr, time::Duration};
+
+use futures_core::future::BoxFuture;
+use serde::Serialize;
+use sqlx::{
+    AnyPool, Row,
+    any::AnyPoolOptions,
+    error::BoxDynError,
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
+};
+use tokio::sync::watch;
+
+use crate::model::{Kind, Reference, Resource, Route, Service};
+
+/// The Postgres channel that carries committed config versions between replicas.
+pub const NOTIFY_CHANNEL: &str = "gatehouse_config";
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial schema",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{} {name:?} already exists", kind.as_str())]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("{} {name:?} not found", kind.as_str())]
+    NotFound { kind: Kind, name: String },
+    #[error("{field}: {} {name:?} does not exist", kind.as_str())]
+    MissingReference {
+        field: String,
+        kind: Kind,
+        name: String,
+    },
+    #[error("{} {name:?} is still used by {}", kind.as_str(), describe(used_by))]
+    InUse {
+        kind: Kind,
+        name: String,
+        used_by: Vec<(Kind, String)>,
+    },
+    #[error("stored {} {name:?} cannot be read: {source}", kind.as_str())]
+    Corrupt {
+        kind: Kind,
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("unsupported database URL scheme (use postgres:// or sqlite://)")]
+    UnsupportedUrl,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn describe(used_by: &[(Kind, String)]) -> String {
+    used_by
+        .iter()
+        .map(|(k, n)| format!("{} {n:?}", k.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl StoreError {
+    /// A stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::AlreadyExists { .. } => "already_exists",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::MissingReference { .. } => "missing_reference",
+            StoreError::InUse { .. } => "in_use",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::UnsupportedUrl => "unsupported_url",
+            StoreError::Database(_) => "database",
+            StoreError::Migrate(_) => "migrate",
+        }
+    }
+}
+
+/// A database URL whose password never reaches logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn backend(&self) -> Option<Backend> {
+        if self.0.starts_with("postgres://") || self.0.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else if self.0.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    /// A SQLite database in `dir`, created if missing.
+    pub fn sqlite_in(dir: &std::path::Path) -> Self {
+        Self(format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("gatehouse.db").display()
+        ))
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    /// Shows scheme, host and path with any credentials replaced.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let rest = rest.split_once('?').map_or(rest, |(path, _)| path);
+                write!(f, "{scheme}://{rest}")
+            }
+            None => f.write_str("<database url>"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The whole configuration at one version, read in one consistent statement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigState {
+    pub version: u64,
+    pub services: BTreeMap<String, Service>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// The outcome of a successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The config version after the write.
+    pub version: u64,
+    pub created: bool,
+    /// False when the submitted spec equals the stored one (no new version).
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    Create,
+    Upsert,
+}
+
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: DatabaseUrl,
+    committed: watch::Sender<u64>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects lazily: no connection is made until the first query, so a
+    /// control plane can start (and serve nothing) while its database is down.
+    pub fn connect_lazy(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = url.backend().ok_or(StoreError::UnsupportedUrl)?;
+        let mut options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(3))
+            .max_connections(match backend {
+                Backend::Postgres => 8,
+                Backend::Sqlite => 4,
+            });
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect_lazy(url.expose())?;
+        Ok(Self {
+            pool,
+            backend,
+            url: url.clone(),
+            committed: watch::channel(0).0,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Applies the embedded migrations (idempotent; serialised by sqlx's lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::new(EmbeddedMigrations)
+            .await?
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Versions committed through this process, as they commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn version(&self) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(version as u64)
+    }
+
+    /// Reads every resource and the version they belong to in one statement,
+    /// so the state is consistent without relying on isolation levels.
+    pub async fn load(&self) -> Result<ConfigState, StoreError> {
+        let rows = sqlx::query(
+            "SELECT '' AS kind, '' AS name, CAST(version AS TEXT) AS spec FROM config_version WHERE id = 1 \
+             UNION ALL SELECT kind, name, spec FROM resources",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut state = ConfigState::default();
+        for row in rows {
+            let kind: String = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            let spec: String = row.try_get(2)?;
+            match Kind::parse(&kind) {
+                None if kind.is_empty() => {
+                    state.version = spec.parse().unwrap_or_default();
+                }
+                None => {}
+                Some(Kind::Service) => {
+                    let service = decode(Kind::Service, &name, &spec)?;
+                    state.services.insert(name, service);
+                }
+                Some(Kind::Route) => {
+                    let route = decode(Kind::Route, &name, &spec)?;
+                    state.routes.insert(name, route);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, StoreError> {
+        let spec: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
+                .bind(R::KIND.as_str())
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        spec.map(|spec| decode(R::KIND, name, &spec)).transpose()
+    }
+
+    pub async fn list<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
+        let rows = sqlx::query("SELECT name, spec FROM resources WHERE kind = $1 ORDER BY name")
+            .bind(R::KIND.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0)?;
+                let spec: String = row.try_get(1)?;
+                decode(R::KIND, &name, &spec)
+            })
+            .collect()
+    }
+
+    /// Stores a new resource; fails if one of that name exists.
+    pub async fn create<R: Resource>(&self, resource: &R) -> Result<Written, StoreError> {
+        self.write(resource, WriteMode::Create).await
+    }
+
+    /// Creates or replaces; an identical spec is a no-op that keeps the version.
+    pub async fn upsert<R: Resource>(&self, resource: &R) -> Result<Written, StoreError> {
+        self.write(resource, WriteMode::Upsert).await
+    }
+
+    async fn write<R: Resource>(
+        &self,
+        resource: &R,
+        mode: WriteMode,
+    ) -> Result<Written, StoreError> {
+        let kind = R::KIND;
+        let name = resource.name();
+        let spec = encode(resource);
+        let mut tx = self.pool.begin().await?;
+        let version = bump_version(&mut tx).await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
+                .bind(kind.as_str())
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if mode == WriteMode::Create && existing.is_some() {
+            return Err(StoreError::AlreadyExists {
+                kind,
+                name: name.to_owned(),
+            });
+        }
+        if existing.as_deref() == Some(spec.as_str()) {
+            tx.rollback().await?;
+            return Ok(Written {
+                version: version - 1,
+                created: false,
+                changed: false,
+            });
+        }
+        let references = resource.references();
+        for reference in &references {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT name FROM resources WHERE kind = $1 AND name = $2")
+                    .bind(reference.kind.as_str())
+                    .bind(&reference.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Err(StoreError::MissingReference {
+                    field: reference.field.clone(),
+                    kind: reference.kind,
+                    name: reference.name.clone(),
+                });
+            }
+        }
+        let now = now_ms();
+        if existing.is_some() {
+            sqlx::query(
+                "UPDATE resources SET spec = $1, updated_version = $2, updated_at_ms = $3 \
+                 WHERE kind = $4 AND name = $5",
+            )
+            .bind(&spec)
+            .bind(version as i64)
+            .bind(now)
+            .bind(kind.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO resources (kind, name, spec, created_version, updated_version, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(kind.as_str())
+            .bind(name)
+            .bind(&spec)
+            .bind(version as i64)
+            .bind(version as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        replace_references(&mut tx, kind, name, &references).await?;
+        let op = if existing.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        self.finish(tx, version, op, kind, name).await?;
+        Ok(Written {
+            version,
+            created: existing.is_none(),
+            changed: true,
+        })
+    }
+
+    /// Deletes a resource nothing else refers to; returns the new version.
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let version = bump_version(&mut tx).await?;
+        let used_by = sqlx::query(
+            "SELECT from_kind, from_name FROM resource_refs WHERE to_kind = $1 AND to_name = $2 \
+             ORDER BY from_kind, from_name LIMIT 10",
+        )
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !used_by.is_empty() {
+            let used_by = used_by
+                .iter()
+                .filter_map(|row| {
+                    let kind: String = row.try_get(0).ok()?;
+                    let name: String = row.try_get(1).ok()?;
+                    Some((Kind::parse(&kind)?, name))
+                })
+                .collect();
+            return Err(StoreError::InUse {
+                kind,
+                name: name.to_owned(),
+                used_by,
+            });
+        }
+        let deleted = sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+            .bind(kind.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind,
+                name: name.to_owned(),
+            });
+        }
+        replace_references(&mut tx, kind, name, &[]).await?;
+        self.finish(tx, version, "delete", kind, name).await?;
+        Ok(version)
+    }
+
+    /// Records the change, announces it to other replicas and commits.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        version: u64,
+        op: &str,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO config_changes (version, op, kind, name, at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(version as i64)
+        .bind(op)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.committed.send_replace(version);
+        Ok(())
+    }
+}
+
+/// Takes the writer lock (the single `config_version` row) and returns the next version.
+async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<u64, StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(version as u64)
+}
+
+async fn replace_references(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: Kind,
+    name: &str,
+    references: &[Reference],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM resource_refs WHERE from_kind = $1 AND from_name = $2")
+        .bind(kind.as_str())
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    for reference in references {
+        sqlx::query(
+            "INSERT INTO resource_refs (from_kind, from_name, to_kind, to_name) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(reference.kind.as_str())
+        .bind(&reference.name)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn encode<R: Serialize>(resource: &R) -> String {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_string(resource).unwrap_or_default()
+}
+
+fn decode<R: Resource>(kind: Kind, name: &str, spec: &str) -> Result<R, StoreError> {
+    serde_json::from_str(spec).map_err(|source| StoreError::Corrupt {
+        kind,
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_hides_credentials() {
+        let url: DatabaseUrl = "postgres://gate:s3cret@db.internal:5432/gatehouse?sslmode=require"
+            .parse()
+            .expect("infallible");
+        assert_eq!(url.to_string(), "postgres://db.internal:5432/gatehouse");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.backend(), Some(Backend::Postgres));
+    }
+}

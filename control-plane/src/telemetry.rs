@@ -1,0 +1,140 @@
+//! Logging setup and the control plane's Prometheus metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Initialises tracing from `RUST_LOG` (default `info`) in the chosen format.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+/// Every metric the control plane exports, registered once.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub xds_streams: Gauge,
+    pub xds_responses: Family<TypeLabel, Counter>,
+    pub xds_acks: Family<TypeLabel, Counter>,
+    pub xds_nacks: Family<TypeLabel, Counter>,
+    pub snapshot_builds: Family<ResultLabel, Counter>,
+    pub snapshot_build_seconds: Histogram,
+    pub snapshot_version: Gauge,
+    pub store_errors: Family<ResultLabel, Counter>,
+    pub admin_requests: Family<HttpLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let xds_streams = Gauge::default();
+        registry.register("xds_streams", "Connected ADS streams", xds_streams.clone());
+        let xds_responses = Family::default();
+        registry.register(
+            "xds_responses",
+            "xDS responses sent, by type",
+            xds_responses.clone(),
+        );
+        let xds_acks = Family::default();
+        registry.register(
+            "xds_acks",
+            "xDS responses acknowledged, by type",
+            xds_acks.clone(),
+        );
+        let xds_nacks = Family::default();
+        registry.register(
+            "xds_nacks",
+            "xDS responses rejected (NACK), by type",
+            xds_nacks.clone(),
+        );
+        let snapshot_builds = Family::default();
+        registry.register(
+            "snapshot_builds",
+            "Snapshot builds, by result",
+            snapshot_builds.clone(),
+        );
+        let snapshot_build_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "snapshot_build_seconds",
+            "Time to load the store and translate a snapshot",
+            snapshot_build_seconds.clone(),
+        );
+        let snapshot_version = Gauge::default();
+        registry.register(
+            "snapshot_version",
+            "Config version of the snapshot being served",
+            snapshot_version.clone(),
+        );
+        let store_errors = Family::default();
+        registry.register(
+            "store_errors",
+            "Store failures, by kind",
+            store_errors.clone(),
+        );
+        let admin_requests = Family::default();
+        registry.register(
+            "admin_requests",
+            "Admin API requests, by method and status",
+            admin_requests.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            xds_streams,
+            xds_responses,
+            xds_acks,
+            xds_nacks,
+            snapshot_builds,
+            snapshot_build_seconds,
+            snapshot_version,
+            store_errors,
+            admin_requests,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

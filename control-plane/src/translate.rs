@@ -1,0 +1,434 @@
+//! Model → Envoy translation: pure functions from the stored configuration to
+//! Envoy's Cluster, ClusterLoadAssignment, Listener and RouteConfiguration.
+//!
+//! - A service becomes one cluster named after it. IP endpoints are delivered
+//!   by EDS (so endpoint changes touch nothing else); a service with any DNS
+//!   name becomes a STRICT_DNS cluster with its endpoints inline.
+//! - Routes become one RouteConfiguration with a virtual host per distinct
+//!   host name (plus `*`); routes without hosts apply on every virtual host.
+//!   Within a virtual host the most specific route comes first: exact paths,
+//!   then regexes, then longer prefixes, then routes with more conditions.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use gatehouse_proto::{
+    accesslog, cluster, core, endpoint, file_access_log, hcm, listener, matcher, protobuf, route,
+    router, to_any, upstream_http,
+};
+
+use crate::{
+    model::{HeaderMatch, PathMatch, Protocol, Route, Service},
+    store::ConfigState,
+    xds::snapshot::{ConsistencyError, Snapshot, SnapshotParts, XdsResource},
+};
+
+/// Name of the listener and of the route configuration it loads over RDS.
+pub const HTTP_LISTENER: &str = "gatehouse_http";
+pub const HTTP_ROUTES: &str = "gatehouse_http";
+
+/// How the proxy listens; fixed per control plane, not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    /// Where Envoy writes its access log (one line per request), if anywhere.
+    pub access_log_path: Option<String>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            access_log_path: None,
+        }
+    }
+}
+
+/// Translates a whole configuration into a checked snapshot.
+pub fn snapshot(state: &ConfigState, proxy: &ProxySettings) -> Result<Snapshot, ConsistencyError> {
+    let mut parts = SnapshotParts::default();
+    for service in state.services.values() {
+        let eds = uses_eds(service);
+        parts.clusters.push(XdsResource::new(
+            &service.name,
+            to_any(&cluster(service)),
+            Vec::new(),
+        ));
+        if eds {
+            parts.eds_clusters.insert(service.name.clone());
+            parts.endpoints.push(XdsResource::new(
+                &service.name,
+                to_any(&load_assignment(service)),
+                Vec::new(),
+            ));
+        }
+    }
+    parts.listeners.push(XdsResource::new(
+        HTTP_LISTENER,
+        to_any(&http_listener(proxy)),
+        Vec::new(),
+    ));
+    let routes: Vec<&Route> = state.routes.values().collect();
+    let referenced: BTreeSet<String> = routes
+        .iter()
+        .flat_map(|r| r.destination.services())
+        .map(str::to_owned)
+        .collect();
+    parts.routes.push(XdsResource::new(
+        HTTP_ROUTES,
+        to_any(&route_configuration(&routes)),
+        referenced.into_iter().collect(),
+    ));
+    Snapshot::new(state.version, parts)
+}
+
+/// A service with only IP endpoints (or none) gets its endpoints over EDS.
+pub fn uses_eds(service: &Service) -> bool {
+    service.endpoints.iter().all(|e| e.ip().is_some())
+}
+
+fn duration_ms(ms: u32) -> protobuf::Duration {
+    protobuf::Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn cluster(service: &Service) -> cluster::Cluster {
+    use cluster::cluster::{
+        ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
+    };
+
+    let mut c = cluster::Cluster {
+        name: service.name.clone(),
+        connect_timeout: Some(duration_ms(service.connect_timeout_ms)),
+        ..Default::default()
+    };
+    if uses_eds(service) {
+        c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        c.eds_cluster_config = Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        });
+    } else {
+        c.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+        c.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
+        c.load_assignment = Some(load_assignment(service));
+    }
+    if matches!(service.protocol, Protocol::Http2 | Protocol::Grpc) {
+        use upstream_http::http_protocol_options::{
+            ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+        };
+        let options = upstream_http::HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        core::Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            to_any(&options),
+        );
+    }
+    c
+}
+
+pub fn load_assignment(service: &Service) -> endpoint::ClusterLoadAssignment {
+    let lb_endpoints = service
+        .endpoints
+        .iter()
+        .map(|e| endpoint::LbEndpoint {
+            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                endpoint::Endpoint {
+                    address: Some(socket_address(&e.host, e.port)),
+                    ..Default::default()
+                },
+            )),
+            load_balancing_weight: e.weight.map(|value| protobuf::UInt32Value { value }),
+            ..Default::default()
+        })
+        .collect();
+    endpoint::ClusterLoadAssignment {
+        cluster_name: service.name.clone(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn socket_address(host: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: host.to_owned(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: "gatehouse".into(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: HTTP_ROUTES.into(),
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                &router::Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        // An edge proxy: the peer address is the client; paths are normalised
+        // before matching so `/a/../b` and `//b` cannot dodge a route.
+        use_remote_address: Some(protobuf::BoolValue { value: true }),
+        normalize_path: Some(protobuf::BoolValue { value: true }),
+        merge_slashes: true,
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        access_log: proxy
+            .access_log_path
+            .iter()
+            .map(|p| access_log(p))
+            .collect(),
+        ..Default::default()
+    };
+    listener::Listener {
+        name: HTTP_LISTENER.into(),
+        address: Some(socket_address(
+            &proxy.listen.ip().to_string(),
+            u32::from(proxy.listen.port()),
+        )),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One line per request; the response flags say why Envoy failed a request.
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% route=%ROUTE_NAME% upstream=%UPSTREAM_CLUSTER% %DURATION%ms\n";
+
+fn access_log(path: &str) -> accesslog::AccessLog {
+    use core::{data_source::Specifier, substitution_format_string::Format};
+    use file_access_log::file_access_log::AccessLogFormat;
+
+    let format = core::SubstitutionFormatString {
+        format: Some(Format::TextFormatSource(core::DataSource {
+            specifier: Some(Specifier::InlineString(ACCESS_LOG_FORMAT.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let file = file_access_log::FileAccessLog {
+        path: path.to_owned(),
+        access_log_format: Some(AccessLogFormat::LogFormat(format)),
+    };
+    accesslog::AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(to_any(
+            &file,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Routes grouped into virtual hosts and ordered most specific first.
+pub fn route_configuration(routes: &[&Route]) -> route::RouteConfiguration {
+    let mut by_host: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
+    let mut wildcard = Vec::new();
+    for r in routes {
+        if r.matches.hosts.is_empty() {
+            wildcard.push(*r);
+        } else {
+            for host in &r.matches.hosts {
+                by_host.entry(host.as_str()).or_default().push(*r);
+            }
+        }
+    }
+    let mut virtual_hosts: Vec<route::VirtualHost> = by_host
+        .into_iter()
+        .map(|(host, mut routes)| {
+            routes.extend(wildcard.iter().copied());
+            virtual_host(host, vec![host.to_owned()], routes)
+        })
+        .collect();
+    virtual_hosts.push(virtual_host("default", vec!["*".into()], wildcard));
+    route::RouteConfiguration {
+        name: HTTP_ROUTES.into(),
+        virtual_hosts,
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
+}
+
+fn virtual_host(name: &str, domains: Vec<String>, mut routes: Vec<&Route>) -> route::VirtualHost {
+    routes.sort_by_key(|r| precedence(r));
+    route::VirtualHost {
+        name: name.into(),
+        domains,
+        routes: routes.into_iter().map(envoy_route).collect(),
+        ..Default::default()
+    }
+}
+
+/// Sort key: exact paths, then regexes, then longer prefixes; more conditions
+/// first; routes for a specific host before host-less ones; then by name.
+fn precedence(r: &Route) -> impl Ord + '_ {
+    let (rank, len) = match r.matches.path() {
+        Some(PathMatch::Exact(p)) => (0, p.len()),
+        Some(PathMatch::Regex(_)) => (1, 0),
+        Some(PathMatch::Prefix(p)) => (2, p.len()),
+        None => (3, 0),
+    };
+    let conditions = usize::from(!r.matches.methods.is_empty()) + r.matches.headers.len();
+    (
+        rank,
+        Reverse(len),
+        Reverse(conditions),
+        r.matches.hosts.is_empty(),
+        r.name.as_str(),
+    )
+}
+
+fn regex(pattern: String) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: pattern,
+        ..Default::default()
+    }
+}
+
+fn string_matcher(pattern: matcher::string_matcher::MatchPattern) -> matcher::StringMatcher {
+    matcher::StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    }
+}
+
+pub fn envoy_route(r: &Route) -> route::Route {
+    use matcher::string_matcher::MatchPattern;
+    use route::{header_matcher::HeaderMatchSpecifier, route_match::PathSpecifier};
+
+    let path = match r.matches.path() {
+        Some(PathMatch::Prefix(p)) => PathSpecifier::Prefix(p.to_owned()),
+        Some(PathMatch::Exact(p)) => PathSpecifier::Path(p.to_owned()),
+        Some(PathMatch::Regex(p)) => PathSpecifier::SafeRegex(regex(p.to_owned())),
+        // Unreachable for validated routes: a pattern that matches nothing.
+        None => PathSpecifier::SafeRegex(regex("^$.".into())),
+    };
+    let mut headers = Vec::new();
+    match r.matches.methods.as_slice() {
+        [] => {}
+        [method] => headers.push(route::HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(
+                MatchPattern::Exact(method.clone()),
+            ))),
+            ..Default::default()
+        }),
+        methods => headers.push(route::HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(
+                MatchPattern::SafeRegex(regex(format!("^({})$", methods.join("|")))),
+            ))),
+            ..Default::default()
+        }),
+    }
+    headers.extend(r.matches.headers.iter().map(header_matcher));
+
+    let cluster_specifier = match &r.destination.service {
+        Some(service) => route::route_action::ClusterSpecifier::Cluster(service.clone()),
+        None => route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: r
+                .destination
+                .weighted
+                .iter()
+                .map(|w| route::weighted_cluster::ClusterWeight {
+                    name: w.service.clone(),
+                    weight: Some(protobuf::UInt32Value { value: w.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let regex_rewrite = match (r.strip_prefix, &r.matches.path_prefix) {
+        (true, Some(prefix)) => Some(matcher::RegexMatchAndSubstitute {
+            pattern: Some(regex(format!(
+                "^{}/*",
+                regex_syntax::escape(prefix.trim_end_matches('/'))
+            ))),
+            substitution: "/".into(),
+        }),
+        _ => None,
+    };
+    route::Route {
+        name: r.name.clone(),
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(path),
+            headers,
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::Route(route::RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
+            regex_rewrite,
+            timeout: r.timeout_ms.map(duration_ms),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn header_matcher(h: &HeaderMatch) -> route::HeaderMatcher {
+    use matcher::string_matcher::MatchPattern;
+    use route::header_matcher::HeaderMatchSpecifier;
+
+    let specifier = if let Some(exact) = &h.exact {
+        HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::Exact(exact.clone())))
+    } else if let Some(prefix) = &h.prefix {
+        HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::Prefix(prefix.clone())))
+    } else if let Some(pattern) = &h.regex {
+        HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::SafeRegex(regex(
+            pattern.clone(),
+        ))))
+    } else {
+        HeaderMatchSpecifier::PresentMatch(true)
+    };
+    route::HeaderMatcher {
+        name: h.name.clone(),
+        header_match_specifier: Some(specifier),
+        invert_match: h.invert,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,309 @@
+//! The ADS gRPC service (state-of-the-world and delta) over a [`SnapshotSource`].
+//!
+//! Each stream runs as one task: it applies the node's requests to its
+//! [`StreamState`], and after every request or new snapshot sends whatever the
+//! state says is due. Streams end when the node goes away or on shutdown.
+
+use std::{pin::Pin, sync::Arc};
+
+use gatehouse_proto::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request as GrpcRequest, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{
+    SnapshotSource,
+    status::NodeRegistry,
+    stream::{Push, Request, RequestOutcome, StreamState, Variant},
+};
+use crate::telemetry::{Metrics, TypeLabel};
+
+/// Largest request accepted from a node (delta reconnects list every resource).
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct XdsServer<S> {
+    source: Arc<S>,
+    registry: NodeRegistry,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl<S: SnapshotSource> XdsServer<S> {
+    pub fn new(
+        source: S,
+        registry: NodeRegistry,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            source: Arc::new(source),
+            registry,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// The tonic service, ready to add to a router.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    fn spawn<W: Wire>(
+        &self,
+        inbound: Streaming<W::Request>,
+    ) -> ReceiverStream<Result<W::Response, Status>> {
+        let (tx, rx) = mpsc::channel(16);
+        let task = StreamTask {
+            source: self.source.clone(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(task.run::<W>(inbound, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: SnapshotSource> AggregatedDiscoveryService for XdsServer<S> {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: GrpcRequest<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(Box::pin(
+            self.spawn::<StateOfTheWorld>(request.into_inner()),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(Box::pin(
+            self.spawn::<Delta>(request.into_inner()),
+        )))
+    }
+}
+
+/// The two wire variants of ADS, mapped onto one stream state machine.
+trait Wire: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const VARIANT: Variant;
+    fn node(request: &Self::Request) -> Option<(&str, &str)>;
+    fn decode(request: &Self::Request) -> Request<'_>;
+    fn encode(push: Push) -> Self::Response;
+}
+
+struct StateOfTheWorld;
+
+impl Wire for StateOfTheWorld {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const VARIANT: Variant = Variant::StateOfTheWorld;
+
+    fn node(request: &DiscoveryRequest) -> Option<(&str, &str)> {
+        request
+            .node
+            .as_ref()
+            .map(|n| (n.id.as_str(), n.cluster.as_str()))
+    }
+
+    fn decode(r: &DiscoveryRequest) -> Request<'_> {
+        Request {
+            type_url: &r.type_url,
+            response_nonce: &r.response_nonce,
+            error_detail: r.error_detail.as_ref().map(|e| e.message.as_str()),
+            subscribe: r.resource_names.iter().map(String::as_str).collect(),
+            ..Request::default()
+        }
+    }
+
+    fn encode(push: Push) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: push.version_info,
+            resources: push.resources.iter().map(|r| r.resource.clone()).collect(),
+            type_url: push.kind.type_url().to_owned(),
+            nonce: push.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+struct Delta;
+
+impl Wire for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const VARIANT: Variant = Variant::Delta;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<(&str, &str)> {
+        request
+            .node
+            .as_ref()
+            .map(|n| (n.id.as_str(), n.cluster.as_str()))
+    }
+
+    fn decode(r: &DeltaDiscoveryRequest) -> Request<'_> {
+        Request {
+            type_url: &r.type_url,
+            response_nonce: &r.response_nonce,
+            error_detail: r.error_detail.as_ref().map(|e| e.message.as_str()),
+            subscribe: r
+                .resource_names_subscribe
+                .iter()
+                .map(String::as_str)
+                .collect(),
+            unsubscribe: r
+                .resource_names_unsubscribe
+                .iter()
+                .map(String::as_str)
+                .collect(),
+            initial_versions: r
+                .initial_resource_versions
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
+    fn encode(push: Push) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: push.version_info,
+            resources: push
+                .resources
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.resource.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: push.kind.type_url().to_owned(),
+            removed_resources: push.removed,
+            nonce: push.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+struct StreamTask<S> {
+    source: Arc<S>,
+    registry: NodeRegistry,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl<S: SnapshotSource> StreamTask<S> {
+    async fn run<W: Wire>(
+        self,
+        mut inbound: Streaming<W::Request>,
+        tx: mpsc::Sender<Result<W::Response, Status>>,
+    ) {
+        let mut snapshots = self.source.watch();
+        let mut state = StreamState::new(W::VARIANT);
+        let mut handle = None;
+        self.metrics.xds_streams.inc();
+        let _streams = scopeguard(self.metrics.xds_streams.clone());
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                changed = snapshots.changed() => if changed.is_err() { break },
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if handle.is_none() {
+                            let (id, cluster) = W::node(&request).unwrap_or(("", ""));
+                            info!(node = id, cluster, variant = ?W::VARIANT, "node connected");
+                            handle = Some(self.registry.connect(id, cluster, W::VARIANT));
+                        }
+                        let outcome = state.on_request(&W::decode(&request));
+                        self.observe(&outcome);
+                        if let Some(handle) = &handle {
+                            handle.record(&outcome);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "stream closed by error");
+                        break;
+                    }
+                },
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            let Some(snapshot) = snapshot else { continue };
+            let pushes = state.pushes(&snapshot);
+            if let Some(handle) = &handle {
+                handle.in_sync(&state.in_sync(&snapshot), snapshot.version);
+            }
+            for push in pushes {
+                self.metrics
+                    .xds_responses
+                    .get_or_create(&TypeLabel {
+                        r#type: push.kind.label(),
+                    })
+                    .inc();
+                if tx.send(Ok(W::encode(push))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn observe(&self, outcome: &RequestOutcome) {
+        match outcome {
+            RequestOutcome::Ack { kind, .. } => {
+                self.metrics
+                    .xds_acks
+                    .get_or_create(&TypeLabel {
+                        r#type: kind.label(),
+                    })
+                    .inc();
+            }
+            RequestOutcome::Nack {
+                kind,
+                version,
+                error,
+            } => {
+                warn!(
+                    r#type = kind.label(),
+                    version, error, "node rejected config (NACK)"
+                );
+                self.metrics
+                    .xds_nacks
+                    .get_or_create(&TypeLabel {
+                        r#type: kind.label(),
+                    })
+                    .inc();
+            }
+            RequestOutcome::UnknownType(url) => debug!(type_url = url, "unsupported resource type"),
+            RequestOutcome::Stale(kind) => debug!(r#type = kind.label(), "stale nonce ignored"),
+            RequestOutcome::Subscribe(_) => {}
+        }
+    }
+}
+
+/// Decrements the stream gauge when the stream task ends, however it ends.
+struct StreamGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard(gauge: prometheus_client::metrics::gauge::Gauge) -> StreamGauge {
+    StreamGauge(gauge)
+}

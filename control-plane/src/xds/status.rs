@@ -1,0 +1,162 @@
+//! Which nodes are connected and what each acknowledged or rejected, per type.
+//! Backs `GET /v1/status/nodes`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use super::{
+    snapshot::ResourceType,
+    stream::{RequestOutcome, Variant},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub cluster: String,
+    pub variant: &'static str,
+    pub connected_at_ms: u64,
+    /// Keyed by `cds`, `eds`, `lds`, `rds`.
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    /// The newest config version the node acknowledged for this type.
+    pub acked_version: Option<String>,
+    pub nacks: u64,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub error_detail: String,
+    pub at_ms: u64,
+}
+
+/// Shared registry of live streams.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRegistry {
+    inner: Arc<Mutex<Registry>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    streams: BTreeMap<u64, NodeStatus>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeRegistry {
+    fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Registers a stream; the handle removes it when dropped.
+    pub fn connect(&self, id: &str, cluster: &str, variant: Variant) -> StreamHandle {
+        let status = NodeStatus {
+            id: id.to_owned(),
+            cluster: cluster.to_owned(),
+            variant: match variant {
+                Variant::StateOfTheWorld => "sotw",
+                Variant::Delta => "delta",
+            },
+            connected_at_ms: now_ms(),
+            types: ResourceType::ALL
+                .iter()
+                .map(|t| (t.label(), TypeStatus::default()))
+                .collect(),
+        };
+        let key = self.with(|r| {
+            r.next_id += 1;
+            r.streams.insert(r.next_id, status);
+            r.next_id
+        });
+        StreamHandle {
+            registry: self.clone(),
+            key,
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.with(|r| r.streams.values().cloned().collect())
+    }
+}
+
+/// A connected stream's entry in the registry.
+#[derive(Debug)]
+pub struct StreamHandle {
+    registry: NodeRegistry,
+    key: u64,
+}
+
+impl StreamHandle {
+    pub fn record(&self, outcome: &RequestOutcome) {
+        let (kind, update): (ResourceType, Box<dyn FnOnce(&mut TypeStatus)>) = match outcome {
+            RequestOutcome::Ack { kind, version } => {
+                let version = version.clone();
+                (*kind, Box::new(move |t| t.acked_version = Some(version)))
+            }
+            RequestOutcome::Nack {
+                kind,
+                version,
+                error,
+            } => {
+                let nack = Nack {
+                    version: version.clone(),
+                    error_detail: error.clone(),
+                    at_ms: now_ms(),
+                };
+                (
+                    *kind,
+                    Box::new(move |t| {
+                        t.nacks += 1;
+                        t.last_nack = Some(nack);
+                    }),
+                )
+            }
+            _ => return,
+        };
+        self.registry.with(|r| {
+            if let Some(t) = r
+                .streams
+                .get_mut(&self.key)
+                .and_then(|s| s.types.get_mut(kind.label()))
+            {
+                update(t);
+            }
+        });
+    }
+}
+
+impl StreamHandle {
+    /// The node holds exactly snapshot `version` for these types.
+    pub fn in_sync(&self, kinds: &[ResourceType], version: u64) {
+        let version = version.to_string();
+        self.registry.with(|r| {
+            if let Some(stream) = r.streams.get_mut(&self.key) {
+                for kind in kinds {
+                    if let Some(t) = stream.types.get_mut(kind.label()) {
+                        t.acked_version = Some(version.clone());
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.registry.with(|r| r.streams.remove(&self.key));
+    }
+}

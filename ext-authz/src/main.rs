@@ -1,0 +1,30 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse-ext-authz",
+    version,
+    about = "Gatehouse Envoy ext_authz (envoy.service.auth.v3) server"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "GATEHOUSE_LISTEN_ADDR", default_value = "127.0.0.1:18001")]
+    listen_addr: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), addr = %listener.local_addr()?, "listening");
+    gatehouse_ext_authz::serve(listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
