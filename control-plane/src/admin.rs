@@ -259,7 +259,7 @@ fn deserialize_error(path: &str, message: String) -> FieldError {
     let field = match (path, child) {
         (".", Some(child)) | ("", Some(child)) => child,
         (path, Some(child)) => format!("{path}.{child}"),
-        (path, None) if path == "." => String::new(),
+        (".", None) => String::new(),
         (path, None) => path.to_owned(),
     };
     FieldError::new(field, message)

@@ -102,38 +102,29 @@ pub struct StreamHandle {
 
 impl StreamHandle {
     pub fn record(&self, outcome: &RequestOutcome) {
-        let (kind, update): (ResourceType, Box<dyn FnOnce(&mut TypeStatus)>) = match outcome {
-            RequestOutcome::Ack { kind, version } => {
-                let version = version.clone();
-                (*kind, Box::new(move |t| t.acked_version = Some(version)))
-            }
-            RequestOutcome::Nack {
-                kind,
-                version,
-                error,
-            } => {
-                let nack = Nack {
-                    version: version.clone(),
-                    error_detail: error.clone(),
-                    at_ms: now_ms(),
-                };
-                (
-                    *kind,
-                    Box::new(move |t| {
-                        t.nacks += 1;
-                        t.last_nack = Some(nack);
-                    }),
-                )
-            }
+        let kind = match outcome {
+            RequestOutcome::Ack { kind, .. } | RequestOutcome::Nack { kind, .. } => *kind,
             _ => return,
         };
         self.registry.with(|r| {
-            if let Some(t) = r
+            let Some(t) = r
                 .streams
                 .get_mut(&self.key)
                 .and_then(|s| s.types.get_mut(kind.label()))
-            {
-                update(t);
+            else {
+                return;
+            };
+            match outcome {
+                RequestOutcome::Ack { version, .. } => t.acked_version = Some(version.clone()),
+                RequestOutcome::Nack { version, error, .. } => {
+                    t.nacks += 1;
+                    t.last_nack = Some(Nack {
+                        version: version.clone(),
+                        error_detail: error.clone(),
+                        at_ms: now_ms(),
+                    });
+                }
+                _ => {}
             }
         });
     }

@@ -1,0 +1,259 @@
+//! The store suite, run once against SQLite and once against Postgres.
+//!
+//! Each test gets a fresh database: a new SQLite file, or a new Postgres
+//! database on the server named by `GATEHOUSE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use gatehouse_control_plane::{
+    model::{Endpoint, Kind, Route, Service},
+    store::{DatabaseUrl, Store, StoreError},
+};
+use sqlx::Connection;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn sqlite() -> Store {
+    let dir = std::env::temp_dir().join(unique("gatehouse_store"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store = Store::connect_lazy(&DatabaseUrl::sqlite_in(&dir)).expect("store");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database on the test Postgres server.
+pub async fn postgres_url() -> DatabaseUrl {
+    let admin = postgres_admin_url();
+    let name = unique("gh_test");
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("Postgres reachable (set GATEHOUSE_TEST_POSTGRES_URL)");
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}").parse().expect("url")
+}
+
+async fn postgres() -> Store {
+    let store = Store::connect_lazy(&postgres_url().await).expect("store");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+fn service(name: &str, port: u32) -> Service {
+    Service {
+        name: name.into(),
+        endpoints: vec![Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            weight: None,
+        }],
+        protocol: Default::default(),
+        connect_timeout_ms: 1000,
+    }
+}
+
+fn route(name: &str, services: &[&str]) -> Route {
+    let weighted = if services.len() > 1 {
+        services
+            .iter()
+            .map(|s| gatehouse_control_plane::model::WeightedService {
+                service: (*s).into(),
+                weight: 1,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Route {
+        name: name.into(),
+        matches: gatehouse_control_plane::model::RouteMatch {
+            path_prefix: Some(format!("/{name}")),
+            ..Default::default()
+        },
+        destination: gatehouse_control_plane::model::Destination {
+            service: (services.len() == 1).then(|| services[0].to_owned()),
+            weighted,
+        },
+        strip_prefix: false,
+        prefix_rewrite: None,
+        timeout_ms: None,
+    }
+}
+
+async fn every_change_bumps_the_version_once(store: Store) {
+    assert_eq!(store.version().await.unwrap(), 0);
+    let written = store.create(&service("a", 80)).await.unwrap();
+    assert_eq!(
+        (written.version, written.created, written.changed),
+        (1, true, true)
+    );
+    let same = store.upsert(&service("a", 80)).await.unwrap();
+    assert_eq!(
+        (same.version, same.changed),
+        (1, false),
+        "identical PUT is a no-op"
+    );
+    let updated = store.upsert(&service("a", 81)).await.unwrap();
+    assert_eq!((updated.version, updated.created), (2, false));
+    assert_eq!(
+        store.get::<Service>("a").await.unwrap(),
+        Some(service("a", 81))
+    );
+    assert_eq!(store.list::<Service>().await.unwrap().len(), 1);
+    assert_eq!(store.version().await.unwrap(), 2);
+}
+
+async fn create_of_existing_name_conflicts(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    let err = store.create(&service("a", 81)).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert_eq!(
+        store.version().await.unwrap(),
+        1,
+        "failed write changes nothing"
+    );
+    assert_eq!(
+        store.get::<Service>("a").await.unwrap(),
+        Some(service("a", 80))
+    );
+}
+
+async fn routes_must_point_at_existing_services(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    let err = store
+        .create(&route("r", &["a", "missing"]))
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::MissingReference { field, name, .. } => {
+            assert_eq!(field, "destination.weighted[1].service");
+            assert_eq!(name, "missing");
+        }
+        other => panic!("expected missing reference, got {other}"),
+    }
+    assert_eq!(store.version().await.unwrap(), 1);
+    assert!(store.get::<Route>("r").await.unwrap().is_none());
+}
+
+async fn services_in_use_cannot_be_deleted(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    store.create(&route("r", &["a"])).await.unwrap();
+    let err = store.delete(Kind::Service, "a").await.unwrap_err();
+    match &err {
+        StoreError::InUse { used_by, .. } => assert_eq!(used_by, &[(Kind::Route, "r".to_string())]),
+        other => panic!("expected in use, got {other}"),
+    }
+    assert_eq!(store.version().await.unwrap(), 2);
+    // Re-pointing the route frees the service.
+    store.create(&service("b", 80)).await.unwrap();
+    store.upsert(&route("r", &["b"])).await.unwrap();
+    assert_eq!(store.delete(Kind::Service, "a").await.unwrap(), 5);
+    store.delete(Kind::Route, "r").await.unwrap();
+    store.delete(Kind::Service, "b").await.unwrap();
+    assert!(store.list::<Service>().await.unwrap().is_empty());
+}
+
+async fn deleting_a_missing_resource_changes_nothing(store: Store) {
+    let err = store.delete(Kind::Route, "nope").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert_eq!(store.version().await.unwrap(), 0);
+}
+
+async fn load_returns_everything_at_one_version(store: Store) {
+    let empty = store.load().await.unwrap();
+    assert_eq!(empty.version, 0);
+    assert!(empty.services.is_empty() && empty.routes.is_empty());
+    store.create(&service("a", 80)).await.unwrap();
+    store.create(&service("b", 80)).await.unwrap();
+    store.create(&route("r", &["a", "b"])).await.unwrap();
+    let state = store.load().await.unwrap();
+    assert_eq!(state.version, 3);
+    assert_eq!(state.services.len(), 2);
+    assert_eq!(state.routes["r"], route("r", &["a", "b"]));
+}
+
+async fn concurrent_writers_are_serialised(store: Store) {
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        writers.spawn(async move { store.create(&service(&format!("s{i}"), 80)).await });
+    }
+    let mut versions = Vec::new();
+    while let Some(result) = writers.join_next().await {
+        versions.push(result.unwrap().unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=20).collect::<Vec<_>>(),
+        "one distinct version per write"
+    );
+    assert_eq!(store.load().await.unwrap().services.len(), 20);
+}
+
+async fn migrations_are_idempotent(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 1);
+}
+
+async fn a_second_store_on_the_same_database_sees_every_write(store: Store) {
+    let other = Store::connect_lazy(store.url()).unwrap();
+    store.create(&service("a", 80)).await.unwrap();
+    let seen = other.load().await.unwrap();
+    assert_eq!((seen.version, seen.services.len()), (1, 1));
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    every_change_bumps_the_version_once,
+    create_of_existing_name_conflicts,
+    routes_must_point_at_existing_services,
+    services_in_use_cannot_be_deleted,
+    deleting_a_missing_resource_changes_nothing,
+    load_returns_everything_at_one_version,
+    concurrent_writers_are_serialised,
+    migrations_are_idempotent,
+    a_second_store_on_the_same_database_sees_every_write,
+);
