@@ -7,6 +7,8 @@
 
 pub mod load;
 
+pub use reqwest;
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -337,6 +339,11 @@ impl ControlPlane {
                 );
             }
         }
+    }
+
+    /// The process id (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Kills the process at once (as a crash would).

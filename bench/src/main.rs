@@ -1,0 +1,247 @@
+//! Gatehouse control-plane benchmarks against a real Envoy (see BENCHMARKS.md).
+//!
+//! - `propagation`: time from an admin write returning to Envoy serving the
+//!   new route, over N changes.
+//! - `scale`: 10,000 routes over 1,000 services: snapshot build time, time
+//!   until a fresh Envoy acknowledges everything, control-plane RSS, and the
+//!   propagation of one change at that size.
+//!
+//! Build in release mode so the binaries measured are the release ones:
+//! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use gatehouse_control_plane::{
+    model::{Destination, Endpoint, Route, RouteMatch, Service},
+    store::{DatabaseUrl, Store},
+    translate::{self, ProxySettings},
+};
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, client, eventually, free_port,
+    probe, reqwest, scratch_dir,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Gatehouse control-plane benchmarks against a real Envoy")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Admin write → Envoy serving the new route.
+    Propagation {
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+    },
+    /// Large configurations: build time, time to ACK, RSS.
+    Scale {
+        #[arg(long, default_value_t = 10_000)]
+        routes: usize,
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+    },
+    /// Both, with the sizes.
+    All,
+}
+
+#[tokio::main]
+async fn main() {
+    match Args::parse().command {
+        Command::Propagation { changes } => propagation(changes).await,
+        Command::Scale { routes, services } => scale(routes, services).await,
+        Command::All => {
+            propagation(200).await;
+            scale(10_000, 1_000).await;
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Polls `url` until it answers 200 and returns how long that took.
+async fn time_until_served(http: &reqwest::Client, url: &str, started: Instant) -> Duration {
+    loop {
+        if probe(http, url).await.0 == 200 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{url} never served"
+        );
+    }
+}
+
+async fn propagation(changes: usize) {
+    for variant in [XdsVariant::StateOfTheWorld, XdsVariant::Delta] {
+        let proxy_port = free_port();
+        let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+        let envoy = Envoy::start(cp.xds, proxy_port, variant).await;
+        let upstream = Upstream::start("up").await;
+        cp.apply("/v1/services/up", upstream.service("up")).await;
+        let http = client();
+        let mut samples = Vec::with_capacity(changes);
+        for i in 0..changes {
+            let body = json!({"match": {"path_exact": format!("/p{i}")}, "destination": {"service": "up"}});
+            cp.apply(&format!("/v1/routes/r{i}"), body).await;
+            let returned = Instant::now();
+            samples.push(time_until_served(&http, &envoy.url(&format!("/p{i}")), returned).await);
+        }
+        samples.sort_unstable();
+        println!(
+            "propagation {variant:?}: {changes} changes, write-returned → served p50 {} p90 {} p99 {} max {}",
+            ms(percentile(&samples, 0.5)),
+            ms(percentile(&samples, 0.9)),
+            ms(percentile(&samples, 0.99)),
+            ms(percentile(&samples, 1.0)),
+        );
+        cp.assert_no_nacks().await;
+    }
+}
+
+fn service(name: String, port: u32) -> Service {
+    Service {
+        name,
+        endpoints: vec![Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            weight: None,
+        }],
+        protocol: Default::default(),
+        connect_timeout_ms: 1000,
+    }
+}
+
+fn route(i: usize, services: usize) -> Route {
+    Route {
+        name: format!("r{i}"),
+        matches: RouteMatch {
+            path_prefix: Some(format!("/r{i}/")),
+            hosts: vec![format!("tenant{}.example.com", i % 100)],
+            ..Default::default()
+        },
+        destination: Destination {
+            service: Some(format!("s{}", i % services)),
+            weighted: Vec::new(),
+        },
+        strip_prefix: false,
+        prefix_rewrite: None,
+        timeout_ms: Some(5000),
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn scale(routes: usize, services: usize) {
+    let upstream = Upstream::start("up").await;
+    let port = u32::from(upstream.addr.port());
+    let dir = scratch_dir("gatehouse_bench_scale");
+    let store = Store::connect_lazy(&DatabaseUrl::sqlite_in(&dir)).expect("store");
+    store.migrate().await.expect("migrate");
+    let started = Instant::now();
+    for s in 0..services {
+        store
+            .create(&service(format!("s{s}"), port))
+            .await
+            .expect("service");
+    }
+    for r in 0..routes {
+        store.create(&route(r, services)).await.expect("route");
+    }
+    println!(
+        "scale: stored {services} services and {routes} routes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Snapshot build, in process: load the whole store and translate it.
+    let mut builds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let state = store.load().await.expect("load");
+        let loaded = started.elapsed();
+        let snapshot = translate::snapshot(&state, &ProxySettings::default()).expect("consistent");
+        builds.push((loaded, started.elapsed()));
+        drop(snapshot);
+    }
+    builds.sort_unstable_by_key(|b| b.1);
+    let (load, total) = builds[builds.len() / 2];
+    println!(
+        "scale: snapshot build (median of 5) {} total, of which store load {}",
+        ms(total),
+        ms(load)
+    );
+
+    let proxy_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.data_dir = Some(dir);
+    let cp = ControlPlane::start(options).await;
+    let version = cp.version().await;
+    for variant in [XdsVariant::StateOfTheWorld, XdsVariant::Delta] {
+        let connected = Instant::now();
+        let envoy = Envoy::start(cp.xds, proxy_port, variant).await;
+        eventually(Duration::from_secs(60), "Envoy to ACK everything", || {
+            cp.converged(version)
+        })
+        .await;
+        let acked = connected.elapsed();
+        let rss = cp.pid().and_then(rss_kib).unwrap_or(0);
+        println!(
+            "scale {variant:?}: fresh Envoy start → all types ACKed in {}; control-plane RSS {:.1} MiB",
+            ms(acked),
+            rss as f64 / 1024.0
+        );
+        // One change at this size: write → Envoy serving it.
+        let http = client();
+        let body = json!({"match": {"path_prefix": "/new/", "hosts": ["tenant1.example.com"]},
+                          "destination": {"service": "s1"}});
+        let name = format!("new-{variant:?}").to_lowercase();
+        cp.apply(&format!("/v1/routes/{name}"), body).await;
+        let returned = Instant::now();
+        loop {
+            let response = http
+                .get(envoy.url("/new/x"))
+                .header("host", "tenant1.example.com")
+                .send()
+                .await;
+            if matches!(response, Ok(r) if r.status() == 200) {
+                break;
+            }
+            assert!(
+                returned.elapsed() < Duration::from_secs(30),
+                "change never served"
+            );
+        }
+        println!(
+            "scale {variant:?}: one route change at this size served {} after the write returned",
+            ms(returned.elapsed())
+        );
+        let _ = cp.delete(&format!("/v1/routes/{name}")).await;
+        cp.assert_no_nacks().await;
+        drop(envoy);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let rss = cp.pid().and_then(rss_kib).unwrap_or(0);
+    println!(
+        "scale: control-plane RSS at the end {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+}
