@@ -194,8 +194,8 @@ async fn scale(routes: usize, services: usize) {
     let mut options = ControlPlaneOptions::new(proxy_port);
     options.data_dir = Some(dir);
     let cp = ControlPlane::start(options).await;
-    let version = cp.version().await;
     for variant in [XdsVariant::StateOfTheWorld, XdsVariant::Delta] {
+        let version = cp.version().await;
         let connected = Instant::now();
         let envoy = Envoy::start(cp.xds, proxy_port, variant).await;
         eventually(Duration::from_secs(60), "Envoy to ACK everything", || {

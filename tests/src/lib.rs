@@ -52,22 +52,30 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     dir
 }
 
-/// A Gatehouse binary from the same target directory as this test.
+/// A Gatehouse binary from the same target directory as the running test
+/// (`target/<profile>/deps/…`) or benchmark (`target/<profile>/…`).
 pub fn gatehouse_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("GATEHOUSE_BIN_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.to_path_buf())
+    let candidates: Vec<PathBuf> = match std::env::var_os("GATEHOUSE_BIN_DIR") {
+        Some(dir) => vec![PathBuf::from(dir).join(name)],
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .map(|dir| {
+                let mut list = vec![dir.join(name)];
+                if let Some(parent) = dir.parent() {
+                    list.push(parent.join(name));
+                }
+                list
+            })
+            .unwrap_or_default(),
+    };
+    candidates
+        .iter()
+        .find(|bin| bin.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("{name} not found in {candidates:?}: build the binaries first (cargo build --workspace --bins)")
         })
-        .unwrap_or_default();
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} not found: build the binaries first (cargo build --workspace --bins)",
-        bin.display()
-    );
-    bin
 }
 
 /// Envoy from `GATEHOUSE_ENVOY`, the project venv, or `PATH`.
@@ -412,6 +420,8 @@ impl Envoy {
             "1".into(),
             "--log-level".into(),
             "info".into(),
+            "--component-log-level".into(),
+            "main:warn".into(),
             "--admin-address-path".into(),
             admin_file.display().to_string(),
         ];
