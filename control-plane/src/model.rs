@@ -587,12 +587,151 @@ pub fn check_re2_regex(pattern: &str) -> Result<(), String> {
         }
     }
     ast::visit(&parsed, Re2Only)?;
-    // Rust's parser is stricter in places RE2 is not; the translated
-    // expression must also compile here so its structure is sound.
-    regex_syntax::Parser::new()
-        .parse(pattern)
-        .map(|_| ())
-        .map_err(|e| format!("invalid regular expression: {e}"))
+    let size = program_size(&parse_like_re2(pattern)?);
+    if size > MAX_RE2_PROGRAM_SIZE {
+        return Err(format!(
+            "too complex: its RE2 program would have up to {size} instructions, more than \
+             Envoy accepts ({MAX_RE2_PROGRAM_SIZE}); simplify it (e.g. fewer repetitions)"
+        ));
+    }
+    Ok(())
+}
+
+/// Envoy rejects regexes whose compiled RE2 program is larger than this
+/// (runtime key `re2.max_program_size.error_level`, default 100).
+pub const MAX_RE2_PROGRAM_SIZE: usize = 100;
+/// Match, fail and the unanchored-search loop RE2 adds to every program.
+const RE2_FIXED_INSTRUCTIONS: usize = 4;
+
+/// An upper bound on the instructions RE2 compiles `hir` into: every literal
+/// byte, every UTF-8 byte range of a class, repetitions expanded. RE2 then
+/// shrinks programs (required prefixes, shared suffixes, factored
+/// alternations), so the real size is smaller; checked against Envoy itself
+/// in the end-to-end tests.
+fn re2_program_size_bound(hir: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class, HirKind};
+
+    match hir.kind() {
+        HirKind::Empty => 1,
+        HirKind::Literal(literal) => literal.0.len(),
+        HirKind::Class(Class::Unicode(class)) => class_cost(
+            class
+                .iter()
+                .map(|r| (u32::from(r.start()), u32::from(r.end()))),
+        ),
+        // In byte mode a class reaching 0xFF is a negated class, which RE2
+        // (matching UTF-8) reads as "every code point from there on".
+        HirKind::Class(Class::Bytes(class)) => class_cost(class.iter().map(|r| {
+            let end = if r.end() == 0xFF {
+                MAX_CODE_POINT
+            } else {
+                u32::from(r.end())
+            };
+            (u32::from(r.start()), end)
+        })),
+        HirKind::Look(_) => 1,
+        HirKind::Capture(capture) => re2_program_size_bound(&capture.sub).saturating_add(2),
+        HirKind::Concat(subs) => subs
+            .iter()
+            .map(re2_program_size_bound)
+            .fold(0, usize::saturating_add),
+        HirKind::Alternation(subs) => subs
+            .iter()
+            .map(re2_program_size_bound)
+            .fold(subs.len().saturating_sub(1), usize::saturating_add),
+        HirKind::Repetition(repetition) => {
+            let sub = re2_program_size_bound(&repetition.sub);
+            let min = repetition.min as usize;
+            match repetition.max {
+                // x{n,m}: n copies, then m-n optional copies.
+                Some(max) => sub
+                    .saturating_mul(min)
+                    .saturating_add((max as usize - min).saturating_mul(sub + 1)),
+                // x{n,}: n copies (at least one) and a loop.
+                None => sub.saturating_mul(min.max(1)).saturating_add(1),
+            }
+        }
+    }
+}
+
+const MAX_CODE_POINT: u32 = 0x10_FFFF;
+/// Code points above ASCII, surrogates excluded.
+const NON_ASCII_SCALARS: u64 = (MAX_CODE_POINT as u64 + 1) - 0x80 - 0x800;
+/// What RE2's special case for "any code point above ASCII" costs, with margin.
+const ANY_NON_ASCII_COST: usize = 4;
+
+/// One instruction per ASCII range; above ASCII either RE2's compact "any
+/// non-ASCII" form or one instruction per node of the UTF-8 byte trie.
+fn class_cost(ranges: impl Iterator<Item = (u32, u32)>) -> usize {
+    let mut ascii = 0usize;
+    let mut non_ascii = Vec::new();
+    let mut covered: u64 = 0;
+    for (start, end) in ranges {
+        if start < 0x80 {
+            ascii += 1;
+        }
+        if end >= 0x80 {
+            let start = start.max(0x80);
+            let surrogates = u64::from(end.min(0xDFFF))
+                .saturating_sub(u64::from(start.max(0xD800)))
+                + u64::from(start <= 0xDFFF && end >= 0xD800);
+            covered += u64::from(end - start) + 1 - surrogates;
+            non_ascii.push((start, end));
+        }
+    }
+    let upper = if non_ascii.is_empty() {
+        0
+    } else if covered >= NON_ASCII_SCALARS {
+        ANY_NON_ASCII_COST
+    } else {
+        utf8_trie_nodes(&non_ascii)
+    };
+    ascii + upper + 1
+}
+
+fn utf8_trie_nodes(ranges: &[(u32, u32)]) -> usize {
+    let mut nodes = std::collections::HashSet::new();
+    for &(start, end) in ranges {
+        let (Some(start), Some(end)) = (char::from_u32(start), char::from_u32(end)) else {
+            continue;
+        };
+        for sequence in regex_syntax::utf8::Utf8Sequences::new(start, end) {
+            let path: Vec<(u8, u8)> = sequence
+                .as_slice()
+                .iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            for depth in 1..=path.len() {
+                nodes.insert(path[..depth].to_vec());
+            }
+        }
+    }
+    nodes.len()
+}
+
+/// Parses with RE2's meaning of \d, \w, \s (ASCII); falls back to Unicode
+/// mode for constructs that need it (\pL), which only over-estimates.
+fn parse_like_re2(pattern: &str) -> Result<regex_syntax::hir::Hir, String> {
+    let ascii = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern);
+    match ascii {
+        Ok(hir) => Ok(hir),
+        Err(_) => regex_syntax::Parser::new()
+            .parse(pattern)
+            .map_err(|e| format!("invalid regular expression: {e}")),
+    }
+}
+
+fn program_size(hir: &regex_syntax::hir::Hir) -> usize {
+    re2_program_size_bound(hir).saturating_add(RE2_FIXED_INSTRUCTIONS)
+}
+
+/// The bound validation enforces, exposed for calibration against Envoy.
+pub fn re2_program_size_estimate(pattern: &str) -> Option<usize> {
+    parse_like_re2(pattern).ok().map(|hir| program_size(&hir))
 }
 
 #[cfg(test)]
@@ -667,6 +806,12 @@ mod tests {
         assert!(check_re2_regex(r"(a)\1").is_err());
         assert!(check_re2_regex("[a-z&&[^aeiou]]").is_err());
         assert!(check_re2_regex("").is_err());
+        // Envoy NACKs this one (RE2 program size 1503 > 100).
+        let err =
+            check_re2_regex("^/(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa){1,30}$")
+                .unwrap_err();
+        assert!(err.contains("too complex"), "{err}");
+        assert!(check_re2_regex(r"^/api/v1/customers/\d+/invoices/[0-9a-f-]+/lines/\d+$").is_ok());
     }
 
     #[test]
