@@ -432,3 +432,266 @@ fn header_matcher(h: &HeaderMatch) -> route::HeaderMatcher {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_proto::{
+        cluster::cluster::ClusterDiscoveryType, route::route_action::ClusterSpecifier,
+    };
+    use prost::Message;
+    use serde_json::json;
+
+    use super::*;
+    use crate::xds::snapshot::ResourceType;
+
+    fn service(json: serde_json::Value) -> Service {
+        serde_json::from_value(json).expect("service")
+    }
+
+    fn route(json: serde_json::Value) -> Route {
+        serde_json::from_value(json).expect("route")
+    }
+
+    fn action(r: &route::Route) -> &route::RouteAction {
+        match &r.action {
+            Some(route::route::Action::Route(action)) => action,
+            other => panic!("not a route action: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ip_services_use_eds_and_dns_services_strict_dns() {
+        use cluster::cluster::DiscoveryType;
+
+        let ip = service(
+            json!({"name": "a", "endpoints": [{"host": "10.0.0.1", "port": 80, "weight": 3}],
+                                "connect_timeout_ms": 1500}),
+        );
+        let c = cluster(&ip);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+        );
+        assert!(c.load_assignment.is_none());
+        assert_eq!(
+            c.connect_timeout,
+            Some(protobuf::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        let cla = load_assignment(&ip);
+        let endpoint = &cla.endpoints[0].lb_endpoints[0];
+        assert_eq!(
+            endpoint.load_balancing_weight,
+            Some(protobuf::UInt32Value { value: 3 })
+        );
+
+        let dns = service(
+            json!({"name": "b", "endpoints": [{"host": "backend.internal", "port": 8080}]}),
+        );
+        let c = cluster(&dns);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
+        );
+        assert_eq!(
+            c.load_assignment.as_ref().map(|l| l.cluster_name.as_str()),
+            Some("b")
+        );
+        assert!(
+            c.typed_extension_protocol_options.is_empty(),
+            "http1 needs no options"
+        );
+    }
+
+    #[test]
+    fn grpc_and_http2_services_speak_http2_upstream() {
+        let c = cluster(&service(json!({"name": "g", "protocol": "grpc"})));
+        let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let decoded =
+            upstream_http::HttpProtocolOptions::decode(options.value.as_slice()).expect("decode");
+        assert!(format!("{decoded:?}").contains("Http2ProtocolOptions"));
+    }
+
+    #[test]
+    fn routes_become_virtual_hosts_ordered_most_specific_first() {
+        let routes = [
+            route(
+                json!({"name": "prefix-short", "match": {"path_prefix": "/a"}, "destination": {"service": "s"}}),
+            ),
+            route(
+                json!({"name": "prefix-long", "match": {"path_prefix": "/a/b"}, "destination": {"service": "s"}}),
+            ),
+            route(
+                json!({"name": "exact", "match": {"path_exact": "/a"}, "destination": {"service": "s"}}),
+            ),
+            route(
+                json!({"name": "regex", "match": {"path_regex": "^/a/[0-9]+$"}, "destination": {"service": "s"}}),
+            ),
+            route(
+                json!({"name": "get-only", "match": {"path_prefix": "/a", "methods": ["GET"]}, "destination": {"service": "s"}}),
+            ),
+            route(
+                json!({"name": "hosted", "match": {"path_prefix": "/a", "hosts": ["api.example.com"]}, "destination": {"service": "s"}}),
+            ),
+        ];
+        let refs: Vec<&Route> = routes.iter().collect();
+        let config = route_configuration(&refs);
+        assert!(config.ignore_port_in_host_matching);
+        let names =
+            |vh: &route::VirtualHost| vh.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let hosted = &config.virtual_hosts[0];
+        assert_eq!(hosted.domains, vec!["api.example.com"]);
+        assert_eq!(
+            names(hosted),
+            [
+                "exact",
+                "regex",
+                "prefix-long",
+                "get-only",
+                "hosted",
+                "prefix-short"
+            ],
+            "host-less routes apply on every host, after equally specific host routes"
+        );
+        let default = &config.virtual_hosts[1];
+        assert_eq!(default.domains, vec!["*"]);
+        assert_eq!(
+            names(default),
+            ["exact", "regex", "prefix-long", "get-only", "prefix-short"]
+        );
+    }
+
+    #[test]
+    fn route_actions_carry_rewrites_weights_methods_and_timeouts() {
+        use matcher::string_matcher::MatchPattern;
+        use route::header_matcher::HeaderMatchSpecifier;
+
+        let r = envoy_route(&route(json!({
+            "name": "r", "match": {"path_prefix": "/api/", "methods": ["GET", "POST"]},
+            "destination": {"weighted": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]},
+            "strip_prefix": true, "timeout_ms": 2500
+        })));
+        let a = action(&r);
+        let rewrite = a.regex_rewrite.as_ref().expect("strip prefix");
+        assert_eq!(
+            rewrite.pattern.as_ref().map(|p| p.regex.as_str()),
+            Some("^/api/*")
+        );
+        assert_eq!(rewrite.substitution, "/");
+        assert_eq!(
+            a.timeout,
+            Some(protobuf::Duration {
+                seconds: 2,
+                nanos: 500_000_000
+            })
+        );
+        let Some(ClusterSpecifier::WeightedClusters(weighted)) = &a.cluster_specifier else {
+            panic!("weighted")
+        };
+        let weights: Vec<(String, u32)> = weighted
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+            .collect();
+        assert_eq!(weights, [("a".into(), 90), ("b".into(), 10)]);
+        let method = &r.r#match.as_ref().expect("match").headers[0];
+        assert_eq!(method.name, ":method");
+        let Some(HeaderMatchSpecifier::StringMatch(m)) = &method.header_match_specifier else {
+            panic!("string match")
+        };
+        assert!(
+            matches!(&m.match_pattern, Some(MatchPattern::SafeRegex(r)) if r.regex == "^(GET|POST)$")
+        );
+
+        let single = envoy_route(&route(json!({
+            "name": "x", "match": {"path_exact": "/x", "methods": ["DELETE"]},
+            "destination": {"service": "s"}, "prefix_rewrite": "/y"
+        })));
+        assert_eq!(action(&single).prefix_rewrite, "/y");
+        assert_eq!(
+            action(&single).cluster_specifier,
+            Some(ClusterSpecifier::Cluster("s".into()))
+        );
+        assert!(
+            action(&single).timeout.is_none(),
+            "Envoy's default timeout applies"
+        );
+    }
+
+    #[test]
+    fn listener_loads_routes_over_ads_and_logs_when_asked() {
+        let proxy = ProxySettings {
+            listen: "127.0.0.1:9000".parse().expect("addr"),
+            access_log_path: Some("/tmp/access.log".into()),
+        };
+        let l = http_listener(&proxy);
+        let Some(listener::filter::ConfigType::TypedConfig(any)) =
+            &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("typed config")
+        };
+        let manager = hcm::HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = &manager.route_specifier
+        else {
+            panic!("rds")
+        };
+        assert_eq!(rds.route_config_name, HTTP_ROUTES);
+        assert_eq!(
+            manager.http_filters.last().map(|f| f.name.as_str()),
+            Some("envoy.filters.http.router")
+        );
+        assert_eq!(manager.access_log.len(), 1);
+        let Some(core::address::Address::SocketAddress(bound)) = l.address.and_then(|a| a.address)
+        else {
+            panic!("socket address")
+        };
+        assert_eq!(bound.address, "127.0.0.1");
+        assert_eq!(
+            bound.port_specifier,
+            Some(core::socket_address::PortSpecifier::PortValue(9000))
+        );
+    }
+
+    #[test]
+    fn snapshot_has_every_resource_and_route_dependencies() {
+        let mut state = ConfigState {
+            version: 7,
+            ..ConfigState::default()
+        };
+        for s in [
+            service(json!({"name": "ip", "endpoints": [{"host": "10.0.0.1", "port": 80}]})),
+            service(json!({"name": "dns", "endpoints": [{"host": "svc.local", "port": 80}]})),
+        ] {
+            state.services.insert(s.name.clone(), s);
+        }
+        let r = route(json!({"name": "r", "match": {"path_prefix": "/"},
+                             "destination": {"weighted": [{"service": "ip", "weight": 1}, {"service": "dns", "weight": 1}]}}));
+        state.routes.insert(r.name.clone(), r);
+        let snapshot = snapshot(&state, &ProxySettings::default()).expect("consistent");
+        assert_eq!(snapshot.version, 7);
+        let names = |t| snapshot.resources(t).keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(ResourceType::Cluster), ["dns", "ip"]);
+        assert_eq!(
+            names(ResourceType::Endpoint),
+            ["ip"],
+            "only IP services use EDS"
+        );
+        assert_eq!(names(ResourceType::Listener), [HTTP_LISTENER]);
+        assert_eq!(
+            snapshot.resources(ResourceType::Route)[HTTP_ROUTES].clusters,
+            ["dns", "ip"]
+        );
+        assert!(snapshot.is_eds_cluster("ip") && !snapshot.is_eds_cluster("dns"));
+    }
+
+    #[test]
+    fn an_empty_configuration_still_serves_the_listener() {
+        let snapshot =
+            snapshot(&ConfigState::default(), &ProxySettings::default()).expect("consistent");
+        assert_eq!(snapshot.resources(ResourceType::Listener).len(), 1);
+        assert_eq!(snapshot.resources(ResourceType::Route).len(), 1);
+        assert!(snapshot.resources(ResourceType::Cluster).is_empty());
+    }
+}
