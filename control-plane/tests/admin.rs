@@ -1,0 +1,189 @@
+//! The admin API in process (`app()` with `oneshot`, no socket) over a real
+//! SQLite store: status codes, headers and problem bodies.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode},
+};
+use gatehouse_control_plane::{
+    admin::{self, AdminState},
+    store::{DatabaseUrl, Store},
+    telemetry::Metrics,
+    xds::{Snapshot, status::NodeRegistry},
+};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+struct Api {
+    app: Router,
+    publish: watch::Sender<Option<Arc<Snapshot>>>,
+}
+
+async fn api() -> Api {
+    let dir = std::env::temp_dir().join(format!(
+        "gatehouse_admin_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect_lazy(&DatabaseUrl::sqlite_in(&dir)).unwrap();
+    store.migrate().await.unwrap();
+    let (publish, snapshots) = watch::channel(None);
+    let app = admin::app(AdminState {
+        store,
+        nodes: NodeRegistry::default(),
+        metrics: Metrics::default(),
+        snapshots,
+    });
+    Api { app, publish }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn version(reply: &Reply) -> u64 {
+    reply.headers["x-gatehouse-config-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn create_read_replace_delete() {
+    let api = api().await;
+    let service = json!({"name": "users", "endpoints": [{"host": "10.0.0.1", "port": 80}]});
+    let created = api
+        .call("POST", "/v1/services", Some(service.clone()))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.headers["location"], "/v1/services/users");
+    assert_eq!(version(&created), 1);
+    assert_eq!(created.body["protocol"], "http1", "defaults are filled in");
+
+    let again = api
+        .call("POST", "/v1/services", Some(service.clone()))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    let same = api.call("PUT", "/v1/services/users", Some(service)).await;
+    assert_eq!(
+        (same.status, version(&same)),
+        (StatusCode::OK, 1),
+        "identical PUT keeps the version"
+    );
+
+    let listed = api.call("GET", "/v1/services", None).await;
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(1));
+    let read = api.call("GET", "/v1/services/users", None).await;
+    assert_eq!(read.body["endpoints"][0]["port"], 80);
+
+    let deleted = api.call("DELETE", "/v1/services/users", None).await;
+    assert_eq!(
+        (deleted.status, version(&deleted)),
+        (StatusCode::NO_CONTENT, 2)
+    );
+    let gone = api.call("GET", "/v1/services/users", None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.headers["content-type"], "application/problem+json");
+    assert_eq!(gone.body["type"], "urn:gatehouse:problem:not-found");
+
+    let current = api.call("GET", "/v1/config/version", None).await;
+    assert_eq!(current.body["version"], 2);
+}
+
+#[tokio::test]
+async fn problems_name_fields_and_paths() {
+    let api = api().await;
+    let bad = api
+        .call(
+            "PUT",
+            "/v1/routes/r",
+            Some(json!({"match": {"path_prefix": "x"}, "destination": {}})),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["match.path_prefix", "destination"]);
+    assert!(
+        bad.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("match.path_prefix")
+    );
+
+    let unknown = api.call("GET", "/v1/nothing", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["type"], "urn:gatehouse:problem:no-such-path");
+
+    let bad_path_name = api
+        .call(
+            "PUT",
+            "/v1/services/Not_A_Label",
+            Some(json!({"endpoints": []})),
+        )
+        .await;
+    assert_eq!(bad_path_name.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn readiness_needs_a_snapshot_and_metrics_count_requests() {
+    let api = api().await;
+    assert_eq!(
+        api.call("GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/readyz", None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    api.publish
+        .send_replace(Some(Arc::new(Snapshot::default())));
+    assert_eq!(
+        api.call("GET", "/readyz", None).await.status,
+        StatusCode::OK
+    );
+    let metrics = api.call("GET", "/metrics", None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("gatehouse_admin_requests_total"), "{text}");
+    assert!(text.contains("gatehouse_xds_streams"), "{text}");
+}
