@@ -173,6 +173,8 @@ pub struct ControlPlaneOptions {
     pub access_log: Option<PathBuf>,
     /// Quiet period before a snapshot build: larger values coalesce writes.
     pub debounce_ms: u64,
+    /// Store version poll (the fallback to LISTEN/NOTIFY).
+    pub poll_interval_ms: u64,
 }
 
 impl ControlPlaneOptions {
@@ -184,6 +186,7 @@ impl ControlPlaneOptions {
             proxy_port,
             access_log: None,
             debounce_ms: 5,
+            poll_interval_ms: 250,
         }
     }
 }
@@ -212,7 +215,7 @@ impl ControlPlane {
             format!("--proxy-addr=127.0.0.1:{}", options.proxy_port),
             format!("--data-dir={}", dir.display()),
             format!("--addr-file={}", addr_file.display()),
-            "--poll-interval-ms=250".to_string(),
+            format!("--poll-interval-ms={}", options.poll_interval_ms),
             "--shutdown-grace-ms=2000".to_string(),
             format!("--debounce-ms={}", options.debounce_ms),
         ];
@@ -300,6 +303,29 @@ impl ControlPlane {
             "PUT {path} failed with {status}: {text}"
         );
         version.unwrap_or_else(|| panic!("PUT {path} returned no version"))
+    }
+
+    /// Registers `upstream` as a service of the same name and routes every
+    /// path to it (route `main`); returns the config version.
+    pub async fn route_all_to(&self, upstream: &Upstream) -> u64 {
+        let name = &upstream.name;
+        self.apply(&format!("/v1/services/{name}"), upstream.service(name))
+            .await;
+        self.apply(
+            "/v1/routes/main",
+            serde_json::json!({"match": {"path_prefix": "/"}, "destination": {"service": name}}),
+        )
+        .await
+    }
+
+    /// Waits until every connected node acknowledged `version` for every type.
+    pub async fn until_converged(&self, version: u64) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("nodes to acknowledge version {version}"),
+            || self.converged(version),
+        )
+        .await;
     }
 
     pub async fn version(&self) -> u64 {

@@ -73,10 +73,7 @@ async fn route_lifecycle(variant: XdsVariant) {
         .await;
     until_served(&g, "/people/42", 200, Some("users")).await;
     until_served(&g, "/users/42", 404, None).await;
-    eventually(CONVERGE, "all types acknowledged", || {
-        g.cp.converged(version)
-    })
-    .await;
+    g.cp.until_converged(version).await;
 
     let deleted = g.cp.delete("/v1/routes/users").await;
     assert_eq!(deleted.status(), 204);
@@ -152,10 +149,7 @@ async fn every_route_feature_is_accepted_by_envoy() {
     for (name, body) in routes {
         version = g.cp.apply(&format!("/v1/routes/{name}"), body).await;
     }
-    eventually(CONVERGE, "all types acknowledged", || {
-        g.cp.converged(version)
-    })
-    .await;
+    g.cp.until_converged(version).await;
     g.cp.assert_no_nacks().await;
     assert_eq!(g.envoy.rejected_updates().await, 0);
 
@@ -263,17 +257,8 @@ async fn weighted_destinations_split_traffic_by_weight() {
 async fn invalid_input_changes_nothing() {
     let g = gateway(XdsVariant::StateOfTheWorld).await;
     let up = Upstream::start("up").await;
-    g.cp.apply("/v1/services/up", up.service("up")).await;
-    let version =
-        g.cp.apply(
-            "/v1/routes/main",
-            json!({"match": {"path_prefix": "/"}, "destination": {"service": "up"}}),
-        )
-        .await;
-    eventually(CONVERGE, "all types acknowledged", || {
-        g.cp.converged(version)
-    })
-    .await;
+    let version = g.cp.route_all_to(&up).await;
+    g.cp.until_converged(version).await;
     let routes_before = g.envoy.config_dump().await.to_string();
 
     use reqwest::Method;
@@ -396,12 +381,7 @@ async fn assert_problem(response: reqwest::Response, status: u16, field: &str) {
 async fn control_plane_restart_drops_no_request() {
     let mut g = gateway(XdsVariant::StateOfTheWorld).await;
     let up = Upstream::start("up").await;
-    g.cp.apply("/v1/services/up", up.service("up")).await;
-    g.cp.apply(
-        "/v1/routes/main",
-        json!({"match": {"path_prefix": "/"}, "destination": {"service": "up"}}),
-    )
-    .await;
+    g.cp.route_all_to(&up).await;
     until_served(&g, "/", 200, Some("up")).await;
 
     let load = Load::start(g.envoy.url("/steady"), 200, Duration::from_secs(60));
@@ -428,10 +408,7 @@ async fn control_plane_restart_drops_no_request() {
         )
         .await;
     until_served(&g, "/other", 200, Some("other")).await;
-    eventually(CONVERGE, "all types acknowledged", || {
-        g.cp.converged(version)
-    })
-    .await;
+    g.cp.until_converged(version).await;
     let report = load.finish().await;
     assert!(report.sent > 300, "load ran: {}", report.summary());
     assert!(report.failures.is_empty(), "{}", report.summary());
@@ -479,10 +456,7 @@ async fn route_updates_under_load_drop_no_request() {
                 .expect("version");
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        eventually(CONVERGE, "all types acknowledged", || {
-            g.cp.converged(version)
-        })
-        .await;
+        g.cp.until_converged(version).await;
         let report = load.finish().await;
         assert!(report.sent > 1000, "{variant:?}: {}", report.summary());
         assert!(
@@ -497,31 +471,24 @@ async fn route_updates_under_load_drop_no_request() {
 }
 
 /// Two replicas on one Postgres: a write through one reaches an Envoy
-/// connected to the other.
+/// connected to the other. Polling is slowed to a minute, so only
+/// LISTEN/NOTIFY can deliver the change in time.
 #[tokio::test]
 async fn replicas_sharing_postgres_serve_the_same_config() {
     let database = postgres_database().await;
     let proxy_port = free_port();
     let mut options = ControlPlaneOptions::new(proxy_port);
     options.database_url = Some(database.clone());
+    options.poll_interval_ms = 60_000;
     let writer = ControlPlane::start(options.clone()).await;
     let server = ControlPlane::start(options).await;
     let envoy = Envoy::start(server.xds, proxy_port, XdsVariant::Delta).await;
     let g = Gateway { cp: server, envoy };
 
     let up = Upstream::start("up").await;
-    writer.apply("/v1/services/up", up.service("up")).await;
-    let version = writer
-        .apply(
-            "/v1/routes/main",
-            json!({"match": {"path_prefix": "/"}, "destination": {"service": "up"}}),
-        )
-        .await;
+    let version = writer.route_all_to(&up).await;
     until_served(&g, "/via-replica", 200, Some("up")).await;
-    eventually(CONVERGE, "the other replica's node acknowledged", || {
-        g.cp.converged(version)
-    })
-    .await;
+    g.cp.until_converged(version).await;
     assert_eq!(g.cp.version().await, version);
     g.cp.assert_no_nacks().await;
 }
@@ -536,12 +503,7 @@ async fn store_unreachable_at_start_never_empties_envoy() {
     })
     .await;
     let up = Upstream::start("up").await;
-    g.cp.apply("/v1/services/up", up.service("up")).await;
-    g.cp.apply(
-        "/v1/routes/main",
-        json!({"match": {"path_prefix": "/"}, "destination": {"service": "up"}}),
-    )
-    .await;
+    g.cp.route_all_to(&up).await;
     until_served(&g, "/", 200, Some("up")).await;
 
     g.cp.kill().await;
