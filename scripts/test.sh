@@ -13,6 +13,13 @@ export GATEHOUSE_TEST_POSTGRES_URL
 log "envoy: $("$GATEHOUSE_ENVOY" --version | sed -n 's/.*version: //p')"
 log "postgres: $GATEHOUSE_TEST_POSTGRES_URL"
 
+# Test databases from earlier runs (each test makes its own, named gh_*).
+if command -v psql >/dev/null; then
+  for db in $(psql "$GATEHOUSE_TEST_POSTGRES_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'gh\_%'" 2>/dev/null); do
+    psql "$GATEHOUSE_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+fi
+
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
