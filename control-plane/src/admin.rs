@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State, rejection::QueryRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::{
-    model::{FieldError, Resource, Route, Service},
-    store::Store,
+    model::{ConfigDocument, FieldError, Resource, Route, Service},
+    store::{ApplyOptions, Store},
     telemetry::{HttpLabels, Metrics},
     xds::{Snapshot, status::NodeRegistry},
 };
@@ -45,6 +45,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/config", get(export_config).put(apply_config))
         .route("/v1/config/version", get(config_version))
         .route("/v1/status/nodes", get(nodes))
         .merge(resource_routes::<Service>())
@@ -114,6 +115,46 @@ async fn config_version(State(state): State<AdminState>) -> Result<Json<Value>, 
 async fn nodes(State(state): State<AdminState>) -> Json<Value> {
     let served = state.snapshots.borrow().as_ref().map(|s| s.version);
     Json(json!({ "served_version": served, "nodes": state.nodes.nodes() }))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    prune: bool,
+}
+
+/// Applies a whole document atomically (see [`Store::apply`]).
+async fn apply_config(
+    State(state): State<AdminState>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
+    let document: ConfigDocument = decode_json(&body)?;
+    let errors = document.validate();
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let options = ApplyOptions {
+        prune: query.prune,
+        dry_run: query.dry_run,
+    };
+    let applied = state.store.apply(&document, options).await?;
+    Ok((
+        [(VERSION_HEADER, version_header(applied.version))],
+        Json(applied),
+    )
+        .into_response())
+}
+
+/// The whole configuration in the format `PUT /v1/config` takes.
+async fn export_config(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let (version, document) = state.store.export().await?;
+    Ok(([(VERSION_HEADER, version_header(version))], Json(document)).into_response())
 }
 
 async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {
@@ -202,9 +243,7 @@ fn written_response<R: Resource>(
 /// Parses and validates a request body. With `path_name` (PUT), the body's
 /// `name` may be omitted but must not differ from the path.
 pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, ApiError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Validation(vec![FieldError::new("", format!("malformed JSON: {e}"))])
-    })?;
+    let mut value: Value = decode_json(body)?;
     let Some(object) = value.as_object_mut() else {
         return Err(ApiError::Validation(vec![FieldError::new(
             "",
@@ -212,6 +251,11 @@ pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, Api
         )]));
     };
     if let Some(path_name) = path_name {
+        let mut errors = Vec::new();
+        crate::model::check_name(path_name, "name", &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
         match object.get("name") {
             None => {
                 object.insert("name".into(), Value::String(path_name.to_owned()));
@@ -225,24 +269,29 @@ pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, Api
             }
         }
     }
-    let resource: R = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        ApiError::Validation(vec![deserialize_error(&path, inner)])
-    })?;
-    if let Some(path_name) = path_name {
-        let mut errors = Vec::new();
-        crate::model::check_name(path_name, "name", &mut errors);
-        if !errors.is_empty() {
-            return Err(ApiError::Validation(errors));
-        }
-    }
+    let resource: R = from_value(value)?;
     let errors = resource.validate();
     if errors.is_empty() {
         Ok(resource)
     } else {
         Err(ApiError::Validation(errors))
     }
+}
+
+/// Decodes JSON, naming the offending field on failure.
+fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Validation(vec![FieldError::new("", format!("malformed JSON: {e}"))])
+    })?;
+    from_value(value)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ApiError::Validation(vec![deserialize_error(&path, inner)])
+    })
 }
 
 /// Names the offending field: for a missing field serde reports the

@@ -80,6 +80,45 @@ pub struct Reference {
     pub name: String,
 }
 
+/// Every resource in one document: the unit of declarative apply and export.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDocument {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+impl ConfigDocument {
+    /// Validates every resource, with fields prefixed by their place in the
+    /// document (`routes[2].match.path_prefix`), and rejects repeated names.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        validate_list("services", &self.services, &mut errors);
+        validate_list("routes", &self.routes, &mut errors);
+        errors
+    }
+}
+
+fn validate_list<R: Resource>(list: &str, resources: &[R], errors: &mut Vec<FieldError>) {
+    let mut names = BTreeSet::new();
+    for (i, resource) in resources.iter().enumerate() {
+        for e in resource.validate() {
+            errors.push(FieldError::new(
+                format!("{list}[{i}].{}", e.field),
+                e.message,
+            ));
+        }
+        if !names.insert(resource.name()) {
+            errors.push(FieldError::new(
+                format!("{list}[{i}].name"),
+                format!("{} {:?} is listed twice", R::KIND.as_str(), resource.name()),
+            ));
+        }
+    }
+}
+
 /// Upstream protocol spoken to a service's endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -20,16 +20,23 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
-use crate::model::{Kind, Reference, Resource, Route, Service};
+use crate::model::{ConfigDocument, Kind, Reference, Resource, Route, Service};
 
 /// The Postgres channel that carries committed config versions between replicas.
 pub const NOTIFY_CHANNEL: &str = "gatehouse_config";
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial schema",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "change log items",
+        include_str!("../../migrations/0002_change_log_items.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -165,6 +172,57 @@ pub struct Written {
     /// False when the submitted spec equals the stored one (no new version).
     pub changed: bool,
 }
+
+/// One resource changed by a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub op: ChangeOp,
+    pub kind: &'static str,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    Create,
+    Update,
+    Delete,
+}
+
+impl ChangeOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Create => "create",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Delete what the document no longer lists.
+    pub prune: bool,
+    /// Compute and check the changes, store nothing.
+    pub dry_run: bool,
+}
+
+/// The outcome of a declarative apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The version after the apply (for a dry run: the version it would create).
+    pub version: u64,
+    pub changes: Vec<Change>,
+    pub dry_run: bool,
+}
+
+/// A resource of an applied document, encoded.
+struct Desired {
+    spec: String,
+    references: Vec<Reference>,
+}
+
+type Key = (Kind, String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
@@ -388,40 +446,15 @@ impl Store {
                 });
             }
         }
-        let now = now_ms();
-        if existing.is_some() {
-            sqlx::query(
-                "UPDATE resources SET spec = $1, updated_version = $2, updated_at_ms = $3 \
-                 WHERE kind = $4 AND name = $5",
-            )
-            .bind(&spec)
-            .bind(version as i64)
-            .bind(now)
-            .bind(kind.as_str())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query(
-                "INSERT INTO resources (kind, name, spec, created_version, updated_version, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(kind.as_str())
-            .bind(name)
-            .bind(&spec)
-            .bind(version as i64)
-            .bind(version as i64)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        upsert_row(&mut tx, kind, name, &spec, version, existing.is_some()).await?;
         replace_references(&mut tx, kind, name, &references).await?;
         let op = if existing.is_some() {
-            "update"
+            ChangeOp::Update
         } else {
-            "create"
+            ChangeOp::Create
         };
-        self.finish(tx, version, op, kind, name).await?;
+        record_change(&mut tx, version, 0, op, kind, name).await?;
+        self.commit(tx, version).await?;
         Ok(Written {
             version,
             created: existing.is_none(),
@@ -468,29 +501,149 @@ impl Store {
             });
         }
         replace_references(&mut tx, kind, name, &[]).await?;
-        self.finish(tx, version, "delete", kind, name).await?;
+        record_change(&mut tx, version, 0, ChangeOp::Delete, kind, name).await?;
+        self.commit(tx, version).await?;
         Ok(version)
     }
 
-    /// Records the change, announces it to other replicas and commits.
-    async fn finish(
+    /// Applies a whole document atomically: one transaction, one version,
+    /// all or nothing. References are checked against the resulting state
+    /// (with `prune`, everything unlisted goes, so nothing kept can dangle).
+    pub async fn apply(
+        &self,
+        document: &ConfigDocument,
+        options: ApplyOptions,
+    ) -> Result<Applied, StoreError> {
+        let mut desired: BTreeMap<Key, Desired> = BTreeMap::new();
+        collect(&mut desired, "services", &document.services);
+        collect(&mut desired, "routes", &document.routes);
+
+        let mut tx = self.pool.begin().await?;
+        let version = bump_version(&mut tx).await?;
+        let mut existing: BTreeMap<Key, String> = BTreeMap::new();
+        for row in sqlx::query("SELECT kind, name, spec FROM resources")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let kind: String = row.try_get(0)?;
+            if let Some(kind) = Kind::parse(&kind) {
+                existing.insert((kind, row.try_get(1)?), row.try_get(2)?);
+            }
+        }
+        let deleted: Vec<Key> = if options.prune {
+            existing
+                .keys()
+                .filter(|k| !desired.contains_key(*k))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let remains = |key: &Key| {
+            desired.contains_key(key) || (existing.contains_key(key) && !deleted.contains(key))
+        };
+        for d in desired.values() {
+            if let Some(missing) = d
+                .references
+                .iter()
+                .find(|r| !remains(&(r.kind, r.name.clone())))
+            {
+                return Err(StoreError::MissingReference {
+                    field: missing.field.clone(),
+                    kind: missing.kind,
+                    name: missing.name.clone(),
+                });
+            }
+        }
+        // Creations and updates in dependency order, then deletions in reverse.
+        let mut changes: Vec<(ChangeOp, Key)> = desired
+            .iter()
+            .filter_map(|(key, d)| match existing.get(key) {
+                None => Some((ChangeOp::Create, key.clone())),
+                Some(spec) if *spec != d.spec => Some((ChangeOp::Update, key.clone())),
+                Some(_) => None,
+            })
+            .collect();
+        changes.extend(
+            deleted
+                .iter()
+                .rev()
+                .map(|key| (ChangeOp::Delete, key.clone())),
+        );
+        let listed = |changes: &[(ChangeOp, Key)]| {
+            changes
+                .iter()
+                .map(|(op, (kind, name))| Change {
+                    op: *op,
+                    kind: kind.as_str(),
+                    name: name.clone(),
+                })
+                .collect()
+        };
+        if changes.is_empty() || options.dry_run {
+            tx.rollback().await?;
+            let version = if changes.is_empty() {
+                version - 1
+            } else {
+                version
+            };
+            return Ok(Applied {
+                version,
+                changes: listed(&changes),
+                dry_run: options.dry_run,
+            });
+        }
+        for (seq, (op, (kind, name))) in changes.iter().enumerate() {
+            match (op, desired.get(&(*kind, name.clone()))) {
+                (ChangeOp::Delete, _) | (_, None) => {
+                    sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+                        .bind(kind.as_str())
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                    replace_references(&mut tx, *kind, name, &[]).await?;
+                }
+                (op, Some(d)) => {
+                    upsert_row(
+                        &mut tx,
+                        *kind,
+                        name,
+                        &d.spec,
+                        version,
+                        *op == ChangeOp::Update,
+                    )
+                    .await?;
+                    replace_references(&mut tx, *kind, name, &d.references).await?;
+                }
+            }
+            record_change(&mut tx, version, seq as i64, *op, *kind, name).await?;
+        }
+        self.commit(tx, version).await?;
+        Ok(Applied {
+            version,
+            changes: listed(&changes),
+            dry_run: false,
+        })
+    }
+
+    /// The whole configuration as a document (the format `apply` takes).
+    pub async fn export(&self) -> Result<(u64, ConfigDocument), StoreError> {
+        let state = self.load().await?;
+        Ok((
+            state.version,
+            ConfigDocument {
+                services: state.services.into_values().collect(),
+                routes: state.routes.into_values().collect(),
+            },
+        ))
+    }
+
+    /// Announces the version to other replicas and commits.
+    async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
-        op: &str,
-        kind: Kind,
-        name: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO config_changes (version, op, kind, name, at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(version as i64)
-        .bind(op)
-        .bind(kind.as_str())
-        .bind(name)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
@@ -502,6 +655,71 @@ impl Store {
         self.committed.send_replace(version);
         Ok(())
     }
+}
+
+fn collect<R: Resource>(desired: &mut BTreeMap<Key, Desired>, list: &str, resources: &[R]) {
+    for (i, resource) in resources.iter().enumerate() {
+        let references = resource
+            .references()
+            .into_iter()
+            .map(|r| Reference {
+                field: format!("{list}[{i}].{}", r.field),
+                ..r
+            })
+            .collect();
+        desired.insert(
+            (R::KIND, resource.name().to_owned()),
+            Desired {
+                spec: encode(resource),
+                references,
+            },
+        );
+    }
+}
+
+async fn upsert_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: Kind,
+    name: &str,
+    spec: &str,
+    version: u64,
+    exists: bool,
+) -> Result<(), StoreError> {
+    let query = if exists {
+        "UPDATE resources SET spec = $3, updated_version = $4, updated_at_ms = $5 WHERE kind = $1 AND name = $2"
+    } else {
+        "INSERT INTO resources (kind, name, spec, created_version, updated_version, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $4, $5)"
+    };
+    sqlx::query(query)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(spec)
+        .bind(version as i64)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn record_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    version: u64,
+    seq: i64,
+    op: ChangeOp,
+    kind: Kind,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO config_changes (version, seq, op, kind, name, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(version as i64)
+        .bind(seq)
+        .bind(op.as_str())
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Takes the writer lock (the single `config_version` row) and returns the next version.

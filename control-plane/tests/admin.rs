@@ -187,3 +187,45 @@ async fn readiness_needs_a_snapshot_and_metrics_count_requests() {
     assert!(text.contains("gatehouse_admin_requests_total"), "{text}");
     assert!(text.contains("gatehouse_xds_streams"), "{text}");
 }
+
+#[tokio::test]
+async fn declarative_apply_and_export() {
+    let api = api().await;
+    let doc = json!({
+        "services": [{"name": "a", "endpoints": [{"host": "10.0.0.1", "port": 80}]}],
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "destination": {"service": "a"}}]
+    });
+    let preview = api
+        .call("PUT", "/v1/config?dry_run=true", Some(doc.clone()))
+        .await;
+    assert_eq!(preview.status, StatusCode::OK);
+    assert_eq!(preview.body["dry_run"], true);
+    assert_eq!(preview.body["changes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        api.call("GET", "/v1/config/version", None).await.body["version"],
+        0
+    );
+
+    let applied = api.call("PUT", "/v1/config", Some(doc.clone())).await;
+    assert_eq!((applied.status, version(&applied)), (StatusCode::OK, 1));
+    let exported = api.call("GET", "/v1/config", None).await;
+    assert_eq!(version(&exported), 1);
+    assert_eq!(exported.body["routes"][0]["name"], "r");
+    assert_eq!(exported.body["services"][0]["protocol"], "http1");
+
+    let bad = json!({"services": [], "routes": [{"name": "r", "match": {"path_prefix": "/"},
+                                                  "destination": {"service": "a"}}]});
+    let refused = api.call("PUT", "/v1/config?prune=true", Some(bad)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refused.body["errors"][0]["field"],
+        "routes[0].destination.service"
+    );
+    let bad_query = api.call("PUT", "/v1/config?dry_run=maybe", Some(doc)).await;
+    assert_eq!(bad_query.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_query.body["errors"][0]["field"], "query");
+    assert_eq!(
+        api.call("GET", "/v1/config/version", None).await.body["version"],
+        1
+    );
+}
