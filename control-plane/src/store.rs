@@ -173,12 +173,16 @@ pub struct Written {
     pub changed: bool,
 }
 
-/// One resource changed by a write.
+/// One resource changed by a write, with its canonical spec before and after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub op: ChangeOp,
     pub kind: &'static str,
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -570,13 +574,17 @@ impl Store {
                 .rev()
                 .map(|key| (ChangeOp::Delete, key.clone())),
         );
+        let spec = |text: Option<&String>| text.and_then(|t| serde_json::from_str(t).ok());
         let listed = |changes: &[(ChangeOp, Key)]| {
             changes
                 .iter()
-                .map(|(op, (kind, name))| Change {
+                .map(|(op, key)| Change {
                     op: *op,
-                    kind: kind.as_str(),
-                    name: name.clone(),
+                    kind: key.0.as_str(),
+                    name: key.1.clone(),
+                    before: spec(existing.get(key)),
+                    after: spec(desired.get(key).map(|d| &d.spec))
+                        .filter(|_| *op != ChangeOp::Delete),
                 })
                 .collect()
         };

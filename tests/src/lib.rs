@@ -500,6 +500,43 @@ impl Envoy {
             .expect("config dump json")
     }
 
+    /// Every dynamic resource Envoy holds, with its version and last update
+    /// time: equal values mean Envoy's xDS configuration did not change.
+    pub async fn dynamic_config(&self) -> Vec<String> {
+        let dump = self.config_dump().await;
+        let mut entries = Vec::new();
+        for config in dump["configs"].as_array().into_iter().flatten() {
+            let lists = [
+                (
+                    "cluster",
+                    &config["dynamic_active_clusters"],
+                    "/cluster/name",
+                ),
+                ("listener", &config["dynamic_listeners"], "/name"),
+                (
+                    "routes",
+                    &config["dynamic_route_configs"],
+                    "/route_config/name",
+                ),
+            ];
+            for (kind, list, name) in lists {
+                for item in list.as_array().into_iter().flatten() {
+                    let state = item.get("active_state").unwrap_or(item);
+                    entries.push(format!(
+                        "{kind} {} version={} updated={}",
+                        item.pointer(name)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                        state["version_info"],
+                        state["last_updated"],
+                    ));
+                }
+            }
+        }
+        entries.sort();
+        entries
+    }
+
     /// The value of one counter or gauge from Envoy's stats.
     pub async fn stat(&self, name: &str) -> Option<u64> {
         let body = client()

@@ -1,0 +1,95 @@
+//! The admin API over HTTP, with RFC 7807 problems turned into [`Failure`]s.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::Failure;
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Self, Failure> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| Failure::Server(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            base: server.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            Failure::Server(format!("cannot reach {}: {}", self.base, root_cause(&e)))
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Server(format!("reading the response from {url}: {e}")))?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(json)
+        } else {
+            Err(problem(status, &json))
+        }
+    }
+}
+
+/// The innermost error, which says what actually went wrong (refused, DNS…).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn problem(status: StatusCode, body: &Value) -> Failure {
+    let title = body["title"]
+        .as_str()
+        .unwrap_or(status.canonical_reason().unwrap_or("error"));
+    let mut lines = vec![match body["detail"].as_str() {
+        Some(detail) if body["errors"].as_array().is_none_or(|e| e.is_empty()) => {
+            format!("{title}: {detail}")
+        }
+        _ => title.to_owned(),
+    }];
+    for error in body["errors"].as_array().into_iter().flatten() {
+        let field = error["field"].as_str().unwrap_or_default();
+        let message = error["message"].as_str().unwrap_or_default();
+        lines.push(if field.is_empty() {
+            format!("  {message}")
+        } else {
+            format!("  {field}: {message}")
+        });
+    }
+    let message = lines.join("\n");
+    if status.is_client_error() {
+        Failure::Invalid(message)
+    } else {
+        Failure::Server(format!("server error ({status}): {message}"))
+    }
+}

@@ -1,0 +1,258 @@
+//! `gatehousectl`: the Gatehouse admin API from the command line and from CI.
+//!
+//! Exit codes: 0 success (or no changes); 1 `diff --exit-code` found changes;
+//! 2 usage error; 3 invalid input (nothing was applied); 4 the server could not
+//! be reached or failed.
+
+mod client;
+mod render;
+
+use std::{
+    io::{IsTerminal, Read},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::{client::Client, render::Style};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehousectl",
+    version,
+    about = "Manage a Gatehouse gateway: declarative apply, diff, export",
+    after_help = "Exit codes: 0 success or no changes; 1 changes found (diff --exit-code); \
+                  2 usage error; 3 invalid input, nothing applied; 4 server unreachable or failing."
+)]
+struct Cli {
+    /// Admin API of the control plane.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEHOUSE_SERVER",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    server: String,
+
+    /// `human` (coloured on a terminal) or `json` for machines.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "GATEHOUSE_OUTPUT",
+        value_enum,
+        default_value = "human"
+    )]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what applying a document would change.
+    Diff {
+        #[command(flatten)]
+        document: DocumentArgs,
+        /// Exit with 1 when there are changes (for CI).
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Apply a document atomically: all of it, as one new version, or nothing.
+    Apply {
+        #[command(flatten)]
+        document: DocumentArgs,
+        /// Validate and show the changes without applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the whole configuration as a document `apply` takes.
+    Export,
+    /// Print resources of one kind (services, routes), or one by name.
+    Get { kind: String, name: Option<String> },
+    /// Connected Envoys and the config versions they acknowledged.
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+struct DocumentArgs {
+    /// YAML or JSON document; `-` reads standard input.
+    #[arg(long, short)]
+    file: PathBuf,
+    /// Delete resources the document does not list.
+    #[arg(long)]
+    prune: bool,
+}
+
+/// Why a command did not succeed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Server(String),
+    /// `diff --exit-code` found changes (not an error message).
+    #[error("changes found")]
+    Changes,
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Changes => 1,
+            Failure::Invalid(_) => 3,
+            Failure::Server(_) => 4,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err((out, failure)) => {
+            print!("{out}");
+            if !matches!(failure, Failure::Changes) {
+                eprintln!("error: {failure}");
+            }
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Runs a command; the output is printed even when the command fails.
+async fn run(cli: Cli) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let client = Client::new(&cli.server).map_err(no_output)?;
+    let style = Style {
+        color: cli.output == Output::Human
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let json = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    match cli.command {
+        Command::Diff {
+            document,
+            exit_code,
+        } => {
+            let applied = apply(&client, &document, true).await.map_err(no_output)?;
+            let changes = applied["changes"].as_array().cloned().unwrap_or_default();
+            let out = match cli.output {
+                Output::Json => json(&applied),
+                Output::Human if changes.is_empty() => "no changes\n".into(),
+                Output::Human => render::diff(&changes, &style),
+            };
+            if exit_code && !changes.is_empty() {
+                return Err((out, Failure::Changes));
+            }
+            Ok(out)
+        }
+        Command::Apply { document, dry_run } => {
+            let applied = apply(&client, &document, dry_run)
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&applied),
+                Output::Human => {
+                    let changes = applied["changes"].as_array().cloned().unwrap_or_default();
+                    let verb = if dry_run { "would apply" } else { "applied" };
+                    format!(
+                        "{}{}\n",
+                        render::diff(&changes, &style),
+                        render::summary(&applied, verb)
+                    )
+                }
+            })
+        }
+        Command::Export => {
+            let document = client.get("/v1/config").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&document),
+                Output::Human => render::yaml(&document),
+            })
+        }
+        Command::Get { kind, name } => {
+            let kind = match kind.as_str() {
+                "service" | "services" | "svc" => "services",
+                "route" | "routes" => "routes",
+                other => {
+                    return Err(no_output(Failure::Invalid(format!(
+                        "unknown kind {other:?} (services, routes)"
+                    ))));
+                }
+            };
+            let path = match &name {
+                Some(name) => format!("/v1/{kind}/{name}"),
+                None => format!("/v1/{kind}"),
+            };
+            let value = client.get(&path).await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&value),
+                Output::Human => render::yaml(&value),
+            })
+        }
+        Command::Status => {
+            let status = client.get("/v1/status/nodes").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&status),
+                Output::Human => render::status(&status),
+            })
+        }
+    }
+}
+
+async fn apply(client: &Client, args: &DocumentArgs, dry_run: bool) -> Result<Value, Failure> {
+    let document = read_document(&args.file)?;
+    let path = format!("/v1/config?dry_run={dry_run}&prune={}", args.prune);
+    client.put(&path, &document).await
+}
+
+/// Reads a YAML or JSON document into a generic value; the server validates
+/// it and names any bad field by its path in the document.
+fn read_document(path: &PathBuf) -> Result<Value, Failure> {
+    let shown = path.display();
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|e| Failure::Invalid(format!("cannot read {shown}: {e}")))?;
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let value: Value = if is_json {
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Invalid(format!("{shown}: invalid JSON: {e}")))?
+    } else {
+        serde_saphyr::from_str(&text)
+            .map_err(|e| Failure::Invalid(format!("{shown}: invalid YAML: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(Failure::Invalid(format!(
+            "{shown}: the document must be a mapping with `services` and `routes`"
+        )));
+    }
+    Ok(value)
+}

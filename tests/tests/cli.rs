@@ -1,0 +1,242 @@
+//! `gatehousectl` against a real control plane and a real Envoy: what CI
+//! pipelines do (diff on a pull request, apply on merge).
+
+use std::path::Path;
+
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, client, eventually, free_port,
+    gatehouse_bin, probe, scratch_dir,
+};
+
+struct Ctl {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn ctl(cp: &ControlPlane, args: &[&str]) -> Ctl {
+    let output = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
+        .args(args)
+        .env("GATEHOUSE_SERVER", format!("http://{}", cp.admin))
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("gatehousectl runs");
+    Ctl {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into(),
+        stderr: String::from_utf8_lossy(&output.stderr).into(),
+    }
+}
+
+fn document(dir: &Path, name: &str, upstream: &Upstream, routes: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "services:\n  - name: web\n    endpoints:\n      - host: 127.0.0.1\n        port: {}\nroutes:\n",
+        upstream.addr.port()
+    );
+    for (route, prefix) in routes {
+        yaml += &format!(
+            "  - name: {route}\n    match:\n      path_prefix: {prefix}\n    destination:\n      service: web\n"
+        );
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write document");
+    path.display().to_string()
+}
+
+async fn until_status(envoy: &Envoy, path: &str, status: u16) {
+    let http = client();
+    let url = envoy.url(path);
+    eventually(
+        std::time::Duration::from_secs(10),
+        &format!("{path} → {status}"),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { probe(&http, &url).await.0 == status }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn diff_apply_prune_through_envoy() {
+    let dir = scratch_dir("gatehouse_cli");
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let web = Upstream::start("web").await;
+
+    // A pull request: diff shows everything, with --exit-code 1.
+    let v1 = document(
+        &dir,
+        "v1.yaml",
+        &web,
+        &[("main", "/a"), ("extra", "/extra")],
+    );
+    let diff = ctl(&cp, &["diff", "-f", &v1, "--exit-code"]).await;
+    assert_eq!(diff.code, 1, "{}{}", diff.stdout, diff.stderr);
+    assert!(
+        diff.stdout.contains("+ create route main"),
+        "{}",
+        diff.stdout
+    );
+
+    // Merge: apply, then the diff is empty and Envoy serves it.
+    let apply = ctl(&cp, &["apply", "-f", &v1]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert!(
+        apply
+            .stdout
+            .contains("applied 3 changes (config version 1)"),
+        "{}",
+        apply.stdout
+    );
+    let again = ctl(&cp, &["diff", "-f", &v1, "--exit-code"]).await;
+    assert_eq!((again.code, again.stdout.as_str()), (0, "no changes\n"));
+    until_status(&envoy, "/a/1", 200).await;
+
+    // Change one route: the diff shows exactly that route and field.
+    let v2 = document(
+        &dir,
+        "v2.yaml",
+        &web,
+        &[("main", "/b"), ("extra", "/extra")],
+    );
+    let diff = ctl(&cp, &["diff", "-f", &v2]).await;
+    assert_eq!(diff.code, 0);
+    assert!(
+        diff.stdout.starts_with("~ update route main\n"),
+        "{}",
+        diff.stdout
+    );
+    assert!(
+        diff.stdout.contains("-   path_prefix: /a") && diff.stdout.contains("+   path_prefix: /b"),
+        "{}",
+        diff.stdout
+    );
+    assert_eq!(
+        diff.stdout.matches("update").count(),
+        1,
+        "only one resource changes: {}",
+        diff.stdout
+    );
+    let machine = ctl(&cp, &["diff", "-f", &v2, "-o", "json"]).await;
+    let parsed: serde_json::Value = serde_json::from_str(&machine.stdout).expect("json output");
+    assert_eq!(parsed["changes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(ctl(&cp, &["apply", "-f", &v2]).await.code, 0);
+    until_status(&envoy, "/b/1", 200).await;
+    until_status(&envoy, "/a/1", 404).await;
+
+    // Dropping a route from the document deletes it only with --prune.
+    let v3 = document(&dir, "v3.yaml", &web, &[("main", "/b")]);
+    let kept = ctl(&cp, &["diff", "-f", &v3, "--exit-code"]).await;
+    assert_eq!(kept.code, 0, "without --prune nothing is deleted");
+    let pruned = ctl(&cp, &["diff", "-f", &v3, "--prune"]).await;
+    assert!(
+        pruned.stdout.starts_with("- delete route extra"),
+        "{}",
+        pruned.stdout
+    );
+    assert_eq!(ctl(&cp, &["apply", "-f", &v3, "--prune"]).await.code, 0);
+    until_status(&envoy, "/extra", 404).await;
+
+    // Export round-trips: applying it changes nothing.
+    let export = ctl(&cp, &["export"]).await;
+    let exported = dir.join("exported.yaml");
+    std::fs::write(&exported, &export.stdout).expect("write export");
+    let round = ctl(
+        &cp,
+        &[
+            "diff",
+            "-f",
+            exported.to_str().expect("utf-8"),
+            "--prune",
+            "--exit-code",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (round.code, round.stdout.as_str()),
+        (0, "no changes\n"),
+        "{}",
+        export.stdout
+    );
+    cp.assert_no_nacks().await;
+}
+
+#[tokio::test]
+async fn invalid_documents_exit_3_and_change_nothing() {
+    let dir = scratch_dir("gatehouse_cli_bad");
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cases = [
+        (write("broken.yaml", "services: [\n"), "line 1"),
+        (
+            write("unknown.yaml", "routes:\n  - name: r\n    colour: red\n"),
+            "routes[0].colour",
+        ),
+        (
+            write(
+                "dangling.yaml",
+                "routes:\n  - name: r\n    match: {path_prefix: /}\n    destination: {service: nowhere}\n",
+            ),
+            "routes[0].destination.service",
+        ),
+        (
+            write("list.yaml", "- just\n- a list\n"),
+            "must be a mapping",
+        ),
+        (
+            dir.join("missing.yaml").display().to_string(),
+            "cannot read",
+        ),
+    ];
+    for (path, expected) in &cases {
+        let out = ctl(&cp, &["apply", "-f", path]).await;
+        assert_eq!(out.code, 3, "{path}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(expected),
+            "{path}: expected {expected:?} in {}",
+            out.stderr
+        );
+    }
+    assert_eq!(cp.version().await, 0, "nothing was applied");
+    let usage = ctl(&cp, &["apply"]).await;
+    assert_eq!(usage.code, 2, "usage errors exit 2");
+}
+
+#[tokio::test]
+async fn unreachable_server_exits_4() {
+    let out = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "export",
+        ])
+        .output()
+        .await
+        .expect("gatehousectl runs");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[tokio::test]
+async fn the_example_document_is_valid() {
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    let example = gatehouse_e2e::workspace_root().join("examples/gateway.yaml");
+    let out = ctl(
+        &cp,
+        &["apply", "--dry-run", "-f", example.to_str().expect("utf-8")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("would apply 4 changes"),
+        "{}",
+        out.stdout
+    );
+}
