@@ -12,7 +12,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, Query, Request, State, rejection::QueryRejection},
-    http::{HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::{
     model::{ConfigDocument, FieldError, Resource, Route, Service},
-    store::{ApplyOptions, Store},
+    store::{ApplyOptions, Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
     xds::{Snapshot, status::NodeRegistry},
 };
@@ -30,6 +30,32 @@ pub use problem::ApiError;
 
 /// Response header carrying the config version after a write.
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-config-version");
+/// Request header naming who makes a change, recorded in the history.
+pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-actor");
+
+/// The store, recording writes under the request's actor.
+fn writer(state: &AdminState, headers: &HeaderMap, source: Source) -> Result<Store, ApiError> {
+    let actor = match headers.get(&ACTOR_HEADER) {
+        None => "anonymous".to_owned(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|a| {
+                !a.is_empty()
+                    && a.len() <= 64
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b))
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::Validation(vec![FieldError::new(
+                    ACTOR_HEADER.as_str(),
+                    "must be 1-64 letters, digits or . _ @ : -",
+                )])
+            })?,
+    };
+    Ok(state.store.with_origin(Origin { actor, source }))
+}
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -47,6 +73,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/config", get(export_config).put(apply_config))
         .route("/v1/config/version", get(config_version))
+        .route("/v1/config/versions", get(versions))
+        .route("/v1/config/versions/{version}", get(version_record))
+        .route("/v1/config/rollback", axum::routing::post(rollback))
         .route("/v1/status/nodes", get(nodes))
         .merge(resource_routes::<Service>())
         .merge(resource_routes::<Route>())
@@ -124,16 +153,34 @@ struct ApplyQuery {
     dry_run: bool,
     #[serde(default)]
     prune: bool,
+    /// Apply only if the configuration is still at this version.
+    if_version: Option<u64>,
 }
 
 /// Applies a whole document atomically (see [`Store::apply`]).
 async fn apply_config(
     State(state): State<AdminState>,
     query: Result<Query<ApplyQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
+    let if_match = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().trim_matches('"').parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::Validation(vec![FieldError::new(
+                        "if-match",
+                        "must be the config version's ETag, e.g. \"42\"",
+                    )])
+                })?,
+        ),
+    };
     let document: ConfigDocument = decode_json(&body)?;
     let errors = document.validate();
     if !errors.is_empty() {
@@ -142,8 +189,11 @@ async fn apply_config(
     let options = ApplyOptions {
         prune: query.prune,
         dry_run: query.dry_run,
+        if_version: query.if_version.or(if_match),
     };
-    let applied = state.store.apply(&document, options).await?;
+    let applied = writer(&state, &headers, Source::Apply)?
+        .apply(&document, options)
+        .await?;
     Ok((
         [(VERSION_HEADER, version_header(applied.version))],
         Json(applied),
@@ -154,7 +204,78 @@ async fn apply_config(
 /// The whole configuration in the format `PUT /v1/config` takes.
 async fn export_config(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let (version, document) = state.store.export().await?;
-    Ok(([(VERSION_HEADER, version_header(version))], Json(document)).into_response())
+    let etag = HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or(HeaderValue::from_static("\"0\""));
+    Ok((
+        [
+            (VERSION_HEADER, version_header(version)),
+            (header::ETAG, etag),
+        ],
+        Json(document),
+    )
+        .into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default = "default_history_limit")]
+    limit: u32,
+    /// Only versions older than this (for paging).
+    before: Option<u64>,
+}
+
+fn default_history_limit() -> u32 {
+    50
+}
+
+async fn versions(
+    State(state): State<AdminState>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
+    let history = state
+        .store
+        .history(query.limit.clamp(1, 1000), query.before)
+        .await?;
+    Ok(Json(history).into_response())
+}
+
+async fn version_record(
+    State(state): State<AdminState>,
+    Path(version): Path<u64>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.store.version_record(version).await?).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    to: u64,
+}
+
+/// Restores an earlier version's configuration as a new version.
+async fn rollback(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: RollbackRequest = decode_json(&body)?;
+    let applied = writer(&state, &headers, Source::Rollback)?
+        .rollback(request.to)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NoSuchVersion(_) => {
+                ApiError::Validation(vec![FieldError::new("to", e.to_string())])
+            }
+            e => e.into(),
+        })?;
+    Ok((
+        [(VERSION_HEADER, version_header(applied.version))],
+        Json(applied),
+    )
+        .into_response())
 }
 
 async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {
@@ -194,10 +315,13 @@ async fn create<R: Resource>(
 async fn replace<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let resource: R = parse(&body, Some(&name))?;
-    let written = state.store.upsert(&resource).await?;
+    let written = writer(&state, &headers, Source::Api)?
+        .upsert(&resource)
+        .await?;
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -209,8 +333,11 @@ async fn replace<R: Resource>(
 async fn delete<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let version = state.store.delete(R::KIND, &name).await?;
+    let version = writer(&state, &headers, Source::Api)?
+        .delete(R::KIND, &name)
+        .await?;
     Ok((
         StatusCode::NO_CONTENT,
         [(VERSION_HEADER, version_header(version))],

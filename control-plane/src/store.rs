@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change log items",
         include_str!("../../migrations/0002_change_log_items.sql"),
     ),
+    (
+        3,
+        "history",
+        include_str!("../../migrations/0003_history.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,12 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    #[error("the configuration is at version {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("version {0} does not exist")]
+    NoSuchVersion(u64),
+    #[error("version {0} predates recorded history and cannot be restored")]
+    HistoryUnavailable(u64),
     #[error("unsupported database URL scheme (use postgres:// or sqlite://)")]
     UnsupportedUrl,
     #[error("database error: {0}")]
@@ -87,6 +98,9 @@ impl StoreError {
             StoreError::MissingReference { .. } => "missing_reference",
             StoreError::InUse { .. } => "in_use",
             StoreError::Corrupt { .. } => "corrupt",
+            StoreError::VersionMismatch { .. } => "version_mismatch",
+            StoreError::NoSuchVersion(_) => "no_such_version",
+            StoreError::HistoryUnavailable(_) => "history_unavailable",
             StoreError::UnsupportedUrl => "unsupported_url",
             StoreError::Database(_) => "database",
             StoreError::Migrate(_) => "migrate",
@@ -209,6 +223,55 @@ pub struct ApplyOptions {
     pub prune: bool,
     /// Compute and check the changes, store nothing.
     pub dry_run: bool,
+    /// Refuse unless the configuration is still at this version (the one the
+    /// caller diffed against).
+    pub if_version: Option<u64>,
+}
+
+/// Who made a change and through what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub actor: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A single-resource admin API call.
+    Api,
+    /// A declarative document (`PUT /v1/config`).
+    Apply,
+    Rollback,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Apply => "apply",
+            Source::Rollback => "rollback",
+        }
+    }
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            actor: "anonymous".into(),
+            source: Source::Api,
+        }
+    }
+}
+
+/// One version in the history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionRecord {
+    pub version: u64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub source: String,
+    pub changes: Vec<Change>,
 }
 
 /// The outcome of a declarative apply.
@@ -262,6 +325,7 @@ pub struct Store {
     backend: Backend,
     url: DatabaseUrl,
     committed: watch::Sender<u64>,
+    origin: Origin,
 }
 
 impl fmt::Debug for Store {
@@ -301,7 +365,16 @@ impl Store {
             backend,
             url: url.clone(),
             committed: watch::channel(0).0,
+            origin: Origin::default(),
         })
+    }
+
+    /// The same store, recording writes as made by `origin`.
+    pub fn with_origin(&self, origin: Origin) -> Store {
+        Store {
+            origin,
+            ..self.clone()
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -457,7 +530,8 @@ impl Store {
         } else {
             ChangeOp::Create
         };
-        record_change(&mut tx, version, 0, op, kind, name).await?;
+        let specs = (existing.as_deref(), Some(spec.as_str()));
+        record_change(&mut tx, version, 0, op, kind, name, specs).await?;
         self.commit(tx, version).await?;
         Ok(Written {
             version,
@@ -493,19 +567,26 @@ impl Store {
                 used_by,
             });
         }
-        let deleted = sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
-            .bind(kind.as_str())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
+                .bind(kind.as_str())
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
             return Err(StoreError::NotFound {
                 kind,
                 name: name.to_owned(),
             });
-        }
+        };
+        sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+            .bind(kind.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         replace_references(&mut tx, kind, name, &[]).await?;
-        record_change(&mut tx, version, 0, ChangeOp::Delete, kind, name).await?;
+        let specs = (Some(before.as_str()), None);
+        record_change(&mut tx, version, 0, ChangeOp::Delete, kind, name, specs).await?;
         self.commit(tx, version).await?;
         Ok(version)
     }
@@ -524,6 +605,14 @@ impl Store {
 
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
+        if let Some(expected) = options.if_version
+            && expected != version - 1
+        {
+            return Err(StoreError::VersionMismatch {
+                expected,
+                actual: version - 1,
+            });
+        }
         let mut existing: BTreeMap<Key, String> = BTreeMap::new();
         for row in sqlx::query("SELECT kind, name, spec FROM resources")
             .fetch_all(&mut *tx)
@@ -624,7 +713,13 @@ impl Store {
                     replace_references(&mut tx, *kind, name, &d.references).await?;
                 }
             }
-            record_change(&mut tx, version, seq as i64, *op, *kind, name).await?;
+            let key = (*kind, name.clone());
+            let after = desired
+                .get(&key)
+                .filter(|_| *op != ChangeOp::Delete)
+                .map(|d| d.spec.as_str());
+            let specs = (existing.get(&key).map(String::as_str), after);
+            record_change(&mut tx, version, seq as i64, *op, *kind, name, specs).await?;
         }
         self.commit(tx, version).await?;
         Ok(Applied {
@@ -632,6 +727,146 @@ impl Store {
             changes: listed(&changes),
             dry_run: false,
         })
+    }
+
+    /// The newest versions first: who, when, how, and what changed.
+    pub async fn history(
+        &self,
+        limit: u32,
+        before: Option<u64>,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        let versions = sqlx::query(
+            "SELECT version, at_ms, actor, source FROM config_versions WHERE version < $1 \
+             ORDER BY version DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = Vec::with_capacity(versions.len());
+        for row in versions {
+            let version: i64 = row.try_get(0)?;
+            records.push(VersionRecord {
+                version: version as u64,
+                at_ms: row.try_get(1)?,
+                actor: row.try_get(2)?,
+                source: row.try_get(3)?,
+                changes: self.changes(version as u64, false).await?,
+            });
+        }
+        Ok(records)
+    }
+
+    /// One version with its changes' specs before and after.
+    pub async fn version_record(&self, version: u64) -> Result<VersionRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, at_ms, actor, source FROM config_versions WHERE version = $1",
+        )
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NoSuchVersion(version))?;
+        Ok(VersionRecord {
+            version,
+            at_ms: row.try_get(1)?,
+            actor: row.try_get(2)?,
+            source: row.try_get(3)?,
+            changes: self.changes(version, true).await?,
+        })
+    }
+
+    async fn changes(&self, version: u64, with_specs: bool) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT op, kind, name, before_spec, after_spec FROM config_changes WHERE version = $1 ORDER BY seq",
+        )
+        .bind(version as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let spec = |text: Option<String>| {
+            text.filter(|_| with_specs)
+                .and_then(|t| serde_json::from_str(&t).ok())
+        };
+        rows.into_iter()
+            .map(|row| {
+                let op: String = row.try_get(0)?;
+                let kind: String = row.try_get(1)?;
+                Ok(Change {
+                    op: match op.as_str() {
+                        "create" => ChangeOp::Create,
+                        "delete" => ChangeOp::Delete,
+                        _ => ChangeOp::Update,
+                    },
+                    kind: Kind::parse(&kind).map_or("unknown", Kind::as_str),
+                    name: row.try_get(2)?,
+                    before: spec(row.try_get(3)?),
+                    after: spec(row.try_get(4)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Restores the configuration of version `to` as a new version. Retries
+    /// if another write lands while the target is computed.
+    pub async fn rollback(&self, to: u64) -> Result<Applied, StoreError> {
+        let writer = self.with_origin(Origin {
+            source: Source::Rollback,
+            ..self.origin.clone()
+        });
+        let mut attempts = 0;
+        loop {
+            let (current, document) = self.document_at(to).await?;
+            let options = ApplyOptions {
+                prune: true,
+                dry_run: false,
+                if_version: Some(current),
+            };
+            match writer.apply(&document, options).await {
+                Err(StoreError::VersionMismatch { .. }) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// The configuration as it was at `version`: the current state with every
+    /// later change undone. Returns the current version too.
+    async fn document_at(&self, version: u64) -> Result<(u64, ConfigDocument), StoreError> {
+        let state = self.load().await?;
+        if version > state.version {
+            return Err(StoreError::NoSuchVersion(version));
+        }
+        let mut services = state.services;
+        let mut routes = state.routes;
+        let rows = sqlx::query(
+            "SELECT version, op, kind, name, before_spec FROM config_changes \
+             WHERE version > $1 AND version <= $2 ORDER BY version DESC, seq DESC",
+        )
+        .bind(version as i64)
+        .bind(state.version as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let changed: i64 = row.try_get(0)?;
+            let op: String = row.try_get(1)?;
+            let kind: String = row.try_get(2)?;
+            let name: String = row.try_get(3)?;
+            let before: Option<String> = row.try_get(4)?;
+            if before.is_none() && op != ChangeOp::Create.as_str() {
+                return Err(StoreError::HistoryUnavailable(changed as u64));
+            }
+            match Kind::parse(&kind) {
+                Some(Kind::Service) => restore(&mut services, Kind::Service, name, before)?,
+                Some(Kind::Route) => restore(&mut routes, Kind::Route, name, before)?,
+                None => {}
+            }
+        }
+        Ok((
+            state.version,
+            ConfigDocument {
+                services: services.into_values().collect(),
+                routes: routes.into_values().collect(),
+            },
+        ))
     }
 
     /// The whole configuration as a document (the format `apply` takes).
@@ -652,6 +887,15 @@ impl Store {
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
     ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(version as i64)
+        .bind(now_ms())
+        .bind(&self.origin.actor)
+        .bind(self.origin.source.as_str())
+        .execute(&mut *tx)
+        .await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
@@ -717,16 +961,22 @@ async fn record_change(
     op: ChangeOp,
     kind: Kind,
     name: &str,
+    (before, after): (Option<&str>, Option<&str>),
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO config_changes (version, seq, op, kind, name, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(version as i64)
-        .bind(seq)
-        .bind(op.as_str())
-        .bind(kind.as_str())
-        .bind(name)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO config_changes (version, seq, op, kind, name, at_ms, before_spec, after_spec) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(version as i64)
+    .bind(seq)
+    .bind(op.as_str())
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(now_ms())
+    .bind(before)
+    .bind(after)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -762,6 +1012,25 @@ async fn replace_references(
         .bind(&reference.name)
         .execute(&mut **tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// Puts back a resource's earlier spec (`None`: it did not exist).
+fn restore<R: Resource>(
+    map: &mut BTreeMap<String, R>,
+    kind: Kind,
+    name: String,
+    before: Option<String>,
+) -> Result<(), StoreError> {
+    match before {
+        Some(spec) => {
+            let resource = decode(kind, &name, &spec)?;
+            map.insert(name, resource);
+        }
+        None => {
+            map.remove(&name);
+        }
     }
     Ok(())
 }

@@ -229,3 +229,49 @@ async fn declarative_apply_and_export() {
         1
     );
 }
+
+#[tokio::test]
+async fn if_match_history_and_rollback() {
+    let api = api().await;
+    let doc = |port: u16| json!({"services": [{"name": "a", "endpoints": [{"host": "10.0.0.1", "port": port}]}]});
+    api.call("PUT", "/v1/config", Some(doc(80))).await;
+    let exported = api.call("GET", "/v1/config", None).await;
+    assert_eq!(exported.headers["etag"], "\"1\"");
+
+    let request = |if_match: &str| {
+        Request::builder()
+            .method("PUT")
+            .uri("/v1/config")
+            .header("if-match", if_match)
+            .header("x-gatehouse-actor", "ci")
+            .body(Body::from(doc(81).to_string()))
+            .unwrap()
+    };
+    let stale = api.app.clone().oneshot(request("\"0\"")).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let fresh = api.app.clone().oneshot(request("\"1\"")).await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+
+    let history = api.call("GET", "/v1/config/versions?limit=1", None).await;
+    assert_eq!(history.body[0]["version"], 2);
+    assert_eq!(history.body[0]["actor"], "ci");
+    let detail = api.call("GET", "/v1/config/versions/2", None).await;
+    assert_eq!(
+        detail.body["changes"][0]["before"]["endpoints"][0]["port"],
+        80
+    );
+
+    let rolled = api
+        .call("POST", "/v1/config/rollback", Some(json!({"to": 1})))
+        .await;
+    assert_eq!((rolled.status, version(&rolled)), (StatusCode::OK, 3));
+    let read = api.call("GET", "/v1/services/a", None).await;
+    assert_eq!(read.body["endpoints"][0]["port"], 80);
+    let bad = api
+        .call("POST", "/v1/config/rollback", Some(json!({"to": 7})))
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.body["errors"][0]["field"], "to");
+    let missing = api.call("GET", "/v1/config/versions/70", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}

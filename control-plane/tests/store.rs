@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use gatehouse_control_plane::{
     model::{ConfigDocument, Endpoint, Kind, Route, Service},
-    store::{ApplyOptions, ChangeOp, DatabaseUrl, Store, StoreError},
+    store::{ApplyOptions, ChangeOp, DatabaseUrl, Origin, Source, Store, StoreError},
 };
 use sqlx::Connection;
 
@@ -243,6 +243,7 @@ fn summary(applied: &gatehouse_control_plane::store::Applied) -> Vec<String> {
 const APPLY: ApplyOptions = ApplyOptions {
     prune: false,
     dry_run: false,
+    if_version: None,
 };
 
 async fn apply_is_one_version_and_idempotent(store: Store) {
@@ -371,6 +372,131 @@ async fn concurrent_applies_never_interleave(store: Store) {
     assert_eq!(store.load().await.unwrap().routes.len(), 1);
 }
 
+async fn history_records_who_how_and_what(store: Store) {
+    let ci = store.with_origin(Origin {
+        actor: "ci-pipeline".into(),
+        source: Source::Apply,
+    });
+    ci.apply(&document(&[service("a", 80)], &[route("r", &["a"])]), APPLY)
+        .await
+        .unwrap();
+    store.upsert(&service("a", 81)).await.unwrap();
+    store.delete(Kind::Route, "r").await.unwrap();
+    let history = store.history(10, None).await.unwrap();
+    let summary: Vec<(u64, &str, &str, usize)> = history
+        .iter()
+        .map(|v| {
+            (
+                v.version,
+                v.actor.as_str(),
+                v.source.as_str(),
+                v.changes.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (3, "anonymous", "api", 1),
+            (2, "anonymous", "api", 1),
+            (1, "ci-pipeline", "apply", 2)
+        ]
+    );
+    assert!(
+        history[0].changes[0].before.is_none(),
+        "the list carries no specs"
+    );
+    let detail = store.version_record(2).await.unwrap();
+    assert_eq!(
+        detail.changes[0].before.as_ref().unwrap()["endpoints"][0]["port"],
+        80
+    );
+    assert_eq!(
+        detail.changes[0].after.as_ref().unwrap()["endpoints"][0]["port"],
+        81
+    );
+    assert_eq!(
+        store.history(10, Some(2)).await.unwrap().len(),
+        1,
+        "paging by version"
+    );
+    assert!(matches!(
+        store.version_record(9).await,
+        Err(StoreError::NoSuchVersion(9))
+    ));
+}
+
+async fn rollback_restores_an_earlier_version_as_a_new_one(store: Store) {
+    let v1 = document(&[service("a", 80)], &[route("r", &["a"])]);
+    store.apply(&v1, APPLY).await.unwrap();
+    store.upsert(&service("a", 81)).await.unwrap();
+    store
+        .apply(
+            &document(&[service("b", 80)], &[route("r2", &["b"])]),
+            APPLY,
+        )
+        .await
+        .unwrap();
+    store.delete(Kind::Route, "r").await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 4);
+
+    let restored = store.rollback(1).await.unwrap();
+    assert_eq!(restored.version, 5, "a rollback is a new version");
+    let (_, now) = store.export().await.unwrap();
+    assert_eq!(now, v1);
+    let record = store.version_record(5).await.unwrap();
+    assert_eq!(record.source, "rollback");
+    // Rolling back the rollback returns to version 4's state.
+    store.rollback(4).await.unwrap();
+    let state = store.load().await.unwrap();
+    assert_eq!(state.services.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(state.routes.keys().collect::<Vec<_>>(), ["r2"]);
+    assert!(matches!(
+        store.rollback(99).await,
+        Err(StoreError::NoSuchVersion(99))
+    ));
+    let noop = store.rollback(6).await.unwrap();
+    assert!(noop.changes.is_empty());
+}
+
+async fn apply_refuses_a_stale_version(store: Store) {
+    store
+        .apply(&document(&[service("a", 80)], &[]), APPLY)
+        .await
+        .unwrap();
+    store.upsert(&service("a", 81)).await.unwrap();
+    let stale = ApplyOptions {
+        if_version: Some(1),
+        ..APPLY
+    };
+    let err = store
+        .apply(&document(&[service("a", 90)], &[]), stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionMismatch {
+                expected: 1,
+                actual: 2
+            }
+        ),
+        "{err}"
+    );
+    let current = ApplyOptions {
+        if_version: Some(2),
+        ..APPLY
+    };
+    assert_eq!(
+        store
+            .apply(&document(&[service("a", 90)], &[]), current)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -407,4 +533,7 @@ store_suite!(
     prune_deletes_what_the_document_no_longer_lists,
     apply_with_a_dangling_reference_changes_nothing,
     concurrent_applies_never_interleave,
+    history_records_who_how_and_what,
+    rollback_restores_an_earlier_version_as_a_new_one,
+    apply_refuses_a_stale_version,
 );

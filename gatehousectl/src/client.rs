@@ -8,10 +8,11 @@ use crate::Failure;
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    actor: Option<String>,
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Self, Failure> {
+    pub fn new(server: &str, actor: Option<String>) -> Result<Self, Failure> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -19,6 +20,7 @@ impl Client {
         Ok(Self {
             base: server.trim_end_matches('/').to_owned(),
             http,
+            actor,
         })
     }
 
@@ -30,6 +32,10 @@ impl Client {
         self.send(Method::PUT, path, Some(body)).await
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -38,6 +44,9 @@ impl Client {
     ) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
+        if let Some(actor) = &self.actor {
+            request = request.header("x-gatehouse-actor", actor);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

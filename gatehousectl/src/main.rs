@@ -36,6 +36,10 @@ struct Cli {
     )]
     server: String,
 
+    /// Who is making changes, recorded in the version history.
+    #[arg(long, global = true, env = "GATEHOUSE_ACTOR")]
+    actor: Option<String>,
+
     /// `human` (coloured on a terminal) or `json` for machines.
     #[arg(
         long,
@@ -74,6 +78,20 @@ enum Command {
         /// Validate and show the changes without applying them.
         #[arg(long)]
         dry_run: bool,
+        /// Apply only if the configuration is still at this version (the one
+        /// the diff was made against); otherwise fail with exit code 3.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// The version history, newest first: who, when, and what changed.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Restore an earlier version's configuration, as a new version.
+    Rollback {
+        #[arg(long)]
+        to: u64,
     },
     /// Print the whole configuration as a document `apply` takes.
     Export,
@@ -145,7 +163,7 @@ fn main() -> ExitCode {
 /// Runs a command; the output is printed even when the command fails.
 async fn run(cli: Cli) -> Result<String, (String, Failure)> {
     let no_output = |f| (String::new(), f);
-    let client = Client::new(&cli.server).map_err(no_output)?;
+    let client = Client::new(&cli.server, cli.actor.clone()).map_err(no_output)?;
     let style = Style {
         color: cli.output == Output::Human
             && std::io::stdout().is_terminal()
@@ -157,7 +175,9 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             document,
             exit_code,
         } => {
-            let applied = apply(&client, &document, true).await.map_err(no_output)?;
+            let applied = apply(&client, &document, true, None)
+                .await
+                .map_err(no_output)?;
             let changes = applied["changes"].as_array().cloned().unwrap_or_default();
             let out = match cli.output {
                 Output::Json => json(&applied),
@@ -169,8 +189,12 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             }
             Ok(out)
         }
-        Command::Apply { document, dry_run } => {
-            let applied = apply(&client, &document, dry_run)
+        Command::Apply {
+            document,
+            dry_run,
+            if_version,
+        } => {
+            let applied = apply(&client, &document, dry_run, if_version)
                 .await
                 .map_err(no_output)?;
             Ok(match cli.output {
@@ -182,6 +206,33 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                         "{}{}\n",
                         render::diff(&changes, &style),
                         render::summary(&applied, verb)
+                    )
+                }
+            })
+        }
+        Command::History { limit } => {
+            let versions = client
+                .get(&format!("/v1/config/versions?limit={limit}"))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&versions),
+                Output::Human => render::history(versions.as_array().map_or(&[], Vec::as_slice)),
+            })
+        }
+        Command::Rollback { to } => {
+            let applied = client
+                .post("/v1/config/rollback", &serde_json::json!({ "to": to }))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&applied),
+                Output::Human => {
+                    let changes = applied["changes"].as_array().cloned().unwrap_or_default();
+                    format!(
+                        "{}{}\n",
+                        render::diff(&changes, &style),
+                        render::summary(&applied, &format!("rolled back to version {to}:"))
                     )
                 }
             })
@@ -223,9 +274,17 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
     }
 }
 
-async fn apply(client: &Client, args: &DocumentArgs, dry_run: bool) -> Result<Value, Failure> {
+async fn apply(
+    client: &Client,
+    args: &DocumentArgs,
+    dry_run: bool,
+    if_version: Option<u64>,
+) -> Result<Value, Failure> {
     let document = read_document(&args.file)?;
-    let path = format!("/v1/config?dry_run={dry_run}&prune={}", args.prune);
+    let mut path = format!("/v1/config?dry_run={dry_run}&prune={}", args.prune);
+    if let Some(version) = if_version {
+        path += &format!("&if_version={version}");
+    }
     client.put(&path, &document).await
 }
 

@@ -107,3 +107,68 @@ pub fn status(body: &Value) -> String {
     }
     out
 }
+
+/// The version history as a table, newest first.
+pub fn history(versions: &[Value]) -> String {
+    let mut out = format!(
+        "{:>8}  {:<20}  {:<20}  {:<8}  CHANGES\n",
+        "VERSION", "WHEN (UTC)", "ACTOR", "SOURCE"
+    );
+    for v in versions {
+        let changes: Vec<String> = v["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} {} {}",
+                    c["op"].as_str().unwrap_or_default(),
+                    c["kind"].as_str().unwrap_or_default(),
+                    c["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<20}  {:<20}  {:<8}  {}",
+            v["version"].as_u64().unwrap_or_default(),
+            utc(v["at_ms"].as_i64().unwrap_or_default()),
+            v["actor"].as_str().unwrap_or_default(),
+            v["source"].as_str().unwrap_or_default(),
+            changes.join(", ")
+        );
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from Unix milliseconds.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_unix_milliseconds() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_456_116_180), "2026-11-23 17:48:36");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

@@ -240,3 +240,67 @@ async fn the_example_document_is_valid() {
         out.stdout
     );
 }
+
+/// History names who changed what; rolling back restores the previous
+/// behaviour through Envoy, as a new version; a stale --if-version is refused.
+#[tokio::test]
+async fn history_and_rollback_through_envoy() {
+    let dir = scratch_dir("gatehouse_cli_rollback");
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::Delta).await;
+    let web = Upstream::start("web").await;
+
+    let v1 = document(&dir, "v1.yaml", &web, &[("main", "/old")]);
+    let out = ctl(&cp, &["--actor", "alice", "apply", "-f", &v1]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    until_status(&envoy, "/old", 200).await;
+    let v2 = document(&dir, "v2.yaml", &web, &[("main", "/new")]);
+    let stale = ctl(&cp, &["apply", "-f", &v2, "--if-version", "0"]).await;
+    assert_eq!(
+        stale.code, 3,
+        "a stale version is refused: {}",
+        stale.stderr
+    );
+    assert!(stale.stderr.contains("not 0"), "{}", stale.stderr);
+    let out = ctl(
+        &cp,
+        &["--actor", "bob", "apply", "-f", &v2, "--if-version", "1"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    until_status(&envoy, "/new", 200).await;
+    until_status(&envoy, "/old", 404).await;
+
+    let history = ctl(&cp, &["history"]).await;
+    let lines: Vec<&str> = history.stdout.lines().collect();
+    assert!(
+        lines[1].contains("bob") && lines[1].contains("update route main"),
+        "{}",
+        history.stdout
+    );
+    assert!(
+        lines[2].contains("alice") && lines[2].contains("create service web"),
+        "{}",
+        history.stdout
+    );
+
+    let rollback = ctl(&cp, &["--actor", "carol", "rollback", "--to", "1"]).await;
+    assert_eq!(rollback.code, 0, "{}", rollback.stderr);
+    assert!(
+        rollback
+            .stdout
+            .contains("rolled back to version 1: 1 change (config version 3)"),
+        "{}",
+        rollback.stdout
+    );
+    until_status(&envoy, "/old", 200).await;
+    until_status(&envoy, "/new", 404).await;
+    let history = ctl(&cp, &["history", "-o", "json"]).await;
+    let versions: serde_json::Value = serde_json::from_str(&history.stdout).expect("json");
+    assert_eq!(versions[0]["source"], "rollback");
+    assert_eq!(versions[0]["actor"], "carol");
+    let missing = ctl(&cp, &["rollback", "--to", "42"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    cp.assert_no_nacks().await;
+}

@@ -24,6 +24,10 @@ pub enum ApiError {
     /// The write conflicts with the current configuration.
     Conflict(String),
     NoSuchPath,
+    /// Something other than a resource is missing (a version, say).
+    Missing(String),
+    /// An `If-Match` / `if_version` precondition did not hold.
+    PreconditionFailed(String),
     /// The store cannot be reached.
     Unavailable,
     Internal,
@@ -32,9 +36,11 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists { .. } | StoreError::InUse { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::InUse { .. }
+            | StoreError::HistoryUnavailable(_) => ApiError::Conflict(e.to_string()),
+            StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
+            StoreError::VersionMismatch { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
             StoreError::MissingReference { field, kind, name } => {
                 ApiError::Validation(vec![FieldError::new(
@@ -79,6 +85,12 @@ impl ApiError {
                 "Conflict with the current configuration",
             ),
             ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "no-such-path", "No such API path"),
+            ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "The configuration changed since it was read",
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -111,7 +123,9 @@ impl IntoResponse for ApiError {
             ApiError::NotFound { kind, name } => {
                 format!("{} {name:?} does not exist", kind.as_str())
             }
-            ApiError::Conflict(message) => message.clone(),
+            ApiError::Conflict(message)
+            | ApiError::Missing(message)
+            | ApiError::PreconditionFailed(message) => message.clone(),
             ApiError::NoSuchPath => "see the admin API reference for the paths it serves".into(),
             ApiError::Unavailable => {
                 "the configuration store cannot be reached; nothing was changed".into()
