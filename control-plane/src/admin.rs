@@ -4,6 +4,7 @@
 //! handlers. Input is validated in full before the store is touched; every
 //! error is an RFC 7807 problem (see [`problem`]).
 
+pub mod auth;
 pub mod problem;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct AdminState {
     pub nodes: NodeRegistry,
     pub metrics: Metrics,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// Configured at start; authentication is enforced when set.
+    pub bootstrap_token: Option<auth::Secret>,
 }
 
 /// The whole admin API; shared by `main` and the tests.
@@ -77,9 +80,19 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/config/versions/{version}", get(version_record))
         .route("/v1/config/rollback", axum::routing::post(rollback))
         .route("/v1/status/nodes", get(nodes))
+        .route("/v1/admin-tokens", get(list_tokens).post(create_token))
+        .route(
+            "/v1/admin-tokens/{name}",
+            axum::routing::delete(revoke_token),
+        )
         .merge(resource_routes::<Service>())
         .merge(resource_routes::<Route>())
         .fallback(|| async { ApiError::NoSuchPath })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), require_store))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -109,6 +122,16 @@ async fn count_requests(State(state): State<AdminState>, request: Request, next:
         })
         .inc();
     response
+}
+
+/// The API answers 503 until the store is migrated (the control plane starts
+/// even while its database is down). Node status needs no store.
+async fn require_store(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/v1/") && !path.starts_with("/v1/status/") && !state.store.is_migrated() {
+        return ApiError::Unavailable.into_response();
+    }
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -247,6 +270,59 @@ async fn version_record(
     Path(version): Path<u64>,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.store.version_record(version).await?).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: auth::Role,
+}
+
+async fn create_token(State(state): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: NewToken = decode_json(&body)?;
+    let mut errors = Vec::new();
+    crate::model::check_name(&request.name, "name", &mut errors);
+    if request.name == "bootstrap" {
+        errors.push(FieldError::new("name", "\"bootstrap\" is reserved"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let issued = auth::issue().map_err(|e| {
+        tracing::error!(error = %e, "no randomness for a token");
+        ApiError::Internal
+    })?;
+    let record = state
+        .store
+        .create_admin_token(
+            &request.name,
+            request.role.as_str(),
+            &issued.hash,
+            &issued.prefix,
+        )
+        .await?;
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    // The only time the secret is ever shown.
+    body["token"] = Value::String(issued.secret.expose().to_owned());
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_tokens(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    Ok(Json(state.store.list_admin_tokens().await?).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if state.store.delete_admin_token(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::Missing(format!(
+            "admin token {name:?} does not exist"
+        )))
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser};
 
 use crate::{
-    store::DatabaseUrl, sync::SyncSettings, telemetry::LogFormat, translate::ProxySettings,
+    admin::auth::{MIN_BOOTSTRAP_LEN, Secret},
+    store::DatabaseUrl,
+    sync::SyncSettings,
+    telemetry::LogFormat,
+    translate::ProxySettings,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -28,6 +32,21 @@ pub struct Config {
 
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// Bootstrap admin token (role admin, name "bootstrap"); at least 32 characters.
+    /// With it, every admin API call needs a token. Required to bind the admin
+    /// API to a non-loopback address.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<Secret>,
+
+    /// File holding the bootstrap admin token.
+    #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// How often the store's version is checked (catches changes made by other replicas).
     #[arg(long, env = "GATEHOUSE_POLL_INTERVAL_MS", default_value_t = 1000)]
@@ -98,6 +117,35 @@ impl Config {
         }
     }
 
+    /// The bootstrap admin token from the flag, the environment or the file.
+    pub fn bootstrap_token(&self) -> Result<Option<Secret>, String> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read --admin-token-file {}: {e}", path.display())
+                })?;
+                Some(Secret::new(text.trim().to_owned()))
+            }
+            (None, None) => None,
+        };
+        if let Some(token) = &token
+            && token.expose().len() < MIN_BOOTSTRAP_LEN
+        {
+            return Err(format!(
+                "the bootstrap admin token must be at least {MIN_BOOTSTRAP_LEN} characters"
+            ));
+        }
+        if token.is_none() && !self.admin_addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve the admin API on {} without authentication: set GATEHOUSE_ADMIN_TOKEN \
+                 or --admin-token-file, or bind to a loopback address",
+                self.admin_addr
+            ));
+        }
+        Ok(token)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -119,5 +167,34 @@ mod tests {
         assert_eq!(config.xds_addr.port(), 18000);
         assert_eq!(config.proxy.proxy_addr.port(), 8000);
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn admin_api_off_loopback_needs_a_token() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["gatehouse-control-plane"], args].concat()).expect("parses")
+        };
+        assert!(
+            parse(&["--admin-addr", "0.0.0.0:8001"])
+                .bootstrap_token()
+                .is_err()
+        );
+        assert!(
+            parse(&["--admin-token", "short"])
+                .bootstrap_token()
+                .is_err()
+        );
+        let long = "x".repeat(40);
+        let config = parse(&["--admin-addr", "0.0.0.0:8001", "--admin-token", &long]);
+        assert!(config.bootstrap_token().expect("valid").is_some());
+        assert!(
+            !format!("{config:?}").contains(&long),
+            "the token is redacted"
+        );
+        assert_eq!(
+            parse(&[]).bootstrap_token(),
+            Ok(None),
+            "loopback without a token is open"
+        );
     }
 }

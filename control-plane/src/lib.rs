@@ -40,6 +40,8 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] StoreError),
+    #[error("{0}")]
+    Insecure(String),
     #[error("cannot create data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("{0} server failed: {1}")]
@@ -49,7 +51,10 @@ pub enum StartError {
 impl StartError {
     /// Bad configuration (exit 64, like sysexits' EX_USAGE) versus a runtime failure.
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::DataDir(..))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::DataDir(..) | StartError::Insecure(_)
+        )
     }
 }
 
@@ -61,6 +66,7 @@ pub struct ControlPlane {
     proxy: ProxySettings,
     sync: SyncSettings,
     metrics: Metrics,
+    bootstrap_token: Option<admin::auth::Secret>,
 }
 
 impl ControlPlane {
@@ -68,6 +74,7 @@ impl ControlPlane {
     /// control plane whose database is down starts, and serves nothing to
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let bootstrap_token = config.bootstrap_token().map_err(StartError::Insecure)?;
         if config.store.database_url.is_none() {
             std::fs::create_dir_all(&config.store.data_dir)
                 .map_err(|e| StartError::DataDir(config.store.data_dir.clone(), e))?;
@@ -85,6 +92,7 @@ impl ControlPlane {
             proxy: config.proxy_settings(),
             sync: config.sync_settings(),
             metrics: Metrics::default(),
+            bootstrap_token,
         })
     }
 
@@ -123,6 +131,7 @@ impl ControlPlane {
             nodes: nodes.clone(),
             metrics: self.metrics.clone(),
             snapshots: snapshots.clone(),
+            bootstrap_token: self.bootstrap_token,
         });
         let mut admin = tokio::spawn(
             axum::serve(self.admin, admin_app)

@@ -27,6 +27,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(None).await
+}
+
+async fn api_with(bootstrap: Option<&str>) -> Api {
     let dir = std::env::temp_dir().join(format!(
         "gatehouse_admin_{}_{}",
         std::process::id(),
@@ -44,6 +48,7 @@ async fn api() -> Api {
         nodes: NodeRegistry::default(),
         metrics: Metrics::default(),
         snapshots,
+        bootstrap_token: bootstrap.map(|t| admin::auth::Secret::new(t.into())),
     });
     Api { app, publish }
 }
@@ -56,9 +61,22 @@ struct Reply {
 
 impl Api {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
+        self.call_as(None, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .header("x-gatehouse-actor", "mallory")
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
         let response = self.app.clone().oneshot(request).await.unwrap();
@@ -274,4 +292,136 @@ async fn if_match_history_and_rollback() {
     assert_eq!(bad.body["errors"][0]["field"], "to");
     let missing = api.call("GET", "/v1/config/versions/70", None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+const BOOTSTRAP: &str = "bootstrap-token-for-tests-0123456789abcdef";
+
+#[tokio::test]
+async fn tokens_and_roles() {
+    let api = api_with(Some(BOOTSTRAP)).await;
+    let anonymous = api.call("GET", "/v1/routes", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(
+        api.call("GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/metrics", None).await.status,
+        StatusCode::OK
+    );
+    let wrong = api
+        .call_as(Some("ghadm_nope"), "GET", "/v1/routes", None)
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let mut tokens = std::collections::HashMap::new();
+    for (name, role) in [("reader", "viewer"), ("ci", "editor")] {
+        let created = api
+            .call_as(
+                Some(BOOTSTRAP),
+                "POST",
+                "/v1/admin-tokens",
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        tokens.insert(name, created.body["token"].as_str().unwrap().to_owned());
+    }
+    let listed = api
+        .call_as(Some(BOOTSTRAP), "GET", "/v1/admin-tokens", None)
+        .await;
+    let text = listed.body.to_string();
+    assert!(
+        text.contains("\"prefix\":\"ghadm_") && !text.contains(&tokens["ci"]),
+        "{text}"
+    );
+    assert!(!text.contains("hash"), "{text}");
+
+    let service = json!({"endpoints": [{"host": "10.0.0.1", "port": 80}]});
+    let reader = tokens["reader"].as_str();
+    assert_eq!(
+        api.call_as(Some(reader), "GET", "/v1/routes", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let denied = api
+        .call_as(Some(reader), "PUT", "/v1/services/a", Some(service.clone()))
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.body["type"], "urn:gatehouse:problem:forbidden");
+
+    let ci = tokens["ci"].as_str();
+    let written = api
+        .call_as(Some(ci), "PUT", "/v1/services/a", Some(service))
+        .await;
+    assert_eq!(written.status, StatusCode::CREATED);
+    let history = api
+        .call_as(Some(ci), "GET", "/v1/config/versions", None)
+        .await;
+    assert_eq!(
+        history.body[0]["actor"], "ci",
+        "the token's name, not the client's claim"
+    );
+    assert_eq!(
+        api.call_as(Some(ci), "GET", "/v1/admin-tokens", None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "only admins manage tokens"
+    );
+
+    let revoked = api
+        .call_as(Some(BOOTSTRAP), "DELETE", "/v1/admin-tokens/ci", None)
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.call_as(Some(ci), "GET", "/v1/routes", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let reserved = api
+        .call_as(
+            Some(BOOTSTRAP),
+            "POST",
+            "/v1/admin-tokens",
+            Some(json!({"name": "bootstrap", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(reserved.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn open_on_loopback_until_the_first_token_exists() {
+    let api = api().await;
+    assert_eq!(
+        api.call("GET", "/v1/routes", None).await.status,
+        StatusCode::OK
+    );
+    let created = api
+        .call(
+            "POST",
+            "/v1/admin-tokens",
+            Some(json!({"name": "root", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        api.call("GET", "/v1/routes", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let token = created.body["token"].as_str().unwrap();
+    assert_eq!(
+        api.call_as(Some(token), "GET", "/v1/routes", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

@@ -9,10 +9,15 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     actor: Option<String>,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(server: &str, actor: Option<String>) -> Result<Self, Failure> {
+    pub fn new(
+        server: &str,
+        actor: Option<String>,
+        token: Option<String>,
+    ) -> Result<Self, Failure> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -21,6 +26,7 @@ impl Client {
             base: server.trim_end_matches('/').to_owned(),
             http,
             actor,
+            token,
         })
     }
 
@@ -36,6 +42,10 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        self.send(Method::DELETE, path, None).await
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -46,6 +56,9 @@ impl Client {
         let mut request = self.http.request(method, &url);
         if let Some(actor) = &self.actor {
             request = request.header("x-gatehouse-actor", actor);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(body);

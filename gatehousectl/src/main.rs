@@ -36,7 +36,11 @@ struct Cli {
     )]
     server: String,
 
-    /// Who is making changes, recorded in the version history.
+    /// Admin token (`Authorization: Bearer`); its name is recorded in the history.
+    #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Who is making changes, recorded in the version history (without a token).
     #[arg(long, global = true, env = "GATEHOUSE_ACTOR")]
     actor: Option<String>,
 
@@ -99,6 +103,24 @@ enum Command {
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
+    /// Admin API tokens (needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// viewer (reads), editor (reads and writes) or admin (also tokens).
+        #[arg(long, value_parser = ["viewer", "editor", "admin"])]
+        role: String,
+    },
+    /// List tokens (names, roles, prefixes; never secrets).
+    List,
+    /// Revoke a token at once.
+    Revoke { name: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,7 +185,8 @@ fn main() -> ExitCode {
 /// Runs a command; the output is printed even when the command fails.
 async fn run(cli: Cli) -> Result<String, (String, Failure)> {
     let no_output = |f| (String::new(), f);
-    let client = Client::new(&cli.server, cli.actor.clone()).map_err(no_output)?;
+    let client =
+        Client::new(&cli.server, cli.actor.clone(), cli.token.clone()).map_err(no_output)?;
     let style = Style {
         color: cli.output == Output::Human
             && std::io::stdout().is_terminal()
@@ -263,6 +286,36 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 Output::Json => json(&value),
                 Output::Human => render::yaml(&value),
             })
+        }
+        Command::Tokens(TokensCommand::Create { name, role }) => {
+            let created = client
+                .post(
+                    "/v1/admin-tokens",
+                    &serde_json::json!({ "name": name, "role": role }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&created),
+                Output::Human => format!(
+                    "created {role} token {name:?}; store it now, it is not shown again:\n{}\n",
+                    created["token"].as_str().unwrap_or_default()
+                ),
+            })
+        }
+        Command::Tokens(TokensCommand::List) => {
+            let tokens = client.get("/v1/admin-tokens").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&tokens),
+                Output::Human => render::yaml(&tokens),
+            })
+        }
+        Command::Tokens(TokensCommand::Revoke { name }) => {
+            client
+                .delete(&format!("/v1/admin-tokens/{name}"))
+                .await
+                .map_err(no_output)?;
+            Ok(format!("revoked token {name:?}\n"))
         }
         Command::Status => {
             let status = client.get("/v1/status/nodes").await.map_err(no_output)?;

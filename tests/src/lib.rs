@@ -175,6 +175,11 @@ pub struct ControlPlaneOptions {
     pub debounce_ms: u64,
     /// Store version poll (the fallback to LISTEN/NOTIFY).
     pub poll_interval_ms: u64,
+    /// Bootstrap admin token (authentication on); the harness uses it too.
+    pub admin_token: Option<String>,
+    pub admin_addr: String,
+    /// Wait for `/readyz` (store migrated and a snapshot built) on start.
+    pub wait_ready: bool,
 }
 
 impl ControlPlaneOptions {
@@ -187,6 +192,9 @@ impl ControlPlaneOptions {
             access_log: None,
             debounce_ms: 5,
             poll_interval_ms: 250,
+            admin_token: None,
+            admin_addr: "127.0.0.1:0".into(),
+            wait_ready: true,
         }
     }
 }
@@ -210,7 +218,7 @@ impl ControlPlane {
             .unwrap_or_else(|| scratch_dir("gatehouse_cp"));
         let addr_file = dir.join(unique("addrs"));
         let mut args = vec![
-            "--admin-addr=127.0.0.1:0".to_string(),
+            format!("--admin-addr={}", options.admin_addr),
             format!("--xds-addr=127.0.0.1:{}", options.xds_port),
             format!("--proxy-addr=127.0.0.1:{}", options.proxy_port),
             format!("--data-dir={}", dir.display()),
@@ -224,6 +232,9 @@ impl ControlPlane {
         }
         if let Some(log) = &options.access_log {
             args.push(format!("--access-log={}", log.display()));
+        }
+        if let Some(token) = &options.admin_token {
+            args.push(format!("--admin-token={token}"));
         }
         let log = dir.join(unique("control-plane")).with_extension("log");
         let child = spawn(&gatehouse_bin("gatehouse-control-plane"), &args, &log).await;
@@ -243,7 +254,7 @@ impl ControlPlane {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("address file lacks {key}: {addrs}"))
         };
-        Self {
+        let cp = Self {
             admin: parse("admin"),
             xds: parse("xds"),
             child,
@@ -251,7 +262,16 @@ impl ControlPlane {
             options,
             log,
             http: client(),
+        };
+        if cp.options.wait_ready {
+            eventually(
+                Duration::from_secs(20),
+                "control plane to become ready",
+                || async { cp.get("/readyz").await.status().is_success() },
+            )
+            .await;
         }
+        cp
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -285,7 +305,10 @@ impl ControlPlane {
             .await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> reqwest::Response {
+        if let Some(token) = &self.options.admin_token {
+            request = request.bearer_auth(token);
+        }
         request.send().await.expect("admin API reachable")
     }
 

@@ -499,8 +499,11 @@ async fn replicas_sharing_postgres_serve_the_same_config() {
 #[tokio::test]
 async fn store_unreachable_at_start_never_empties_envoy() {
     let database = postgres_database().await;
+    // As in production, the admin API has a bootstrap token: operators can
+    // read node status even while the store is down.
     let mut g = gateway_with(XdsVariant::StateOfTheWorld, |o| {
-        o.database_url = Some(database)
+        o.database_url = Some(database);
+        o.admin_token = Some("bootstrap-token-for-the-outage-test-0123456789".into());
     })
     .await;
     let up = Upstream::start("up").await;
@@ -514,6 +517,7 @@ async fn store_unreachable_at_start_never_empties_envoy() {
         "postgres://postgres@127.0.0.1:{}/nothing",
         free_port()
     ));
+    broken.wait_ready = false;
     g.cp = ControlPlane::start(broken).await;
     eventually(CONVERGE, "Envoy to reconnect", || async {
         g.cp.nodes().await["nodes"]

@@ -26,6 +26,10 @@ pub enum ApiError {
     NoSuchPath,
     /// Something other than a resource is missing (a version, say).
     Missing(String),
+    /// No valid admin token was presented.
+    Unauthenticated(&'static str),
+    /// The token's role does not allow this.
+    Forbidden(String),
     /// An `If-Match` / `if_version` precondition did not hold.
     PreconditionFailed(String),
     /// The store cannot be reached.
@@ -38,7 +42,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::AlreadyExists { .. }
             | StoreError::InUse { .. }
-            | StoreError::HistoryUnavailable(_) => ApiError::Conflict(e.to_string()),
+            | StoreError::HistoryUnavailable(_)
+            | StoreError::TokenExists(_) => ApiError::Conflict(e.to_string()),
             StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
             StoreError::VersionMismatch { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
@@ -86,6 +91,12 @@ impl ApiError {
             ),
             ApiError::NoSuchPath => (StatusCode::NOT_FOUND, "no-such-path", "No such API path"),
             ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
             ApiError::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -125,7 +136,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Conflict(message)
             | ApiError::Missing(message)
-            | ApiError::PreconditionFailed(message) => message.clone(),
+            | ApiError::PreconditionFailed(message)
+            | ApiError::Forbidden(message) => message.clone(),
+            ApiError::Unauthenticated(message) => (*message).to_owned(),
             ApiError::NoSuchPath => "see the admin API reference for the paths it serves".into(),
             ApiError::Unavailable => {
                 "the configuration store cannot be reached; nothing was changed".into()
@@ -146,6 +159,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::Unauthenticated(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+            );
+        }
         response
     }
 }

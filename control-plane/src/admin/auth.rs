@@ -1,0 +1,233 @@
+//! Admin API authentication: bearer tokens with roles.
+//!
+//! Tokens are 256-bit random secrets with a recognisable prefix; only their
+//! SHA-256 hash is stored. The bootstrap token (from the environment or a
+//! file) is held in memory and compared in constant time. Authentication is
+//! enforced once a bootstrap token is configured or any token exists; a
+//! loopback-only control plane with neither is open, for local development.
+
+use std::fmt;
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, Method, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{ACTOR_HEADER, AdminState, ApiError};
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Prefix of every token Gatehouse issues (recognisable in secret scanners).
+pub const TOKEN_PREFIX: &str = "ghadm_";
+/// Shortest bootstrap token accepted.
+pub const MIN_BOOTSTRAP_LEN: usize = 32;
+
+/// A secret that never reaches `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.trim().to_owned()))
+    }
+}
+
+/// A new token: the secret (shown once), its hash and display prefix.
+pub struct IssuedToken {
+    pub secret: Secret,
+    pub hash: String,
+    pub prefix: String,
+}
+
+pub fn issue() -> Result<IssuedToken, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)?;
+    let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let prefix = secret[..TOKEN_PREFIX.len() + 6].to_owned();
+    Ok(IssuedToken {
+        hash: hash(&secret),
+        prefix,
+        secret: Secret(secret),
+    })
+}
+
+pub fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Who a request authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The role a request needs.
+fn required_role(method: &Method, path: &str) -> Option<Role> {
+    if !path.starts_with("/v1/") {
+        return None; // health, readiness, metrics
+    }
+    if path.starts_with("/v1/admin-tokens") {
+        return Some(Role::Admin);
+    }
+    Some(if matches!(*method, Method::GET | Method::HEAD) {
+        Role::Viewer
+    } else {
+        Role::Editor
+    })
+}
+
+/// Checks the bearer token against the role the request needs; on success
+/// the token's name replaces any `x-gatehouse-actor` the client sent.
+pub async fn authenticate(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(required) = required_role(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    // Without a bootstrap token, whether tokens exist is in the store; if it
+    // cannot be read, callers cannot be authenticated: fail closed.
+    let enforced = match &state.bootstrap_token {
+        Some(_) => true,
+        None => match state.store.has_admin_tokens().await {
+            Ok(exist) => exist,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    if !enforced {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(presented) = presented else {
+        return ApiError::Unauthenticated("an admin token is required (Authorization: Bearer …)")
+            .into_response();
+    };
+    let caller = match lookup(&state, presented).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => {
+            return ApiError::Unauthenticated("the admin token is not valid").into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    if caller.role < required {
+        return ApiError::Forbidden(format!(
+            "token {:?} has role {}; this needs {}",
+            caller.name,
+            caller.role.as_str(),
+            required.as_str()
+        ))
+        .into_response();
+    }
+    if let Ok(actor) = HeaderValue::from_str(&caller.name) {
+        request.headers_mut().insert(ACTOR_HEADER, actor);
+    }
+    next.run(request).await
+}
+
+async fn lookup(state: &AdminState, presented: &str) -> Result<Option<Caller>, ApiError> {
+    if let Some(bootstrap) = &state.bootstrap_token
+        && bool::from(presented.as_bytes().ct_eq(bootstrap.expose().as_bytes()))
+    {
+        return Ok(Some(Caller {
+            name: "bootstrap".into(),
+            role: Role::Admin,
+        }));
+    }
+    let found = state.store.find_admin_token(&hash(presented)).await?;
+    Ok(found.and_then(|(name, role)| {
+        Some(Caller {
+            name,
+            role: Role::parse(&role)?,
+        })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_are_random_prefixed_and_hashed() {
+        let a = issue().expect("random");
+        let b = issue().expect("random");
+        assert!(a.secret.expose().starts_with(TOKEN_PREFIX));
+        assert_eq!(a.secret.expose().len(), TOKEN_PREFIX.len() + 64);
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.hash, hash(a.secret.expose()));
+        assert!(!format!("{:?}", a.secret).contains(TOKEN_PREFIX));
+    }
+
+    #[test]
+    fn roles_by_method_and_path() {
+        assert_eq!(required_role(&Method::GET, "/metrics"), None);
+        assert_eq!(
+            required_role(&Method::GET, "/v1/routes"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required_role(&Method::PUT, "/v1/config"),
+            Some(Role::Editor)
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/v1/admin-tokens"),
+            Some(Role::Admin)
+        );
+        assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
+    }
+}
