@@ -189,21 +189,7 @@ async fn apply_config(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
-    let if_match = match headers.get(header::IF_MATCH) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().trim_matches('"').parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::Validation(vec![FieldError::new(
-                        "if-match",
-                        "must be the config version's ETag, e.g. \"42\"",
-                    )])
-                })?,
-        ),
-    };
+    let if_match = if_match(&headers)?;
     let document: ConfigDocument = decode_json(&body)?;
     let errors = document.validate();
     if !errors.is_empty() {
@@ -361,15 +347,38 @@ async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R
 async fn read<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<R>, ApiError> {
-    state
-        .store
-        .get::<R>(&name)
-        .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound {
-            kind: R::KIND,
-            name,
+) -> Result<Response, ApiError> {
+    let (resource, version) =
+        state
+            .store
+            .get_versioned::<R>(&name)
+            .await?
+            .ok_or(ApiError::NotFound {
+                kind: R::KIND,
+                name,
+            })?;
+    Ok(([(header::ETAG, etag(version))], Json(resource)).into_response())
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The version an `If-Match` header names (`"42"`), if any.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().trim_matches('"').parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new(
+                "if-match",
+                "must be an ETag this API returned, e.g. \"42\"",
+            )])
         })
 }
 
@@ -382,7 +391,7 @@ async fn create<R: Resource>(
     let location = format!("/v1/{}/{}", R::KIND.plural(), resource.name());
     Ok(written_response(
         StatusCode::CREATED,
-        written.version,
+        written,
         Some(location),
         resource,
     ))
@@ -396,14 +405,14 @@ async fn replace<R: Resource>(
 ) -> Result<Response, ApiError> {
     let resource: R = parse(&body, Some(&name))?;
     let written = writer(&state, &headers, Source::Api)?
-        .upsert(&resource)
+        .upsert_if(&resource, if_match(&headers)?)
         .await?;
     let status = if written.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(written_response(status, written.version, None, resource))
+    Ok(written_response(status, written, None, resource))
 }
 
 async fn delete<R: Resource>(
@@ -412,7 +421,7 @@ async fn delete<R: Resource>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let version = writer(&state, &headers, Source::Api)?
-        .delete(R::KIND, &name)
+        .delete_if(R::KIND, &name, if_match(&headers)?)
         .await?;
     Ok((
         StatusCode::NO_CONTENT,
@@ -427,13 +436,16 @@ fn version_header(version: u64) -> HeaderValue {
 
 fn written_response<R: Resource>(
     status: StatusCode,
-    version: u64,
+    written: crate::store::Written,
     location: Option<String>,
     resource: R,
 ) -> Response {
     let mut response = (
         status,
-        [(VERSION_HEADER, version_header(version))],
+        [
+            (VERSION_HEADER, version_header(written.version)),
+            (header::ETAG, etag(written.resource_version)),
+        ],
         Json(resource),
     )
         .into_response();

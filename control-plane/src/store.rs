@@ -74,6 +74,13 @@ pub enum StoreError {
     },
     #[error("the configuration is at version {actual}, not {expected}")]
     VersionMismatch { expected: u64, actual: u64 },
+    #[error("{} {name:?} is at version {}, not {expected}", kind.as_str(), actual.map_or("(deleted)".to_string(), |v| v.to_string()))]
+    ResourceChanged {
+        kind: Kind,
+        name: String,
+        expected: u64,
+        actual: Option<u64>,
+    },
     #[error("admin token {0:?} already exists")]
     TokenExists(String),
     #[error("version {0} does not exist")]
@@ -108,6 +115,7 @@ impl StoreError {
             StoreError::VersionMismatch { .. } => "version_mismatch",
             StoreError::NoSuchVersion(_) => "no_such_version",
             StoreError::TokenExists(_) => "token_exists",
+            StoreError::ResourceChanged { .. } => "resource_changed",
             StoreError::HistoryUnavailable(_) => "history_unavailable",
             StoreError::UnsupportedUrl => "unsupported_url",
             StoreError::Database(_) => "database",
@@ -193,6 +201,8 @@ pub struct Written {
     pub created: bool,
     /// False when the submitted spec equals the stored one (no new version).
     pub changed: bool,
+    /// The config version that last changed this resource (its ETag).
+    pub resource_version: u64,
 }
 
 /// One resource changed by a write, with its canonical spec before and after.
@@ -472,13 +482,22 @@ impl Store {
     }
 
     pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, StoreError> {
-        let spec: Option<String> =
-            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
-                .bind(R::KIND.as_str())
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        spec.map(|spec| decode(R::KIND, name, &spec)).transpose()
+        Ok(self
+            .get_versioned(name)
+            .await?
+            .map(|(resource, _)| resource))
+    }
+
+    /// A resource with the config version that last changed it (its ETag).
+    pub async fn get_versioned<R: Resource>(
+        &self,
+        name: &str,
+    ) -> Result<Option<(R, u64)>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        match current(&mut conn, R::KIND, name).await? {
+            Some((spec, version)) => Ok(Some((decode(R::KIND, name, &spec)?, version))),
+            None => Ok(None),
+        }
     }
 
     pub async fn list<R: Resource>(&self) -> Result<Vec<R>, StoreError> {
@@ -497,30 +516,38 @@ impl Store {
 
     /// Stores a new resource; fails if one of that name exists.
     pub async fn create<R: Resource>(&self, resource: &R) -> Result<Written, StoreError> {
-        self.write(resource, WriteMode::Create).await
+        self.write(resource, WriteMode::Create, None).await
     }
 
     /// Creates or replaces; an identical spec is a no-op that keeps the version.
     pub async fn upsert<R: Resource>(&self, resource: &R) -> Result<Written, StoreError> {
-        self.write(resource, WriteMode::Upsert).await
+        self.write(resource, WriteMode::Upsert, None).await
+    }
+
+    /// Replaces a resource only if it is still at `expected` (its ETag).
+    pub async fn upsert_if<R: Resource>(
+        &self,
+        resource: &R,
+        expected: Option<u64>,
+    ) -> Result<Written, StoreError> {
+        self.write(resource, WriteMode::Upsert, expected).await
     }
 
     async fn write<R: Resource>(
         &self,
         resource: &R,
         mode: WriteMode,
+        expected: Option<u64>,
     ) -> Result<Written, StoreError> {
         let kind = R::KIND;
         let name = resource.name();
         let spec = encode(resource);
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
-                .bind(kind.as_str())
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let current = current(&mut tx, kind, name).await?;
+        let current_version = current.as_ref().map(|c| c.1);
+        check_expected(kind, name, expected, current_version)?;
+        let existing = current.map(|(spec, _)| spec);
         if mode == WriteMode::Create && existing.is_some() {
             return Err(StoreError::AlreadyExists {
                 kind,
@@ -533,6 +560,7 @@ impl Store {
                 version: version - 1,
                 created: false,
                 changed: false,
+                resource_version: current_version.unwrap_or_default(),
             });
         }
         let references = resource.references();
@@ -565,13 +593,26 @@ impl Store {
             version,
             created: existing.is_none(),
             changed: true,
+            resource_version: version,
         })
     }
 
     /// Deletes a resource nothing else refers to; returns the new version.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<u64, StoreError> {
+        self.delete_if(kind, name, None).await
+    }
+
+    /// Deletes a resource only if it is still at `expected` (its ETag).
+    pub async fn delete_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
+        let current = current(&mut tx, kind, name).await?;
+        check_expected(kind, name, expected, current.as_ref().map(|c| c.1))?;
         let used_by = sqlx::query(
             "SELECT from_kind, from_name FROM resource_refs WHERE to_kind = $1 AND to_name = $2 \
              ORDER BY from_kind, from_name LIMIT 10",
@@ -595,13 +636,7 @@ impl Store {
                 used_by,
             });
         }
-        let before: Option<String> =
-            sqlx::query_scalar("SELECT spec FROM resources WHERE kind = $1 AND name = $2")
-                .bind(kind.as_str())
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(before) = before else {
+        let Some((before, _)) = current else {
             return Err(StoreError::NotFound {
                 kind,
                 name: name.to_owned(),
@@ -1128,6 +1163,43 @@ async fn replace_references(
         .await?;
     }
     Ok(())
+}
+
+/// A resource's stored spec and the version that last changed it.
+async fn current(
+    conn: &mut sqlx::AnyConnection,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<(String, u64)>, StoreError> {
+    let row =
+        sqlx::query("SELECT spec, updated_version FROM resources WHERE kind = $1 AND name = $2")
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|row| {
+        let version: i64 = row.try_get(1)?;
+        Ok((row.try_get(0)?, version as u64))
+    })
+    .transpose()
+}
+
+/// An `If-Match` precondition: the resource must exist at that version.
+fn check_expected(
+    kind: Kind,
+    name: &str,
+    expected: Option<u64>,
+    actual: Option<u64>,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if actual != Some(expected) => Err(StoreError::ResourceChanged {
+            kind,
+            name: name.to_owned(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Puts back a resource's earlier spec (`None`: it did not exist).

@@ -425,3 +425,58 @@ async fn open_on_loopback_until_the_first_token_exists() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn etags_and_if_match_on_resources() {
+    let api = api().await;
+    let service = |port: u16| json!({"endpoints": [{"host": "10.0.0.1", "port": port}]});
+    let created = api.call("PUT", "/v1/services/a", Some(service(80))).await;
+    assert_eq!(created.headers["etag"], "\"1\"");
+    let read = api.call("GET", "/v1/services/a", None).await;
+    assert_eq!(read.headers["etag"], "\"1\"");
+
+    let with_if_match = |method: &str, if_match: &str, body: Option<Value>| {
+        Request::builder()
+            .method(method)
+            .uri("/v1/services/a")
+            .header("if-match", if_match)
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap()
+    };
+    let updated = api
+        .app
+        .clone()
+        .oneshot(with_if_match("PUT", "\"1\"", Some(service(81))))
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), StatusCode::OK);
+    assert_eq!(updated.headers()["etag"], "\"2\"");
+    let stale = api
+        .app
+        .clone()
+        .oneshot(with_if_match("PUT", "\"1\"", Some(service(82))))
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let stale_delete = api
+        .app
+        .clone()
+        .oneshot(with_if_match("DELETE", "\"1\"", None))
+        .await
+        .unwrap();
+    assert_eq!(stale_delete.status(), StatusCode::PRECONDITION_FAILED);
+    let garbage = api
+        .app
+        .clone()
+        .oneshot(with_if_match("DELETE", "W/xyz", None))
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let deleted = api
+        .app
+        .clone()
+        .oneshot(with_if_match("DELETE", "\"2\"", None))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+}

@@ -354,7 +354,7 @@ async fn apply_with_a_dangling_reference_changes_nothing(store: Store) {
 
 async fn concurrent_applies_never_interleave(store: Store) {
     let mut applies = tokio::task::JoinSet::new();
-    for i in 0..10u32 {
+    for i in 0..50u32 {
         let store = store.clone();
         applies.spawn(async move {
             let doc = document(&[service("a", 8000 + i)], &[route("r", &["a"])]);
@@ -370,6 +370,11 @@ async fn concurrent_applies_never_interleave(store: Store) {
     let latest = store.version().await.unwrap();
     assert_eq!(versions.last(), Some(&latest));
     assert_eq!(store.load().await.unwrap().routes.len(), 1);
+    // The history is gap-free and every version records what it changed.
+    let history = store.history(100, None).await.unwrap();
+    let recorded: Vec<u64> = history.iter().rev().map(|v| v.version).collect();
+    assert_eq!(recorded, (1..=latest).collect::<Vec<_>>());
+    assert!(history.iter().all(|v| !v.changes.is_empty()));
 }
 
 async fn history_records_who_how_and_what(store: Store) {
@@ -497,6 +502,53 @@ async fn apply_refuses_a_stale_version(store: Store) {
     );
 }
 
+async fn if_match_guards_single_resource_writes(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    store.create(&service("b", 80)).await.unwrap();
+    let (_, etag) = store.get_versioned::<Service>("a").await.unwrap().unwrap();
+    assert_eq!(etag, 1);
+    let written = store
+        .upsert_if(&service("a", 81), Some(etag))
+        .await
+        .unwrap();
+    assert_eq!((written.version, written.resource_version), (3, 3));
+    // A second writer still holding the old ETag loses, and changes nothing.
+    let err = store
+        .upsert_if(&service("a", 82), Some(etag))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::ResourceChanged {
+                expected: 1,
+                actual: Some(3),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = store
+        .delete_if(Kind::Service, "a", Some(etag))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ResourceChanged { .. }), "{err}");
+    assert_eq!(
+        store.get::<Service>("a").await.unwrap(),
+        Some(service("a", 81))
+    );
+    assert_eq!(store.version().await.unwrap(), 3);
+    store.delete_if(Kind::Service, "a", Some(3)).await.unwrap();
+    let err = store
+        .upsert_if(&service("a", 80), Some(3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ResourceChanged { actual: None, .. }),
+        "{err}"
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -536,4 +588,5 @@ store_suite!(
     history_records_who_how_and_what,
     rollback_restores_an_earlier_version_as_a_new_one,
     apply_refuses_a_stale_version,
+    if_match_guards_single_resource_writes,
 );

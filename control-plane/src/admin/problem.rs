@@ -45,7 +45,9 @@ impl From<StoreError> for ApiError {
             | StoreError::HistoryUnavailable(_)
             | StoreError::TokenExists(_) => ApiError::Conflict(e.to_string()),
             StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
-            StoreError::VersionMismatch { .. } => ApiError::PreconditionFailed(e.to_string()),
+            StoreError::VersionMismatch { .. } | StoreError::ResourceChanged { .. } => {
+                ApiError::PreconditionFailed(e.to_string())
+            }
             StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
             StoreError::MissingReference { field, kind, name } => {
                 ApiError::Validation(vec![FieldError::new(
