@@ -33,6 +33,16 @@ ensure_envoy() {
   export GATEHOUSE_ENVOY="$VENV/bin/envoy"
 }
 
+# Python test tools (schemathesis) in the same venv.
+ensure_test_tools() {
+  ensure_envoy
+  if ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f "$ROOT/tests/requirements.txt"; then
+    log "installing test tools into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+  fi
+  export GATEHOUSE_SCHEMATHESIS="$VENV/bin/st"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null && return
   log "Rust toolchain not found: install it with rustup (https://rustup.rs)" 

@@ -8,6 +8,7 @@ cd "$ROOT"
 
 ensure_rust
 ensure_envoy
+ensure_test_tools
 GATEHOUSE_TEST_POSTGRES_URL="$("$ROOT/scripts/ensure-postgres.sh")"
 export GATEHOUSE_TEST_POSTGRES_URL
 log "envoy: $("$GATEHOUSE_ENVOY" --version | sed -n 's/.*version: //p')"

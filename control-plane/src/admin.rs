@@ -5,6 +5,7 @@
 //! error is an RFC 7807 problem (see [`problem`]).
 
 pub mod auth;
+pub mod openapi;
 pub mod problem;
 
 use std::sync::Arc;
@@ -74,6 +75,14 @@ pub fn app(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route(
+            "/v1/config/schema.json",
+            get(|| async { Json(openapi::document_schema()) }),
+        )
         .route("/v1/config", get(export_config).put(apply_config))
         .route("/v1/config/version", get(config_version))
         .route("/v1/config/versions", get(versions))
@@ -302,6 +311,11 @@ async fn revoke_token(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !crate::model::is_dns_label(&name) {
+        return Err(ApiError::Missing(format!(
+            "admin token {name:?} does not exist"
+        )));
+    }
     if state.store.delete_admin_token(&name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -348,6 +362,12 @@ async fn read<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !crate::model::is_dns_label(&name) {
+        return Err(ApiError::NotFound {
+            kind: R::KIND,
+            name,
+        });
+    }
     let (resource, version) =
         state
             .store
@@ -420,6 +440,12 @@ async fn delete<R: Resource>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if !crate::model::is_dns_label(&name) {
+        return Err(ApiError::NotFound {
+            kind: R::KIND,
+            name,
+        });
+    }
     let version = writer(&state, &headers, Source::Api)?
         .delete_if(R::KIND, &name, if_match(&headers)?)
         .await?;

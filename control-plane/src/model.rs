@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The kinds of resource the admin API manages.
@@ -57,7 +58,9 @@ impl FieldError {
 }
 
 /// A resource kind the admin API and the store handle generically.
-pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+pub trait Resource:
+    Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static
+{
     const KIND: Kind;
 
     fn name(&self) -> &str;
@@ -81,7 +84,7 @@ pub struct Reference {
 }
 
 /// Every resource in one document: the unit of declarative apply and export.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDocument {
     #[serde(default)]
@@ -120,7 +123,7 @@ fn validate_list<R: Resource>(list: &str, resources: &[R], errors: &mut Vec<Fiel
 }
 
 /// Upstream protocol spoken to a service's endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -134,9 +137,10 @@ fn default_connect_timeout_ms() -> u32 {
 }
 
 /// An upstream service: a named set of endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -146,11 +150,12 @@ pub struct Service {
     pub connect_timeout_ms: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// An IP address or a DNS name.
     pub host: String,
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -214,9 +219,10 @@ impl Resource for Service {
 }
 
 /// A route: which requests it matches and where they go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
     #[serde(rename = "match")]
     pub matches: RouteMatch,
@@ -230,12 +236,14 @@ pub struct Route {
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub path_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub path_exact: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_regex: Option<String>,
@@ -268,7 +276,7 @@ impl RouteMatch {
 }
 
 /// A request header condition: exactly one of `exact`, `prefix`, `regex`, `present`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -285,18 +293,20 @@ pub struct HeaderMatch {
 }
 
 /// Where matched requests go: one service, or a weighted split.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weighted: Vec<WeightedService>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedService {
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub service: String,
     pub weight: u32,
 }
@@ -523,6 +533,9 @@ pub fn check_name(name: &str, field: &str, errors: &mut Vec<FieldError>) {
         ));
     }
 }
+
+/// What [`is_dns_label`] accepts, as a regular expression (for JSON Schemas).
+pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
 pub fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();

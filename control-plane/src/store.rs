@@ -206,7 +206,7 @@ pub struct Written {
 }
 
 /// One resource changed by a write, with its canonical spec before and after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Change {
     pub op: ChangeOp,
     pub kind: &'static str,
@@ -217,7 +217,7 @@ pub struct Change {
     pub after: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     Create,
@@ -283,7 +283,7 @@ impl Default for Origin {
 }
 
 /// An admin token as listed (never the secret or its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AdminTokenRecord {
     pub name: String,
     pub role: String,
@@ -294,7 +294,7 @@ pub struct AdminTokenRecord {
 }
 
 /// One version in the history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct VersionRecord {
     pub version: u64,
     pub at_ms: i64,
@@ -304,7 +304,7 @@ pub struct VersionRecord {
 }
 
 /// The outcome of a declarative apply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Applied {
     /// The version after the apply (for a dry run: the version it would create).
     pub version: u64,

@@ -1,0 +1,272 @@
+//! The admin API's OpenAPI 3.1 document, served at `/v1/openapi.json`.
+//!
+//! Schemas are generated from the same serde types the handlers parse and
+//! return (`schemars`), so they cannot drift from the code; the paths are
+//! declared here, next to the router, and a schemathesis run against a real
+//! control plane checks server and document against each other.
+
+use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    model::{ConfigDocument, Route, Service},
+    store::{AdminTokenRecord, Applied, VersionRecord},
+};
+
+/// JSON Schema (2020-12) of the declarative configuration document.
+pub fn document_schema() -> Value {
+    let schema = SchemaGenerator::new(SchemaSettings::draft2020_12())
+        .into_root_schema_for::<ConfigDocument>();
+    serde_json::to_value(schema).unwrap_or(Value::Null)
+}
+
+struct Schemas {
+    generator: SchemaGenerator,
+}
+
+impl Schemas {
+    fn of<T: JsonSchema>(&mut self) -> Value {
+        serde_json::to_value(self.generator.subschema_for::<T>()).unwrap_or(Value::Null)
+    }
+}
+
+fn problem_responses(codes: &[u16]) -> Map<String, Value> {
+    codes
+        .iter()
+        .map(|code| {
+            (
+                code.to_string(),
+                json!({
+                    "description": "An RFC 7807 problem",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                }),
+            )
+        })
+        .collect()
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn operation(summary: &str, success: (&str, Value), errors: &[u16]) -> Value {
+    let mut responses = problem_responses(errors);
+    responses.insert(success.0.to_owned(), success.1);
+    json!({"summary": summary, "responses": responses})
+}
+
+fn with_body(mut operation: Value, schema: Value) -> Value {
+    operation["requestBody"] =
+        json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    operation
+}
+
+fn with_parameters(mut operation: Value, parameters: Value) -> Value {
+    operation["parameters"] = parameters;
+    operation
+}
+
+fn name_parameter() -> Value {
+    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+fn resource_paths<R: JsonSchema>(
+    paths: &mut Map<String, Value>,
+    schemas: &mut Schemas,
+    plural: &str,
+    kind: &str,
+) {
+    let schema = schemas.of::<R>();
+    paths.insert(
+        format!("/v1/{plural}"),
+        json!({
+            "get": operation(&format!("List {plural}"), ("200", ok("All of them", json!({"type": "array", "items": schema}))), &[401, 403, 503]),
+            "post": with_body(
+                operation(&format!("Create a {kind} (409 if the name exists)"), ("201", ok("Created", schema.clone())), &[401, 403, 409, 422, 503]),
+                schema.clone(),
+            ),
+        }),
+    );
+    paths.insert(
+        format!("/v1/{plural}/{{name}}"),
+        json!({
+            "get": with_parameters(operation(&format!("Read a {kind}"), ("200", ok("Found", schema.clone())), &[401, 403, 404, 503]), name_parameter()),
+            "put": with_parameters(
+                with_body(
+                    operation(&format!("Create or replace a {kind}"), ("200", ok("Replaced (201 when created)", schema.clone())), &[401, 403, 412, 422, 503]),
+                    schema.clone(),
+                ),
+                name_parameter(),
+            ),
+            "delete": with_parameters(
+                json!({"summary": format!("Delete a {kind}"), "responses": {
+                    "204": {"description": "Deleted"},
+                    "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"],
+                    "404": problem_responses(&[404])["404"], "409": problem_responses(&[409])["409"],
+                    "412": problem_responses(&[412])["412"], "422": problem_responses(&[422])["422"],
+                    "503": problem_responses(&[503])["503"]}}),
+                name_parameter(),
+            ),
+        }),
+    );
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut schemas = Schemas {
+        generator: SchemaSettings::draft2020_12()
+            .with(|s| s.definitions_path = "/components/schemas".into())
+            .into_generator(),
+    };
+    let mut paths = Map::new();
+    resource_paths::<Service>(&mut paths, &mut schemas, "services", "service");
+    resource_paths::<Route>(&mut paths, &mut schemas, "routes", "route");
+    let config = schemas.of::<ConfigDocument>();
+    let applied = schemas.of::<Applied>();
+    let version_record = schemas.of::<VersionRecord>();
+    let token = schemas.of::<AdminTokenRecord>();
+    let any_object = json!({"type": "object"});
+    let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
+    let entries = [
+        (
+            "/healthz",
+            json!({"get": {"summary": "Liveness", "responses": {"200": text("Alive")}}}),
+        ),
+        (
+            "/readyz",
+            json!({"get": {"summary": "Readiness: store reachable and a snapshot served", "responses": {"200": text("Ready"), "503": text("Not ready")}}}),
+        ),
+        (
+            "/metrics",
+            json!({"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}}}),
+        ),
+        (
+            "/v1/openapi.json",
+            json!({"get": operation("This document", ("200", ok("OpenAPI 3.1", any_object.clone())), &[401, 403])}),
+        ),
+        (
+            "/v1/config/schema.json",
+            json!({"get": operation("JSON Schema of the configuration document", ("200", ok("JSON Schema 2020-12", any_object.clone())), &[401, 403])}),
+        ),
+        (
+            "/v1/config",
+            json!({
+                "get": operation("Export the whole configuration (ETag: the config version)", ("200", ok("The document", config.clone())), &[401, 403, 503]),
+                "put": with_parameters(
+                    with_body(
+                        operation("Apply a whole document atomically", ("200", ok("The changes, and the new version", applied.clone())), &[401, 403, 412, 422, 503]),
+                        config,
+                    ),
+                    json!([
+                        {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "prune", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "if_version", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                    ]),
+                ),
+            }),
+        ),
+        (
+            "/v1/config/version",
+            json!({"get": operation("Stored and served config versions", ("200", ok("Versions", json!({
+            "type": "object", "properties": {"version": {"type": "integer"}, "served_version": {"type": ["integer", "null"]}}}))), &[401, 403, 503])}),
+        ),
+        (
+            "/v1/config/versions",
+            json!({"get": with_parameters(
+                operation("Version history, newest first", ("200", ok("Versions", json!({"type": "array", "items": version_record.clone()}))), &[401, 403, 422, 503]),
+                json!([
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295_u64}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                ]),
+            )}),
+        ),
+        (
+            "/v1/config/versions/{version}",
+            json!({"get": with_parameters(
+                operation("One version with each change's spec before and after", ("200", ok("The version", version_record)), &[400, 401, 403, 404, 503]),
+                json!([{"name": "version", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}]),
+            )}),
+        ),
+        (
+            "/v1/config/rollback",
+            json!({"post": with_body(
+                operation("Restore a version's configuration as a new version", ("200", ok("The changes", applied)), &[401, 403, 409, 412, 422, 503]),
+                json!({"type": "object", "required": ["to"], "additionalProperties": false, "properties": {"to": {"type": "integer", "minimum": 0}}}),
+            )}),
+        ),
+        (
+            "/v1/status/nodes",
+            json!({"get": operation("Connected Envoys: acked version and last NACK per type", ("200", ok("Nodes", any_object.clone())), &[401, 403])}),
+        ),
+        (
+            "/v1/admin-tokens",
+            json!({
+                "get": operation("List admin tokens (never their secrets)", ("200", ok("Tokens", json!({"type": "array", "items": token.clone()}))), &[401, 403, 503]),
+                "post": with_body(
+                    operation("Create an admin token; the secret is returned once", ("201", ok("Created", token)), &[401, 403, 409, 422, 503]),
+                    json!({"type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+                        "name": {"type": "string"}, "role": {"enum": ["viewer", "editor", "admin"]}}}),
+                ),
+            }),
+        ),
+        (
+            "/v1/admin-tokens/{name}",
+            json!({"delete": with_parameters(
+                json!({"summary": "Revoke an admin token", "responses": {"204": {"description": "Revoked"},
+                    "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"], "404": problem_responses(&[404])["404"]}}),
+                name_parameter(),
+            )}),
+        ),
+    ];
+    for (path, item) in entries {
+        paths.insert(path.to_owned(), item);
+    }
+    let mut components = schemas.generator.take_definitions(true);
+    components.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "field": {"type": "string"}, "message": {"type": "string"}}}}
+            }
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Gatehouse admin API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}
+        },
+        "security": [{"adminToken": []}],
+        "paths": paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        for reference in text.split("\"$ref\":\"").skip(1) {
+            let target = reference.split('"').next().unwrap_or_default();
+            let pointer = target.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
+        }
+        assert!(doc.pointer("/components/schemas/Route").is_some());
+        assert!(doc.pointer("/paths/~1v1~1config/put/requestBody").is_some());
+    }
+
+    #[test]
+    fn document_schema_rejects_unknown_fields() {
+        let schema = document_schema();
+        assert_eq!(schema["additionalProperties"], false, "{schema}");
+    }
+}
