@@ -223,13 +223,8 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(match cli.output {
                 Output::Json => json(&applied),
                 Output::Human => {
-                    let changes = applied["changes"].as_array().cloned().unwrap_or_default();
                     let verb = if dry_run { "would apply" } else { "applied" };
-                    format!(
-                        "{}{}\n",
-                        render::diff(&changes, &style),
-                        render::summary(&applied, verb)
-                    )
+                    render::applied(&applied, verb, &style)
                 }
             })
         }
@@ -251,12 +246,7 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(match cli.output {
                 Output::Json => json(&applied),
                 Output::Human => {
-                    let changes = applied["changes"].as_array().cloned().unwrap_or_default();
-                    format!(
-                        "{}{}\n",
-                        render::diff(&changes, &style),
-                        render::summary(&applied, &format!("rolled back to version {to}:"))
-                    )
+                    render::applied(&applied, &format!("rolled back to version {to}:"), &style)
                 }
             })
         }

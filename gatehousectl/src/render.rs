@@ -59,7 +59,13 @@ pub fn diff(changes: &[Value], style: &Style) -> String {
     out
 }
 
-pub fn summary(applied: &Value, verb: &str) -> String {
+/// The diff of an apply's changes followed by a one-line summary.
+pub fn applied(applied: &Value, verb: &str, style: &Style) -> String {
+    let changes = applied["changes"].as_array().map_or(&[][..], Vec::as_slice);
+    format!("{}{}\n", diff(changes, style), summary(applied, verb))
+}
+
+fn summary(applied: &Value, verb: &str) -> String {
     let changes = applied["changes"].as_array().map_or(0, Vec::len);
     let version = applied["version"].as_u64().unwrap_or_default();
     match changes {
