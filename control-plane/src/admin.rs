@@ -1,8 +1,11 @@
-//! The admin REST API: resources by name under `/v1`, status, health and metrics.
+//! The admin REST API: resources by name under `/v1`, the declarative
+//! configuration with its history and rollback, admin tokens, node status,
+//! health and metrics.
 //!
 //! Every resource kind gets the same five operations from one generic set of
 //! handlers. Input is validated in full before the store is touched; every
-//! error is an RFC 7807 problem (see [`problem`]).
+//! error is an RFC 7807 problem (see [`problem`]); access is checked by
+//! [`auth`]; the OpenAPI document is in [`openapi`].
 
 pub mod auth;
 pub mod openapi;
@@ -196,8 +199,7 @@ async fn apply_config(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
+    let Query(query) = query?;
     let if_match = if_match(&headers)?;
     let document: ConfigDocument = decode_json(&body)?;
     let errors = document.validate();
@@ -251,8 +253,7 @@ async fn versions(
     State(state): State<AdminState>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::Validation(vec![FieldError::new("query", e.body_text())]))?;
+    let Query(query) = query?;
     let history = state
         .store
         .history(query.limit.clamp(1, 1000), query.before)

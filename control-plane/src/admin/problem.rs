@@ -37,6 +37,12 @@ pub enum ApiError {
     Internal,
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::Validation(vec![FieldError::new("query", e.body_text())])
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
