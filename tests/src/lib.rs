@@ -403,6 +403,17 @@ impl ControlPlane {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits for the exit code (None: killed by a signal).
+    pub async fn terminate(&mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        self.child.wait().await.ok().and_then(|s| s.code())
+    }
+
     /// Kills the process at once (as a crash would).
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -549,6 +549,25 @@ async fn store_unreachable_at_start_never_empties_envoy() {
     );
 }
 
+/// SIGTERM with an Envoy connected (a long-lived ADS stream) exits cleanly
+/// well within the shutdown deadline, and Envoy keeps serving.
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_with_envoy_connected() {
+    let mut g = gateway(XdsVariant::Delta).await;
+    let up = Upstream::start("up").await;
+    let version = g.cp.route_all_to(&up).await;
+    g.cp.until_converged(version).await;
+    let started = std::time::Instant::now();
+    let code = g.cp.terminate().await;
+    assert_eq!(code, Some(0), "clean exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?} (grace is 2 s)",
+        started.elapsed()
+    );
+    until_served(&g, "/after-shutdown", 200, Some("up")).await;
+}
+
 #[tokio::test]
 async fn bootstrap_yaml_is_valid_for_envoy() {
     let root = gatehouse_e2e::workspace_root();
