@@ -22,12 +22,13 @@ mkdir -p "$DATA_DIR"
 
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
   log "stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C exits the script; leaving it (however) stops everything once.
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 "$target_dir/debug/gatehouse-control-plane" --data-dir "$DATA_DIR" \
   --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" &
