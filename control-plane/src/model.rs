@@ -322,6 +322,9 @@ impl Destination {
 }
 
 pub const MAX_WEIGHT: u32 = 1_000_000;
+/// At most this many weighted destinations: keeps the total far below
+/// Envoy's 32-bit limit on the sum of weights.
+pub const MAX_WEIGHTED_SERVICES: usize = 100;
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
@@ -459,6 +462,12 @@ impl Route {
         match (&d.service, d.weighted.is_empty()) {
             (Some(service), true) => check_name(service, "destination.service", errors),
             (None, false) => {
+                if d.weighted.len() > MAX_WEIGHTED_SERVICES {
+                    errors.push(FieldError::new(
+                        "destination.weighted",
+                        format!("at most {MAX_WEIGHTED_SERVICES} services"),
+                    ));
+                }
                 let mut seen = BTreeSet::new();
                 let mut total: u64 = 0;
                 for (i, w) in d.weighted.iter().enumerate() {
@@ -839,6 +848,17 @@ mod tests {
                 "destination.weighted"
             ]
         );
+    }
+
+    #[test]
+    fn weighted_destinations_are_capped() {
+        let weighted: Vec<_> = (0..=MAX_WEIGHTED_SERVICES)
+            .map(|i| serde_json::json!({"service": format!("s{i}"), "weight": MAX_WEIGHT}))
+            .collect();
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_prefix": "/"}, "destination": {"weighted": weighted}
+        }));
+        assert_eq!(fields(r.validate()), vec!["destination.weighted"]);
     }
 
     #[test]
