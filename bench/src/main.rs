@@ -137,6 +137,7 @@ fn route(i: usize, services: usize) -> Route {
         strip_prefix: false,
         prefix_rewrite: None,
         timeout_ms: Some(5000),
+        auth: None,
     }
 }
 

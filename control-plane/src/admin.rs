@@ -8,6 +8,7 @@
 //! [`auth`]; the OpenAPI document is in [`openapi`].
 
 pub mod auth;
+pub(crate) mod keys;
 pub mod openapi;
 pub mod problem;
 
@@ -26,7 +27,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::{
-    model::{ConfigDocument, FieldError, Resource, Route, Service},
+    model::{
+        ConfigDocument, Consumer, FieldError, IntrospectionProvider, JwtIssuer, Resource, Route,
+        Service,
+    },
     store::{ApplyOptions, Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
     xds::{Snapshot, status::NodeRegistry},
@@ -99,6 +103,10 @@ pub fn app(state: AdminState) -> Router {
         )
         .merge(resource_routes::<Service>())
         .merge(resource_routes::<Route>())
+        .merge(resource_routes::<Consumer>())
+        .merge(resource_routes::<JwtIssuer>())
+        .merge(resource_routes::<IntrospectionProvider>())
+        .merge(keys::routes())
         .fallback(|| async { ApiError::NoSuchPath })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -363,7 +371,7 @@ async fn read<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !crate::model::is_dns_label(&name) {
+    if !R::is_valid_name(&name) {
         return Err(ApiError::NotFound {
             kind: R::KIND,
             name,
@@ -441,7 +449,7 @@ async fn delete<R: Resource>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !crate::model::is_dns_label(&name) {
+    if !R::is_valid_name(&name) {
         return Err(ApiError::NotFound {
             kind: R::KIND,
             name,
@@ -493,10 +501,11 @@ pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, Api
         )]));
     };
     if let Some(path_name) = path_name {
-        let mut errors = Vec::new();
-        crate::model::check_name(path_name, "name", &mut errors);
-        if !errors.is_empty() {
-            return Err(ApiError::Validation(errors));
+        if !R::is_valid_name(path_name) {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "name",
+                format!("{path_name:?} is not a valid {} name", R::KIND.as_str()),
+            )]));
         }
         match object.get("name") {
             None => {

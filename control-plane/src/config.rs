@@ -9,7 +9,7 @@ use crate::{
     store::DatabaseUrl,
     sync::SyncSettings,
     telemetry::LogFormat,
-    translate::ProxySettings,
+    translate::{ExtAuthzSettings, ProxySettings},
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -93,6 +93,25 @@ pub struct ProxyArgs {
     /// File Envoy writes its access log to (one line per request, with response flags).
     #[arg(long, env = "GATEHOUSE_ACCESS_LOG")]
     pub access_log: Option<String>,
+
+    /// Where Envoy reaches ext-authz (gRPC), served to Envoy as a cluster.
+    #[arg(
+        long,
+        env = "GATEHOUSE_EXT_AUTHZ_ADDR",
+        default_value = "127.0.0.1:18001"
+    )]
+    pub ext_authz_addr: SocketAddr,
+
+    /// How long Envoy waits for ext-authz before the route's failure mode applies.
+    #[arg(long, env = "GATEHOUSE_EXT_AUTHZ_TIMEOUT_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub ext_authz_timeout_ms: u32,
+
+    /// Status Envoy answers a fail-closed protected route with when ext-authz
+    /// cannot be reached or fails.
+    #[arg(long, env = "GATEHOUSE_EXT_AUTHZ_STATUS_ON_ERROR", default_value_t = 503,
+          value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub ext_authz_status_on_error: u16,
 }
 
 impl Config {
@@ -107,6 +126,11 @@ impl Config {
         ProxySettings {
             listen: self.proxy.proxy_addr,
             access_log_path: self.proxy.access_log.clone(),
+            ext_authz: ExtAuthzSettings {
+                address: self.proxy.ext_authz_addr,
+                timeout_ms: self.proxy.ext_authz_timeout_ms,
+                status_on_error: self.proxy.ext_authz_status_on_error,
+            },
         }
     }
 

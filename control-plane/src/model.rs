@@ -1,4 +1,5 @@
-//! The operator-facing resource model (services, routes) and its validation.
+//! The operator-facing resource model (services, routes, and in [`auth`] who
+//! may call them) and its validation.
 //!
 //! Everything the admin API accepts passes [`Resource::validate`] first, so the
 //! store only ever holds specs that translate into configuration Envoy accepts.
@@ -8,11 +9,20 @@ use std::collections::BTreeSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub mod auth;
+pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
+
 /// The kinds of resource the admin API manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Ordered by dependency: what a kind refers to comes before it.
 pub enum Kind {
     Service,
+    Consumer,
+    JwtIssuer,
+    IntrospectionProvider,
     Route,
+    /// API keys: managed under their consumer, never in a config document.
+    ApiKey,
 }
 
 impl Kind {
@@ -20,7 +30,11 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "service",
+            Kind::Consumer => "consumer",
+            Kind::JwtIssuer => "jwt_issuer",
+            Kind::IntrospectionProvider => "introspection_provider",
             Kind::Route => "route",
+            Kind::ApiKey => "api_key",
         }
     }
 
@@ -28,14 +42,22 @@ impl Kind {
     pub fn plural(self) -> &'static str {
         match self {
             Kind::Service => "services",
+            Kind::Consumer => "consumers",
+            Kind::JwtIssuer => "jwt-issuers",
+            Kind::IntrospectionProvider => "introspection-providers",
             Kind::Route => "routes",
+            Kind::ApiKey => "keys",
         }
     }
 
     pub fn parse(stored: &str) -> Option<Kind> {
         match stored {
             "service" => Some(Kind::Service),
+            "consumer" => Some(Kind::Consumer),
+            "jwt_issuer" => Some(Kind::JwtIssuer),
+            "introspection_provider" => Some(Kind::IntrospectionProvider),
             "route" => Some(Kind::Route),
+            "api_key" => Some(Kind::ApiKey),
             _ => None,
         }
     }
@@ -65,6 +87,11 @@ pub trait Resource:
 
     fn name(&self) -> &str;
 
+    /// Whether `name` is a valid name for this kind (checked on paths too).
+    fn is_valid_name(name: &str) -> bool {
+        is_dns_label(name)
+    }
+
     /// Checks the resource on its own (references to other resources are
     /// checked by the store, inside the write transaction).
     fn validate(&self) -> Vec<FieldError>;
@@ -91,6 +118,12 @@ pub struct ConfigDocument {
     pub services: Vec<Service>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_issuers: Vec<JwtIssuer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub introspection_providers: Vec<IntrospectionProvider>,
 }
 
 impl ConfigDocument {
@@ -100,6 +133,13 @@ impl ConfigDocument {
         let mut errors = Vec::new();
         validate_list("services", &self.services, &mut errors);
         validate_list("routes", &self.routes, &mut errors);
+        validate_list("consumers", &self.consumers, &mut errors);
+        validate_list("jwt_issuers", &self.jwt_issuers, &mut errors);
+        validate_list(
+            "introspection_providers",
+            &self.introspection_providers,
+            &mut errors,
+        );
         errors
     }
 }
@@ -233,6 +273,9 @@ pub struct Route {
     pub prefix_rewrite: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
+    /// Who may call the route; absent means public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -342,6 +385,9 @@ impl Resource for Route {
         self.validate_match(&mut errors);
         self.validate_destination(&mut errors);
         self.validate_rewrite(&mut errors);
+        if let Some(auth) = &self.auth {
+            auth.validate(&mut errors);
+        }
         if let Some(timeout) = self.timeout_ms
             && timeout > MAX_TIMEOUT_MS
         {
@@ -565,7 +611,7 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-fn is_header_name(s: &str) -> bool {
+pub(crate) fn is_header_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)

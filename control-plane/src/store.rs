@@ -20,7 +20,12 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
-use crate::model::{ConfigDocument, Kind, Reference, Resource, Route, Service};
+use crate::model::{
+    ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Kind, Reference, Resource, Route,
+    Service, auth::StoredApiKey,
+};
+
+mod api_keys;
 
 /// The Postgres channel that carries committed config versions between replicas.
 pub const NOTIFY_CHANNEL: &str = "gatehouse_config";
@@ -45,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "admin tokens",
         include_str!("../../migrations/0004_admin_tokens.sql"),
+    ),
+    (
+        5,
+        "api keys",
+        include_str!("../../migrations/0005_api_keys.sql"),
     ),
 ];
 
@@ -81,6 +91,8 @@ pub enum StoreError {
         expected: u64,
         actual: Option<u64>,
     },
+    #[error("API key {0:?} is revoked or expired")]
+    KeyNotActive(String),
     #[error("admin token {0:?} already exists")]
     TokenExists(String),
     #[error("version {0} does not exist")]
@@ -115,6 +127,7 @@ impl StoreError {
             StoreError::VersionMismatch { .. } => "version_mismatch",
             StoreError::NoSuchVersion(_) => "no_such_version",
             StoreError::TokenExists(_) => "token_exists",
+            StoreError::KeyNotActive(_) => "key_not_active",
             StoreError::ResourceChanged { .. } => "resource_changed",
             StoreError::HistoryUnavailable(_) => "history_unavailable",
             StoreError::UnsupportedUrl => "unsupported_url",
@@ -191,6 +204,45 @@ pub struct ConfigState {
     pub version: u64,
     pub services: BTreeMap<String, Service>,
     pub routes: BTreeMap<String, Route>,
+    pub consumers: BTreeMap<String, Consumer>,
+    pub jwt_issuers: BTreeMap<String, JwtIssuer>,
+    pub introspection_providers: BTreeMap<String, IntrospectionProvider>,
+    /// Every key, including revoked and expired ones (translation filters).
+    pub api_keys: Vec<StoredApiKey>,
+}
+
+impl ConfigState {
+    /// The state as a document (the format `apply` takes and `export` gives).
+    pub fn into_document(self) -> ConfigDocument {
+        ConfigDocument {
+            services: self.services.into_values().collect(),
+            routes: self.routes.into_values().collect(),
+            consumers: self.consumers.into_values().collect(),
+            jwt_issuers: self.jwt_issuers.into_values().collect(),
+            introspection_providers: self.introspection_providers.into_values().collect(),
+        }
+    }
+
+    /// Puts back a resource's earlier spec (`None`: it did not exist).
+    fn restore(
+        &mut self,
+        kind: Kind,
+        name: String,
+        before: Option<String>,
+    ) -> Result<(), StoreError> {
+        match kind {
+            Kind::Service => restore(&mut self.services, kind, name, before),
+            Kind::Route => restore(&mut self.routes, kind, name, before),
+            Kind::Consumer => restore(&mut self.consumers, kind, name, before),
+            Kind::JwtIssuer => restore(&mut self.jwt_issuers, kind, name, before),
+            Kind::IntrospectionProvider => {
+                restore(&mut self.introspection_providers, kind, name, before)
+            }
+            // Keys are not configuration: a rollback never brings back a
+            // revoked key nor removes a newer one.
+            Kind::ApiKey => Ok(()),
+        }
+    }
 }
 
 /// The outcome of a successful write.
@@ -454,7 +506,8 @@ impl Store {
     pub async fn load(&self) -> Result<ConfigState, StoreError> {
         let rows = sqlx::query(
             "SELECT '' AS kind, '' AS name, CAST(version AS TEXT) AS spec FROM config_version WHERE id = 1 \
-             UNION ALL SELECT kind, name, spec FROM resources",
+             UNION ALL SELECT kind, name, spec FROM resources \
+             UNION ALL SELECT 'api_key', id, spec FROM api_keys",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -468,14 +521,16 @@ impl Store {
                     state.version = spec.parse().unwrap_or_default();
                 }
                 None => {}
-                Some(Kind::Service) => {
-                    let service = decode(Kind::Service, &name, &spec)?;
-                    state.services.insert(name, service);
+                Some(Kind::ApiKey) => {
+                    let key =
+                        serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt {
+                            kind: Kind::ApiKey,
+                            name: name.clone(),
+                            source,
+                        })?;
+                    state.api_keys.push(key);
                 }
-                Some(Kind::Route) => {
-                    let route = decode(Kind::Route, &name, &spec)?;
-                    state.routes.insert(name, route);
-                }
+                Some(kind) => state.restore(kind, name, Some(spec))?,
             }
         }
         Ok(state)
@@ -642,12 +697,7 @@ impl Store {
                 name: name.to_owned(),
             });
         };
-        sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
-            .bind(kind.as_str())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        replace_references(&mut tx, kind, name, &[]).await?;
+        delete_row(&mut tx, kind, name).await?;
         let specs = (Some(before.as_str()), None);
         record_change(&mut tx, version, 0, ChangeOp::Delete, kind, name, specs).await?;
         self.commit(tx, version).await?;
@@ -665,6 +715,13 @@ impl Store {
         let mut desired: BTreeMap<Key, Desired> = BTreeMap::new();
         collect(&mut desired, "services", &document.services);
         collect(&mut desired, "routes", &document.routes);
+        collect(&mut desired, "consumers", &document.consumers);
+        collect(&mut desired, "jwt_issuers", &document.jwt_issuers);
+        collect(
+            &mut desired,
+            "introspection_providers",
+            &document.introspection_providers,
+        );
 
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
@@ -755,14 +812,7 @@ impl Store {
         }
         for (seq, (op, (kind, name))) in changes.iter().enumerate() {
             match (op, desired.get(&(*kind, name.clone()))) {
-                (ChangeOp::Delete, _) | (_, None) => {
-                    sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
-                        .bind(kind.as_str())
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                    replace_references(&mut tx, *kind, name, &[]).await?;
-                }
+                (ChangeOp::Delete, _) | (_, None) => delete_row(&mut tx, *kind, name).await?,
                 (op, Some(d)) => {
                     upsert_row(
                         &mut tx,
@@ -898,14 +948,14 @@ impl Store {
         if version > state.version {
             return Err(StoreError::NoSuchVersion(version));
         }
-        let mut services = state.services;
-        let mut routes = state.routes;
+        let version_now = state.version;
+        let mut state = state;
         let rows = sqlx::query(
             "SELECT version, op, kind, name, before_spec FROM config_changes \
              WHERE version > $1 AND version <= $2 ORDER BY version DESC, seq DESC",
         )
         .bind(version as i64)
-        .bind(state.version as i64)
+        .bind(version_now as i64)
         .fetch_all(&self.pool)
         .await?;
         for row in rows {
@@ -917,19 +967,11 @@ impl Store {
             if before.is_none() && op != ChangeOp::Create.as_str() {
                 return Err(StoreError::HistoryUnavailable(changed as u64));
             }
-            match Kind::parse(&kind) {
-                Some(Kind::Service) => restore(&mut services, Kind::Service, name, before)?,
-                Some(Kind::Route) => restore(&mut routes, Kind::Route, name, before)?,
-                None => {}
+            if let Some(kind) = Kind::parse(&kind) {
+                state.restore(kind, name, before)?;
             }
         }
-        Ok((
-            state.version,
-            ConfigDocument {
-                services: services.into_values().collect(),
-                routes: routes.into_values().collect(),
-            },
-        ))
+        Ok((version_now, state.into_document()))
     }
 
     /// Whether any admin token exists (authentication is then enforced).
@@ -1021,13 +1063,7 @@ impl Store {
     /// The whole configuration as a document (the format `apply` takes).
     pub async fn export(&self) -> Result<(u64, ConfigDocument), StoreError> {
         let state = self.load().await?;
-        Ok((
-            state.version,
-            ConfigDocument {
-                services: state.services.into_values().collect(),
-                routes: state.routes.into_values().collect(),
-            },
-        ))
+        Ok((state.version, state.into_document()))
     }
 
     /// Announces the version to other replicas and commits.
@@ -1100,6 +1136,27 @@ async fn upsert_row(
         .bind(now_ms())
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Removes a resource row, its references, and what it owns (a consumer's keys).
+async fn delete_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: Kind,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+        .bind(kind.as_str())
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    replace_references(tx, kind, name, &[]).await?;
+    if kind == Kind::Consumer {
+        sqlx::query("DELETE FROM api_keys WHERE consumer = $1")
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //!   host name (plus `*`); routes without hosts apply on every virtual host.
 //!   Within a virtual host the most specific route comes first: exact paths,
 //!   then regexes, then longer prefixes, then routes with more conditions.
+//! - Authentication (ext_authz filters, route policies, the state streamed
+//!   to ext-authz) is translated in [`auth`].
 
 use std::{
     cmp::Reverse,
@@ -20,11 +22,15 @@ use gatehouse_proto::{
     router, to_any, upstream_http,
 };
 
+pub mod auth;
+pub use auth::ExtAuthzSettings;
+
 use crate::{
     model::{HeaderMatch, PathMatch, Protocol, Route, Service},
     store::ConfigState,
     xds::snapshot::{ConsistencyError, Snapshot, SnapshotParts, XdsResource},
 };
+use gatehouse_proto::auth as auth_proto;
 
 /// Name of the listener and of the route configuration it loads over RDS.
 pub const HTTP_LISTENER: &str = "gatehouse_http";
@@ -36,6 +42,7 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Where Envoy writes its access log (one line per request), if anywhere.
     pub access_log_path: Option<String>,
+    pub ext_authz: ExtAuthzSettings,
 }
 
 impl Default for ProxySettings {
@@ -43,13 +50,28 @@ impl Default for ProxySettings {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             access_log_path: None,
+            ext_authz: ExtAuthzSettings::default(),
         }
     }
 }
 
 /// Translates a whole configuration into a checked snapshot.
 pub fn snapshot(state: &ConfigState, proxy: &ProxySettings) -> Result<Snapshot, ConsistencyError> {
+    snapshot_at(state, proxy, now_ms())
+}
+
+/// [`snapshot`] as of a given time (which keys have expired).
+pub fn snapshot_at(
+    state: &ConfigState,
+    proxy: &ProxySettings,
+    now_ms: i64,
+) -> Result<Snapshot, ConsistencyError> {
     let mut parts = SnapshotParts::default();
+    parts.clusters.push(XdsResource::new(
+        auth::EXT_AUTHZ_CLUSTER,
+        to_any(&auth::ext_authz_cluster(&proxy.ext_authz)),
+        Vec::new(),
+    ));
     for service in state.services.values() {
         let eds = uses_eds(service);
         parts.clusters.push(XdsResource::new(
@@ -69,7 +91,7 @@ pub fn snapshot(state: &ConfigState, proxy: &ProxySettings) -> Result<Snapshot, 
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
         to_any(&http_listener(proxy)),
-        Vec::new(),
+        vec![auth::EXT_AUTHZ_CLUSTER.to_owned()],
     ));
     let routes: Vec<&Route> = state.routes.values().collect();
     let referenced: BTreeSet<String> = routes
@@ -79,10 +101,24 @@ pub fn snapshot(state: &ConfigState, proxy: &ProxySettings) -> Result<Snapshot, 
         .collect();
     parts.routes.push(XdsResource::new(
         HTTP_ROUTES,
-        to_any(&route_configuration(&routes)),
+        to_any(&route_configuration(
+            &routes,
+            &auth::spoofable_headers(state),
+        )),
         referenced.into_iter().collect(),
     ));
+    parts.auth.push(XdsResource::new(
+        auth_proto::RESOURCE_NAME,
+        auth::auth_config_any(&auth::auth_config(state, now_ms)),
+        Vec::new(),
+    ));
     Snapshot::new(state.version, parts)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A service with only IP endpoints (or none) gets its endpoints over EDS.
@@ -196,13 +232,16 @@ pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
                 route_config_name: HTTP_ROUTES.into(),
             },
         )),
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
-                &router::Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: auth::ext_authz_filters(&proxy.ext_authz)
+            .into_iter()
+            .chain([hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                    &router::Router::default(),
+                ))),
+                ..Default::default()
+            }])
+            .collect(),
         // An edge proxy: the peer address is the client; paths are normalised
         // before matching so `/a/../b` and `//b` cannot dodge a route.
         use_remote_address: Some(protobuf::BoolValue { value: true }),
@@ -264,7 +303,7 @@ fn access_log(path: &str) -> accesslog::AccessLog {
 }
 
 /// Routes grouped into virtual hosts and ordered most specific first.
-pub fn route_configuration(routes: &[&Route]) -> route::RouteConfiguration {
+pub fn route_configuration(routes: &[&Route], spoofable: &[String]) -> route::RouteConfiguration {
     let mut by_host: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
     let mut wildcard = Vec::new();
     for r in routes {
@@ -280,10 +319,15 @@ pub fn route_configuration(routes: &[&Route]) -> route::RouteConfiguration {
         .into_iter()
         .map(|(host, mut routes)| {
             routes.extend(wildcard.iter().copied());
-            virtual_host(host, vec![host.to_owned()], routes)
+            virtual_host(host, vec![host.to_owned()], routes, spoofable)
         })
         .collect();
-    virtual_hosts.push(virtual_host("default", vec!["*".into()], wildcard));
+    virtual_hosts.push(virtual_host(
+        "default",
+        vec!["*".into()],
+        wildcard,
+        spoofable,
+    ));
     route::RouteConfiguration {
         name: HTTP_ROUTES.into(),
         virtual_hosts,
@@ -292,12 +336,24 @@ pub fn route_configuration(routes: &[&Route]) -> route::RouteConfiguration {
     }
 }
 
-fn virtual_host(name: &str, domains: Vec<String>, mut routes: Vec<&Route>) -> route::VirtualHost {
+fn virtual_host(
+    name: &str,
+    domains: Vec<String>,
+    mut routes: Vec<&Route>,
+    spoofable: &[String],
+) -> route::VirtualHost {
     routes.sort_by_key(|r| precedence(r));
     route::VirtualHost {
         name: name.into(),
         domains,
-        routes: routes.into_iter().map(envoy_route).collect(),
+        routes: routes
+            .into_iter()
+            .map(|r| {
+                let mut envoy = envoy_route(r);
+                auth::apply_route_policy(r, &mut envoy, spoofable);
+                envoy
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -537,7 +593,7 @@ mod tests {
             ),
         ];
         let refs: Vec<&Route> = routes.iter().collect();
-        let config = route_configuration(&refs);
+        let config = route_configuration(&refs, &[]);
         assert!(config.ignore_port_in_host_matching);
         let names =
             |vh: &route::VirtualHost| vh.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
@@ -625,6 +681,7 @@ mod tests {
         let proxy = ProxySettings {
             listen: "127.0.0.1:9000".parse().expect("addr"),
             access_log_path: Some("/tmp/access.log".into()),
+            ext_authz: ExtAuthzSettings::default(),
         };
         let l = http_listener(&proxy);
         let Some(listener::filter::ConfigType::TypedConfig(any)) =
@@ -672,7 +729,16 @@ mod tests {
         let snapshot = snapshot(&state, &ProxySettings::default()).expect("consistent");
         assert_eq!(snapshot.version, 7);
         let names = |t| snapshot.resources(t).keys().cloned().collect::<Vec<_>>();
-        assert_eq!(names(ResourceType::Cluster), ["dns", "ip"]);
+        assert_eq!(
+            names(ResourceType::Cluster),
+            ["dns", auth::EXT_AUTHZ_CLUSTER, "ip"]
+        );
+        assert_eq!(names(ResourceType::Auth), [auth_proto::RESOURCE_NAME]);
+        assert_eq!(
+            snapshot.resources(ResourceType::Listener)[HTTP_LISTENER].clusters,
+            [auth::EXT_AUTHZ_CLUSTER],
+            "the listener's ext_authz filters need their cluster first"
+        );
         assert_eq!(
             names(ResourceType::Endpoint),
             ["ip"],
@@ -692,6 +758,12 @@ mod tests {
             snapshot(&ConfigState::default(), &ProxySettings::default()).expect("consistent");
         assert_eq!(snapshot.resources(ResourceType::Listener).len(), 1);
         assert_eq!(snapshot.resources(ResourceType::Route).len(), 1);
-        assert!(snapshot.resources(ResourceType::Cluster).is_empty());
+        let clusters = snapshot.resources(ResourceType::Cluster);
+        assert_eq!(
+            clusters.keys().collect::<Vec<_>>(),
+            [auth::EXT_AUTHZ_CLUSTER],
+            "only the ext-authz cluster, so enabling auth never changes the listener"
+        );
+        assert_eq!(snapshot.resources(ResourceType::Auth).len(), 1);
     }
 }

@@ -98,6 +98,7 @@ fn route(name: &str, services: &[&str]) -> Route {
         strip_prefix: false,
         prefix_rewrite: None,
         timeout_ms: None,
+        auth: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn document(services: &[Service], routes: &[Route]) -> ConfigDocument {
     ConfigDocument {
         services: services.to_vec(),
         routes: routes.to_vec(),
+        ..ConfigDocument::default()
     }
 }
 

@@ -1,26 +1,133 @@
-//! Gatehouse Envoy ext_authz (envoy.service.auth.v3) server.
+//! Gatehouse ext-authz: Envoy's `envoy.service.auth.v3` Authorization server.
 //!
-//! Placeholder until its own issue lands: it serves `/healthz` and `/metrics`
-//! on its port and shuts down gracefully, so the deployment shape is in place.
+//! Decisions come from memory only. The control plane streams the
+//! authentication state (consumers, API key hashes, JWT issuers,
+//! introspection providers) over ADS as one `AuthConfig` resource; each
+//! route's policy arrives with the Check request in Envoy's context
+//! extensions. Until the first snapshot arrives every Check is answered
+//! `UNAVAILABLE` (Envoy's failure mode decides); when the control plane goes
+//! away the last snapshot stays in force.
+//!
+//! - [`decision`]: credentials, policy, allow/deny
+//! - [`jwt`], [`introspect`]: token verification
+//! - [`state`]: the in-memory state and how updates replace it
+//! - [`server`]: the gRPC service and HTTP endpoints
 
-use std::future::Future;
+pub mod decision;
+pub mod introspect;
+pub mod jwt;
+pub mod metrics;
+pub mod secret;
+pub mod server;
+pub mod state;
 
-use axum::{Router, routing::get};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
+use gatehouse_proto::{auth, protobuf::Any};
+use gatehouse_xds_client::Subscription;
+use prost::Message;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-/// The HTTP surface of the placeholder service.
-pub fn app() -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async { "" }))
+use crate::{
+    metrics::{Metrics, ResultLabel},
+    server::{AuthzService, SharedState},
+    state::AuthState,
+};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
+    pub xds_endpoint: String,
+    pub node_id: String,
 }
 
-/// Serves on a pre-bound listener until `shutdown` resolves.
+/// HTTP client for JWKS and introspection: bounded connect time, no redirects
+/// to elsewhere.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("gatehouse-ext-authz/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Turns ADS responses into the shared state: exactly one `AuthConfig`.
+fn receiver(
+    state: SharedState,
+    http: reqwest::Client,
+    metrics: Metrics,
+) -> impl FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static {
+    move |version, resources| {
+        let result = decode(&resources).map(|config| {
+            let previous = state.load_full();
+            let built = AuthState::build(version, config, previous.as_deref(), &http, &metrics);
+            info!(
+                version,
+                consumers = built.consumers.len(),
+                keys = built.keys.len(),
+                issuers = built.issuers.values().map(Vec::len).sum::<usize>(),
+                "authentication state updated"
+            );
+            state.store(Some(Arc::new(built)));
+            metrics.ready.set(1);
+        });
+        let label = if result.is_ok() { "ok" } else { "rejected" };
+        metrics
+            .config_updates
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        result
+    }
+}
+
+fn decode(resources: &[Any]) -> Result<auth::AuthConfig, String> {
+    let [resource] = resources else {
+        return Err(format!(
+            "expected exactly one AuthConfig, got {}",
+            resources.len()
+        ));
+    };
+    if resource.type_url != auth::TYPE_URL {
+        return Err(format!("unexpected resource type {}", resource.type_url));
+    }
+    auth::AuthConfig::decode(resource.value.as_slice())
+        .map_err(|e| format!("undecodable AuthConfig: {e}"))
+}
+
+/// Subscribes to the control plane and serves Check on a pre-bound
+/// listener until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app())
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> Result<(), tonic::transport::Error> {
+    let metrics = Metrics::default();
+    let state: SharedState = Arc::new(ArcSwapOption::empty());
+    let stop = CancellationToken::new();
+    let subscription = Subscription {
+        endpoint: settings.xds_endpoint,
+        node_id: settings.node_id,
+        node_cluster: "gatehouse-ext-authz".into(),
+        type_url: auth::TYPE_URL.into(),
+    };
+    let xds = tokio::spawn(gatehouse_xds_client::run(
+        subscription,
+        receiver(state.clone(), http_client(), metrics.clone()),
+        stop.clone(),
+    ));
+    let routes = server::routes(AuthzService { state, metrics });
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    stop.cancel();
+    let _ = xds.await;
+    served
 }

@@ -11,11 +11,14 @@ pub use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 pub use envoy_types::pb::envoy::config::listener::v3 as listener;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_access_log;
+pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
 
@@ -32,5 +35,30 @@ pub fn to_any<M: prost::Message + prost::Name>(message: &M) -> protobuf::Any {
     protobuf::Any {
         type_url: M::type_url(),
         value: message.encode_to_vec(),
+    }
+}
+
+/// Gatehouse's own contract with ext-authz (`proto/gatehouse/auth/v1`).
+pub mod auth {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/gatehouse.auth.v1.rs"));
+
+    /// Name of the single `AuthConfig` resource.
+    pub const RESOURCE_NAME: &str = "gatehouse_auth";
+    pub const TYPE_URL: &str = "type.googleapis.com/gatehouse.auth.v1.AuthConfig";
+
+    /// Keys of the per-route ext_authz context extensions that carry a
+    /// route's policy from the control plane to ext-authz through Envoy.
+    pub mod context {
+        /// The route's name.
+        pub const ROUTE: &str = "gatehouse.route";
+        /// Accepted methods, comma-separated: `api_key`, `jwt`, `introspection`.
+        pub const METHODS: &str = "gatehouse.methods";
+        /// Required scopes, space-separated (all must be granted).
+        pub const SCOPES: &str = "gatehouse.scopes";
+        /// Required roles, space-separated (the consumer must hold all).
+        pub const ROLES: &str = "gatehouse.roles";
+        /// `1` to remove the credential from the upstream request.
+        pub const STRIP_CREDENTIALS: &str = "gatehouse.strip_credentials";
     }
 }

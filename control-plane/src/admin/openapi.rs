@@ -9,7 +9,8 @@ use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    model::{ConfigDocument, Route, Service},
+    admin::keys::{KeyView, NewKey, Rotation},
+    model::{ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Route, Service},
     store::{AdminTokenRecord, Applied, VersionRecord},
 };
 
@@ -111,6 +112,41 @@ fn resource_paths<R: JsonSchema>(
     );
 }
 
+fn key_paths(paths: &mut Map<String, Value>, schemas: &mut Schemas) {
+    let key = schemas.of::<KeyView>();
+    let new_key = schemas.of::<NewKey>();
+    let rotation = schemas.of::<Rotation>();
+    let consumer =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert(
+        "/v1/consumers/{name}/keys".into(),
+        json!({
+            "get": with_parameters(operation("List a consumer's API keys (never the keys)", ("200", ok("Keys", json!({"type": "array", "items": key.clone()}))), &[401, 403, 404, 503]), json!([consumer.clone()])),
+            "post": with_parameters(with_body(
+                operation("Create an API key; the key is returned once", ("201", ok("Created", key.clone())), &[401, 403, 404, 422, 503]),
+                new_key,
+            ), json!([consumer.clone()])),
+        }),
+    );
+    paths.insert(
+        "/v1/consumers/{name}/keys/{id}/revoke".into(),
+        json!({"post": with_parameters(
+            json!({"summary": "Revoke an API key at once", "responses": {"204": {"description": "Revoked"},
+                "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"],
+                "404": problem_responses(&[404])["404"], "503": problem_responses(&[503])["503"]}}),
+            json!([consumer.clone(), id.clone()]),
+        )}),
+    );
+    paths.insert(
+        "/v1/consumers/{name}/keys/{id}/rotate".into(),
+        json!({"post": with_parameters(with_body(
+            operation("Replace an API key; the old one works until the grace period ends", ("201", ok("The new key, returned once", key)), &[401, 403, 404, 409, 422, 503]),
+            rotation,
+        ), json!([consumer, id]))}),
+    );
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let mut schemas = Schemas {
@@ -121,6 +157,15 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     resource_paths::<Service>(&mut paths, &mut schemas, "services", "service");
     resource_paths::<Route>(&mut paths, &mut schemas, "routes", "route");
+    resource_paths::<Consumer>(&mut paths, &mut schemas, "consumers", "consumer");
+    resource_paths::<JwtIssuer>(&mut paths, &mut schemas, "jwt-issuers", "JWT issuer");
+    resource_paths::<IntrospectionProvider>(
+        &mut paths,
+        &mut schemas,
+        "introspection-providers",
+        "introspection provider",
+    );
+    key_paths(&mut paths, &mut schemas);
     let config = schemas.of::<ConfigDocument>();
     let applied = schemas.of::<Applied>();
     let version_record = schemas.of::<VersionRecord>();

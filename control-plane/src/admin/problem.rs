@@ -49,7 +49,8 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. }
             | StoreError::InUse { .. }
             | StoreError::HistoryUnavailable(_)
-            | StoreError::TokenExists(_) => ApiError::Conflict(e.to_string()),
+            | StoreError::TokenExists(_)
+            | StoreError::KeyNotActive(_) => ApiError::Conflict(e.to_string()),
             StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
             StoreError::VersionMismatch { .. } | StoreError::ResourceChanged { .. } => {
                 ApiError::PreconditionFailed(e.to_string())

@@ -9,25 +9,29 @@ use std::{
     sync::Arc,
 };
 
-use gatehouse_proto::{protobuf::Any, type_url};
+use gatehouse_proto::{auth, protobuf::Any, type_url};
 
 /// The resource types Gatehouse serves, in the order updates are pushed:
 /// clusters before the endpoints that warm them, before the listeners and
-/// routes that send traffic to them.
+/// routes that send traffic to them. Then Gatehouse's own types, which only
+/// our services subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    /// The authentication state ext-authz decides from.
+    Auth,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::Auth,
     ];
 
     pub fn type_url(self) -> &'static str {
@@ -36,6 +40,7 @@ impl ResourceType {
             ResourceType::Endpoint => type_url::ENDPOINT,
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE,
+            ResourceType::Auth => auth::TYPE_URL,
         }
     }
 
@@ -50,13 +55,17 @@ impl ResourceType {
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::Auth => "auth",
         }
     }
 
     /// Clusters and listeners are subscribed as a whole (wildcard); endpoints
     /// and route configurations by name.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+        matches!(
+            self,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::Auth
+        )
     }
 
     fn index(self) -> usize {
@@ -118,7 +127,7 @@ pub enum ConsistencyError {
 pub struct Snapshot {
     /// The store's config version this snapshot was built from.
     pub version: u64,
-    resources: [Resources; 4],
+    resources: [Resources; ResourceType::ALL.len()],
     /// Clusters whose endpoints arrive over EDS (and so must be warmed).
     eds_clusters: BTreeSet<String>,
 }
@@ -131,6 +140,7 @@ pub struct SnapshotParts {
     pub endpoints: Vec<XdsResource>,
     pub listeners: Vec<XdsResource>,
     pub routes: Vec<XdsResource>,
+    pub auth: Vec<XdsResource>,
 }
 
 impl Snapshot {
@@ -146,6 +156,7 @@ impl Snapshot {
             (ResourceType::Endpoint, parts.endpoints),
             (ResourceType::Listener, parts.listeners),
             (ResourceType::Route, parts.routes),
+            (ResourceType::Auth, parts.auth),
         ];
         for (kind, list) in typed {
             let map = &mut snapshot.resources[kind.index()];

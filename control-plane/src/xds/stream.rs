@@ -117,7 +117,7 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub struct StreamState {
     variant: Variant,
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::ALL.len()],
     nonces: u64,
 }
 
@@ -275,6 +275,8 @@ impl StreamState {
                 }
                 Some(target)
             }
+            // Our own services' state depends on no Envoy resource.
+            ResourceType::Auth => Some(target),
             ResourceType::Listener | ResourceType::Route => {
                 // Strict order: nothing that routes traffic goes out while
                 // clusters or endpoints are still being delivered.
@@ -431,6 +433,7 @@ mod tests {
                 endpoints: clusters.iter().map(|c| res(c, c, &[])).collect(),
                 listeners: vec![res("http", "listener", &[])],
                 routes: vec![res("http", &format!("{routed:?}"), routed)],
+                auth: Vec::new(),
             },
         )
         .expect("consistent")

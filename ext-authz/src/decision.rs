@@ -1,0 +1,510 @@
+//! One authorization decision: the route's policy (from the context
+//! extensions Envoy forwards), the request's credential, and the answer.
+//!
+//! A route accepts API keys (`x-api-key` header or `api_key` query
+//! parameter), bearer JWTs, opaque bearer tokens (introspection), or any of
+//! them. More than one credential the route accepts is ambiguous and refused.
+//! Denials carry a stable error code and nothing about why a credential
+//! failed beyond it.
+
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
+
+use gatehouse_proto::auth::context;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::debug;
+
+use crate::{
+    jwt::{self, now_ms},
+    state::{AuthState, CachedJwt, Consumer},
+};
+
+pub const CONSUMER_HEADER: &str = "x-gatehouse-consumer";
+pub const PLAN_HEADER: &str = "x-gatehouse-plan";
+pub const API_KEY_HEADER: &str = "x-api-key";
+pub const API_KEY_QUERY: &str = "api_key";
+const API_KEY_PREFIX: &str = "gk_";
+const API_KEY_ID_LEN: usize = 12;
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    ApiKey,
+    Jwt,
+    Introspection,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::ApiKey => "api_key",
+            Method::Jwt => "jwt",
+            Method::Introspection => "introspection",
+        }
+    }
+}
+
+/// What ext-authz needs from a request.
+pub struct RequestView<'a> {
+    /// Lower-case header names, as Envoy sends them.
+    pub headers: &'a HashMap<String, String>,
+    /// Path with query string.
+    pub path: &'a str,
+    pub context: &'a HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    pub method: Method,
+    pub consumer: String,
+    pub plan: String,
+    pub set_headers: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
+    pub remove_query: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub status: u16,
+    /// Stable, documented error code.
+    pub code: &'static str,
+    pub message: &'static str,
+    pub challenge: String,
+    pub method: Option<Method>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Deny),
+}
+
+/// The route's policy, as the control plane put it in the context.
+struct Policy<'a> {
+    api_key: bool,
+    jwt: bool,
+    introspection: bool,
+    scopes: Vec<&'a str>,
+    roles: Vec<&'a str>,
+    strip: bool,
+}
+
+impl<'a> Policy<'a> {
+    fn from_context(context: &'a HashMap<String, String>) -> Option<Self> {
+        let methods = context.get(context::METHODS)?;
+        let has = |m: &str| methods.split(',').any(|x| x == m);
+        let words = |key: &str| {
+            context
+                .get(key)
+                .map(|v| v.split_whitespace().collect())
+                .unwrap_or_default()
+        };
+        let policy = Policy {
+            api_key: has("api_key"),
+            jwt: has("jwt"),
+            introspection: has("introspection"),
+            scopes: words(context::SCOPES),
+            roles: words(context::ROLES),
+            strip: context
+                .get(context::STRIP_CREDENTIALS)
+                .is_some_and(|v| v == "1"),
+        };
+        (policy.api_key || policy.jwt || policy.introspection).then_some(policy)
+    }
+
+    fn bearer(&self) -> bool {
+        self.jwt || self.introspection
+    }
+
+    fn challenge(&self, error: Option<&str>) -> String {
+        let mut challenges = Vec::new();
+        if self.api_key {
+            challenges.push("ApiKey realm=\"gatehouse\"".to_owned());
+        }
+        if self.bearer() {
+            challenges.push(match error {
+                Some(error) => format!("Bearer realm=\"gatehouse\", error=\"{error}\""),
+                None => "Bearer realm=\"gatehouse\"".to_owned(),
+            });
+        }
+        challenges.join(", ")
+    }
+}
+
+enum Credential<'a> {
+    ApiKey { key: Cow<'a, str>, from_query: bool },
+    Bearer(&'a str),
+}
+
+/// Who the credential belongs to and what it grants.
+struct Identity {
+    method: Method,
+    consumer: Arc<Consumer>,
+    scopes: Vec<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// Decides one request against the current state.
+pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
+    let Some(policy) = Policy::from_context(request.context) else {
+        return deny(
+            403,
+            "no_policy",
+            "this route has no authentication policy",
+            String::new(),
+            None,
+        );
+    };
+    let credential = match credential(&policy, request) {
+        Ok(Some(credential)) => credential,
+        Ok(None) => {
+            return deny(
+                401,
+                "missing_credentials",
+                "credentials are required",
+                policy.challenge(None),
+                None,
+            );
+        }
+        Err(()) => {
+            return deny(
+                401,
+                "ambiguous_credentials",
+                "send exactly one credential",
+                policy.challenge(Some("invalid_request")),
+                None,
+            );
+        }
+    };
+    let (identity, from_query) = match credential {
+        Credential::ApiKey { key, from_query } => match verify_api_key(state, &key) {
+            Some(identity) => (identity, from_query),
+            None => {
+                return deny(
+                    401,
+                    "invalid_credentials",
+                    "the API key is not valid",
+                    policy.challenge(None),
+                    Some(Method::ApiKey),
+                );
+            }
+        },
+        Credential::Bearer(token) => match verify_bearer(state, &policy, token).await {
+            Ok(identity) => (identity, false),
+            Err(method) => {
+                return deny(
+                    401,
+                    "invalid_token",
+                    "the token is not valid",
+                    policy.challenge(Some("invalid_token")),
+                    Some(method),
+                );
+            }
+        },
+    };
+    if !policy
+        .scopes
+        .iter()
+        .all(|s| identity.scopes.iter().any(|g| g == s))
+    {
+        let challenge = if policy.bearer() {
+            format!(
+                "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"{}\"",
+                policy.scopes.join(" ")
+            )
+        } else {
+            policy.challenge(None)
+        };
+        return deny(
+            403,
+            "insufficient_scope",
+            "the credential lacks a required scope",
+            challenge,
+            Some(identity.method),
+        );
+    }
+    if !policy
+        .roles
+        .iter()
+        .all(|r| identity.consumer.roles.iter().any(|g| g == r))
+    {
+        return deny(
+            403,
+            "insufficient_role",
+            "the consumer lacks a required role",
+            String::new(),
+            Some(identity.method),
+        );
+    }
+    Decision::Allow(allow(state, &policy, request, identity, from_query))
+}
+
+fn deny(
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+    challenge: String,
+    method: Option<Method>,
+) -> Decision {
+    Decision::Deny(Deny {
+        status,
+        code,
+        message,
+        challenge,
+        method,
+    })
+}
+
+/// The one credential the route accepts; `Err` when there are several.
+fn credential<'a>(
+    policy: &Policy<'_>,
+    request: &'a RequestView<'_>,
+) -> Result<Option<Credential<'a>>, ()> {
+    let mut found = Vec::new();
+    if policy.api_key {
+        if let Some(key) = request.headers.get(API_KEY_HEADER) {
+            found.push(Credential::ApiKey {
+                key: Cow::Borrowed(key.as_str()),
+                from_query: false,
+            });
+        }
+        for key in query_values(request.path, API_KEY_QUERY) {
+            found.push(Credential::ApiKey {
+                key,
+                from_query: true,
+            });
+        }
+    }
+    if policy.bearer()
+        && let Some(value) = request.headers.get("authorization")
+        && let Some((scheme, token)) = value.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        found.push(Credential::Bearer(token.trim()));
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(()),
+    }
+}
+
+/// Values of a query parameter, percent-decoded.
+fn query_values<'a>(path: &'a str, name: &str) -> Vec<Cow<'a, str>> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key) == name).then(|| percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex_digit(byte: Option<&u8>) -> Option<u8> {
+    char::from(*byte?).to_digit(16).map(|d| d as u8)
+}
+
+/// `gk_<12 hex id>_<secret>`: found by id, compared by hash in constant time.
+fn verify_api_key(state: &AuthState, key: &str) -> Option<Identity> {
+    let rest = key.strip_prefix(API_KEY_PREFIX)?;
+    let id = rest.get(..API_KEY_ID_LEN)?;
+    if rest.as_bytes().get(API_KEY_ID_LEN) != Some(&b'_') {
+        return None;
+    }
+    let entry = state.keys.get(id)?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    if !bool::from(digest.ct_eq(&entry.sha256)) {
+        return None;
+    }
+    if entry.expires_at != 0 && now_ms() / 1000 >= entry.expires_at {
+        return None;
+    }
+    Some(Identity {
+        method: Method::ApiKey,
+        consumer: entry.consumer.clone(),
+        scopes: entry.scopes.clone(),
+        headers: Vec::new(),
+    })
+}
+
+async fn verify_bearer(
+    state: &AuthState,
+    policy: &Policy<'_>,
+    token: &str,
+) -> Result<Identity, Method> {
+    let looks_like_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
+    if policy.jwt && (looks_like_jwt || !policy.introspection) {
+        return verify_jwt(state, token).await.ok_or(Method::Jwt);
+    }
+    if policy.introspection {
+        return verify_introspection(state, token)
+            .await
+            .ok_or(Method::Introspection);
+    }
+    Err(Method::Jwt)
+}
+
+async fn verify_jwt(state: &AuthState, token: &str) -> Option<Identity> {
+    if token.len() > jwt::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now_s = now_ms() / 1000;
+    let cached = state.cached_jwt(&token_hash, now_s);
+    let claims = match cached {
+        Some(hit) => hit.claims,
+        None => {
+            let (header, iss) = jwt::screen(token)
+                .inspect_err(|e| debug!(error = %e, "token refused"))
+                .ok()?;
+            let candidates = state.issuers.get(&iss)?;
+            let mut verified = None;
+            for issuer in candidates {
+                let generation = issuer.generation();
+                match issuer.verify(token, &header).await {
+                    Ok(claims) => {
+                        state.cache_jwt(
+                            token_hash,
+                            CachedJwt {
+                                claims: claims.clone(),
+                                issuer: issuer.clone(),
+                                generation,
+                            },
+                        );
+                        verified = Some(claims);
+                        break;
+                    }
+                    Err(e) => debug!(issuer = %issuer.config.name, error = %e, "token refused"),
+                }
+            }
+            verified?
+        }
+    };
+    Some(Identity {
+        method: Method::Jwt,
+        consumer: consumer_for(state, &claims.subject),
+        scopes: claims.scopes,
+        headers: claims.headers,
+    })
+}
+
+async fn verify_introspection(state: &AuthState, token: &str) -> Option<Identity> {
+    if token.is_empty() || token.len() > jwt::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    for provider in &state.providers {
+        if let Some(answer) = provider.introspect(token, &token_hash).await {
+            return Some(Identity {
+                method: Method::Introspection,
+                consumer: consumer_for(state, &answer.subject),
+                scopes: answer.scopes,
+                headers: Vec::new(),
+            });
+        }
+    }
+    None
+}
+
+/// A registered consumer, or an unregistered one named by the token.
+fn consumer_for(state: &AuthState, subject: &str) -> Arc<Consumer> {
+    state.consumers.get(subject).cloned().unwrap_or_else(|| {
+        Arc::new(Consumer {
+            name: subject.to_owned(),
+            plan: String::new(),
+            roles: Vec::new(),
+        })
+    })
+}
+
+fn allow(
+    state: &AuthState,
+    policy: &Policy<'_>,
+    request: &RequestView<'_>,
+    identity: Identity,
+    from_query: bool,
+) -> Allow {
+    let consumer = identity.consumer;
+    let mut set_headers = vec![(CONSUMER_HEADER.to_owned(), consumer.name.clone())];
+    if !consumer.plan.is_empty() {
+        set_headers.push((PLAN_HEADER.to_owned(), consumer.plan.clone()));
+    }
+    set_headers.extend(identity.headers);
+    let is_set = |name: &str| set_headers.iter().any(|(h, _)| h == name);
+    // Identity headers the client sent that we are not overwriting.
+    let mut remove_headers: Vec<String> = request
+        .headers
+        .keys()
+        .filter(|h| h.starts_with("x-gatehouse-") || state.claim_headers.contains(h))
+        .filter(|h| !is_set(h))
+        .cloned()
+        .collect();
+    if policy.strip && !from_query {
+        let header = match identity.method {
+            Method::ApiKey => API_KEY_HEADER,
+            Method::Jwt | Method::Introspection => "authorization",
+        };
+        remove_headers.push(header.to_owned());
+    }
+    remove_headers.sort();
+    remove_headers.dedup();
+    let remove_query = if policy.strip && from_query {
+        vec![API_KEY_QUERY.to_owned()]
+    } else {
+        Vec::new()
+    };
+    Allow {
+        method: identity.method,
+        consumer: consumer.name.clone(),
+        plan: consumer.plan.clone(),
+        set_headers,
+        remove_headers,
+        remove_query,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_found_and_decoded() {
+        assert_eq!(query_values("/a?api_key=gk_1&x=2", "api_key"), vec!["gk_1"]);
+        assert_eq!(
+            query_values("/a?x=1&api%5Fkey=gk%5F2", "api_key"),
+            vec!["gk_2"]
+        );
+        assert_eq!(query_values("/a?api_key=1&api_key=2", "api_key").len(), 2);
+        assert!(query_values("/a", "api_key").is_empty());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

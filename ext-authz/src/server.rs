@@ -1,0 +1,202 @@
+//! The `envoy.service.auth.v3.Authorization` gRPC service and the HTTP
+//! endpoints (`/healthz`, `/readyz`, `/metrics`) served on the same port.
+//!
+//! Denials are `Ok(CheckResponse)` with the HTTP response Envoy sends; a
+//! gRPC error is returned only before the first configuration arrives, so
+//! the route's failure mode decides.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use arc_swap::ArcSwapOption;
+use axum::{http::StatusCode, response::IntoResponse, routing::get};
+use gatehouse_proto::{
+    auth_service::{
+        CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+        authorization_server::{Authorization, AuthorizationServer},
+        check_response::HttpResponse,
+    },
+    core::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction},
+    http_types::HttpStatus,
+    protobuf::{Struct, Value, value::Kind},
+    rpc,
+};
+
+use crate::{
+    decision::{Allow, Decision, Deny, RequestView, decide},
+    metrics::{DecisionLabels, Metrics},
+    state::AuthState,
+};
+
+/// The current state; `None` until the first snapshot.
+pub type SharedState = Arc<ArcSwapOption<AuthState>>;
+
+#[derive(Clone)]
+pub struct AuthzService {
+    pub state: SharedState,
+    pub metrics: Metrics,
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let Some(state) = self.state.load_full() else {
+            return Err(tonic::Status::unavailable("no configuration received yet"));
+        };
+        let check = request.into_inner();
+        let response = check_response(&state, &check, &self.metrics).await;
+        self.metrics
+            .check_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// Decides a Check request and builds Envoy's response.
+pub async fn check_response(
+    state: &AuthState,
+    check: &CheckRequest,
+    metrics: &Metrics,
+) -> CheckResponse {
+    static EMPTY: std::sync::LazyLock<HashMap<String, String>> =
+        std::sync::LazyLock::new(HashMap::new);
+    let attributes = check.attributes.as_ref();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let view = RequestView {
+        headers: http.map_or(&EMPTY, |h| &h.headers),
+        path: http.map_or("", |h| h.path.as_str()),
+        context: attributes.map_or(&EMPTY, |a| &a.context_extensions),
+    };
+    let decision = decide(state, &view).await;
+    let labels = match &decision {
+        Decision::Allow(allow) => DecisionLabels {
+            result: "allow",
+            method: allow.method.as_str(),
+            code: "ok",
+        },
+        Decision::Deny(deny) => DecisionLabels {
+            result: "deny",
+            method: deny.method.map_or("none", |m| m.as_str()),
+            code: deny.code,
+        },
+    };
+    metrics.decisions.get_or_create(&labels).inc();
+    match decision {
+        Decision::Allow(allow) => allowed(allow),
+        Decision::Deny(deny) => denied(deny),
+    }
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn allowed(allow: Allow) -> CheckResponse {
+    let metadata = Struct {
+        fields: [
+            ("consumer".to_owned(), string_value(&allow.consumer)),
+            ("plan".to_owned(), string_value(&allow.plan)),
+            ("method".to_owned(), string_value(allow.method.as_str())),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    CheckResponse {
+        status: Some(rpc::Status::default()),
+        dynamic_metadata: Some(metadata),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: allow
+                .set_headers
+                .iter()
+                .map(|(k, v)| header(k, v))
+                .collect(),
+            headers_to_remove: allow.remove_headers,
+            query_parameters_to_remove: allow.remove_query,
+            ..Default::default()
+        })),
+    }
+}
+
+fn denied(deny: Deny) -> CheckResponse {
+    let body = serde_json::json!({"error": deny.code, "message": deny.message}).to_string();
+    let mut headers = vec![
+        header("content-type", "application/json"),
+        header("cache-control", "no-store"),
+    ];
+    if !deny.challenge.is_empty() {
+        headers.push(header("www-authenticate", &deny.challenge));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            // UNAUTHENTICATED or PERMISSION_DENIED
+            code: if deny.status == 401 { 16 } else { 7 },
+            message: deny.code.to_owned(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(deny.status),
+            }),
+            headers,
+            body,
+        })),
+    }
+}
+
+/// gRPC Check plus the HTTP endpoints, on one port.
+pub fn routes(service: AuthzService) -> tonic::service::Routes {
+    let state = service.state.clone();
+    let metrics = service.metrics.clone();
+    let http = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = state.load().is_some();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    tonic::service::Routes::from(http).add_service(AuthorizationServer::new(service))
+}

@@ -1,0 +1,15 @@
+//! Compiles Gatehouse's own .proto contracts in pure Rust (protox), so no
+//! system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["gatehouse/auth/v1/auth.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! A minimal ADS client for Gatehouse's own services.
+//!
+//! ext-authz and ratelimit-service each subscribe to one resource type over
+//! state-of-the-world xDS. Every response goes to a [`Receiver`]; what it
+//! accepts is ACKed, what it refuses is NACKed with its reason (and the
+//! receiver keeps its last good state). The client reconnects with capped
+//! exponential backoff and resumes from the last accepted version, so a
+//! control-plane restart costs nothing but a fresh response.
+
+use std::time::Duration;
+
+use gatehouse_proto::{
+    core::Node,
+    discovery::{
+        DiscoveryRequest, DiscoveryResponse,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    },
+    protobuf::Any,
+    rpc,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to subscribe to, and as whom.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
+    pub endpoint: String,
+    pub node_id: String,
+    pub node_cluster: String,
+    pub type_url: String,
+}
+
+/// Takes each response's resources; `Err` is sent back as a NACK.
+pub trait Receiver: Send + 'static {
+    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), String>;
+}
+
+impl<F> Receiver for F
+where
+    F: FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static,
+{
+    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        self(version, resources)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("invalid xDS endpoint: {0}")]
+    Endpoint(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("control plane closed the stream")]
+    Closed,
+}
+
+/// Runs the subscription until `shutdown`: connects, receives, reconnects.
+pub async fn run(
+    subscription: Subscription,
+    mut receiver: impl Receiver,
+    shutdown: CancellationToken,
+) {
+    let mut accepted = String::new();
+    let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
+    while !shutdown.is_cancelled() {
+        let mut received = false;
+        let outcome = session(
+            &subscription,
+            &mut receiver,
+            &mut accepted,
+            &mut received,
+            &shutdown,
+        )
+        .await;
+        match outcome {
+            Ok(()) => return,
+            Err(e) if !failing => {
+                warn!(endpoint = %subscription.endpoint, error = %e, "xDS stream lost; keeping the last accepted state and retrying");
+                failing = true;
+            }
+            Err(e) => debug!(error = %e, "xDS reconnect failed"),
+        }
+        if received {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if received {
+            failing = false;
+        }
+    }
+}
+
+async fn session(
+    subscription: &Subscription,
+    receiver: &mut impl Receiver,
+    accepted: &mut String,
+    received: &mut bool,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(subscription.endpoint.clone())
+        .map_err(|e| SessionError::Endpoint(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let channel = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        channel = endpoint.connect() => channel?,
+    };
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (requests, outgoing) = mpsc::channel(4);
+    // The channel has room: the first send cannot fail.
+    let _ = requests
+        .send(request(subscription, accepted, "", None))
+        .await;
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    loop {
+        let response: DiscoveryResponse = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            message = responses.message() => message?.ok_or(SessionError::Closed)?,
+        };
+        if response.type_url != subscription.type_url {
+            continue;
+        }
+        if !*received {
+            info!(endpoint = %subscription.endpoint, version = %response.version_info, "xDS stream established");
+        }
+        *received = true;
+        let reply = match receiver.receive(&response.version_info, response.resources) {
+            Ok(()) => {
+                accepted.clone_from(&response.version_info);
+                request(subscription, accepted, &response.nonce, None)
+            }
+            Err(detail) => {
+                warn!(version = %response.version_info, error = %detail, "rejected xDS update; keeping the last accepted state");
+                request(subscription, accepted, &response.nonce, Some(detail))
+            }
+        };
+        if requests.send(reply).await.is_err() {
+            return Err(SessionError::Closed);
+        }
+    }
+}
+
+fn request(
+    subscription: &Subscription,
+    version: &str,
+    nonce: &str,
+    error: Option<String>,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.to_owned(),
+        node: Some(Node {
+            id: subscription.node_id.clone(),
+            cluster: subscription.node_cluster.clone(),
+            ..Node::default()
+        }),
+        type_url: subscription.type_url.clone(),
+        response_nonce: nonce.to_owned(),
+        error_detail: error.map(|message| rpc::Status {
+            code: 3, // INVALID_ARGUMENT, as Envoy reports a rejected update
+            message,
+            details: Vec::new(),
+        }),
+        ..DiscoveryRequest::default()
+    }
+}
