@@ -90,8 +90,8 @@ struct KeySet {
 /// One configured issuer and the keys it currently holds.
 pub struct Issuer {
     pub config: auth::JwtIssuer,
-    algorithms: Vec<Algorithm>,
-    validation: Validation,
+    /// One validation per accepted algorithm: a key verifies one family only.
+    validations: Vec<(Algorithm, Validation)>,
     keys: ArcSwap<KeySet>,
     /// Bumped whenever keys change, so cached verifications can be dropped.
     generation: AtomicU64,
@@ -124,14 +124,19 @@ impl Issuer {
         if algorithms.is_empty() {
             unusable = Some("no supported algorithm".to_owned());
         }
-        let mut validation = Validation::new(algorithms.first().copied().unwrap_or_default());
-        validation.algorithms.clone_from(&algorithms);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&config.audiences);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = u64::from(config.leeway_seconds);
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut validation = Validation::new(*alg);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                validation.set_issuer(&[&config.issuer]);
+                validation.set_audience(&config.audiences);
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.leeway = u64::from(config.leeway_seconds);
+                (*alg, validation)
+            })
+            .collect();
         let mut keys = KeySet::default();
         if let Some(secret_ref) = &config.hmac_secret {
             match secret::resolve(secret_ref) {
@@ -151,8 +156,7 @@ impl Issuer {
             warn!(issuer = %config.name, reason = %reason, "JWT issuer cannot verify tokens");
         }
         let issuer = Arc::new(Issuer {
-            algorithms,
-            validation,
+            validations,
             keys: ArcSwap::from_pointee(keys),
             generation: AtomicU64::new(0),
             last_fetch_ms: AtomicI64::new(i64::MIN / 2),
@@ -181,9 +185,10 @@ impl Issuer {
         if let Some(reason) = &self.unusable {
             return Err(TokenError::IssuerUnusable(reason.clone()));
         }
-        let alg = Algorithm::from_str(&header.alg)
+        let (alg, validation) = Algorithm::from_str(&header.alg)
             .ok()
-            .filter(|a| self.algorithms.contains(a))
+            .and_then(|alg| self.validations.iter().find(|(a, _)| *a == alg))
+            .map(|(alg, validation)| (*alg, validation))
             .ok_or_else(|| TokenError::Algorithm(header.alg.clone()))?;
         let key = match self.find_key(header.kid.as_deref(), alg) {
             Some(key) => key,
@@ -193,7 +198,7 @@ impl Issuer {
                     .ok_or_else(|| TokenError::UnknownKey(header.kid.clone().unwrap_or_default()))?
             }
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         self.claims(&data.claims)
     }

@@ -6,6 +6,7 @@
 //! its log tail and Envoy its `/config_dump`, so a failure explains itself.
 
 pub mod load;
+pub mod tokens;
 
 pub use reqwest;
 
@@ -180,6 +181,8 @@ pub struct ControlPlaneOptions {
     pub admin_addr: String,
     /// Wait for `/readyz` (store migrated and a snapshot built) on start.
     pub wait_ready: bool,
+    /// Where Envoy reaches ext-authz.
+    pub ext_authz_addr: Option<SocketAddr>,
 }
 
 impl ControlPlaneOptions {
@@ -195,6 +198,7 @@ impl ControlPlaneOptions {
             admin_token: None,
             admin_addr: "127.0.0.1:0".into(),
             wait_ready: true,
+            ext_authz_addr: None,
         }
     }
 }
@@ -235,6 +239,9 @@ impl ControlPlane {
         }
         if let Some(token) = &options.admin_token {
             args.push(format!("--admin-token={token}"));
+        }
+        if let Some(addr) = &options.ext_authz_addr {
+            args.push(format!("--ext-authz-addr={addr}"));
         }
         let log = dir.join(unique("control-plane")).with_extension("log");
         let child = spawn(&gatehouse_bin("gatehouse-control-plane"), &args, &log).await;
@@ -690,10 +697,22 @@ impl Upstream {
             let (counter, label) = (counter.clone(), label.clone());
             async move {
                 counter.fetch_add(1, Ordering::Relaxed);
+                let headers: serde_json::Map<String, Value> = request
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            Value::String(v.to_str().unwrap_or_default().to_owned()),
+                        )
+                    })
+                    .collect();
                 let body = serde_json::json!({
                     "upstream": label,
                     "path": request.uri().path(),
+                    "query": request.uri().query(),
                     "method": request.method().as_str(),
+                    "headers": headers,
                 });
                 let mut response = axum::Json(body).into_response();
                 if let Ok(value) = HeaderValue::from_str(&label) {
@@ -764,4 +783,81 @@ pub async fn postgres_database() -> String {
     assert!(status.success(), "cannot create database {name} on {admin}");
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     format!("{base}/{name}")
+}
+
+/// A running `gatehouse-ext-authz`, subscribed to a control plane.
+pub struct ExtAuthz {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl ExtAuthz {
+    /// Starts on `port` (0 picks one) with extra environment (secrets), and
+    /// waits until it holds the control plane's configuration.
+    pub async fn start(xds: SocketAddr, port: u16, env: &[(&str, &str)]) -> Self {
+        let port = if port == 0 { free_port() } else { port };
+        let dir = scratch_dir("gatehouse_ext_authz");
+        let log = dir.join(unique("ext-authz")).with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = Command::new(gatehouse_bin("gatehouse-ext-authz"))
+            .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            .arg(format!("--xds-url=http://{xds}"))
+            .arg(format!("--node-id={}", unique("ext-authz")))
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,gatehouse_ext_authz=debug")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start gatehouse-ext-authz");
+        let ext = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        };
+        let http = client();
+        let url = format!("http://{}/readyz", ext.addr);
+        eventually(
+            Duration::from_secs(20),
+            "ext-authz to receive its configuration",
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        ext
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for ExtAuthz {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- ext-authz log (tail) -----\n{}", tail(&self.log, 40));
+        }
+        let _ = self.child.start_kill();
+    }
 }
