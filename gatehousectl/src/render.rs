@@ -95,9 +95,11 @@ pub fn status(body: &Value) -> String {
                 .unwrap_or("-")
                 .to_owned()
         };
-        let nack = ["cds", "eds", "lds", "rds"]
-            .iter()
-            .find_map(|t| node["types"][t]["last_nack"]["error_detail"].as_str())
+        let nack = node["types"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find_map(|(_, t)| t["last_nack"]["error_detail"].as_str())
             .unwrap_or("");
         let _ = writeln!(
             out,

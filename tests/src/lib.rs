@@ -376,14 +376,14 @@ impl ControlPlane {
             .expect("json")
     }
 
-    /// Every connected node has acknowledged `version` for every type and
-    /// never rejected anything.
+    /// Every connected node has acknowledged `version` for every type it
+    /// takes: the four Envoy types, or `auth` for ext-authz.
     pub async fn converged(&self, version: u64) -> bool {
         let status = self.nodes().await;
         let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
         !nodes.is_empty()
             && nodes.iter().all(|n| {
-                ["cds", "eds", "lds", "rds"].iter().all(|t| {
+                node_types(n).iter().all(|t| {
                     n["types"][t]["acked_version"].as_str() == Some(version.to_string().as_str())
                 })
             })
@@ -393,7 +393,7 @@ impl ControlPlane {
     pub async fn assert_no_nacks(&self) {
         let status = self.nodes().await;
         for node in status["nodes"].as_array().into_iter().flatten() {
-            for t in ["cds", "eds", "lds", "rds"] {
+            for t in node_types(node) {
                 assert_eq!(
                     node["types"][t]["nacks"].as_u64(),
                     Some(0),
@@ -783,6 +783,15 @@ pub async fn postgres_database() -> String {
     assert!(status.success(), "cannot create database {name} on {admin}");
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     format!("{base}/{name}")
+}
+
+/// The xDS types a node in `/v1/status/nodes` subscribes to.
+fn node_types(node: &Value) -> Vec<&'static str> {
+    if node["types"].get("auth").is_some() {
+        vec!["auth"]
+    } else {
+        vec!["cds", "eds", "lds", "rds"]
+    }
 }
 
 /// A running `gatehouse-ext-authz`, subscribed to a control plane.

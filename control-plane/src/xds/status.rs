@@ -20,7 +20,8 @@ pub struct NodeStatus {
     pub cluster: String,
     pub variant: &'static str,
     pub connected_at_ms: u64,
-    /// Keyed by `cds`, `eds`, `lds`, `rds`.
+    /// The types the node has answered for, keyed by `cds`, `eds`, `lds`,
+    /// `rds` (Envoy) or `auth` (ext-authz).
     pub types: BTreeMap<&'static str, TypeStatus>,
 }
 
@@ -72,10 +73,7 @@ impl NodeRegistry {
                 Variant::Delta => "delta",
             },
             connected_at_ms: now_ms(),
-            types: ResourceType::ALL
-                .iter()
-                .map(|t| (t.label(), TypeStatus::default()))
-                .collect(),
+            types: BTreeMap::new(),
         };
         let key = self.with(|r| {
             r.next_id += 1;
@@ -110,7 +108,7 @@ impl StreamHandle {
             let Some(t) = r
                 .streams
                 .get_mut(&self.key)
-                .and_then(|s| s.types.get_mut(kind.label()))
+                .map(|s| s.types.entry(kind.label()).or_default())
             else {
                 return;
             };
@@ -137,9 +135,8 @@ impl StreamHandle {
         self.registry.with(|r| {
             if let Some(stream) = r.streams.get_mut(&self.key) {
                 for kind in kinds {
-                    if let Some(t) = stream.types.get_mut(kind.label()) {
-                        t.acked_version = Some(version.clone());
-                    }
+                    stream.types.entry(kind.label()).or_default().acked_version =
+                        Some(version.clone());
                 }
             }
         });

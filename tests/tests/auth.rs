@@ -1,0 +1,512 @@
+//! Authentication end to end: admin API → control plane → (Envoy, ext-authz)
+//! → real upstream. API keys with revoke and rotate, JWTs from a JWKS the
+//! test serves and rotates, OAuth2 introspection against a test server, and
+//! what happens when ext-authz is gone.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Upstream, XdsVariant, client, eventually,
+    free_port,
+    tokens::{TestKey, claims, jwks},
+};
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+struct AuthGateway {
+    cp: ControlPlane,
+    envoy: Envoy,
+    ext: ExtAuthz,
+    _upstream: Upstream,
+}
+
+async fn auth_gateway(env: &[(&str, &str)]) -> AuthGateway {
+    let proxy_port = free_port();
+    let ext_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
+    let cp = ControlPlane::start(options).await;
+    let ext = ExtAuthz::start(cp.xds, ext_port, env).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let upstream = Upstream::start("orders").await;
+    cp.apply("/v1/services/orders", upstream.service("orders"))
+        .await;
+    cp.apply(
+        "/v1/routes/public",
+        json!({"match": {"path_prefix": "/public"}, "destination": {"service": "orders"}}),
+    )
+    .await;
+    AuthGateway {
+        cp,
+        envoy,
+        ext,
+        _upstream: upstream,
+    }
+}
+
+/// Response through Envoy: status, headers, body (the upstream echoes the
+/// request's headers and query as JSON).
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.body["headers"][name].as_str()
+    }
+}
+
+async fn send(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = client().get(envoy.url(path));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("proxy reachable");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn until_status(envoy: &Envoy, path: &str, headers: &[(&str, &str)], status: u16) {
+    eventually(CONVERGE, &format!("GET {path} → {status}"), || async {
+        send(envoy, path, headers).await.status == status
+    })
+    .await;
+}
+
+async fn create_key(cp: &ControlPlane, consumer: &str, body: Value) -> (String, String) {
+    let response = cp
+        .post(&format!("/v1/consumers/{consumer}/keys"), body)
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("json");
+    (
+        created["id"].as_str().expect("id").to_owned(),
+        created["key"].as_str().expect("key").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
+    let g = auth_gateway(&[]).await;
+    g.cp.apply(
+        "/v1/consumers/alice",
+        json!({"plan": "pro", "roles": ["buyer"]}),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key", "scopes": ["orders:read"]}}),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/routes/admin",
+        json!({"match": {"path_prefix": "/admin"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key", "roles": ["admin"]}}),
+    )
+    .await;
+    let (id, key) = create_key(&g.cp, "alice", json!({"scopes": ["orders:read"]})).await;
+    assert!(key.starts_with(&format!("gk_{id}_")));
+    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 200).await;
+
+    // No key: 401 with a challenge and a stable error code, no upstream call.
+    let missing = send(&g.envoy, "/orders/1", &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.body["error"], "missing_credentials");
+    assert!(missing.headers.contains_key("www-authenticate"));
+
+    // Valid key: identity headers upstream, the key and spoofed headers gone.
+    let ok = send(
+        &g.envoy,
+        "/orders/1",
+        &[
+            ("x-api-key", &key),
+            ("x-gatehouse-consumer", "mallory"),
+            ("x-gatehouse-role", "root"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("alice"));
+    assert_eq!(ok.upstream_header("x-gatehouse-plan"), Some("pro"));
+    assert_eq!(ok.upstream_header("x-api-key"), None, "credential stripped");
+    assert_eq!(
+        ok.upstream_header("x-gatehouse-role"),
+        None,
+        "spoofed header removed"
+    );
+
+    // The key in the query works, and is removed before the upstream.
+    let query = send(&g.envoy, &format!("/orders/1?page=2&api_key={key}"), &[]).await;
+    assert_eq!(query.status, 200);
+    assert_eq!(query.body["query"], "page=2");
+
+    // Public routes never see client-sent identity headers either.
+    let public = send(&g.envoy, "/public", &[("x-gatehouse-consumer", "mallory")]).await;
+    assert_eq!(public.status, 200);
+    assert_eq!(public.upstream_header("x-gatehouse-consumer"), None);
+
+    // Wrong secret, both places, missing role: refused.
+    let forged = format!("{}{}", &key[..16], "0".repeat(64));
+    assert_eq!(
+        send(&g.envoy, "/orders/1", &[("x-api-key", &forged)])
+            .await
+            .status,
+        401
+    );
+    let both = send(
+        &g.envoy,
+        &format!("/orders/1?api_key={key}"),
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(
+        (both.status, both.body["error"].as_str()),
+        (401, Some("ambiguous_credentials"))
+    );
+    let role = send(&g.envoy, "/admin", &[("x-api-key", &key)]).await;
+    assert_eq!(
+        (role.status, role.body["error"].as_str()),
+        (403, Some("insufficient_role"))
+    );
+
+    // Scope mismatch: a key without orders:read.
+    let (_, unscoped) = create_key(&g.cp, "alice", json!({"scopes": ["billing:read"]})).await;
+    until_status(&g.envoy, "/admin", &[("x-api-key", &unscoped)], 403).await;
+    let scope = send(&g.envoy, "/orders/1", &[("x-api-key", &unscoped)]).await;
+    assert_eq!(
+        (scope.status, scope.body["error"].as_str()),
+        (403, Some("insufficient_scope"))
+    );
+
+    // Rotation: old and new both work until the grace deadline, then only new.
+    let rotated =
+        g.cp.post(
+            &format!("/v1/consumers/alice/keys/{id}/rotate"),
+            json!({"grace_seconds": 3}),
+        )
+        .await;
+    assert_eq!(rotated.status(), 201);
+    let rotated: Value = rotated.json().await.expect("json");
+    let new_key = rotated["key"].as_str().expect("key").to_owned();
+    let new_id = rotated["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        rotated["scopes"],
+        json!(["orders:read"]),
+        "scopes carried over"
+    );
+    until_status(&g.envoy, "/orders/1", &[("x-api-key", &new_key)], 200).await;
+    assert_eq!(
+        send(&g.envoy, "/orders/1", &[("x-api-key", &key)])
+            .await
+            .status,
+        200
+    );
+    let listed: Value =
+        g.cp.get("/v1/consumers/alice/keys")
+            .await
+            .json()
+            .await
+            .expect("json");
+    let old = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert!(old["expires_at_ms"].is_i64(), "old key now expires: {old}");
+    assert!(
+        listed.to_string().find(&key[16..]).is_none(),
+        "no secret in listings"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 401).await;
+    assert_eq!(
+        send(&g.envoy, "/orders/1", &[("x-api-key", &new_key)])
+            .await
+            .status,
+        200
+    );
+
+    // Revocation reaches the gateway within a second.
+    let revoked =
+        g.cp.post(
+            &format!("/v1/consumers/alice/keys/{new_id}/revoke"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status(), 204);
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(1),
+        "revoked key refused within 1 s",
+        || async {
+            send(&g.envoy, "/orders/1", &[("x-api-key", &new_key)])
+                .await
+                .status
+                == 401
+        },
+    )
+    .await;
+    eprintln!("revocation effective after {:?}", started.elapsed());
+
+    g.cp.assert_no_nacks().await;
+    let metrics = g.ext.metrics().await;
+    assert!(metrics.contains(
+        "gatehouse_ext_authz_decisions_total{result=\"allow\",method=\"api_key\",code=\"ok\"}"
+    ));
+    assert!(!metrics.contains(&key[16..]), "no secret in metrics");
+}
+
+/// A JWKS endpoint whose key set the test changes.
+async fn jwks_server(initial: Value) -> (SocketAddr, Arc<Mutex<Value>>) {
+    let current = Arc::new(Mutex::new(initial));
+    let served = current.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let body = served.lock().unwrap().clone();
+            async move { axum::Json(body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, current)
+}
+
+#[tokio::test]
+async fn jwts_from_a_rotating_jwks_through_envoy() {
+    const ISS: &str = "https://idp.test/";
+    let g = auth_gateway(&[]).await;
+    let old = TestKey::rsa("2026-old");
+    let ec = TestKey::load("ec-p256.pem", Algorithm::ES256, "2026-ec");
+    let new = TestKey::load("rsa-2.pem", Algorithm::RS256, "2026-new");
+    let (addr, keys) = jwks_server(jwks(&[&old, &ec])).await;
+    g.cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks_uri": format!("http://{addr}/jwks.json"),
+               "algorithms": ["RS256", "ES256"], "audiences": ["orders-api"],
+               "forward_claims": {"email": "x-user-email"}, "jwks_min_refresh_seconds": 1}),
+    )
+    .await;
+    g.cp.apply("/v1/consumers/dave", json!({"plan": "enterprise"}))
+        .await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt", "scopes": ["orders:read"]}}),
+    )
+    .await;
+    let mut c = claims(ISS, "orders-api", "dave");
+    c["scope"] = json!("orders:read orders:write");
+    c["email"] = json!("dave@example.com");
+    let bearer = |token: String| format!("Bearer {token}");
+    let rs = bearer(old.sign(&c));
+    until_status(&g.envoy, "/orders", &[("authorization", &rs)], 200).await;
+    let ok = send(
+        &g.envoy,
+        "/orders",
+        &[("authorization", &rs), ("x-user-email", "ceo@example.com")],
+    )
+    .await;
+    assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("dave"));
+    assert_eq!(ok.upstream_header("x-gatehouse-plan"), Some("enterprise"));
+    assert_eq!(ok.upstream_header("x-user-email"), Some("dave@example.com"));
+    assert_eq!(ok.upstream_header("authorization"), None, "token stripped");
+    assert_eq!(
+        send(
+            &g.envoy,
+            "/orders",
+            &[("authorization", &bearer(ec.sign(&c)))]
+        )
+        .await
+        .status,
+        200
+    );
+
+    let mut narrow = c.clone();
+    narrow["scope"] = json!("billing:read");
+    let denied = send(
+        &g.envoy,
+        "/orders",
+        &[("authorization", &bearer(old.sign(&narrow)))],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    let challenge = denied.headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+    let expired = {
+        let mut e = c.clone();
+        e["exp"] = json!(gatehouse_e2e::tokens::now() - 600);
+        bearer(old.sign(&e))
+    };
+    assert_eq!(
+        send(&g.envoy, "/orders", &[("authorization", &expired)])
+            .await
+            .status,
+        401
+    );
+
+    // The issuer rotates: the new kid is added and the old one removed. A
+    // token with the new kid makes ext-authz refetch; the old key is gone.
+    *keys.lock().unwrap() = jwks(&[&new, &ec]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = bearer(new.sign(&c));
+    until_status(&g.envoy, "/orders", &[("authorization", &fresh)], 200).await;
+    let stale = bearer(old.sign(&{
+        let mut s = c.clone();
+        s["jti"] = json!("never-seen");
+        s
+    }));
+    assert_eq!(
+        send(&g.envoy, "/orders", &[("authorization", &stale)])
+            .await
+            .status,
+        401
+    );
+    g.cp.assert_no_nacks().await;
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_introspected_through_envoy() {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                // client_id:client_secret = gatehouse:s3cret
+                let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some("Basic Z2F0ZWhvdXNlOnMzY3JldA==");
+                let answer = match (authorized, body.contains("token=opaque-good")) {
+                    (false, _) => return (axum::http::StatusCode::UNAUTHORIZED, String::new()),
+                    (true, true) => json!({"active": true, "sub": "erin", "scope": "orders:read",
+                                           "exp": gatehouse_e2e::tokens::now() + 600}),
+                    (true, false) => json!({"active": false}),
+                };
+                (axum::http::StatusCode::OK, answer.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let g = auth_gateway(&[("GATEHOUSE_TEST_OAUTH_SECRET", "s3cret")]).await;
+    g.cp.apply(
+        "/v1/introspection-providers/oauth",
+        json!({"endpoint": format!("http://{addr}/introspect"), "client_id": "gatehouse",
+               "client_secret": {"env": "GATEHOUSE_TEST_OAUTH_SECRET"}, "timeout_ms": 150}),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "introspection", "scopes": ["orders:read"]}}),
+    )
+    .await;
+    until_status(
+        &g.envoy,
+        "/orders",
+        &[("authorization", "Bearer opaque-good")],
+        200,
+    )
+    .await;
+    let ok = send(
+        &g.envoy,
+        "/orders",
+        &[("authorization", "Bearer opaque-good")],
+    )
+    .await;
+    assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("erin"));
+    let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(
+            send(
+                &g.envoy,
+                "/orders",
+                &[("authorization", "Bearer opaque-good")]
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "active answers are cached"
+    );
+    assert_eq!(
+        send(
+            &g.envoy,
+            "/orders",
+            &[("authorization", "Bearer opaque-revoked")]
+        )
+        .await
+        .status,
+        401
+    );
+    let exported: Value = g.cp.get("/v1/config").await.json().await.expect("json");
+    assert_eq!(
+        exported["introspection_providers"][0]["client_secret"],
+        json!({"env": "GATEHOUSE_TEST_OAUTH_SECRET"}),
+        "only the reference is stored and exported"
+    );
+    g.cp.assert_no_nacks().await;
+}
+
+#[tokio::test]
+async fn without_ext_authz_protected_routes_fail_closed_and_public_ones_serve() {
+    let mut g = auth_gateway(&[]).await;
+    g.cp.apply("/v1/consumers/alice", json!({})).await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key"}}),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/routes/catalog",
+        json!({"match": {"path_prefix": "/catalog"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key", "failure_mode": "open"}}),
+    )
+    .await;
+    let (_, key) = create_key(&g.cp, "alice", json!({})).await;
+    until_status(&g.envoy, "/orders", &[("x-api-key", &key)], 200).await;
+    until_status(&g.envoy, "/catalog", &[], 401).await;
+
+    g.ext.kill().await;
+    // Every protected, fail-closed request gets the configured error status,
+    // with or without a valid key; nothing reaches the upstream.
+    for headers in [vec![], vec![("x-api-key", key.as_str())]] {
+        for _ in 0..10 {
+            let answer = send(&g.envoy, "/orders", &headers).await;
+            assert_eq!(answer.status, 503, "fail closed");
+        }
+    }
+    // Fail-open routes let requests through, marked; public routes are untouched.
+    let open = send(&g.envoy, "/catalog", &[]).await;
+    assert_eq!(open.status, 200);
+    assert_eq!(
+        open.upstream_header("x-envoy-auth-failure-mode-allowed"),
+        Some("true")
+    );
+    assert_eq!(send(&g.envoy, "/public", &[]).await.status, 200);
+}
