@@ -279,12 +279,14 @@ async fn jwks_server(initial: Value) -> (SocketAddr, Arc<Mutex<Value>>) {
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
-            let body = served.lock().unwrap().clone();
+            let body = served.lock().expect("jwks lock").clone();
             async move { axum::Json(body) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, current)
 }
