@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the gateway locally with the embedded defaults: the control plane on
-# SQLite (.gatehouse/), Envoy from the project venv, and a demo upstream.
-# Loads an example service and route, prints a curl line, and stops
-# everything cleanly on Ctrl-C.
+# SQLite (.gatehouse/), ext-authz, Envoy from the project venv, and a demo
+# upstream. Loads a public and an API-key-protected demo route, prints curl
+# lines, and stops everything cleanly on Ctrl-C.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -16,7 +16,7 @@ ensure_rust
 ensure_envoy
 command -v curl >/dev/null || apt_install curl
 log "building"
-cargo build --quiet --bin gatehouse-control-plane
+cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p "$DATA_DIR"
 
@@ -32,6 +32,8 @@ trap 'exit 130' INT TERM
 
 "$target_dir/debug/gatehouse-control-plane" --data-dir "$DATA_DIR" \
   --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" &
+pids+=($!)
+"$target_dir/debug/gatehouse-ext-authz" &
 pids+=($!)
 python3 "$ROOT/scripts/demo_upstream.py" "$DEMO_PORT" &
 pids+=($!)
@@ -51,6 +53,11 @@ curl -fsS -X PUT "http://$ADMIN/v1/services/demo" \
   -d "{\"endpoints\": [{\"host\": \"127.0.0.1\", \"port\": $DEMO_PORT}]}" >/dev/null
 curl -fsS -X PUT "http://$ADMIN/v1/routes/demo" \
   -d '{"match": {"path_prefix": "/demo"}, "destination": {"service": "demo"}, "strip_prefix": true}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/routes/private" \
+  -d '{"match": {"path_prefix": "/private"}, "destination": {"service": "demo"}, "auth": {"method": "api_key"}}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/consumers/demo" -d '{"plan": "free"}' >/dev/null
+DEMO_KEY="$(curl -fsS -X POST "http://$ADMIN/v1/consumers/demo/keys" -d '{}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 wait_for "http://127.0.0.1:9901/ready" "Envoy"
 wait_for "http://127.0.0.1:$PROXY_PORT/demo/" "the demo route"
 
@@ -58,11 +65,14 @@ cat <<MSG
 
 Gatehouse is running (Ctrl-C stops it):
   proxy      http://127.0.0.1:$PROXY_PORT      (Envoy; admin on http://127.0.0.1:9901)
+  ext-authz  127.0.0.1:18001            (metrics on http://127.0.0.1:18001/metrics)
   admin API  http://$ADMIN/v1/routes
   data       $DATA_DIR (SQLite, access log, Envoy log)
 
 Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello
+  curl -i http://127.0.0.1:$PROXY_PORT/private            # 401: needs an API key
+  curl -i -H 'x-api-key: $DEMO_KEY' http://127.0.0.1:$PROXY_PORT/private
 
 MSG
 wait -n "${pids[@]}"

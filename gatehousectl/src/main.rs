@@ -99,13 +99,42 @@ enum Command {
     },
     /// Print the whole configuration as a document `apply` takes.
     Export,
-    /// Print resources of one kind (services, routes), or one by name.
+    /// Print resources of one kind (services, routes, consumers, jwt-issuers,
+    /// introspection-providers), or one by name.
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
     /// Admin API tokens (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// A consumer's API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key; the key is printed once.
+    Create {
+        consumer: String,
+        /// A scope the key grants (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (default: no expiry).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+    /// List a consumer's keys (ids, prefixes, scopes, status; never the keys).
+    List { consumer: String },
+    /// Revoke a key at once.
+    Revoke { consumer: String, id: String },
+    /// Replace a key: the old one keeps working for the grace period.
+    Rotate {
+        consumer: String,
+        id: String,
+        #[arg(long)]
+        grace_seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,9 +290,12 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             let kind = match kind.as_str() {
                 "service" | "services" | "svc" => "services",
                 "route" | "routes" => "routes",
+                "consumer" | "consumers" => "consumers",
+                "jwt-issuer" | "jwt-issuers" | "issuers" => "jwt-issuers",
+                "introspection-provider" | "introspection-providers" => "introspection-providers",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (services, routes)"
+                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers)"
                     ))));
                 }
             };
@@ -307,12 +339,85 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 .map_err(no_output)?;
             Ok(format!("revoked token {name:?}\n"))
         }
+        Command::Keys(command) => keys(&client, command, cli.output).await,
         Command::Status => {
             let status = client.get("/v1/status/nodes").await.map_err(no_output)?;
             Ok(match cli.output {
                 Output::Json => json(&status),
                 Output::Human => render::status(&status),
             })
+        }
+    }
+}
+
+async fn keys(
+    client: &Client,
+    command: KeysCommand,
+    output: Output,
+) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let json = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    let created = |key: &Value, what: &str| match output {
+        Output::Json => json(key),
+        Output::Human => format!(
+            "{what} key {} for {}; store it now, it is not shown again:\n{}\n",
+            key["id"].as_str().unwrap_or_default(),
+            key["consumer"].as_str().unwrap_or_default(),
+            key["key"].as_str().unwrap_or_default()
+        ),
+    };
+    match command {
+        KeysCommand::Create {
+            consumer,
+            scopes,
+            ttl_seconds,
+        } => {
+            let mut body = serde_json::json!({ "scopes": scopes });
+            if let Some(ttl) = ttl_seconds {
+                body["ttl_seconds"] = ttl.into();
+            }
+            let key = client
+                .post(&format!("/v1/consumers/{consumer}/keys"), &body)
+                .await
+                .map_err(no_output)?;
+            Ok(created(&key, "created"))
+        }
+        KeysCommand::List { consumer } => {
+            let keys = client
+                .get(&format!("/v1/consumers/{consumer}/keys"))
+                .await
+                .map_err(no_output)?;
+            Ok(match output {
+                Output::Json => json(&keys),
+                Output::Human => render::yaml(&keys),
+            })
+        }
+        KeysCommand::Revoke { consumer, id } => {
+            client
+                .post(
+                    &format!("/v1/consumers/{consumer}/keys/{id}/revoke"),
+                    &serde_json::json!({}),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(format!("revoked key {id} of {consumer}\n"))
+        }
+        KeysCommand::Rotate {
+            consumer,
+            id,
+            grace_seconds,
+        } => {
+            let key = client
+                .post(
+                    &format!("/v1/consumers/{consumer}/keys/{id}/rotate"),
+                    &serde_json::json!({ "grace_seconds": grace_seconds }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(created(
+                &key,
+                &format!("rotated {id} ({grace_seconds} s grace) into"),
+            ))
         }
     }
 }

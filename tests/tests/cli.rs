@@ -402,3 +402,75 @@ async fn admin_api_off_loopback_without_a_token_refuses_to_start() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("refusing to serve the admin API"), "{log}");
 }
+
+#[tokio::test]
+async fn api_keys_from_the_cli() {
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    let missing = ctl(&cp, &["keys", "create", "nobody"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+    let dir = scratch_dir("gatehouse_cli_keys");
+    let doc = dir.join("consumers.yaml");
+    std::fs::write(&doc, "consumers:\n  - name: alice\n    plan: pro\n").expect("write");
+    let applied = ctl(&cp, &["apply", "-f", &doc.display().to_string()]).await;
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+
+    let created = ctl(
+        &cp,
+        &[
+            "-o",
+            "json",
+            "keys",
+            "create",
+            "alice",
+            "--scope",
+            "orders:read",
+            "--ttl-seconds",
+            "3600",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let key: serde_json::Value = serde_json::from_str(&created.stdout).expect("json");
+    let (id, secret) = (
+        key["id"].as_str().expect("id"),
+        key["key"].as_str().expect("key"),
+    );
+    assert!(secret.starts_with("gk_"));
+    assert!(key["expires_at_ms"].is_i64());
+
+    let listed = ctl(&cp, &["keys", "list", "alice"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains(id) && !listed.stdout.contains(&secret[16..]),
+        "{}",
+        listed.stdout
+    );
+
+    let rotated = ctl(
+        &cp,
+        &["keys", "rotate", "alice", id, "--grace-seconds", "60"],
+    )
+    .await;
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    assert!(
+        rotated.stdout.contains("not shown again"),
+        "{}",
+        rotated.stdout
+    );
+    let revoked = ctl(&cp, &["keys", "revoke", "alice", id]).await;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let statuses = ctl(&cp, &["-o", "json", "keys", "list", "alice"]).await;
+    let keys: serde_json::Value = serde_json::from_str(&statuses.stdout).expect("json");
+    let mut status: Vec<&str> = keys
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|k| k["status"].as_str().unwrap_or(""))
+        .collect();
+    status.sort_unstable();
+    assert_eq!(status, ["active", "revoked"]);
+    let bad = ctl(&cp, &["keys", "create", "alice", "--scope", "has space"]).await;
+    assert_eq!(bad.code, 3, "{}", bad.stderr);
+    assert!(bad.stderr.contains("scopes[0]"), "{}", bad.stderr);
+}
