@@ -5,9 +5,13 @@
 //! - `scale`: 10,000 routes over 1,000 services: snapshot build time, time
 //!   until a fresh Envoy acknowledges everything, control-plane RSS, and the
 //!   propagation of one change at that size.
+//! - `auth`: ext-authz in process, over gRPC, and through Envoy beside a
+//!   no-op ext_authz server and Envoy's own `jwt_authn` (see [`auth`]).
 //!
 //! Build in release mode so the binaries measured are the release ones:
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
+
+mod auth;
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +48,24 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         services: usize,
     },
-    /// Both, with the sizes.
+    /// Authentication: in process, gRPC Check latency, through Envoy.
+    Auth {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Open-loop rate through Envoy, requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
+    /// Propagation and scale, with the sizes.
     All,
+    /// (internal) The no-op ext_authz server the auth benchmark compares with.
+    #[command(hide = true)]
+    NoopAuthz {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 #[tokio::main]
@@ -53,6 +73,19 @@ async fn main() {
     match Args::parse().command {
         Command::Propagation { changes } => propagation(changes).await,
         Command::Scale { routes, services } => scale(routes, services).await,
+        Command::NoopAuthz { port } => auth::serve_noop(port).await,
+        Command::Auth {
+            seconds,
+            connections,
+            rate,
+        } => {
+            auth::run(auth::Settings {
+                seconds,
+                connections,
+                rate,
+            })
+            .await
+        }
         Command::All => {
             propagation(200).await;
             scale(10_000, 1_000).await;
@@ -63,6 +96,15 @@ async fn main() {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 10.0 {
+        format!("{:.0} ns", micros * 1000.0)
+    } else {
+        format!("{micros:.0} µs")
+    }
 }
 
 fn ms(d: Duration) -> String {

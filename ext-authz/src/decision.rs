@@ -26,12 +26,12 @@ pub const API_KEY_QUERY: &str = "api_key";
 const API_KEY_PREFIX: &str = "gk_";
 const API_KEY_ID_LEN: usize = 12;
 
-/// How a request was authenticated.
+/// How a request was authenticated (the discriminant indexes metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    ApiKey,
-    Jwt,
-    Introspection,
+    ApiKey = 0,
+    Jwt = 1,
+    Introspection = 2,
 }
 
 impl Method {
@@ -260,19 +260,29 @@ fn credential<'a>(
     policy: &Policy<'_>,
     request: &'a RequestView<'_>,
 ) -> Result<Option<Credential<'a>>, ()> {
-    let mut found = Vec::new();
+    // At most one credential may be present; a second one is ambiguous.
+    let mut found = None;
+    let mut offer = |credential: Credential<'a>| match found {
+        None => {
+            found = Some(credential);
+            Ok(())
+        }
+        Some(_) => Err(()),
+    };
     if policy.api_key {
         if let Some(key) = request.headers.get(API_KEY_HEADER) {
-            found.push(Credential::ApiKey {
+            offer(Credential::ApiKey {
                 key: Cow::Borrowed(key.as_str()),
                 from_query: false,
-            });
+            })?;
         }
-        for key in query_values(request.path, API_KEY_QUERY) {
-            found.push(Credential::ApiKey {
-                key,
-                from_query: true,
-            });
+        if request.path.contains('?') {
+            for key in query_values(request.path, API_KEY_QUERY) {
+                offer(Credential::ApiKey {
+                    key,
+                    from_query: true,
+                })?;
+            }
         }
     }
     if policy.bearer()
@@ -280,13 +290,9 @@ fn credential<'a>(
         && let Some((scheme, token)) = value.split_once(' ')
         && scheme.eq_ignore_ascii_case("bearer")
     {
-        found.push(Credential::Bearer(token.trim()));
+        offer(Credential::Bearer(token.trim()))?;
     }
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(()),
-    }
+    Ok(found)
 }
 
 /// Values of a query parameter, percent-decoded.

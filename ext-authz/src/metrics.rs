@@ -40,12 +40,14 @@ pub struct Metrics {
     pub ready: Gauge,
     jwks_fetches: Family<SourceLabels, Counter>,
     introspections: Family<SourceLabels, Counter>,
+    /// Handles for the hot path: allowed decisions by method, resolved once.
+    allowed: [Counter; 3],
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("gatehouse_ext_authz");
-        let decisions = Family::default();
+        let decisions: Family<DecisionLabels, Counter> = Family::default();
         registry.register(
             "decisions",
             "Authorization decisions by result, method and error code",
@@ -82,7 +84,17 @@ impl Default for Metrics {
             "Token introspection calls by provider and result",
             introspections.clone(),
         );
+        let allowed = ["api_key", "jwt", "introspection"].map(|method| {
+            decisions
+                .get_or_create(&DecisionLabels {
+                    result: "allow",
+                    method,
+                    code: "ok",
+                })
+                .clone()
+        });
         Self {
+            allowed,
             registry: Arc::new(registry),
             decisions,
             check_seconds,
@@ -95,6 +107,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts an allowed decision (0 API key, 1 JWT, 2 introspection).
+    pub fn allowed(&self, method_index: usize) {
+        if let Some(counter) = self.allowed.get(method_index) {
+            counter.inc();
+        }
+    }
+
     pub fn jwks_fetch(&self, issuer: &str, result: &'static str) {
         self.jwks_fetches
             .get_or_create(&SourceLabels {

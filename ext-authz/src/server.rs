@@ -73,19 +73,17 @@ pub async fn check_response(
         context: attributes.map_or(&EMPTY, |a| &a.context_extensions),
     };
     let decision = decide(state, &view).await;
-    let labels = match &decision {
-        Decision::Allow(allow) => DecisionLabels {
-            result: "allow",
-            method: allow.method.as_str(),
-            code: "ok",
-        },
-        Decision::Deny(deny) => DecisionLabels {
-            result: "deny",
-            method: deny.method.map_or("none", |m| m.as_str()),
-            code: deny.code,
-        },
-    };
-    metrics.decisions.get_or_create(&labels).inc();
+    match &decision {
+        Decision::Allow(allow) => metrics.allowed(allow.method as usize),
+        Decision::Deny(deny) => {
+            let labels = DecisionLabels {
+                result: "deny",
+                method: deny.method.map_or("none", |m| m.as_str()),
+                code: deny.code,
+            };
+            metrics.decisions.get_or_create(&labels).inc();
+        }
+    }
     match decision {
         Decision::Allow(allow) => allowed(allow),
         Decision::Deny(deny) => denied(deny),

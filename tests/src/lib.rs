@@ -475,6 +475,23 @@ impl Envoy {
             XdsVariant::Delta => "DELTA_GRPC",
         };
         let bootstrap = bootstrap_yaml(&node_id, api_type, xds.port());
+        Self::start_config(&bootstrap, node_id, dir, proxy_port, access_log).await
+    }
+
+    /// Starts Envoy from a complete bootstrap (static configs for benchmarks
+    /// comparing Envoy's own filters); its admin port must be 0.
+    pub async fn start_static(bootstrap: &str, proxy_port: u16) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        Self::start_config(bootstrap, unique("envoy-static"), dir, proxy_port, None).await
+    }
+
+    async fn start_config(
+        bootstrap: &str,
+        node_id: String,
+        dir: PathBuf,
+        proxy_port: u16,
+        access_log: Option<PathBuf>,
+    ) -> Self {
         let config = dir.join("bootstrap.yaml");
         std::fs::write(&config, bootstrap).expect("write bootstrap");
         let admin_file = dir.join("admin-address");

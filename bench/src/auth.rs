@@ -1,0 +1,598 @@
+//! Authentication benchmarks (BENCHMARKS.md, "Authentication"):
+//!
+//! 1. In-process `Check` (decision plus response building) for an API key and
+//!    JWTs (cached and uncached).
+//! 2. gRPC `Check` latency against the real ext-authz process, open loop.
+//! 3. Through Envoy, side by side with the same Envoy settings: no auth;
+//!    a no-op ext_authz server that always allows (the floor of the
+//!    architecture); Gatehouse ext-authz (API key, cached JWT); and Envoy's
+//!    own in-process `jwt_authn`. Closed loop with `wrk`, open loop at a
+//!    fixed rate for latency.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Upstream, XdsVariant, free_port,
+    tokens::{TestKey, claims, jwks},
+};
+use gatehouse_ext_authz::{
+    http_client, metrics::Metrics, server::check_response, state::AuthState,
+};
+use gatehouse_proto::{
+    auth,
+    auth_service::{
+        AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, attribute_context,
+        authorization_client::AuthorizationClient,
+        authorization_server::{Authorization, AuthorizationServer},
+        check_response::HttpResponse,
+    },
+    rpc,
+};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{percentile, us};
+
+const ISS: &str = "https://idp.bench/";
+const AUD: &str = "bench-api";
+const KEY: &str =
+    "gk_0123456789ab_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+type Headers = Vec<(String, String)>;
+
+pub struct Settings {
+    pub seconds: u64,
+    pub connections: u32,
+    pub rate: u32,
+}
+
+fn check_request(path: &str, headers: &[(&str, &str)], methods: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([
+                (auth::context::ROUTE.to_owned(), "bench".to_owned()),
+                (auth::context::METHODS.to_owned(), methods.to_owned()),
+                (auth::context::STRIP_CREDENTIALS.to_owned(), "1".to_owned()),
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn auth_config(keys: &[&TestKey]) -> auth::AuthConfig {
+    auth::AuthConfig {
+        consumers: vec![auth::Consumer {
+            name: "bench".into(),
+            plan: "pro".into(),
+            api_keys: vec![auth::ApiKey {
+                id: KEY[3..15].to_owned(),
+                sha256: Sha256::digest(KEY.as_bytes()).to_vec(),
+                scopes: vec![],
+                expires_at: 0,
+            }],
+            ..Default::default()
+        }],
+        jwt_issuers: vec![auth::JwtIssuer {
+            name: "idp".into(),
+            issuer: ISS.into(),
+            jwks_json: jwks(keys).to_string(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            audiences: vec![AUD.into()],
+            leeway_seconds: 30,
+            consumer_claim: "sub".into(),
+            jwks_min_refresh_seconds: 30,
+            jwks_refresh_seconds: 300,
+            ..Default::default()
+        }],
+        introspection_providers: vec![],
+    }
+}
+
+fn allowed(response: &CheckResponse) -> bool {
+    matches!(response.http_response, Some(HttpResponse::OkResponse(_)))
+}
+
+/// Mean time per `Check` over `requests`, cycling through them.
+async fn time_checks(state: &AuthState, requests: &[CheckRequest], iterations: usize) -> Duration {
+    let metrics = Metrics::default();
+    assert!(allowed(
+        &check_response(state, &requests[0], &metrics).await
+    ));
+    let started = Instant::now();
+    for i in 0..iterations {
+        let response = check_response(state, &requests[i % requests.len()], &metrics).await;
+        std::hint::black_box(response);
+    }
+    started.elapsed() / iterations as u32
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn in_process() {
+    let rsa = TestKey::rsa("rs");
+    let ec = TestKey::load("ec-p256.pem", Algorithm::ES256, "es");
+    let state = AuthState::build(
+        "1",
+        auth_config(&[&rsa, &ec]),
+        None,
+        &http_client(),
+        &Metrics::default(),
+    );
+    let key = [check_request("/orders", &[("x-api-key", KEY)], "api_key")];
+    println!(
+        "in-process Check, API key: {} per check",
+        us(time_checks(&state, &key, 200_000).await)
+    );
+    {
+        use gatehouse_ext_authz::decision::{RequestView, decide};
+        let http = key[0]
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .expect("http");
+        let context = &key[0]
+            .attributes
+            .as_ref()
+            .expect("attributes")
+            .context_extensions;
+        let view = RequestView {
+            headers: &http.headers,
+            path: &http.path,
+            context,
+        };
+        let started = Instant::now();
+        for _ in 0..200_000 {
+            std::hint::black_box(decide(&state, &view).await);
+        }
+        println!(
+            "  of which the decision alone: {}",
+            us(started.elapsed() / 200_000)
+        );
+        let started = Instant::now();
+        for _ in 0..200_000 {
+            std::hint::black_box(Sha256::digest(std::hint::black_box(KEY).as_bytes()));
+        }
+        println!(
+            "  of which SHA-256 of the key: {}",
+            us(started.elapsed() / 200_000)
+        );
+    }
+    for (name, signer) in [("RS256", &rsa), ("ES256", &ec)] {
+        let token = bearer(&signer.sign(&claims(ISS, AUD, "bench")));
+        let cached = [check_request(
+            "/orders",
+            &[("authorization", &token)],
+            "jwt",
+        )];
+        println!(
+            "in-process Check, {name} JWT cached: {} per check",
+            us(time_checks(&state, &cached, 200_000).await)
+        );
+        let fresh: Vec<CheckRequest> = (0..300)
+            .map(|i| {
+                let mut c = claims(ISS, AUD, "bench");
+                c["jti"] = json!(i);
+                check_request(
+                    "/orders",
+                    &[("authorization", &bearer(&signer.sign(&c)))],
+                    "jwt",
+                )
+            })
+            .collect();
+        // Each token once: every check verifies a signature.
+        let state = AuthState::build(
+            "1",
+            auth_config(&[&rsa, &ec]),
+            None,
+            &http_client(),
+            &Metrics::default(),
+        );
+        println!(
+            "in-process Check, {name} JWT uncached: {} per check",
+            us(time_checks(&state, &fresh, fresh.len()).await)
+        );
+    }
+}
+
+/// Open loop: requests start at `rate` per second whatever the latency; the
+/// latency of each is measured from when it was sent.
+async fn grpc_latency(
+    addr: SocketAddr,
+    request: CheckRequest,
+    rate: u32,
+    seconds: u64,
+) -> Vec<Duration> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to ext-authz");
+    let client = AuthorizationClient::new(channel);
+    let request = Arc::new(request);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = u64::from(rate) * seconds;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let (mut client, request) = (client.clone(), request.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let response = client.check((*request).clone()).await;
+            (sent.elapsed(), response.is_ok_and(|r| allowed(r.get_ref())))
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(Ok((latency, ok))) = tasks.join_next().await {
+        assert!(ok, "check refused during the benchmark");
+        latencies.push(latency);
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+/// Open loop through Envoy at `rate` per second.
+async fn http_latency(
+    url: &str,
+    headers: &[(String, String)],
+    rate: u32,
+    seconds: u64,
+) -> Vec<Duration> {
+    let http = gatehouse_e2e::client();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = u64::from(rate) * seconds;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let mut request = http.get(url);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let status = request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (sent.elapsed(), status)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(Ok((latency, status))) = tasks.join_next().await {
+        assert_eq!(status, 200, "request failed during the benchmark");
+        latencies.push(latency);
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+struct Wrk {
+    rps: f64,
+    p50: String,
+    p99: String,
+}
+
+/// Closed loop: one wrk thread, `connections` connections.
+async fn wrk(url: &str, headers: &[(String, String)], seconds: u64, connections: u32) -> Wrk {
+    let mut command = tokio::process::Command::new("wrk");
+    command.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    for (k, v) in headers {
+        command.args(["-H", &format!("{k}: {v}")]);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .await
+        .expect("wrk (apt install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let non_2xx = field("Non-2xx or 3xx responses:");
+    assert!(
+        non_2xx.is_empty(),
+        "{url}: {non_2xx} non-2xx responses\n{text}"
+    );
+    Wrk {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: field("50%"),
+        p99: field("99%"),
+    }
+}
+
+/// A no-op ext_authz server: allows everything, adds nothing.
+#[derive(Clone, Copy)]
+struct NoopAuthz;
+
+#[tonic::async_trait]
+impl Authorization for NoopAuthz {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            dynamic_metadata: None,
+        }))
+    }
+}
+
+/// Serves the no-op ext_authz server on `port` (run as its own process,
+/// like ext-authz, so both compete for the CPU the same way).
+pub async fn serve_noop(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let _ = tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(NoopAuthz))
+        .serve_with_incoming(incoming)
+        .await;
+}
+
+async fn start_noop() -> (SocketAddr, tokio::process::Child) {
+    let port = free_port();
+    let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(["noop-authz", "--port", &port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the no-op ext_authz server");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    gatehouse_e2e::eventually(
+        Duration::from_secs(10),
+        "no-op ext_authz to listen",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
+    (addr, child)
+}
+
+/// Envoy with `jwt_authn` (and no ext_authz), statically configured.
+fn jwt_authn_bootstrap(proxy_port: u16, upstream: SocketAddr, jwks: &str) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: "{ISS}"
+                  audiences: ["{AUD}"]
+                  local_jwks: {{inline_string: '{jwks}'}}
+                  jwt_cache_config: {{jwt_cache_size: 1000}}
+              rules:
+              - match: {{prefix: "/jwt"}}
+                requires: {{provider_name: bench}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+"#,
+        upstream_port = upstream.port()
+    )
+}
+
+/// A control plane and Envoy whose ext_authz cluster points at `authz`,
+/// with the bench routes: /bare (public), /key (API key), /jwt (JWT).
+async fn gateway(
+    authz: SocketAddr,
+    upstream: &Upstream,
+    keys: &[&TestKey],
+) -> (ControlPlane, Envoy) {
+    let proxy_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.ext_authz_addr = Some(authz);
+    let cp = ControlPlane::start(options).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    cp.apply("/v1/services/up", upstream.service("up")).await;
+    cp.apply("/v1/consumers/bench", json!({"plan": "pro"}))
+        .await;
+    cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks": jwks(keys), "algorithms": ["RS256", "ES256"], "audiences": [AUD]}),
+    )
+    .await;
+    for (name, auth) in [
+        ("bare", json!(null)),
+        ("key", json!({"method": "api_key"})),
+        ("jwt", json!({"method": "jwt"})),
+    ] {
+        let mut route =
+            json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}});
+        if !auth.is_null() {
+            route["auth"] = auth;
+        }
+        cp.apply(&format!("/v1/routes/{name}"), route).await;
+    }
+    (cp, envoy)
+}
+
+async fn until_ok(url: &str, headers: &[(String, String)]) {
+    let http = gatehouse_e2e::client();
+    gatehouse_e2e::eventually(Duration::from_secs(10), url, || {
+        let mut request = http.get(url);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}
+
+pub async fn run(settings: Settings) {
+    in_process().await;
+
+    let upstream = Upstream::start("up").await;
+    let rsa = TestKey::rsa("rs");
+    let ec = TestKey::load("ec-p256.pem", Algorithm::ES256, "es");
+    let token = rsa.sign(&claims(ISS, AUD, "bench"));
+
+    // Gatehouse: control plane, ext-authz, Envoy; one API key.
+    let ext_port = free_port();
+    let (cp, envoy) = gateway(
+        SocketAddr::from(([127, 0, 0, 1], ext_port)),
+        &upstream,
+        &[&rsa, &ec],
+    )
+    .await;
+    let ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
+    let created: serde_json::Value = cp
+        .post("/v1/consumers/bench/keys", json!({}))
+        .await
+        .json()
+        .await
+        .expect("key");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let key_headers = vec![("x-api-key".to_owned(), key.clone())];
+    let jwt_headers = vec![("authorization".to_owned(), bearer(&token))];
+    until_ok(&envoy.url("/key"), &key_headers).await;
+    until_ok(&envoy.url("/jwt"), &jwt_headers).await;
+
+    let (noop, _noop_process) = start_noop().await;
+    for (name, addr, request) in [
+        (
+            "no-op server",
+            noop,
+            check_request("/key", &[("x-api-key", &key)], "api_key"),
+        ),
+        (
+            "ext-authz, API key",
+            ext.addr,
+            check_request("/key", &[("x-api-key", &key)], "api_key"),
+        ),
+        (
+            "ext-authz, RS256 JWT (cached)",
+            ext.addr,
+            check_request("/jwt", &[("authorization", &bearer(&token))], "jwt"),
+        ),
+    ] {
+        let latencies = grpc_latency(addr, request, 2_000, settings.seconds).await;
+        println!(
+            "gRPC Check, {name}, open loop 2000/s: p50 {} p99 {} p99.9 {}",
+            us(percentile(&latencies, 0.5)),
+            us(percentile(&latencies, 0.99)),
+            us(percentile(&latencies, 0.999)),
+        );
+    }
+
+    // The floor: the same Envoy settings with a no-op ext_authz server.
+    let (_noop_cp, noop_envoy) = gateway(noop, &upstream, &[&rsa, &ec]).await;
+    until_ok(&noop_envoy.url("/key"), &key_headers).await;
+
+    // Envoy's own jwt_authn, statically configured.
+    let static_port = free_port();
+    let jwks_text = jwks(&[&rsa, &ec]).to_string();
+    let static_envoy = Envoy::start_static(
+        &jwt_authn_bootstrap(static_port, upstream.addr, &jwks_text),
+        static_port,
+    )
+    .await;
+    until_ok(&static_envoy.url("/jwt"), &jwt_headers).await;
+
+    let none: Vec<(String, String)> = Vec::new();
+    let variants: Vec<(&str, String, &Headers)> = vec![
+        ("bare Envoy (no auth)", envoy.url("/bare"), &none),
+        (
+            "bare Envoy, static config",
+            static_envoy.url("/bare"),
+            &none,
+        ),
+        (
+            "Envoy + no-op ext_authz (floor)",
+            noop_envoy.url("/key"),
+            &key_headers,
+        ),
+        (
+            "Envoy + Gatehouse ext-authz, API key",
+            envoy.url("/key"),
+            &key_headers,
+        ),
+        (
+            "Envoy + Gatehouse ext-authz, RS256 JWT",
+            envoy.url("/jwt"),
+            &jwt_headers,
+        ),
+        (
+            "Envoy jwt_authn, RS256 JWT (static)",
+            static_envoy.url("/jwt"),
+            &jwt_headers,
+        ),
+    ];
+    println!(
+        "\nthrough Envoy (--concurrency 1), wrk -t1 -c{} -d{}s, then open loop at {}/s:",
+        settings.connections, settings.seconds, settings.rate
+    );
+    for (name, url, headers) in &variants {
+        let closed = wrk(url, headers, settings.seconds, settings.connections).await;
+        let open = http_latency(url, headers, settings.rate, settings.seconds).await;
+        println!(
+            "  {name:<42} {:>8.0} req/s (wrk p50 {} p99 {}) | open loop p50 {} p99 {}",
+            closed.rps,
+            closed.p50,
+            closed.p99,
+            us(percentile(&open, 0.5)),
+            us(percentile(&open, 0.99)),
+        );
+    }
+    cp.assert_no_nacks().await;
+}
