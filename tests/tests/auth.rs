@@ -475,7 +475,7 @@ async fn opaque_tokens_are_introspected_through_envoy() {
 }
 
 #[tokio::test]
-async fn without_ext_authz_protected_routes_fail_closed_and_public_ones_serve() {
+async fn decisions_survive_the_control_plane_and_fail_closed_without_ext_authz() {
     let mut g = auth_gateway(&[]).await;
     g.cp.apply("/v1/consumers/alice", json!({})).await;
     g.cp.apply(
@@ -493,6 +493,19 @@ async fn without_ext_authz_protected_routes_fail_closed_and_public_ones_serve() 
     let (_, key) = create_key(&g.cp, "alice", json!({})).await;
     until_status(&g.envoy, "/orders", &[("x-api-key", &key)], 200).await;
     until_status(&g.envoy, "/catalog", &[], 401).await;
+
+    // The control plane goes away: Envoy and ext-authz keep their last
+    // configuration, and decisions go on unchanged.
+    g.cp.kill().await;
+    for _ in 0..10 {
+        assert_eq!(
+            send(&g.envoy, "/orders", &[("x-api-key", &key)])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(send(&g.envoy, "/orders", &[]).await.status, 401);
+    }
 
     g.ext.kill().await;
     // Every protected, fail-closed request gets the configured error status,
