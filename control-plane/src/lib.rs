@@ -13,6 +13,7 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod translate;
+pub mod usage;
 pub mod xds;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -145,6 +146,7 @@ impl ControlPlane {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(xds_service.into_service())
+                .add_service(usage::KeyUsageService::server(self.store.clone()))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.xds),
                     token.clone().cancelled_owned(),

@@ -351,9 +351,13 @@ fn verify_api_key(state: &AuthState, key: &str) -> Option<Identity> {
     if !bool::from(digest.ct_eq(&entry.sha256)) {
         return None;
     }
-    if entry.expires_at != 0 && now_ms() / 1000 >= entry.expires_at {
+    let now = now_ms();
+    if entry.expires_at != 0 && now / 1000 >= entry.expires_at {
         return None;
     }
+    entry
+        .last_used_ms
+        .store(now, std::sync::atomic::Ordering::Relaxed);
     Some(Identity {
         method: Method::ApiKey,
         consumer: entry.consumer.clone(),

@@ -12,6 +12,7 @@
 //! - [`jwt`], [`introspect`]: token verification
 //! - [`state`]: the in-memory state and how updates replace it
 //! - [`server`]: the gRPC service and HTTP endpoints
+//! - [`usage`]: reports of API key use back to the control plane
 
 pub mod decision;
 pub mod introspect;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod usage;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -43,6 +45,8 @@ pub struct Settings {
     /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
     pub xds_endpoint: String,
     pub node_id: String,
+    /// How often API key use is reported to the control plane.
+    pub usage_report_interval: Duration,
 }
 
 /// HTTP client for JWKS and introspection: bounded connect time, no redirects
@@ -99,6 +103,13 @@ fn decode(resources: &[Any]) -> Result<auth::AuthConfig, String> {
         .map_err(|e| format!("undecodable AuthConfig: {e}"))
 }
 
+fn settings_usage(endpoint: &str, interval: Duration) -> usage::Reporting {
+    usage::Reporting {
+        endpoint: endpoint.to_owned(),
+        interval,
+    }
+}
+
 /// Subscribes to the control plane and serves Check on a pre-bound
 /// listener until `shutdown` resolves.
 pub async fn serve(
@@ -109,6 +120,7 @@ pub async fn serve(
     let metrics = Metrics::default();
     let state: SharedState = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
+    let subscription_endpoint = settings.xds_endpoint.clone();
     let subscription = Subscription {
         endpoint: settings.xds_endpoint,
         node_id: settings.node_id,
@@ -120,6 +132,11 @@ pub async fn serve(
         receiver(state.clone(), http_client(), metrics.clone()),
         stop.clone(),
     ));
+    let reporter = tokio::spawn(usage::report(
+        settings_usage(&subscription_endpoint, settings.usage_report_interval),
+        state.clone(),
+        stop.clone(),
+    ));
     let routes = server::routes(AuthzService { state, metrics });
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
@@ -129,5 +146,6 @@ pub async fn serve(
         .await;
     stop.cancel();
     let _ = xds.await;
+    let _ = reporter.await;
     served
 }

@@ -22,6 +22,14 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ext-authz")]
     node_id: String,
 
+    /// How often API key use (for "last used") is reported to the control plane.
+    #[arg(
+        long,
+        env = "GATEHOUSE_USAGE_REPORT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    usage_report_interval_ms: u64,
+
     /// Longest wait for in-flight checks on shutdown.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
     shutdown_grace_ms: u64,
@@ -38,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = gatehouse_ext_authz::Settings {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
+        usage_report_interval: Duration::from_millis(args.usage_report_interval_ms),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gatehouse_ext_authz::serve(listener, settings, async {

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicI64},
 };
 
 use gatehouse_proto::auth;
@@ -31,6 +31,9 @@ pub struct KeyEntry {
     pub consumer: Arc<Consumer>,
     pub scopes: Vec<String>,
     pub expires_at: i64,
+    /// Unix ms of the last accepted use (0: none yet), reported to the
+    /// control plane; carried over when the state is rebuilt.
+    pub last_used_ms: AtomicI64,
 }
 
 /// A verified JWT, reusable until it expires or its issuer's keys change.
@@ -76,6 +79,9 @@ impl AuthState {
                     warn!(key = %key.id, "API key without a SHA-256; ignored");
                     continue;
                 };
+                let last_used = previous.and_then(|p| p.keys.get(&key.id)).map_or(0, |k| {
+                    k.last_used_ms.load(std::sync::atomic::Ordering::Relaxed)
+                });
                 keys.insert(
                     key.id,
                     KeyEntry {
@@ -83,6 +89,7 @@ impl AuthState {
                         consumer: consumer.clone(),
                         scopes: key.scopes,
                         expires_at: key.expires_at,
+                        last_used_ms: AtomicI64::new(last_used),
                     },
                 );
             }

@@ -831,6 +831,7 @@ impl ExtAuthz {
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
             .arg(format!("--xds-url=http://{xds}"))
             .arg(format!("--node-id={}", unique("ext-authz")))
+            .arg("--usage-report-interval-ms=200")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,gatehouse_ext_authz=debug")
             .stdin(Stdio::null())

@@ -87,6 +87,14 @@ async fn until_status(envoy: &Envoy, path: &str, headers: &[(&str, &str)], statu
     .await;
 }
 
+async fn keys_of(cp: &ControlPlane, consumer: &str) -> Value {
+    cp.get(&format!("/v1/consumers/{consumer}/keys"))
+        .await
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn create_key(cp: &ControlPlane, consumer: &str, body: Value) -> (String, String) {
     let response = cp
         .post(&format!("/v1/consumers/{consumer}/keys"), body)
@@ -216,12 +224,17 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
             .status,
         200
     );
-    let listed: Value =
-        g.cp.get("/v1/consumers/alice/keys")
+    // ext-authz reports use: the listing shows when each key was last used.
+    eventually(Duration::from_secs(5), "last use reported", || async {
+        keys_of(&g.cp, "alice")
             .await
-            .json()
-            .await
-            .expect("json");
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["id"] == id.as_str() && k["last_used_at_ms"].is_i64())
+    })
+    .await;
+    let listed = keys_of(&g.cp, "alice").await;
     let old = listed
         .as_array()
         .unwrap()
@@ -414,7 +427,7 @@ async fn opaque_tokens_are_introspected_through_envoy() {
     g.cp.apply(
         "/v1/introspection-providers/oauth",
         json!({"endpoint": format!("http://{addr}/introspect"), "client_id": "gatehouse",
-               "client_secret": {"env": "GATEHOUSE_TEST_OAUTH_SECRET"}, "timeout_ms": 150}),
+               "client_secret": {"env": "GATEHOUSE_TEST_OAUTH_SECRET"}, "timeout_ms": 1000}),
     )
     .await;
     g.cp.apply(
