@@ -2,7 +2,10 @@
 //! system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["gatehouse/auth/v1/auth.proto"];
+    let protos = [
+        "gatehouse/auth/v1/auth.proto",
+        "gatehouse/ratelimit/v1/ratelimit.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 
 use crate::{
     model::{
-        ConfigDocument, Consumer, FieldError, IntrospectionProvider, JwtIssuer, Resource, Route,
-        Service,
+        ConfigDocument, Consumer, FieldError, IntrospectionProvider, JwtIssuer, Plan,
+        RateLimitPolicy, Resource, Route, Service,
     },
     store::{ApplyOptions, Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
@@ -106,6 +106,8 @@ pub fn app(state: AdminState) -> Router {
         .merge(resource_routes::<Consumer>())
         .merge(resource_routes::<JwtIssuer>())
         .merge(resource_routes::<IntrospectionProvider>())
+        .merge(resource_routes::<Plan>())
+        .merge(resource_routes::<RateLimitPolicy>())
         .merge(keys::routes())
         .fallback(|| async { ApiError::NoSuchPath })
         .layer(middleware::from_fn_with_state(

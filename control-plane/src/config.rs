@@ -9,7 +9,7 @@ use crate::{
     store::DatabaseUrl,
     sync::SyncSettings,
     telemetry::LogFormat,
-    translate::{ExtAuthzSettings, ProxySettings},
+    translate::{ExtAuthzSettings, ProxySettings, RateLimitSettings},
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -112,6 +112,29 @@ pub struct ProxyArgs {
     #[arg(long, env = "GATEHOUSE_EXT_AUTHZ_STATUS_ON_ERROR", default_value_t = 503,
           value_parser = clap::value_parser!(u16).range(400..=599))]
     pub ext_authz_status_on_error: u16,
+
+    /// Where Envoy reaches ratelimit-service (gRPC), served to Envoy as a cluster.
+    #[arg(
+        long,
+        env = "GATEHOUSE_RATELIMIT_ADDR",
+        default_value = "127.0.0.1:18002"
+    )]
+    pub ratelimit_addr: SocketAddr,
+
+    /// How long Envoy waits for ratelimit-service before letting the request through.
+    #[arg(long, env = "GATEHOUSE_RATELIMIT_TIMEOUT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub ratelimit_timeout_ms: u32,
+
+    /// Refuse requests (500) when ratelimit-service itself cannot be reached,
+    /// instead of letting them through.
+    #[arg(long, env = "GATEHOUSE_RATELIMIT_DENY_WHEN_UNREACHABLE")]
+    pub ratelimit_deny_when_unreachable: bool,
+
+    /// Proxies in front of Envoy whose X-Forwarded-For entries are trusted for
+    /// the client address (0: the peer address is the client).
+    #[arg(long, env = "GATEHOUSE_XFF_TRUSTED_HOPS", default_value_t = 0)]
+    pub xff_trusted_hops: u32,
 }
 
 impl Config {
@@ -131,6 +154,12 @@ impl Config {
                 timeout_ms: self.proxy.ext_authz_timeout_ms,
                 status_on_error: self.proxy.ext_authz_status_on_error,
             },
+            ratelimit: RateLimitSettings {
+                address: self.proxy.ratelimit_addr,
+                timeout_ms: self.proxy.ratelimit_timeout_ms,
+                deny_when_unreachable: self.proxy.ratelimit_deny_when_unreachable,
+            },
+            xff_trusted_hops: self.proxy.xff_trusted_hops,
         }
     }
 

@@ -10,7 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub mod auth;
+pub mod ratelimit;
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
+pub use ratelimit::{Plan, RateLimitPolicy};
 
 /// The kinds of resource the admin API manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,7 +22,9 @@ pub enum Kind {
     Consumer,
     JwtIssuer,
     IntrospectionProvider,
+    Plan,
     Route,
+    RateLimitPolicy,
     /// API keys: managed under their consumer, never in a config document.
     ApiKey,
 }
@@ -33,7 +37,9 @@ impl Kind {
             Kind::Consumer => "consumer",
             Kind::JwtIssuer => "jwt_issuer",
             Kind::IntrospectionProvider => "introspection_provider",
+            Kind::Plan => "plan",
             Kind::Route => "route",
+            Kind::RateLimitPolicy => "rate_limit_policy",
             Kind::ApiKey => "api_key",
         }
     }
@@ -45,7 +51,9 @@ impl Kind {
             Kind::Consumer => "consumers",
             Kind::JwtIssuer => "jwt-issuers",
             Kind::IntrospectionProvider => "introspection-providers",
+            Kind::Plan => "plans",
             Kind::Route => "routes",
+            Kind::RateLimitPolicy => "rate-limit-policies",
             Kind::ApiKey => "keys",
         }
     }
@@ -56,7 +64,9 @@ impl Kind {
             "consumer" => Some(Kind::Consumer),
             "jwt_issuer" => Some(Kind::JwtIssuer),
             "introspection_provider" => Some(Kind::IntrospectionProvider),
+            "plan" => Some(Kind::Plan),
             "route" => Some(Kind::Route),
+            "rate_limit_policy" => Some(Kind::RateLimitPolicy),
             "api_key" => Some(Kind::ApiKey),
             _ => None,
         }
@@ -124,6 +134,10 @@ pub struct ConfigDocument {
     pub jwt_issuers: Vec<JwtIssuer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub introspection_providers: Vec<IntrospectionProvider>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<Plan>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
 }
 
 impl ConfigDocument {
@@ -138,6 +152,12 @@ impl ConfigDocument {
         validate_list(
             "introspection_providers",
             &self.introspection_providers,
+            &mut errors,
+        );
+        validate_list("plans", &self.plans, &mut errors);
+        validate_list(
+            "rate_limit_policies",
+            &self.rate_limit_policies,
             &mut errors,
         );
         errors

@@ -21,8 +21,8 @@ use sqlx::{
 use tokio::sync::watch;
 
 use crate::model::{
-    ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Kind, Reference, Resource, Route,
-    Service, auth::StoredApiKey,
+    ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Kind, Plan, RateLimitPolicy,
+    Reference, Resource, Route, Service, auth::StoredApiKey,
 };
 
 mod api_keys;
@@ -207,6 +207,8 @@ pub struct ConfigState {
     pub consumers: BTreeMap<String, Consumer>,
     pub jwt_issuers: BTreeMap<String, JwtIssuer>,
     pub introspection_providers: BTreeMap<String, IntrospectionProvider>,
+    pub plans: BTreeMap<String, Plan>,
+    pub rate_limit_policies: BTreeMap<String, RateLimitPolicy>,
     /// Every key, including revoked and expired ones (translation filters).
     pub api_keys: Vec<StoredApiKey>,
 }
@@ -220,6 +222,8 @@ impl ConfigState {
             consumers: self.consumers.into_values().collect(),
             jwt_issuers: self.jwt_issuers.into_values().collect(),
             introspection_providers: self.introspection_providers.into_values().collect(),
+            plans: self.plans.into_values().collect(),
+            rate_limit_policies: self.rate_limit_policies.into_values().collect(),
         }
     }
 
@@ -238,6 +242,8 @@ impl ConfigState {
             Kind::IntrospectionProvider => {
                 restore(&mut self.introspection_providers, kind, name, before)
             }
+            Kind::Plan => restore(&mut self.plans, kind, name, before),
+            Kind::RateLimitPolicy => restore(&mut self.rate_limit_policies, kind, name, before),
             // Keys are not configuration: a rollback never brings back a
             // revoked key nor removes a newer one.
             Kind::ApiKey => Ok(()),
@@ -721,6 +727,12 @@ impl Store {
             &mut desired,
             "introspection_providers",
             &document.introspection_providers,
+        );
+        collect(&mut desired, "plans", &document.plans);
+        collect(
+            &mut desired,
+            "rate_limit_policies",
+            &document.rate_limit_policies,
         );
 
         let mut tx = self.pool.begin().await?;

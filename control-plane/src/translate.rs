@@ -9,7 +9,7 @@
 //!   Within a virtual host the most specific route comes first: exact paths,
 //!   then regexes, then longer prefixes, then routes with more conditions.
 //! - Authentication (ext_authz filters, route policies, the state streamed
-//!   to ext-authz) is translated in [`auth`].
+//!   to ext-authz) is translated in [`auth`], rate limits in [`ratelimit`].
 
 use std::{
     cmp::Reverse,
@@ -23,7 +23,10 @@ use gatehouse_proto::{
 };
 
 pub mod auth;
+pub mod ratelimit;
 pub use auth::ExtAuthzSettings;
+use gatehouse_proto::ratelimit as ratelimit_proto;
+pub use ratelimit::RateLimitSettings;
 
 use crate::{
     model::{HeaderMatch, PathMatch, Protocol, Route, Service},
@@ -43,6 +46,10 @@ pub struct ProxySettings {
     /// Where Envoy writes its access log (one line per request), if anywhere.
     pub access_log_path: Option<String>,
     pub ext_authz: ExtAuthzSettings,
+    pub ratelimit: RateLimitSettings,
+    /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted
+    /// (0: the client is the peer address; a spoofed header changes nothing).
+    pub xff_trusted_hops: u32,
 }
 
 impl Default for ProxySettings {
@@ -51,6 +58,8 @@ impl Default for ProxySettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             access_log_path: None,
             ext_authz: ExtAuthzSettings::default(),
+            ratelimit: RateLimitSettings::default(),
+            xff_trusted_hops: 0,
         }
     }
 }
@@ -72,6 +81,11 @@ pub fn snapshot_at(
         to_any(&auth::ext_authz_cluster(&proxy.ext_authz)),
         Vec::new(),
     ));
+    parts.clusters.push(XdsResource::new(
+        ratelimit::RATELIMIT_CLUSTER,
+        to_any(&ratelimit::ratelimit_cluster(&proxy.ratelimit)),
+        Vec::new(),
+    ));
     for service in state.services.values() {
         let eds = uses_eds(service);
         parts.clusters.push(XdsResource::new(
@@ -91,7 +105,10 @@ pub fn snapshot_at(
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
         to_any(&http_listener(proxy)),
-        vec![auth::EXT_AUTHZ_CLUSTER.to_owned()],
+        vec![
+            auth::EXT_AUTHZ_CLUSTER.to_owned(),
+            ratelimit::RATELIMIT_CLUSTER.to_owned(),
+        ],
     ));
     let routes: Vec<&Route> = state.routes.values().collect();
     let referenced: BTreeSet<String> = routes
@@ -103,9 +120,17 @@ pub fn snapshot_at(
         HTTP_ROUTES,
         to_any(&route_configuration(
             &routes,
-            &auth::spoofable_headers(state),
+            &RouteContext {
+                spoofable: auth::spoofable_headers(state),
+                state,
+            },
         )),
         referenced.into_iter().collect(),
+    ));
+    parts.ratelimit.push(XdsResource::new(
+        ratelimit_proto::RESOURCE_NAME,
+        ratelimit::ratelimit_config_any(&ratelimit::ratelimit_config(state)),
+        Vec::new(),
     ));
     parts.auth.push(XdsResource::new(
         auth_proto::RESOURCE_NAME,
@@ -187,6 +212,55 @@ pub fn cluster(service: &Service) -> cluster::Cluster {
     c
 }
 
+/// A static HTTP/2 cluster for one of our gRPC services.
+pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+    use upstream_http::http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+
+    let options = upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    core::Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut c = cluster::Cluster {
+        name: name.into(),
+        connect_timeout: Some(duration_ms(1_000)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket_address(
+                                &address.ip().to_string(),
+                                u32::from(address.port()),
+                            )),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        to_any(&options),
+    );
+    c
+}
+
 pub fn load_assignment(service: &Service) -> endpoint::ClusterLoadAssignment {
     let lb_endpoints = service
         .endpoints
@@ -234,6 +308,7 @@ pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
         )),
         http_filters: auth::ext_authz_filters(&proxy.ext_authz)
             .into_iter()
+            .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
             .chain([hcm::HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
@@ -245,6 +320,7 @@ pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
         // An edge proxy: the peer address is the client; paths are normalised
         // before matching so `/a/../b` and `//b` cannot dodge a route.
         use_remote_address: Some(protobuf::BoolValue { value: true }),
+        xff_num_trusted_hops: proxy.xff_trusted_hops,
         normalize_path: Some(protobuf::BoolValue { value: true }),
         merge_slashes: true,
         upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
@@ -303,7 +379,14 @@ fn access_log(path: &str) -> accesslog::AccessLog {
 }
 
 /// Routes grouped into virtual hosts and ordered most specific first.
-pub fn route_configuration(routes: &[&Route], spoofable: &[String]) -> route::RouteConfiguration {
+/// What translating a route needs from the rest of the configuration.
+pub struct RouteContext<'a> {
+    /// Identity headers a client could spoof on public routes.
+    pub spoofable: Vec<String>,
+    pub state: &'a ConfigState,
+}
+
+pub fn route_configuration(routes: &[&Route], context: &RouteContext) -> route::RouteConfiguration {
     let mut by_host: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
     let mut wildcard = Vec::new();
     for r in routes {
@@ -319,15 +402,10 @@ pub fn route_configuration(routes: &[&Route], spoofable: &[String]) -> route::Ro
         .into_iter()
         .map(|(host, mut routes)| {
             routes.extend(wildcard.iter().copied());
-            virtual_host(host, vec![host.to_owned()], routes, spoofable)
+            virtual_host(host, vec![host.to_owned()], routes, context)
         })
         .collect();
-    virtual_hosts.push(virtual_host(
-        "default",
-        vec!["*".into()],
-        wildcard,
-        spoofable,
-    ));
+    virtual_hosts.push(virtual_host("default", vec!["*".into()], wildcard, context));
     route::RouteConfiguration {
         name: HTTP_ROUTES.into(),
         virtual_hosts,
@@ -340,7 +418,7 @@ fn virtual_host(
     name: &str,
     domains: Vec<String>,
     mut routes: Vec<&Route>,
-    spoofable: &[String],
+    context: &RouteContext,
 ) -> route::VirtualHost {
     routes.sort_by_key(|r| precedence(r));
     route::VirtualHost {
@@ -350,7 +428,10 @@ fn virtual_host(
             .into_iter()
             .map(|r| {
                 let mut envoy = envoy_route(r);
-                auth::apply_route_policy(r, &mut envoy, spoofable);
+                auth::apply_route_policy(r, &mut envoy, &context.spoofable);
+                if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
+                    action.rate_limits = ratelimit::route_rate_limits(r, context.state);
+                }
                 envoy
             })
             .collect(),
@@ -593,7 +674,14 @@ mod tests {
             ),
         ];
         let refs: Vec<&Route> = routes.iter().collect();
-        let config = route_configuration(&refs, &[]);
+        let empty = ConfigState::default();
+        let config = route_configuration(
+            &refs,
+            &RouteContext {
+                spoofable: Vec::new(),
+                state: &empty,
+            },
+        );
         assert!(config.ignore_port_in_host_matching);
         let names =
             |vh: &route::VirtualHost| vh.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
@@ -682,6 +770,8 @@ mod tests {
             listen: "127.0.0.1:9000".parse().expect("addr"),
             access_log_path: Some("/tmp/access.log".into()),
             ext_authz: ExtAuthzSettings::default(),
+            ratelimit: RateLimitSettings::default(),
+            xff_trusted_hops: 0,
         };
         let l = http_listener(&proxy);
         let Some(listener::filter::ConfigType::TypedConfig(any)) =
@@ -731,13 +821,18 @@ mod tests {
         let names = |t| snapshot.resources(t).keys().cloned().collect::<Vec<_>>();
         assert_eq!(
             names(ResourceType::Cluster),
-            ["dns", auth::EXT_AUTHZ_CLUSTER, "ip"]
+            [
+                "dns",
+                auth::EXT_AUTHZ_CLUSTER,
+                ratelimit::RATELIMIT_CLUSTER,
+                "ip"
+            ]
         );
         assert_eq!(names(ResourceType::Auth), [auth_proto::RESOURCE_NAME]);
         assert_eq!(
             snapshot.resources(ResourceType::Listener)[HTTP_LISTENER].clusters,
-            [auth::EXT_AUTHZ_CLUSTER],
-            "the listener's ext_authz filters need their cluster first"
+            [auth::EXT_AUTHZ_CLUSTER, ratelimit::RATELIMIT_CLUSTER],
+            "the listener's ext_authz and ratelimit filters need their clusters first"
         );
         assert_eq!(
             names(ResourceType::Endpoint),
@@ -761,8 +856,8 @@ mod tests {
         let clusters = snapshot.resources(ResourceType::Cluster);
         assert_eq!(
             clusters.keys().collect::<Vec<_>>(),
-            [auth::EXT_AUTHZ_CLUSTER],
-            "only the ext-authz cluster, so enabling auth never changes the listener"
+            [auth::EXT_AUTHZ_CLUSTER, ratelimit::RATELIMIT_CLUSTER],
+            "only our services' clusters, so enabling auth or limits never changes the listener"
         );
         assert_eq!(snapshot.resources(ResourceType::Auth).len(), 1);
     }

@@ -293,9 +293,11 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 "consumer" | "consumers" => "consumers",
                 "jwt-issuer" | "jwt-issuers" | "issuers" => "jwt-issuers",
                 "introspection-provider" | "introspection-providers" => "introspection-providers",
+                "plan" | "plans" => "plans",
+                "rate-limit-policy" | "rate-limit-policies" | "policies" => "rate-limit-policies",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers)"
+                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies)"
                     ))));
                 }
             };

@@ -9,15 +9,20 @@ pub use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 pub use envoy_types::pb::envoy::config::core::v3 as core;
 pub use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 pub use envoy_types::pb::envoy::config::listener::v3 as listener;
+pub use envoy_types::pb::envoy::config::ratelimit::v3 as ratelimit_config;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_access_log;
+pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
+pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
 pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
@@ -60,5 +65,31 @@ pub mod auth {
         pub const ROLES: &str = "gatehouse.roles";
         /// `1` to remove the credential from the upstream request.
         pub const STRIP_CREDENTIALS: &str = "gatehouse.strip_credentials";
+    }
+}
+
+/// Gatehouse's own contract with ratelimit-service (`proto/gatehouse/ratelimit/v1`).
+pub mod ratelimit {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/gatehouse.ratelimit.v1.rs"));
+
+    /// Name of the single `RateLimitConfig` resource.
+    pub const RESOURCE_NAME: &str = "gatehouse_ratelimit";
+    pub const TYPE_URL: &str = "type.googleapis.com/gatehouse.ratelimit.v1.RateLimitConfig";
+    /// The rate limit domain Envoy sends.
+    pub const DOMAIN: &str = "gatehouse";
+
+    /// Descriptor entry keys shared by the control plane and the service.
+    pub mod descriptor {
+        /// First entry of a policy's descriptor; the value is the policy name.
+        pub const POLICY: &str = "policy";
+        /// First entry of a plan-quota descriptor.
+        pub const PLAN_QUOTA: &str = "plan_quota";
+        pub const PLAN: &str = "plan";
+        pub const CONSUMER: &str = "consumer";
+        pub const CLIENT_IP: &str = "client_ip";
+        pub const ROUTE: &str = "route";
+        /// Prefix of a request header entry: `header.<name>`.
+        pub const HEADER_PREFIX: &str = "header.";
     }
 }

@@ -806,6 +806,8 @@ pub async fn postgres_database() -> String {
 fn node_types(node: &Value) -> Vec<&'static str> {
     if node["types"].get("auth").is_some() {
         vec!["auth"]
+    } else if node["types"].get("ratelimit").is_some() {
+        vec!["ratelimit"]
     } else {
         vec!["cds", "eds", "lds", "rds"]
     }

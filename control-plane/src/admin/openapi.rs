@@ -10,7 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     admin::keys::{KeyView, NewKey, Rotation},
-    model::{ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Route, Service},
+    model::{
+        ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Plan, RateLimitPolicy, Route,
+        Service,
+    },
     store::{AdminTokenRecord, Applied, VersionRecord},
 };
 
@@ -164,6 +167,13 @@ pub fn document() -> Value {
         &mut schemas,
         "introspection-providers",
         "introspection provider",
+    );
+    resource_paths::<Plan>(&mut paths, &mut schemas, "plans", "plan");
+    resource_paths::<RateLimitPolicy>(
+        &mut paths,
+        &mut schemas,
+        "rate-limit-policies",
+        "rate limit policy",
     );
     key_paths(&mut paths, &mut schemas);
     let config = schemas.of::<ConfigDocument>();

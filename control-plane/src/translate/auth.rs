@@ -14,13 +14,10 @@ use std::{
     net::SocketAddr,
 };
 
-use gatehouse_proto::{
-    auth, cluster, core, endpoint, ext_authz, hcm, http_types, protobuf, route, to_any,
-    upstream_http,
-};
+use gatehouse_proto::{auth, cluster, core, ext_authz, hcm, http_types, protobuf, route, to_any};
 use prost::Message;
 
-use super::{duration_ms, socket_address};
+use super::{duration_ms, grpc_cluster};
 use crate::{
     model::{
         Route,
@@ -59,51 +56,7 @@ impl Default for ExtAuthzSettings {
 
 /// A static HTTP/2 cluster for ext-authz (gRPC).
 pub fn ext_authz_cluster(settings: &ExtAuthzSettings) -> cluster::Cluster {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
-    use upstream_http::http_protocol_options::{
-        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
-    };
-
-    let options = upstream_http::HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    core::Http2ProtocolOptions::default(),
-                )),
-            },
-        )),
-        ..Default::default()
-    };
-    let mut c = cluster::Cluster {
-        name: EXT_AUTHZ_CLUSTER.into(),
-        connect_timeout: Some(duration_ms(1_000)),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        load_assignment: Some(endpoint::ClusterLoadAssignment {
-            cluster_name: EXT_AUTHZ_CLUSTER.into(),
-            endpoints: vec![endpoint::LocalityLbEndpoints {
-                lb_endpoints: vec![endpoint::LbEndpoint {
-                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                        endpoint::Endpoint {
-                            address: Some(socket_address(
-                                &settings.address.ip().to_string(),
-                                u32::from(settings.address.port()),
-                            )),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    c.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        to_any(&options),
-    );
-    c
+    grpc_cluster(EXT_AUTHZ_CLUSTER, settings.address)
 }
 
 /// The two ext_authz filters, disabled unless a route enables one.

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use gatehouse_proto::{auth, protobuf::Any, type_url};
+use gatehouse_proto::{auth, protobuf::Any, ratelimit, type_url};
 
 /// The resource types Gatehouse serves, in the order updates are pushed:
 /// clusters before the endpoints that warm them, before the listeners and
@@ -23,15 +23,18 @@ pub enum ResourceType {
     Route,
     /// The authentication state ext-authz decides from.
     Auth,
+    /// The policies and plans ratelimit-service decides from.
+    RateLimit,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::Auth,
+        ResourceType::RateLimit,
     ];
 
     pub fn type_url(self) -> &'static str {
@@ -41,6 +44,7 @@ impl ResourceType {
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE,
             ResourceType::Auth => auth::TYPE_URL,
+            ResourceType::RateLimit => ratelimit::TYPE_URL,
         }
     }
 
@@ -56,6 +60,7 @@ impl ResourceType {
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
             ResourceType::Auth => "auth",
+            ResourceType::RateLimit => "ratelimit",
         }
     }
 
@@ -64,7 +69,10 @@ impl ResourceType {
     pub fn is_wildcard(self) -> bool {
         matches!(
             self,
-            ResourceType::Cluster | ResourceType::Listener | ResourceType::Auth
+            ResourceType::Cluster
+                | ResourceType::Listener
+                | ResourceType::Auth
+                | ResourceType::RateLimit
         )
     }
 
@@ -141,6 +149,7 @@ pub struct SnapshotParts {
     pub listeners: Vec<XdsResource>,
     pub routes: Vec<XdsResource>,
     pub auth: Vec<XdsResource>,
+    pub ratelimit: Vec<XdsResource>,
 }
 
 impl Snapshot {
@@ -157,6 +166,7 @@ impl Snapshot {
             (ResourceType::Listener, parts.listeners),
             (ResourceType::Route, parts.routes),
             (ResourceType::Auth, parts.auth),
+            (ResourceType::RateLimit, parts.ratelimit),
         ];
         for (kind, list) in typed {
             let map = &mut snapshot.resources[kind.index()];

@@ -276,7 +276,7 @@ impl StreamState {
                 Some(target)
             }
             // Our own services' state depends on no Envoy resource.
-            ResourceType::Auth => Some(target),
+            ResourceType::Auth | ResourceType::RateLimit => Some(target),
             ResourceType::Listener | ResourceType::Route => {
                 // Strict order: nothing that routes traffic goes out while
                 // clusters or endpoints are still being delivered.
@@ -434,6 +434,7 @@ mod tests {
                 listeners: vec![res("http", "listener", &[])],
                 routes: vec![res("http", &format!("{routed:?}"), routed)],
                 auth: Vec::new(),
+                ratelimit: Vec::new(),
             },
         )
         .expect("consistent")
