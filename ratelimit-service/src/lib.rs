@@ -1,26 +1,139 @@
-//! Gatehouse Envoy rate limit service (envoy.service.ratelimit.v3).
+//! Gatehouse ratelimit-service: Envoy's `envoy.service.ratelimit.v3`
+//! RateLimitService.
 //!
-//! Placeholder until its own issue lands: it serves `/healthz` and `/metrics`
-//! on its port and shuts down gracefully, so the deployment shape is in place.
+//! The control plane streams the policies and plans over ADS as one
+//! `RateLimitConfig` resource; Envoy sends, per request, the descriptors
+//! the control plane put on the route. Counters live in a [`store`]: in
+//! memory (the embedded default, one instance).
+//!
+//! - [`algorithm`]: fixed window, sliding window, token bucket
+//! - [`rules`]: the configuration in force; descriptors → counters
+//! - [`store`]: counter storage, atomic per request
+//! - [`server`]: the gRPC service, response headers, HTTP endpoints
 
-use std::future::Future;
+pub mod algorithm;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod store;
 
-use axum::{Router, routing::get};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
+use gatehouse_proto::{protobuf::Any, ratelimit as rl};
+use gatehouse_xds_client::Subscription;
+use prost::Message;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-/// The HTTP surface of the placeholder service.
-pub fn app() -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async { "" }))
+use crate::{
+    metrics::{Metrics, ResultLabel},
+    rules::Rules,
+    server::{LimitService, SharedRules},
+    store::{Store, memory::MemoryStore},
+};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
+    pub xds_endpoint: String,
+    pub node_id: String,
 }
 
-/// Serves on a pre-bound listener until `shutdown` resolves.
+fn receiver(
+    rules: SharedRules,
+    metrics: Metrics,
+) -> impl FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static {
+    move |version, resources| {
+        let result = decode(&resources).and_then(|config| Rules::build(version, config));
+        let label = match result {
+            Ok(built) => {
+                info!(
+                    version,
+                    policies = built.policy_count(),
+                    "rate limits updated"
+                );
+                rules.store(Some(Arc::new(built)));
+                metrics.ready.set(1);
+                "ok"
+            }
+            Err(_) => "rejected",
+        };
+        metrics
+            .config_updates
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        if label == "ok" {
+            Ok(())
+        } else {
+            Err("invalid RateLimitConfig".to_owned())
+        }
+    }
+}
+
+fn decode(resources: &[Any]) -> Result<rl::RateLimitConfig, String> {
+    let [resource] = resources else {
+        return Err(format!(
+            "expected exactly one RateLimitConfig, got {}",
+            resources.len()
+        ));
+    };
+    if resource.type_url != rl::TYPE_URL {
+        return Err(format!("unexpected resource type {}", resource.type_url));
+    }
+    rl::RateLimitConfig::decode(resource.value.as_slice())
+        .map_err(|e| format!("undecodable RateLimitConfig: {e}"))
+}
+
+/// Subscribes to the control plane and serves on a pre-bound listener until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app())
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> Result<(), tonic::transport::Error> {
+    let metrics = Metrics::default();
+    let rules: SharedRules = Arc::new(ArcSwapOption::empty());
+    let stop = CancellationToken::new();
+    let subscription = Subscription {
+        endpoint: settings.xds_endpoint,
+        node_id: settings.node_id,
+        node_cluster: "gatehouse-ratelimit".into(),
+        type_url: rl::TYPE_URL.into(),
+    };
+    let xds = tokio::spawn(gatehouse_xds_client::run(
+        subscription,
+        receiver(rules.clone(), metrics.clone()),
+        stop.clone(),
+    ));
+    let store = Arc::new(Store::Memory(MemoryStore::default()));
+    let sweeper = tokio::spawn(sweep(store.clone(), stop.clone()));
+    let routes = server::routes(LimitService {
+        rules,
+        store,
+        metrics,
+    });
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    stop.cancel();
+    let _ = xds.await;
+    let _ = sweeper.await;
+    served
+}
+
+/// Drops expired in-memory counters every few seconds.
+async fn sweep(store: Arc<Store>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let Store::Memory(memory) = store.as_ref();
+        memory.sweep();
+    }
 }

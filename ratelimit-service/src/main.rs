@@ -1,28 +1,59 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 
+/// Gatehouse ratelimit-service: Envoy's rate limit (envoy.service.ratelimit.v3) gRPC server.
 #[derive(Debug, Parser)]
-#[command(
-    name = "gatehouse-ratelimit",
-    version,
-    about = "Gatehouse Envoy rate limit service (envoy.service.ratelimit.v3)"
-)]
+#[command(name = "gatehouse-ratelimit", version)]
 struct Args {
-    /// Address to listen on.
+    /// Address for gRPC ShouldRateLimit and the HTTP /healthz, /readyz and /metrics.
     #[arg(long, env = "GATEHOUSE_LISTEN_ADDR", default_value = "127.0.0.1:18002")]
     listen_addr: SocketAddr,
+
+    /// The control plane's xDS address.
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_URL",
+        default_value = "http://127.0.0.1:18000"
+    )]
+    xds_url: String,
+
+    /// Node id reported to the control plane (shown in its status).
+    #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ratelimit")]
+    node_id: String,
+
+    /// Longest wait for in-flight decisions on shutdown.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
+    shutdown_grace_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), addr = %listener.local_addr()?, "listening");
-    gatehouse_ratelimit_service::serve(listener, shutdown_signal()).await?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), addr = %listener.local_addr()?, xds = %args.xds_url, "listening");
+    let settings = gatehouse_ratelimit_service::Settings {
+        xds_endpoint: args.xds_url,
+        node_id: args.node_id,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gatehouse_ratelimit_service::serve(
+        listener,
+        settings,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_millis(args.shutdown_grace_ms), server).await {
+        Ok(result) => result??,
+        Err(_) => tracing::warn!("shutdown deadline passed; exiting with decisions in flight"),
+    }
     Ok(())
 }
 

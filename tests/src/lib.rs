@@ -183,6 +183,8 @@ pub struct ControlPlaneOptions {
     pub wait_ready: bool,
     /// Where Envoy reaches ext-authz.
     pub ext_authz_addr: Option<SocketAddr>,
+    /// Where Envoy reaches ratelimit-service.
+    pub ratelimit_addr: Option<SocketAddr>,
 }
 
 impl ControlPlaneOptions {
@@ -199,6 +201,7 @@ impl ControlPlaneOptions {
             admin_addr: "127.0.0.1:0".into(),
             wait_ready: true,
             ext_authz_addr: None,
+            ratelimit_addr: None,
         }
     }
 }
@@ -242,6 +245,9 @@ impl ControlPlane {
         }
         if let Some(addr) = &options.ext_authz_addr {
             args.push(format!("--ext-authz-addr={addr}"));
+        }
+        if let Some(addr) = &options.ratelimit_addr {
+            args.push(format!("--ratelimit-addr={addr}"));
         }
         let log = dir.join(unique("control-plane")).with_extension("log");
         let child = spawn(&gatehouse_bin("gatehouse-control-plane"), &args, &log).await;
@@ -813,27 +819,53 @@ fn node_types(node: &Value) -> Vec<&'static str> {
     }
 }
 
-/// A running `gatehouse-ext-authz`, subscribed to a control plane.
-pub struct ExtAuthz {
+/// A running Gatehouse service (ext-authz or ratelimit-service) subscribed
+/// to a control plane.
+pub struct Sidecar {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
 }
 
-impl ExtAuthz {
-    /// Starts on `port` (0 picks one) with extra environment (secrets), and
-    /// waits until it holds the control plane's configuration.
+/// ext-authz is a [`Sidecar`] started with [`Sidecar::start`].
+pub type ExtAuthz = Sidecar;
+
+impl Sidecar {
+    /// Starts ext-authz on `port` (0 picks one) with extra environment
+    /// (secrets), and waits until it holds the control plane's configuration.
     pub async fn start(xds: SocketAddr, port: u16, env: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            "gatehouse-ext-authz",
+            xds,
+            port,
+            env,
+            &["--usage-report-interval-ms=200"],
+        )
+        .await
+    }
+
+    /// Starts ratelimit-service on `port` (0 picks one).
+    pub async fn ratelimit(xds: SocketAddr, port: u16, extra: &[&str]) -> Self {
+        Self::spawn("gatehouse-ratelimit", xds, port, &[], extra).await
+    }
+
+    async fn spawn(
+        binary: &str,
+        xds: SocketAddr,
+        port: u16,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
         let port = if port == 0 { free_port() } else { port };
-        let dir = scratch_dir("gatehouse_ext_authz");
-        let log = dir.join(unique("ext-authz")).with_extension("log");
+        let dir = scratch_dir("gatehouse_sidecar");
+        let log = dir.join(unique(binary)).with_extension("log");
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
-        let child = Command::new(gatehouse_bin("gatehouse-ext-authz"))
+        let child = Command::new(gatehouse_bin(binary))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
             .arg(format!("--xds-url=http://{xds}"))
-            .arg(format!("--node-id={}", unique("ext-authz")))
-            .arg("--usage-report-interval-ms=200")
+            .arg(format!("--node-id={}", unique(binary)))
+            .args(extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,gatehouse_ext_authz=debug")
             .stdin(Stdio::null())
@@ -851,7 +883,7 @@ impl ExtAuthz {
         let url = format!("http://{}/readyz", ext.addr);
         eventually(
             Duration::from_secs(20),
-            "ext-authz to receive its configuration",
+            "the service to receive its configuration",
             || {
                 let (http, url) = (http.clone(), url.clone());
                 async move {
@@ -882,10 +914,14 @@ impl ExtAuthz {
     }
 }
 
-impl Drop for ExtAuthz {
+impl Drop for Sidecar {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- ext-authz log (tail) -----\n{}", tail(&self.log, 40));
+            eprintln!(
+                "----- {} (tail) -----\n{}",
+                self.log.display(),
+                tail(&self.log, 40)
+            );
         }
         let _ = self.child.start_kill();
     }

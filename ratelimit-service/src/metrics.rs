@@ -1,0 +1,114 @@
+//! ratelimit-service's Prometheus metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `ok`, `over_limit`, `shadow_over_limit`.
+    pub result: &'static str,
+    /// `policy:<name>` or `plan:<name>`.
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub requests: Family<ResultLabel, Counter>,
+    pub decision_seconds: Histogram,
+    pub store_seconds: Histogram,
+    pub store_errors: Counter,
+    pub degraded_decisions: Counter,
+    pub config_updates: Family<ResultLabel, Counter>,
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse_ratelimit");
+        let decisions = Family::default();
+        registry.register(
+            "decisions",
+            "Counter decisions by result and limit",
+            decisions.clone(),
+        );
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "ShouldRateLimit answers by overall result",
+            requests.clone(),
+        );
+        let decision_seconds = Histogram::new(exponential_buckets(0.000_005, 2.5, 14));
+        registry.register(
+            "decision_duration_seconds",
+            "Time to answer one ShouldRateLimit",
+            decision_seconds.clone(),
+        );
+        let store_seconds = Histogram::new(exponential_buckets(0.000_005, 2.5, 14));
+        registry.register(
+            "store_duration_seconds",
+            "Time the counter store took per request",
+            store_seconds.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Counter store calls that failed",
+            store_errors.clone(),
+        );
+        let degraded_decisions = Counter::default();
+        registry.register(
+            "degraded_decisions",
+            "Decisions taken without the counter store (fail open or closed)",
+            degraded_decisions.clone(),
+        );
+        let config_updates = Family::default();
+        registry.register(
+            "config_updates",
+            "Configuration snapshots received, by result",
+            config_updates.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 once a configuration snapshot has been received",
+            ready.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            decisions,
+            requests,
+            decision_seconds,
+            store_seconds,
+            store_errors,
+            degraded_decisions,
+            config_updates,
+            ready,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

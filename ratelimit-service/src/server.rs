@@ -1,0 +1,234 @@
+//! The `envoy.service.ratelimit.v3.RateLimitService` gRPC service and the
+//! HTTP endpoints (`/healthz`, `/readyz`, `/metrics`) on the same port.
+//!
+//! Over limit: `OVER_LIMIT` with `RateLimit-Limit`, `RateLimit-Remaining`,
+//! `RateLimit-Reset` and `Retry-After` for the 429; under limit the
+//! `RateLimit-*` headers go on the normal response. Every over-limit event
+//! is logged under the `gatehouse::ratelimit_hits` target.
+
+use std::{sync::Arc, time::Instant};
+
+use arc_swap::ArcSwapOption;
+use axum::{http::StatusCode, response::IntoResponse, routing::get};
+use gatehouse_proto::{
+    core::HeaderValue,
+    protobuf::Duration as ProtoDuration,
+    ratelimit_service::{
+        RateLimitRequest, RateLimitResponse,
+        rate_limit_response::{self, Code, DescriptorStatus},
+        rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
+    },
+};
+use tracing::info;
+
+use crate::{
+    algorithm::Outcome,
+    metrics::{DecisionLabels, Metrics, ResultLabel},
+    rules::{Origin, Rules},
+    store::{Item, Store, admits},
+};
+
+pub type SharedRules = Arc<ArcSwapOption<Rules>>;
+
+#[derive(Clone)]
+pub struct LimitService {
+    pub rules: SharedRules,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+}
+
+#[tonic::async_trait]
+impl RateLimitService for LimitService {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        let started = Instant::now();
+        let Some(rules) = self.rules.load_full() else {
+            return Err(tonic::Status::unavailable("no configuration received yet"));
+        };
+        let request = request.into_inner();
+        let response = decide(&rules, &self.store, &request, &self.metrics).await?;
+        self.metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// Decides one request: every counter it touches, atomically.
+pub async fn decide(
+    rules: &Rules,
+    store: &Store,
+    request: &RateLimitRequest,
+    metrics: &Metrics,
+) -> Result<RateLimitResponse, tonic::Status> {
+    let counted = rules.items(&request.descriptors, request.hits_addend);
+    let ok = || DescriptorStatus {
+        code: Code::Ok as i32,
+        ..Default::default()
+    };
+    let mut statuses: Vec<DescriptorStatus> = request.descriptors.iter().map(|_| ok()).collect();
+    if counted.is_empty() {
+        metrics
+            .requests
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        return Ok(RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses,
+            ..Default::default()
+        });
+    }
+    let (items, origins): (Vec<Item>, Vec<Origin>) = counted.into_iter().unzip();
+    let store_started = Instant::now();
+    let outcomes = store.check(&items).await.map_err(|e| {
+        metrics.store_errors.inc();
+        tonic::Status::unavailable(e.to_string())
+    })?;
+    metrics
+        .store_seconds
+        .observe(store_started.elapsed().as_secs_f64());
+    let admitted = admits(&items, &outcomes);
+    for ((item, origin), outcome) in items.iter().zip(&origins).zip(&outcomes) {
+        let result = match (outcome.allowed, item.shadow) {
+            (true, _) => "ok",
+            (false, true) => "shadow_over_limit",
+            (false, false) => "over_limit",
+        };
+        metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                result,
+                limit: origin.label.clone(),
+            })
+            .inc();
+        if !outcome.allowed {
+            info!(
+                target: "gatehouse::ratelimit_hits",
+                limit = %origin.label,
+                shadow = item.shadow,
+                entries = ?origin.entries,
+                "rate limit reached"
+            );
+        }
+        // The most restrictive counter speaks for its descriptor.
+        let status = &mut statuses[origin.descriptor];
+        let blocking = !outcome.allowed && !item.shadow;
+        if status.current_limit.is_none()
+            || blocking
+            || (status.code == Code::Ok as i32
+                && u64::from(status.limit_remaining) > outcome.remaining)
+        {
+            *status = descriptor_status(outcome, &item.rule, blocking);
+        }
+    }
+    let overall = if admitted { Code::Ok } else { Code::OverLimit };
+    metrics
+        .requests
+        .get_or_create(&ResultLabel {
+            result: if admitted { "ok" } else { "over_limit" },
+        })
+        .inc();
+    Ok(RateLimitResponse {
+        overall_code: overall as i32,
+        response_headers_to_add: headers(&items, &outcomes, admitted),
+        statuses,
+        ..Default::default()
+    })
+}
+
+fn descriptor_status(
+    outcome: &Outcome,
+    rule: &crate::algorithm::Rule,
+    blocking: bool,
+) -> DescriptorStatus {
+    use rate_limit_response::rate_limit::Unit;
+    let (requests, unit) = match rule.period_ms {
+        1_000 => (rule.requests, Unit::Second),
+        60_000 => (rule.requests, Unit::Minute),
+        3_600_000 => (rule.requests, Unit::Hour),
+        86_400_000 => (rule.requests, Unit::Day),
+        _ => (rule.requests, Unit::Unknown),
+    };
+    DescriptorStatus {
+        code: if blocking { Code::OverLimit } else { Code::Ok } as i32,
+        current_limit: Some(rate_limit_response::RateLimit {
+            requests_per_unit: u32::try_from(requests).unwrap_or(u32::MAX),
+            unit: unit as i32,
+            ..Default::default()
+        }),
+        limit_remaining: u32::try_from(outcome.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(ProtoDuration {
+            seconds: (outcome.reset_ms / 1000) as i64,
+            nanos: ((outcome.reset_ms % 1000) * 1_000_000) as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `RateLimit-*` headers for the most restrictive blocking counter (and
+/// `Retry-After` when over): the IETF RateLimit header fields draft.
+fn headers(items: &[Item], outcomes: &[Outcome], admitted: bool) -> Vec<HeaderValue> {
+    let relevant = items
+        .iter()
+        .zip(outcomes)
+        .filter(|(item, outcome)| !item.shadow && (admitted || !outcome.allowed))
+        .min_by_key(|(_, outcome)| outcome.remaining);
+    let Some((_, outcome)) = relevant else {
+        return Vec::new();
+    };
+    let reset_seconds = outcome.reset_ms.div_ceil(1000).max(1);
+    let header = |key: &str, value: String| HeaderValue {
+        key: key.to_owned(),
+        value,
+        ..Default::default()
+    };
+    let mut headers = vec![
+        header("ratelimit-limit", outcome.limit.to_string()),
+        header("ratelimit-remaining", outcome.remaining.to_string()),
+        header("ratelimit-reset", reset_seconds.to_string()),
+    ];
+    if !admitted {
+        headers.push(header("retry-after", reset_seconds.to_string()));
+    }
+    headers
+}
+
+/// gRPC plus the HTTP endpoints, on one port.
+pub fn routes(service: LimitService) -> tonic::service::Routes {
+    let rules = service.rules.clone();
+    let metrics = service.metrics.clone();
+    let http = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = rules.load().is_some();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    tonic::service::Routes::from(http).add_service(RateLimitServiceServer::new(service))
+}

@@ -1,0 +1,50 @@
+//! Counter storage. Every backend decides a request's counters atomically:
+//! all of them are evaluated, and only if none that may block is over its
+//! limit are they all incremented, so a refused request costs no quota.
+
+pub mod memory;
+
+use crate::algorithm::{Outcome, Rule};
+
+/// One counter a request touches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub key: String,
+    pub rule: Rule,
+    pub hits: u64,
+    /// Counted and reported, never blocks.
+    pub shadow: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("counter store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Whether the request may go ahead, given each item's outcome.
+pub fn admits(items: &[Item], outcomes: &[Outcome]) -> bool {
+    items
+        .iter()
+        .zip(outcomes)
+        .all(|(item, outcome)| item.shadow || outcome.allowed)
+}
+
+/// The configured backend.
+pub enum Store {
+    Memory(memory::MemoryStore),
+}
+
+impl Store {
+    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+        match self {
+            Store::Memory(store) => Ok(store.check(items)),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Rate limiting end to end: admin API → control plane → (Envoy, ext-authz,
+//! ratelimit-service) → real upstream, with the in-memory counter store.
+
+use std::{net::SocketAddr, time::Duration};
+
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Sidecar, Upstream, XdsVariant, client,
+    eventually, free_port,
+};
+use serde_json::{Value, json};
+
+struct LimitedGateway {
+    cp: ControlPlane,
+    envoy: Envoy,
+    _ext: ExtAuthz,
+    limiter: Sidecar,
+    _upstream: Upstream,
+}
+
+async fn limited_gateway() -> LimitedGateway {
+    let proxy_port = free_port();
+    let (ext_port, rl_port) = (free_port(), free_port());
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
+    options.ratelimit_addr = Some(SocketAddr::from(([127, 0, 0, 1], rl_port)));
+    let cp = ControlPlane::start(options).await;
+    let ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
+    let limiter = Sidecar::ratelimit(cp.xds, rl_port, &[]).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let upstream = Upstream::start("orders").await;
+    cp.apply("/v1/services/orders", upstream.service("orders"))
+        .await;
+    LimitedGateway {
+        cp,
+        envoy,
+        _ext: ext,
+        limiter,
+        _upstream: upstream,
+    }
+}
+
+async fn key_for(cp: &ControlPlane, consumer: &str, plan: Option<&str>) -> String {
+    let body = match plan {
+        Some(plan) => json!({ "plan": plan }),
+        None => json!({}),
+    };
+    cp.apply(&format!("/v1/consumers/{consumer}"), body).await;
+    let created: Value = cp
+        .post(&format!("/v1/consumers/{consumer}/keys"), json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    created["key"].as_str().expect("key").to_owned()
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = client().get(envoy.url(path));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("proxy reachable");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+    }
+}
+
+/// Waits until the route answers 200 (config delivered everywhere), without
+/// spending quota: the policy is applied only after this.
+async fn until_ok(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{path} → 200"),
+        || async { get(envoy, path, headers).await.status == 200 },
+    )
+    .await;
+}
+
+async fn until_limited(g: &LimitedGateway, version: u64) {
+    g.cp.until_converged(version).await;
+}
+
+#[tokio::test]
+async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
+    let g = limited_gateway().await;
+    let alice = key_for(&g.cp, "alice", None).await;
+    let bob = key_for(&g.cp, "bob", None).await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key"}}),
+    )
+    .await;
+    until_ok(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+    let version = g
+        .cp
+        .apply(
+            "/v1/rate-limit-policies/per-consumer",
+            json!({"limit": {"requests": 3, "per": "minute"}, "by": ["consumer"], "routes": ["orders"]}),
+        )
+        .await;
+    until_limited(&g, version).await;
+
+    for remaining in ["2", "1", "0"] {
+        let ok = get(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.header("ratelimit-limit"), Some("3"));
+        assert_eq!(ok.header("ratelimit-remaining"), Some(remaining));
+        assert!(ok.header("ratelimit-reset").is_some());
+    }
+    let limited = get(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = limited
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another consumer has a counter of its own.
+    assert_eq!(
+        get(&g.envoy, "/orders", &[("x-api-key", &bob)])
+            .await
+            .status,
+        200
+    );
+
+    // Routes that fail open identify consumers just the same.
+    g.cp.apply(
+        "/v1/routes/catalog",
+        json!({"match": {"path_prefix": "/catalog"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key", "failure_mode": "open"}}),
+    )
+    .await;
+    let version = g
+        .cp
+        .apply(
+            "/v1/rate-limit-policies/per-consumer",
+            json!({"limit": {"requests": 3, "per": "minute"}, "by": ["consumer"], "routes": ["orders", "catalog"]}),
+        )
+        .await;
+    until_limited(&g, version).await;
+    let catalog = get(&g.envoy, "/catalog", &[("x-api-key", &alice)]).await;
+    assert_eq!(catalog.status, 429, "alice's quota is spent on catalog too");
+    assert_eq!(
+        get(&g.envoy, "/catalog", &[("x-api-key", &bob)])
+            .await
+            .status,
+        200
+    );
+    g.cp.assert_no_nacks().await;
+    let metrics = client()
+        .get(format!("http://{}/metrics", g.limiter.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("gatehouse_ratelimit_decisions_total{result=\"over_limit\",limit=\"policy:per-consumer\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn per_ip_limits_hold_on_public_routes_whatever_x_forwarded_for_says() {
+    let g = limited_gateway().await;
+    g.cp.apply(
+        "/v1/routes/public",
+        json!({"match": {"path_prefix": "/public"}, "destination": {"service": "orders"}}),
+    )
+    .await;
+    until_ok(&g.envoy, "/public", &[]).await;
+    let version = g
+        .cp
+        .apply(
+            "/v1/rate-limit-policies/per-ip",
+            json!({"limit": {"requests": 2, "per": "minute"}, "by": ["client_ip"], "routes": ["public"],
+                   "algorithm": "sliding_window"}),
+        )
+        .await;
+    until_limited(&g, version).await;
+    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 200);
+    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 200);
+    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 429);
+    for spoofed in ["203.0.113.7", "198.51.100.1, 203.0.113.9"] {
+        let answer = get(&g.envoy, "/public", &[("x-forwarded-for", spoofed)]).await;
+        assert_eq!(
+            answer.status, 429,
+            "X-Forwarded-For {spoofed} escaped the limit"
+        );
+    }
+}
+
+#[tokio::test]
+async fn plans_set_quotas_and_shadow_policies_never_block() {
+    let g = limited_gateway().await;
+    let free = key_for(&g.cp, "carol", Some("free")).await;
+    let pro = key_for(&g.cp, "dave", Some("pro")).await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key"}}),
+    )
+    .await;
+    until_ok(&g.envoy, "/orders", &[("x-api-key", &free)]).await;
+    g.cp.apply(
+        "/v1/plans/pro",
+        json!({"limits": [{"requests": 100, "per": "minute"}]}),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/rate-limit-policies/watch",
+        json!({"limit": {"requests": 1, "per": "minute"}, "by": ["consumer"], "global": true, "shadow": true}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/plans/free",
+            json!({"limits": [{"requests": 2, "per": "minute"}]}),
+        )
+        .await;
+    until_limited(&g, version).await;
+    assert_eq!(
+        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+            .await
+            .status,
+        429,
+        "free plan: 2/min"
+    );
+    for _ in 0..5 {
+        // The shadow policy (1/min) is exceeded but never blocks.
+        assert_eq!(
+            get(&g.envoy, "/orders", &[("x-api-key", &pro)])
+                .await
+                .status,
+            200
+        );
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", g.limiter.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("result=\"shadow_over_limit\",limit=\"policy:watch\""),
+        "{metrics}"
+    );
+}
