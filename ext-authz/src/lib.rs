@@ -28,7 +28,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 use arc_swap::ArcSwapOption;
 use gatehouse_proto::{auth, protobuf::Any};
 use gatehouse_xds_client::Subscription;
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -90,17 +89,7 @@ fn receiver(
 }
 
 fn decode(resources: &[Any]) -> Result<auth::AuthConfig, String> {
-    let [resource] = resources else {
-        return Err(format!(
-            "expected exactly one AuthConfig, got {}",
-            resources.len()
-        ));
-    };
-    if resource.type_url != auth::TYPE_URL {
-        return Err(format!("unexpected resource type {}", resource.type_url));
-    }
-    auth::AuthConfig::decode(resource.value.as_slice())
-        .map_err(|e| format!("undecodable AuthConfig: {e}"))
+    gatehouse_service_kit::single_resource(resources, auth::TYPE_URL)
 }
 
 fn settings_usage(endpoint: &str, interval: Duration) -> usage::Reporting {
@@ -138,12 +127,7 @@ pub async fn serve(
         stop.clone(),
     ));
     let routes = server::routes(AuthzService { state, metrics });
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let served = gatehouse_service_kit::serve(listener, routes, shutdown).await;
     stop.cancel();
     let _ = xds.await;
     let _ = reporter.await;

@@ -8,7 +8,6 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use arc_swap::ArcSwapOption;
-use axum::{http::StatusCode, response::IntoResponse, routing::get};
 use gatehouse_proto::{
     auth_service::{
         CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
@@ -165,36 +164,7 @@ fn denied(deny: Deny) -> CheckResponse {
 pub fn routes(service: AuthzService) -> tonic::service::Routes {
     let state = service.state.clone();
     let metrics = service.metrics.clone();
-    let http = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = state.load().is_some();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = metrics.render();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        );
+    let http =
+        gatehouse_service_kit::endpoints(move || state.load().is_some(), move || metrics.render());
     tonic::service::Routes::from(http).add_service(AuthorizationServer::new(service))
 }

@@ -22,7 +22,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 use arc_swap::ArcSwapOption;
 use gatehouse_proto::{protobuf::Any, ratelimit as rl};
 use gatehouse_xds_client::Subscription;
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -73,17 +72,7 @@ fn receiver(
 }
 
 fn decode(resources: &[Any]) -> Result<rl::RateLimitConfig, String> {
-    let [resource] = resources else {
-        return Err(format!(
-            "expected exactly one RateLimitConfig, got {}",
-            resources.len()
-        ));
-    };
-    if resource.type_url != rl::TYPE_URL {
-        return Err(format!("unexpected resource type {}", resource.type_url));
-    }
-    rl::RateLimitConfig::decode(resource.value.as_slice())
-        .map_err(|e| format!("undecodable RateLimitConfig: {e}"))
+    gatehouse_service_kit::single_resource(resources, rl::TYPE_URL)
 }
 
 /// Subscribes to the control plane and serves on a pre-bound listener until
@@ -114,12 +103,7 @@ pub async fn serve(
         store,
         metrics,
     });
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let served = gatehouse_service_kit::serve(listener, routes, shutdown).await;
     stop.cancel();
     let _ = xds.await;
     let _ = sweeper.await;

@@ -29,9 +29,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    gatehouse_service_kit::init_logging();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), addr = %listener.local_addr()?, xds = %args.xds_url, "listening");
@@ -39,36 +37,19 @@ async fn main() -> anyhow::Result<()> {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gatehouse_ratelimit_service::serve(
-        listener,
-        settings,
-        async {
-            let _ = stop_rx.await;
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    gatehouse_service_kit::run_until_signal(
+        |stop| {
+            tokio::spawn(gatehouse_ratelimit_service::serve(
+                listener,
+                settings,
+                async {
+                    let _ = stop.await;
+                },
+            ))
         },
-    ));
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_millis(args.shutdown_grace_ms), server).await {
-        Ok(result) => result??,
-        Err(_) => tracing::warn!("shutdown deadline passed; exiting with decisions in flight"),
-    }
+        grace,
+    )
+    .await?;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

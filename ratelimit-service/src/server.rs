@@ -9,7 +9,6 @@
 use std::{sync::Arc, time::Instant};
 
 use arc_swap::ArcSwapOption;
-use axum::{http::StatusCode, response::IntoResponse, routing::get};
 use gatehouse_proto::{
     core::HeaderValue,
     protobuf::Duration as ProtoDuration,
@@ -199,36 +198,7 @@ fn headers(items: &[Item], outcomes: &[Outcome], admitted: bool) -> Vec<HeaderVa
 pub fn routes(service: LimitService) -> tonic::service::Routes {
     let rules = service.rules.clone();
     let metrics = service.metrics.clone();
-    let http = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = rules.load().is_some();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = metrics.render();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        );
+    let http =
+        gatehouse_service_kit::endpoints(move || rules.load().is_some(), move || metrics.render());
     tonic::service::Routes::from(http).add_service(RateLimitServiceServer::new(service))
 }

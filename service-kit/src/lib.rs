@@ -1,0 +1,129 @@
+//! What Gatehouse's own services share: one port for gRPC and the HTTP
+//! endpoints (`/healthz`, `/readyz`, `/metrics`), decoding the single
+//! resource each receives over ADS, logging setup, and a shutdown bounded
+//! by a deadline.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{http::StatusCode, response::IntoResponse, routing::get};
+use gatehouse_proto::protobuf::Any;
+use tokio::net::TcpListener;
+
+/// `/healthz`, `/readyz` (503 until `ready`) and `/metrics` (`render`).
+pub fn endpoints(
+    ready: impl Fn() -> bool + Send + Sync + 'static,
+    render: impl Fn() -> String + Send + Sync + 'static,
+) -> axum::Router {
+    let ready = Arc::new(ready);
+    let render = Arc::new(render);
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+/// Serves gRPC and HTTP/1 (the endpoints) on a pre-bound listener until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The one resource of `M` an ADS response must carry.
+pub fn single_resource<M: prost::Message + Default>(
+    resources: &[Any],
+    type_url: &str,
+) -> Result<M, String> {
+    let [resource] = resources else {
+        return Err(format!(
+            "expected exactly one {type_url} resource, got {}",
+            resources.len()
+        ));
+    };
+    if resource.type_url != type_url {
+        return Err(format!("unexpected resource type {}", resource.type_url));
+    }
+    M::decode(resource.value.as_slice()).map_err(|e| format!("undecodable {type_url}: {e}"))
+}
+
+/// Logging from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// Runs `server` until Ctrl-C or SIGTERM, then gives it at most `grace` to
+/// finish what is in flight.
+pub async fn run_until_signal<E>(
+    server: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<Result<(), E>>,
+    grace: Duration,
+) -> Result<(), E> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = server(stop_rx);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, handle).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "server task failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("shutdown deadline passed; exiting with requests in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
