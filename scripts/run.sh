@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the gateway locally with the embedded defaults: the control plane on
-# SQLite (.gatehouse/), ext-authz, Envoy from the project venv, and a demo
-# upstream. Loads a public and an API-key-protected demo route, prints curl
-# lines, and stops everything cleanly on Ctrl-C.
+# SQLite (.gatehouse/), ext-authz, ratelimit-service (in-memory counters),
+# Envoy from the project venv, and a demo upstream. Loads a public and an
+# API-key-protected demo route (limited to 5 requests a minute per consumer),
+# prints curl lines, and stops everything cleanly on Ctrl-C.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -16,7 +17,7 @@ ensure_rust
 ensure_envoy
 command -v curl >/dev/null || apt_install curl
 log "building"
-cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz
+cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz --bin gatehouse-ratelimit
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p "$DATA_DIR"
 
@@ -34,6 +35,8 @@ trap 'exit 130' INT TERM
   --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" &
 pids+=($!)
 "$target_dir/debug/gatehouse-ext-authz" &
+pids+=($!)
+"$target_dir/debug/gatehouse-ratelimit" &
 pids+=($!)
 python3 "$ROOT/scripts/demo_upstream.py" "$DEMO_PORT" &
 pids+=($!)
@@ -56,6 +59,8 @@ curl -fsS -X PUT "http://$ADMIN/v1/routes/demo" \
 curl -fsS -X PUT "http://$ADMIN/v1/routes/private" \
   -d '{"match": {"path_prefix": "/private"}, "destination": {"service": "demo"}, "auth": {"method": "api_key"}}' >/dev/null
 curl -fsS -X PUT "http://$ADMIN/v1/consumers/demo" -d '{"plan": "free"}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/rate-limit-policies/demo" \
+  -d '{"limit": {"requests": 5, "per": "minute"}, "by": ["consumer"], "routes": ["private"]}' >/dev/null
 DEMO_KEY="$(curl -fsS -X POST "http://$ADMIN/v1/consumers/demo/keys" -d '{}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 wait_for "http://127.0.0.1:9901/ready" "Envoy"
@@ -66,13 +71,14 @@ cat <<MSG
 Gatehouse is running (Ctrl-C stops it):
   proxy      http://127.0.0.1:$PROXY_PORT      (Envoy; admin on http://127.0.0.1:9901)
   ext-authz  127.0.0.1:18001            (metrics on http://127.0.0.1:18001/metrics)
+  ratelimit  127.0.0.1:18002            (metrics on http://127.0.0.1:18002/metrics)
   admin API  http://$ADMIN/v1/routes
   data       $DATA_DIR (SQLite, access log, Envoy log)
 
 Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello
   curl -i http://127.0.0.1:$PROXY_PORT/private            # 401: needs an API key
-  curl -i -H 'x-api-key: $DEMO_KEY' http://127.0.0.1:$PROXY_PORT/private
+  curl -i -H 'x-api-key: $DEMO_KEY' http://127.0.0.1:$PROXY_PORT/private   # 5 a minute, then 429
 
 MSG
 wait -n "${pids[@]}"
