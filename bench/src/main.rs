@@ -7,11 +7,13 @@
 //!   propagation of one change at that size.
 //! - `auth`: ext-authz in process, over gRPC, and through Envoy beside a
 //!   no-op ext_authz server and Envoy's own `jwt_authn` (see [`auth`]).
+//! - `ratelimit`: in-process decisions per second (see [`ratelimit`]).
 //!
 //! Build in release mode so the binaries measured are the release ones:
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
 
 mod auth;
+mod ratelimit;
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,11 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rate: u32,
     },
+    /// Rate limiting: in-process decisions per second.
+    Ratelimit {
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: usize,
+    },
     /// Propagation and scale, with the sizes.
     All,
     /// (internal) The no-op ext_authz server the auth benchmark compares with.
@@ -74,6 +81,7 @@ async fn main() {
         Command::Propagation { changes } => propagation(changes).await,
         Command::Scale { routes, services } => scale(routes, services).await,
         Command::NoopAuthz { port } => auth::serve_noop(port).await,
+        Command::Ratelimit { requests } => ratelimit::run(requests).await,
         Command::Auth {
             seconds,
             connections,
