@@ -41,6 +41,9 @@ ensure_test_tools() {
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
   fi
   export GATEHOUSE_SCHEMATHESIS="$VENV/bin/st"
+  # Rate-limit tests start private Redis servers (never the shared one),
+  # and the auth benchmark uses wrk.
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 }
 
 ensure_rust() {

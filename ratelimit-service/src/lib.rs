@@ -30,14 +30,14 @@ use crate::{
     metrics::{Metrics, ResultLabel},
     rules::Rules,
     server::{LimitService, SharedRules},
-    store::{Store, memory::MemoryStore},
+    store::Store,
 };
 
-#[derive(Debug, Clone)]
 pub struct Settings {
     /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
     pub xds_endpoint: String,
     pub node_id: String,
+    pub store: Store,
 }
 
 fn receiver(
@@ -96,7 +96,7 @@ pub async fn serve(
         receiver(rules.clone(), metrics.clone()),
         stop.clone(),
     ));
-    let store = Arc::new(Store::Memory(MemoryStore::default()));
+    let store = Arc::new(settings.store);
     let sweeper = tokio::spawn(sweep(store.clone(), stop.clone()));
     let routes = server::routes(LimitService {
         rules,
@@ -117,7 +117,6 @@ async fn sweep(store: Arc<Store>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        let Store::Memory(memory) = store.as_ref();
-        memory.sweep();
+        store.sweep();
     }
 }

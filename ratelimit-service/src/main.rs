@@ -1,9 +1,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use gatehouse_ratelimit_service::store::{Store, memory::MemoryStore, redis::RedisStore};
 
 /// Gatehouse ratelimit-service: Envoy's rate limit (envoy.service.ratelimit.v3) gRPC server.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "gatehouse-ratelimit", version)]
 struct Args {
     /// Address for gRPC ShouldRateLimit and the HTTP /healthz, /readyz and /metrics.
@@ -22,6 +23,15 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ratelimit")]
     node_id: String,
 
+    /// Redis for counters shared by every instance (redis://…); without it,
+    /// counters are in memory (one instance).
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+
+    /// Longest wait for Redis per decision before the limit's failure mode applies.
+    #[arg(long, env = "GATEHOUSE_REDIS_TIMEOUT_MS", default_value_t = 5)]
+    redis_timeout_ms: u64,
+
     /// Longest wait for in-flight decisions on shutdown.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
     shutdown_grace_ms: u64,
@@ -32,10 +42,23 @@ async fn main() -> anyhow::Result<()> {
     gatehouse_service_kit::init_logging();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), addr = %listener.local_addr()?, xds = %args.xds_url, "listening");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        addr = %listener.local_addr()?,
+        xds = %args.xds_url,
+        store = if args.redis_url.is_some() { "redis" } else { "memory" },
+        "listening"
+    );
     let settings = gatehouse_ratelimit_service::Settings {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
+        store: match &args.redis_url {
+            Some(url) => Store::Redis {
+                redis: RedisStore::new(url, Duration::from_millis(args.redis_timeout_ms.max(1)))?,
+                grace: MemoryStore::default(),
+            },
+            None => Store::Memory(MemoryStore::default()),
+        },
     };
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     gatehouse_service_kit::run_until_signal(

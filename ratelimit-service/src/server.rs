@@ -81,13 +81,15 @@ pub async fn decide(
     }
     let (items, origins): (Vec<Item>, Vec<Origin>) = counted.into_iter().unzip();
     let store_started = Instant::now();
-    let outcomes = store.check(&items).await.map_err(|e| {
-        metrics.store_errors.inc();
-        tonic::Status::unavailable(e.to_string())
-    })?;
-    metrics
-        .store_seconds
-        .observe(store_started.elapsed().as_secs_f64());
+    let outcomes = match store.check(&items).await {
+        Ok(outcomes) => {
+            metrics
+                .store_seconds
+                .observe(store_started.elapsed().as_secs_f64());
+            outcomes
+        }
+        Err(e) => degraded(store, &items, &origins, &e, metrics),
+    };
     let admitted = admits(&items, &outcomes);
     for ((item, origin), outcome) in items.iter().zip(&origins).zip(&outcomes) {
         let result = match (outcome.allowed, item.shadow) {
@@ -135,6 +137,69 @@ pub async fn decide(
         statuses,
         ..Default::default()
     })
+}
+
+/// Without the counter store each limit follows its failure mode:
+/// fail-open limits count against the local in-memory safety net,
+/// fail-closed ones refuse. Logged at most once per interval.
+fn degraded(
+    store: &Store,
+    items: &[Item],
+    origins: &[Origin],
+    error: &crate::store::StoreError,
+    metrics: &Metrics,
+) -> Vec<Outcome> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
+    const LOG_EVERY_MS: u64 = 10_000;
+
+    metrics.store_errors.inc();
+    metrics.degraded_decisions.inc();
+    let now = crate::store::memory::now_ms();
+    let last = LAST_LOG_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= LOG_EVERY_MS
+        && LAST_LOG_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            store = store.name(),
+            error = %error,
+            "counter store unavailable: deciding in degraded mode (fail-open limits use the local safety net)"
+        );
+    }
+    let open: Vec<Item> = items
+        .iter()
+        .zip(origins)
+        .filter(|(_, origin)| origin.fail_open)
+        .map(|(item, _)| item.clone())
+        .collect();
+    let mut local = store.grace(&open).into_iter();
+    items
+        .iter()
+        .zip(origins)
+        .map(|(item, origin)| {
+            if origin.fail_open {
+                local.next().unwrap_or_else(|| refused(item))
+            } else {
+                refused(item)
+            }
+        })
+        .collect()
+}
+
+fn refused(item: &Item) -> Outcome {
+    Outcome {
+        allowed: false,
+        limit: item.rule.requests,
+        remaining: 0,
+        reset_ms: 1000,
+        next: crate::algorithm::Counter::Window {
+            window: 0,
+            current: 0,
+            previous: 0,
+        },
+    }
 }
 
 fn descriptor_status(

@@ -3,6 +3,7 @@
 //! limit are they all incremented, so a refused request costs no quota.
 
 pub mod memory;
+pub mod redis;
 
 use crate::algorithm::{Outcome, Rule};
 
@@ -33,18 +34,42 @@ pub fn admits(items: &[Item], outcomes: &[Outcome]) -> bool {
 /// The configured backend.
 pub enum Store {
     Memory(memory::MemoryStore),
+    /// Shared counters in Redis, with an in-memory safety net for
+    /// fail-open limits while Redis is unreachable ("grace mode").
+    Redis {
+        redis: redis::RedisStore,
+        grace: memory::MemoryStore,
+    },
 }
 
 impl Store {
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         match self {
             Store::Memory(store) => Ok(store.check(items)),
+            Store::Redis { redis, .. } => redis.check(items).await,
+        }
+    }
+
+    /// Decides with the local safety net only (degraded mode).
+    pub fn grace(&self, items: &[Item]) -> Vec<Outcome> {
+        match self {
+            Store::Memory(store) | Store::Redis { grace: store, .. } => store.check(items),
+        }
+    }
+
+    /// Drops expired in-memory counters.
+    pub fn sweep(&self) {
+        match self {
+            Store::Memory(store) | Store::Redis { grace: store, .. } => {
+                store.sweep();
+            }
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            Store::Redis { .. } => "redis",
         }
     }
 }

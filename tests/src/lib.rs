@@ -6,6 +6,7 @@
 //! its log tail and Envoy its `/config_dump`, so a failure explains itself.
 
 pub mod load;
+pub mod redis;
 pub mod tokens;
 
 pub use reqwest;

@@ -1,0 +1,316 @@
+//! Counter stores against the real decision code: every storage test runs on
+//! the in-memory store and on a private Redis (`redis-server` on an
+//! ephemeral port), then Redis faults: several instances sharing one Redis,
+//! a flushed script cache, TTLs, Redis killed and hanging.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gatehouse_e2e::redis::RedisServer;
+use gatehouse_proto::{
+    ratelimit as rl,
+    ratelimit_common::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+    ratelimit_service::{RateLimitRequest, RateLimitResponse, rate_limit_response::Code},
+};
+use gatehouse_ratelimit_service::{
+    metrics::Metrics,
+    rules::Rules,
+    server::decide,
+    store::{Store, memory::MemoryStore, redis::RedisStore},
+};
+
+fn policy(name: &str, requests: u64, period_seconds: u64, algorithm: rl::Algorithm) -> rl::Policy {
+    rl::Policy {
+        name: name.into(),
+        limit: Some(rl::Limit {
+            requests,
+            period_seconds,
+        }),
+        algorithm: algorithm as i32,
+        burst: requests,
+        shadow: false,
+        fail_open: true,
+    }
+}
+
+fn rules(policies: Vec<rl::Policy>) -> Rules {
+    Rules::build(
+        "1",
+        rl::RateLimitConfig {
+            policies,
+            plans: vec![],
+        },
+    )
+    .expect("rules")
+}
+
+fn request(descriptors: &[(&str, &str)]) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: rl::DOMAIN.into(),
+        descriptors: descriptors
+            .iter()
+            .map(|(policy, consumer)| RateLimitDescriptor {
+                entries: vec![
+                    Entry {
+                        key: "policy".into(),
+                        value: (*policy).into(),
+                    },
+                    Entry {
+                        key: "consumer".into(),
+                        value: (*consumer).into(),
+                    },
+                ],
+                ..Default::default()
+            })
+            .collect(),
+        hits_addend: 0,
+    }
+}
+
+async fn ask(rules: &Rules, store: &Store, descriptors: &[(&str, &str)]) -> RateLimitResponse {
+    decide(rules, store, &request(descriptors), &Metrics::default())
+        .await
+        .expect("decision")
+}
+
+fn ok(response: &RateLimitResponse) -> bool {
+    response.overall_code == Code::Ok as i32
+}
+
+fn redis_store(server: &RedisServer, timeout_ms: u64) -> Store {
+    Store::Redis {
+        redis: RedisStore::new(&server.url(), Duration::from_millis(timeout_ms)).expect("client"),
+        grace: MemoryStore::default(),
+    }
+}
+
+/// Runs each test body on both backends.
+macro_rules! both_backends {
+    ($($name:ident($store:ident) $body:block)*) => {
+        mod memory_backend {
+            use super::*;
+            $(#[tokio::test]
+            async fn $name() {
+                let $store = Store::Memory(MemoryStore::default());
+                $body
+            })*
+        }
+        mod redis_backend {
+            use super::*;
+            $(#[tokio::test]
+            async fn $name() {
+                let server = RedisServer::start().await;
+                let $store = redis_store(&server, 200);
+                $body
+            })*
+        }
+    };
+}
+
+both_backends! {
+    fixed_window_allows_exactly_the_limit(store) {
+        let rules = rules(vec![policy("p", 5, 3600, rl::Algorithm::FixedWindow)]);
+        let mut allowed = 0;
+        for _ in 0..8 {
+            if ok(&ask(&rules, &store, &[("p", "alice")]).await) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5);
+        assert!(ok(&ask(&rules, &store, &[("p", "bob")]).await), "bob has his own counter");
+    }
+
+    token_bucket_allows_the_burst(store) {
+        let rules = rules(vec![policy("b", 3, 3600, rl::Algorithm::TokenBucket)]);
+        let results: Vec<bool> = {
+            let mut v = Vec::new();
+            for _ in 0..5 {
+                v.push(ok(&ask(&rules, &store, &[("b", "alice")]).await));
+            }
+            v
+        };
+        assert_eq!(results, [true, true, true, false, false]);
+    }
+
+    a_refused_request_spends_no_quota(store) {
+        let rules = rules(vec![
+            policy("tight", 1, 3600, rl::Algorithm::FixedWindow),
+            policy("loose", 10, 3600, rl::Algorithm::SlidingWindow),
+        ]);
+        assert!(ok(&ask(&rules, &store, &[("tight", "a"), ("loose", "a")]).await));
+        for _ in 0..4 {
+            assert!(!ok(&ask(&rules, &store, &[("tight", "a"), ("loose", "a")]).await));
+        }
+        let loose = ask(&rules, &store, &[("loose", "a")]).await;
+        assert_eq!(loose.statuses[0].limit_remaining, 8, "only the admitted request counted");
+    }
+
+    over_limit_answers_carry_ratelimit_headers(store) {
+        let rules = rules(vec![policy("h", 1, 60, rl::Algorithm::FixedWindow)]);
+        let first = ask(&rules, &store, &[("h", "a")]).await;
+        let header = |r: &RateLimitResponse, k: &str| r.response_headers_to_add.iter().find(|h| h.key == k).map(|h| h.value.clone());
+        assert_eq!(header(&first, "ratelimit-remaining").as_deref(), Some("0"));
+        assert_eq!(header(&first, "retry-after"), None);
+        let second = ask(&rules, &store, &[("h", "a")]).await;
+        assert_eq!(second.overall_code, Code::OverLimit as i32);
+        assert!(header(&second, "retry-after").is_some());
+        assert_eq!(header(&second, "ratelimit-limit").as_deref(), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn three_instances_sharing_redis_allow_exactly_the_limit() {
+    let server = RedisServer::start().await;
+    // 1000 a minute in a fixed window; the token bucket gets 1000 an hour,
+    // since at 1000 a minute it legitimately refills ~17 tokens a second
+    // while the test runs.
+    for (algorithm, period) in [
+        (rl::Algorithm::FixedWindow, 60),
+        (rl::Algorithm::TokenBucket, 3600),
+    ] {
+        let rules = Arc::new(rules(vec![policy("shared", 1000, period, algorithm)]));
+        // Not across a window boundary (Redis runs on this machine's clock).
+        let into_window = gatehouse_ratelimit_service::store::memory::now_ms() % (period * 1000);
+        if into_window > period * 1000 - 3000 {
+            tokio::time::sleep(Duration::from_millis(period * 1000 - into_window + 100)).await;
+        }
+        let consumer = format!("{algorithm:?}");
+        let stores: Vec<Arc<Store>> = (0..3)
+            .map(|_| Arc::new(redis_store(&server, 1000)))
+            .collect();
+        let mut clients = tokio::task::JoinSet::new();
+        for client in 0..200 {
+            let (rules, store, consumer) =
+                (rules.clone(), stores[client % 3].clone(), consumer.clone());
+            clients.spawn(async move {
+                let mut allowed = 0u32;
+                for _ in 0..7 {
+                    if ok(&ask(&rules, &store, &[("shared", &consumer)]).await) {
+                        allowed += 1;
+                    }
+                }
+                allowed
+            });
+        }
+        let mut total = 0;
+        while let Some(allowed) = clients.join_next().await {
+            total += allowed.expect("client");
+        }
+        assert_eq!(total, 1000, "{algorithm:?}: 1,400 requests, limit 1000");
+    }
+}
+
+#[tokio::test]
+async fn redis_flushing_its_scripts_and_every_key_has_a_ttl() {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server, 1000);
+    let rules = rules(vec![
+        policy("f", 10, 60, rl::Algorithm::FixedWindow),
+        policy("s", 10, 60, rl::Algorithm::SlidingWindow),
+        policy("t", 10, 60, rl::Algorithm::TokenBucket),
+    ]);
+    assert!(ok(&ask(
+        &rules,
+        &store,
+        &[("f", "a"), ("s", "a"), ("t", "a")]
+    )
+    .await));
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).await, "OK");
+    let after = ask(&rules, &store, &[("f", "a"), ("s", "a"), ("t", "a")]).await;
+    assert!(ok(&after), "NOSCRIPT handled transparently");
+    assert_eq!(
+        after.statuses[0].limit_remaining, 8,
+        "the counters survived"
+    );
+    let keys = server.cli(&["KEYS", "gh:*"]).await;
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for key in keys {
+        let ttl: i64 = server.cli(&["PTTL", key]).await.parse().expect("ttl");
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn without_redis_fail_open_limits_use_the_local_net_and_fail_closed_ones_refuse() {
+    let mut server = RedisServer::start().await;
+    let store = redis_store(&server, 5);
+    let mut closed = policy("closed", 100, 60, rl::Algorithm::FixedWindow);
+    closed.fail_open = false;
+    let rules = rules(vec![
+        policy("open", 3, 60, rl::Algorithm::FixedWindow),
+        closed,
+    ]);
+    assert!(ok(&ask(&rules, &store, &[("open", "a")]).await));
+    assert!(ok(&ask(&rules, &store, &[("closed", "a")]).await));
+
+    server.kill().await;
+    let mut open_allowed = 0;
+    for _ in 0..6 {
+        let started = Instant::now();
+        if ok(&ask(&rules, &store, &[("open", "a")]).await) {
+            open_allowed += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "degraded answer took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        open_allowed, 3,
+        "the local safety net applies the same limit per instance"
+    );
+    assert!(
+        !ok(&ask(&rules, &store, &[("closed", "a")]).await),
+        "fail closed"
+    );
+
+    // Redis comes back (empty): decisions use it again, no restart.
+    server.restart().await;
+    gatehouse_e2e::eventually(
+        Duration::from_secs(10),
+        "recovery after Redis returns",
+        || async { ok(&ask(&rules, &store, &[("closed", "b")]).await) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
+    let server = RedisServer::start().await;
+    let store = Arc::new(redis_store(&server, 5));
+    let rules = Arc::new(rules(vec![policy(
+        "p",
+        100,
+        60,
+        rl::Algorithm::FixedWindow,
+    )]));
+    assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
+    // DEBUG SLEEP blocks Redis without closing connections: it hangs.
+    let hang = tokio::spawn({
+        let port = server.port;
+        async move {
+            let _ = tokio::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "2"])
+                .output()
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = ask(&rules, &store, &[("p", "a")]).await;
+        let took = started.elapsed();
+        assert!(ok(&answer), "fail open");
+        // The Redis timeout is 5 ms; debug builds on a shared 2-core machine
+        // get some slack.
+        assert!(
+            took < Duration::from_millis(30),
+            "degraded answer took {took:?}"
+        );
+    }
+    let _ = hang.await;
+}
