@@ -60,8 +60,12 @@ impl Store {
     /// Drops expired in-memory counters.
     pub fn sweep(&self) {
         match self {
-            Store::Memory(store) | Store::Redis { grace: store, .. } => {
+            Store::Memory(store) => {
                 store.sweep();
+            }
+            Store::Redis { redis, grace } => {
+                redis.sweep();
+                grace.sweep();
             }
         }
     }

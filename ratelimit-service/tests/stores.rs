@@ -314,3 +314,28 @@ async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
     }
     let _ = hang.await;
 }
+
+#[tokio::test]
+async fn a_spent_limit_is_refused_without_asking_redis_until_it_resets() {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server, 1000);
+    let rules = rules(vec![policy("p", 2, 3600, rl::Algorithm::FixedWindow)]);
+    for _ in 0..3 {
+        ask(&rules, &store, &[("p", "abuser")]).await;
+    }
+    let calls = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = calls(server.cli(&["INFO", "commandstats"]).await);
+    assert!(before > 0, "the counting itself works");
+    for _ in 0..50 {
+        assert!(!ok(&ask(&rules, &store, &[("p", "abuser")]).await));
+    }
+    let after = calls(server.cli(&["INFO", "commandstats"]).await);
+    assert_eq!(after, before, "refused from the local cache");
+    assert!(ok(&ask(&rules, &store, &[("p", "someone-else")]).await));
+}

@@ -6,9 +6,17 @@
 //! bounded by a short timeout; after a failure Redis is left alone for a
 //! moment (the caller decides in degraded mode) while the connection
 //! manager reconnects in the background.
+//!
+//! Counters known to be over their limit are remembered locally until they
+//! reset, so a client hammering a spent limit is refused without a Redis
+//! round trip.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::HashMap,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,6 +27,8 @@ use crate::algorithm::{Counter, Outcome};
 
 /// How long Redis is skipped after a failure before it is tried again.
 const BACKOFF_MS: u64 = 500;
+/// Bound on the local over-limit cache.
+const MAX_KNOWN_OVER: usize = 100_000;
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -26,6 +36,8 @@ pub struct RedisStore {
     timeout: Duration,
     /// Unix ms until which Redis is not tried (after a failure).
     skip_until_ms: AtomicU64,
+    /// Counter keys over their limit, until (unix ms) they reset.
+    known_over: Mutex<HashMap<String, u64>>,
 }
 
 impl RedisStore {
@@ -46,11 +58,16 @@ impl RedisStore {
             script: redis::Script::new(include_str!("decide.lua")),
             timeout,
             skip_until_ms: AtomicU64::new(0),
+            known_over: Mutex::new(HashMap::new()),
         })
     }
 
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
-        if now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+        let now = now_ms();
+        if let Some(outcomes) = self.known_refusal(items, now) {
+            return Ok(outcomes);
+        }
+        if now < self.skip_until_ms.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(
                 "backing off after a failure".into(),
             ));
@@ -87,7 +104,7 @@ impl RedisStore {
         if values.len() != items.len() * 4 {
             return Err(StoreError::Unavailable("unexpected script reply".into()));
         }
-        Ok(values
+        let outcomes: Vec<Outcome> = values
             .chunks(4)
             .map(|v| Outcome {
                 allowed: v[0] == 1,
@@ -95,12 +112,78 @@ impl RedisStore {
                 reset_ms: v[2].max(0) as u64,
                 limit: v[3].max(0) as u64,
                 // The state lives in Redis.
-                next: Counter::Window {
-                    window: 0,
-                    current: 0,
-                    previous: 0,
-                },
+                next: NO_STATE,
             })
-            .collect())
+            .collect();
+        self.remember_refusals(items, &outcomes, now);
+        Ok(outcomes)
+    }
+
+    /// Refuses at once if a blocking counter is known to be spent.
+    fn known_refusal(&self, items: &[Item], now: u64) -> Option<Vec<Outcome>> {
+        let known = self
+            .known_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.is_empty() {
+            return None;
+        }
+        let spent = items
+            .iter()
+            .any(|item| !item.shadow && known.get(&item.key).is_some_and(|until| *until > now));
+        spent.then(|| {
+            items
+                .iter()
+                .map(|item| {
+                    let until = known.get(&item.key).copied().unwrap_or(0);
+                    let over = !item.shadow && until > now;
+                    Outcome {
+                        allowed: !over,
+                        limit: item.rule.requests,
+                        remaining: if over { 0 } else { item.rule.requests },
+                        reset_ms: until.saturating_sub(now),
+                        next: NO_STATE,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn remember_refusals(&self, items: &[Item], outcomes: &[Outcome], now: u64) {
+        let over: Vec<(String, u64)> = items
+            .iter()
+            .zip(outcomes)
+            .filter(|(item, outcome)| !item.shadow && !outcome.allowed && outcome.reset_ms > 0)
+            .map(|(item, outcome)| (item.key.clone(), now + outcome.reset_ms))
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        let mut known = self
+            .known_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= MAX_KNOWN_OVER {
+            known.retain(|_, until| *until > now);
+        }
+        if known.len() < MAX_KNOWN_OVER {
+            known.extend(over);
+        }
+    }
+
+    /// Drops expired entries of the local over-limit cache.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        self.known_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, until| *until > now);
     }
 }
+
+/// Redis holds the state; outcomes carry none.
+const NO_STATE: Counter = Counter::Window {
+    window: 0,
+    current: 0,
+    previous: 0,
+};
