@@ -64,6 +64,12 @@ enum Command {
     Ratelimit {
         #[arg(long, default_value_t = 1_000_000)]
         requests: usize,
+        /// Duration of the Redis run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent callers in the Redis run.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Propagation and scale, with the sizes.
     All,
@@ -81,7 +87,11 @@ async fn main() {
         Command::Propagation { changes } => propagation(changes).await,
         Command::Scale { routes, services } => scale(routes, services).await,
         Command::NoopAuthz { port } => auth::serve_noop(port).await,
-        Command::Ratelimit { requests } => ratelimit::run(requests).await,
+        Command::Ratelimit {
+            requests,
+            seconds,
+            concurrency,
+        } => ratelimit::run(requests, seconds, concurrency).await,
         Command::Auth {
             seconds,
             connections,
