@@ -820,6 +820,9 @@ fn node_types(node: &Value) -> Vec<&'static str> {
     }
 }
 
+/// libfaketime (Debian's `faketime` package).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// A running Gatehouse service (ext-authz or ratelimit-service) subscribed
 /// to a control plane.
 pub struct Sidecar {
@@ -848,6 +851,17 @@ impl Sidecar {
     /// Starts ratelimit-service on `port` (0 picks one).
     pub async fn ratelimit(xds: SocketAddr, port: u16, extra: &[&str]) -> Self {
         Self::spawn("gatehouse-ratelimit", xds, port, &[], extra).await
+    }
+
+    /// Starts ratelimit-service with its wall clock shifted by `offset`
+    /// (e.g. `+30s`) through libfaketime; monotonic time is left alone.
+    pub async fn ratelimit_skewed(xds: SocketAddr, extra: &[&str], offset: &str) -> Self {
+        let env = [
+            ("LD_PRELOAD", FAKETIME_LIB),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ];
+        Self::spawn("gatehouse-ratelimit", xds, 0, &env, extra).await
     }
 
     async fn spawn(

@@ -5,7 +5,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use gatehouse_e2e::{
     ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Sidecar, Upstream, XdsVariant, client,
-    eventually, free_port,
+    eventually, free_port, redis::RedisServer,
+};
+use gatehouse_proto::{
+    ratelimit as rl,
+    ratelimit_common::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+    ratelimit_service::{
+        RateLimitRequest, rate_limit_response::Code,
+        rate_limit_service_client::RateLimitServiceClient,
+    },
 };
 use serde_json::{Value, json};
 
@@ -273,5 +281,65 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
     assert!(
         metrics.contains("result=\"shadow_over_limit\",limit=\"policy:watch\""),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn instances_with_clocks_30_s_apart_enforce_one_limit_through_redis() {
+    let redis = RedisServer::start().await;
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    cp.apply(
+        "/v1/rate-limit-policies/shared",
+        json!({"limit": {"requests": 300, "per": "minute"}, "global": true}),
+    )
+    .await;
+    // Not across a minute boundary of the true clock.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64 % 60_000);
+    if into_minute > 50_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 200)).await;
+    }
+    let url = format!("--redis-url={}", redis.url());
+    let mut instances = Vec::new();
+    for offset in ["-30s", "+0s", "+30s"] {
+        instances.push(
+            Sidecar::ratelimit_skewed(cp.xds, &[&url, "--redis-timeout-ms=1000"], offset).await,
+        );
+    }
+    let mut clients = Vec::new();
+    for instance in &instances {
+        clients.push(
+            RateLimitServiceClient::connect(format!("http://{}", instance.addr))
+                .await
+                .expect("connect"),
+        );
+    }
+    let request = RateLimitRequest {
+        domain: rl::DOMAIN.into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "policy".into(),
+                value: "shared".into(),
+            }],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    };
+    let mut allowed = 0;
+    for i in 0..450 {
+        let client = &mut clients[i % 3];
+        let answer = client
+            .should_rate_limit(request.clone())
+            .await
+            .expect("answer")
+            .into_inner();
+        if answer.overall_code == Code::Ok as i32 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(
+        allowed, 300,
+        "one limit across instances whose clocks differ by a minute"
     );
 }
