@@ -44,7 +44,7 @@ const AUD: &str = "bench-api";
 const KEY: &str =
     "gk_0123456789ab_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 pub struct Settings {
     pub seconds: u64,
@@ -254,7 +254,7 @@ async fn grpc_latency(
 }
 
 /// Open loop through Envoy at `rate` per second.
-async fn http_latency(
+pub(crate) async fn http_latency(
     url: &str,
     headers: &[(String, String)],
     rate: u32,
@@ -290,14 +290,19 @@ async fn http_latency(
     latencies
 }
 
-struct Wrk {
-    rps: f64,
-    p50: String,
-    p99: String,
+pub(crate) struct Wrk {
+    pub rps: f64,
+    pub p50: String,
+    pub p99: String,
 }
 
 /// Closed loop: one wrk thread, `connections` connections.
-async fn wrk(url: &str, headers: &[(String, String)], seconds: u64, connections: u32) -> Wrk {
+pub(crate) async fn wrk(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+    connections: u32,
+) -> Wrk {
     let mut command = tokio::process::Command::new("wrk");
     command.args([
         "-t1",
@@ -467,7 +472,7 @@ async fn gateway(
     (cp, envoy)
 }
 
-async fn until_ok(url: &str, headers: &[(String, String)]) {
+pub(crate) async fn until_ok(url: &str, headers: &[(String, String)]) {
     let http = gatehouse_e2e::client();
     gatehouse_e2e::eventually(Duration::from_secs(10), url, || {
         let mut request = http.get(url);

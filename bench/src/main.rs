@@ -73,6 +73,19 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
+    /// Rate limiting through Envoy, beside a no-op RLS and local_ratelimit.
+    RatelimitEnvoy {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
+    /// (internal) The no-op rate limit service the benchmark compares with.
+    #[command(hide = true)]
+    NoopRls {
+        #[arg(long)]
+        port: u16,
+    },
     /// (internal) The no-op ext_authz server the auth benchmark compares with.
     #[command(hide = true)]
     NoopAuthz {
@@ -87,6 +100,11 @@ async fn main() {
         Command::Propagation { changes } => propagation(changes).await,
         Command::Scale { routes, services } => scale(routes, services).await,
         Command::NoopAuthz { port } => auth::serve_noop(port).await,
+        Command::NoopRls { port } => ratelimit::serve_noop(port).await,
+        Command::RatelimitEnvoy {
+            seconds,
+            connections,
+        } => ratelimit::through_envoy(seconds, connections).await,
         Command::Ratelimit {
             requests,
             seconds,

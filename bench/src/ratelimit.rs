@@ -154,3 +154,183 @@ async fn redis(seconds: u64, concurrency: usize) {
         );
     }
 }
+
+/// A no-op rate limit service: always OK, adds nothing.
+#[derive(Clone, Copy)]
+struct NoopRls;
+
+#[tonic::async_trait]
+impl gatehouse_proto::ratelimit_service::rate_limit_service_server::RateLimitService for NoopRls {
+    async fn should_rate_limit(
+        &self,
+        _request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<gatehouse_proto::ratelimit_service::RateLimitResponse>, tonic::Status>
+    {
+        Ok(tonic::Response::new(
+            gatehouse_proto::ratelimit_service::RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// Serves the no-op rate limit service on `port` (as its own process).
+pub async fn serve_noop(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let routes = tonic::service::Routes::new(
+        gatehouse_proto::ratelimit_service::rate_limit_service_server::RateLimitServiceServer::new(
+            NoopRls,
+        ),
+    );
+    let _ = gatehouse_service_kit::serve(listener, routes, std::future::pending()).await;
+}
+
+/// Envoy with `local_ratelimit` (a limit never reached), statically configured.
+fn local_ratelimit_bootstrap(proxy_port: u16, upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          use_remote_address: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/limited"}}
+                route: {{cluster: upstream}}
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: local
+                    token_bucket: {{max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}}
+                    filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: le}}
+                    filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: lf}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: local
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+"#,
+        upstream_port = upstream.port()
+    )
+}
+
+async fn start_noop_rls() -> (std::net::SocketAddr, tokio::process::Child) {
+    let port = gatehouse_e2e::free_port();
+    let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(["noop-rls", "--port", &port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the no-op rate limit service");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    gatehouse_e2e::eventually(
+        std::time::Duration::from_secs(10),
+        "no-op RLS to listen",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
+    (addr, child)
+}
+
+/// A control plane and Envoy whose ratelimit cluster points at `rls`:
+/// /bare (no limit) and /limited (a per-client-IP limit never reached).
+async fn limited_gateway(
+    rls: std::net::SocketAddr,
+    upstream: &gatehouse_e2e::Upstream,
+) -> (gatehouse_e2e::ControlPlane, gatehouse_e2e::Envoy) {
+    use serde_json::json;
+    let proxy_port = gatehouse_e2e::free_port();
+    let mut options = gatehouse_e2e::ControlPlaneOptions::new(proxy_port);
+    options.ratelimit_addr = Some(rls);
+    let cp = gatehouse_e2e::ControlPlane::start(options).await;
+    let envoy = gatehouse_e2e::Envoy::start(
+        cp.xds,
+        proxy_port,
+        gatehouse_e2e::XdsVariant::StateOfTheWorld,
+    )
+    .await;
+    cp.apply("/v1/services/up", upstream.service("up")).await;
+    for name in ["bare", "limited"] {
+        cp.apply(
+            &format!("/v1/routes/{name}"),
+            json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}}),
+        )
+        .await;
+    }
+    cp.apply(
+        "/v1/rate-limit-policies/per-ip",
+        json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["client_ip"], "routes": ["limited"]}),
+    )
+    .await;
+    (cp, envoy)
+}
+
+/// Through Envoy, side by side: no limit, a no-op RLS (the floor),
+/// Gatehouse on Redis, Envoy's `local_ratelimit`.
+pub async fn through_envoy(seconds: u64, connections: u32) {
+    let upstream = gatehouse_e2e::Upstream::start("up").await;
+    let redis = gatehouse_e2e::redis::RedisServer::start().await;
+    let rl_port = gatehouse_e2e::free_port();
+    let rl_addr = std::net::SocketAddr::from(([127, 0, 0, 1], rl_port));
+    let (cp, envoy) = limited_gateway(rl_addr, &upstream).await;
+    let url = format!("--redis-url={}", redis.url());
+    let _limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url]).await;
+    let (noop, _noop_process) = start_noop_rls().await;
+    let (_noop_cp, noop_envoy) = limited_gateway(noop, &upstream).await;
+    let static_port = gatehouse_e2e::free_port();
+    let static_envoy = gatehouse_e2e::Envoy::start_static(
+        &local_ratelimit_bootstrap(static_port, upstream.addr),
+        static_port,
+    )
+    .await;
+    let none: crate::auth::Headers = Vec::new();
+    for url in [
+        envoy.url("/limited"),
+        noop_envoy.url("/limited"),
+        static_envoy.url("/limited"),
+    ] {
+        crate::auth::until_ok(&url, &none).await;
+    }
+    println!("\nthrough Envoy (--concurrency 1), wrk -t1 -c{connections} -d{seconds}s:");
+    for (name, url) in [
+        ("bare Envoy (no limit)", envoy.url("/bare")),
+        ("Envoy + no-op RLS (floor)", noop_envoy.url("/limited")),
+        ("Envoy + Gatehouse RLS on Redis", envoy.url("/limited")),
+        (
+            "Envoy local_ratelimit (static)",
+            static_envoy.url("/limited"),
+        ),
+    ] {
+        let closed = crate::auth::wrk(&url, &none, seconds, connections).await;
+        println!(
+            "  {name:<34} {:>8.0} req/s (wrk p50 {} p99 {})",
+            closed.rps, closed.p50, closed.p99
+        );
+    }
+    cp.assert_no_nacks().await;
+}
