@@ -73,6 +73,13 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
+    /// Rate limiting over gRPC, straight at ratelimit-service on Redis.
+    RatelimitGrpc {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Rate limiting through Envoy, beside a no-op RLS and local_ratelimit.
     RatelimitEnvoy {
         #[arg(long, default_value_t = 10)]
@@ -101,6 +108,10 @@ async fn main() {
         Command::Scale { routes, services } => scale(routes, services).await,
         Command::NoopAuthz { port } => auth::serve_noop(port).await,
         Command::NoopRls { port } => ratelimit::serve_noop(port).await,
+        Command::RatelimitGrpc {
+            seconds,
+            concurrency,
+        } => ratelimit::grpc(seconds, concurrency).await,
         Command::RatelimitEnvoy {
             seconds,
             connections,

@@ -334,3 +334,66 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
     }
     cp.assert_no_nacks().await;
 }
+
+/// gRPC load generator straight at ratelimit-service on Redis: closed loop,
+/// `concurrency` callers over one HTTP/2 connection (as Envoy does).
+pub async fn grpc(seconds: u64, concurrency: usize) {
+    use gatehouse_proto::ratelimit_service::rate_limit_service_client::RateLimitServiceClient;
+    use serde_json::json;
+
+    let redis = gatehouse_e2e::redis::RedisServer::start().await;
+    let cp = gatehouse_e2e::ControlPlane::start(gatehouse_e2e::ControlPlaneOptions::new(
+        gatehouse_e2e::free_port(),
+    ))
+    .await;
+    for name in ["per-consumer", "per-ip", "per-route"] {
+        cp.apply(
+            &format!("/v1/rate-limit-policies/{name}"),
+            json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "global": true}),
+        )
+        .await;
+    }
+    let url = format!("--redis-url={}", redis.url());
+    let limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", limiter.addr))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect");
+    for descriptors in [1, 3] {
+        let batch = std::sync::Arc::new(batch(descriptors));
+        let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut callers = tokio::task::JoinSet::new();
+        for caller in 0..concurrency {
+            let (mut client, batch) = (RateLimitServiceClient::new(channel.clone()), batch.clone());
+            callers.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = caller;
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let answer = client
+                        .should_rate_limit(batch[i % batch.len()].clone())
+                        .await
+                        .expect("answer")
+                        .into_inner();
+                    latencies.push(started.elapsed());
+                    assert_eq!(answer.overall_code, Code::Ok as i32);
+                    i += concurrency;
+                }
+                latencies
+            });
+        }
+        let mut latencies = Vec::new();
+        while let Some(Ok(mut part)) = callers.join_next().await {
+            latencies.append(&mut part);
+        }
+        latencies.sort_unstable();
+        println!(
+            "gRPC ShouldRateLimit to ratelimit-service on Redis, {descriptors} descriptor(s), {concurrency} concurrent: {:.0} decisions/s, p50 {} p99 {}",
+            latencies.len() as f64 / seconds as f64,
+            crate::us(crate::percentile(&latencies, 0.5)),
+            crate::us(crate::percentile(&latencies, 0.99)),
+        );
+    }
+}
