@@ -95,31 +95,15 @@ impl Provider {
 
     async fn call(&self, token: &str, now: i64) -> Result<Option<Introspected>, String> {
         let secret = self.secret.as_ref().map_err(Clone::clone)?;
-        let mut response = self
+        let request = self
             .http
             .post(&self.config.endpoint)
             .basic_auth(&self.config.client_id, Some(secret.expose()))
             .form(&[("token", token), ("token_type_hint", "access_token")])
             .timeout(Duration::from_millis(u64::from(
                 self.config.timeout_ms.max(1),
-            )))
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", e.without_url()))?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("body: {}", e.without_url()))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_RESPONSE_BYTES {
-                return Err("response too large".into());
-            }
-        }
+            )));
+        let body = crate::fetch_bounded(request, MAX_RESPONSE_BYTES).await?;
         let fields: Map<String, Value> = serde_json::from_slice(&body)
             .map_err(|_| "response is not a JSON object".to_owned())?;
         Ok(self.interpret(&fields, now))

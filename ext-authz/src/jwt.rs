@@ -313,26 +313,8 @@ async fn periodic_refresh(issuer: std::sync::Weak<Issuer>, stop: CancellationTok
 }
 
 async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<KeySet, String> {
-    let mut response = http
-        .get(uri)
-        .timeout(JWKS_FETCH_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {}", e.without_url()))?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("body: {}", e.without_url()))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("JWKS larger than 1 MiB".into());
-        }
-    }
+    let body =
+        crate::fetch_bounded(http.get(uri).timeout(JWKS_FETCH_TIMEOUT), MAX_JWKS_BYTES).await?;
     parse_jwks(&body)
 }
 

@@ -48,6 +48,33 @@ pub struct Settings {
     pub usage_report_interval: Duration,
 }
 
+/// Sends `request` and reads a successful response's body, refusing more
+/// than `max_bytes` (for JWKS and introspection). Errors never carry the URL.
+pub async fn fetch_bounded(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("body: {}", e.without_url()))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > max_bytes {
+            return Err(format!("response larger than {max_bytes} bytes"));
+        }
+    }
+    Ok(body)
+}
+
 /// HTTP client for JWKS and introspection: bounded connect time, no redirects
 /// to elsewhere.
 pub fn http_client() -> reqwest::Client {

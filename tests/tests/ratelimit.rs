@@ -169,14 +169,7 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
         200
     );
     g.cp.assert_no_nacks().await;
-    let metrics = client()
-        .get(format!("http://{}/metrics", g.limiter.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = g.limiter.metrics().await;
     assert!(
         metrics.contains("gatehouse_ratelimit_decisions_total{result=\"over_limit\",limit=\"policy:per-consumer\"} 2"),
         "{metrics}"
@@ -270,14 +263,7 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
             200
         );
     }
-    let metrics = client()
-        .get(format!("http://{}/metrics", g.limiter.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = g.limiter.metrics().await;
     assert!(
         metrics.contains("result=\"shadow_over_limit\",limit=\"policy:watch\""),
         "{metrics}"
