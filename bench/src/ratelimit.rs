@@ -116,41 +116,29 @@ async fn redis(seconds: u64, concurrency: usize) {
     });
     for descriptors in [1, 3] {
         let batch = std::sync::Arc::new(batch(descriptors));
-        let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
-        let mut callers = tokio::task::JoinSet::new();
-        for caller in 0..concurrency {
-            let (rules, store, batch) = (rules.clone(), store.clone(), batch.clone());
-            callers.spawn(async move {
-                let metrics = Metrics::default();
-                let mut latencies = Vec::new();
-                let mut i = caller;
-                while Instant::now() < deadline {
-                    let started = Instant::now();
-                    let response = decide(&rules, &store, &batch[i % batch.len()], &metrics)
-                        .await
-                        .expect("decision");
-                    latencies.push(started.elapsed());
-                    assert_eq!(
-                        metrics.degraded_decisions.get(),
-                        0,
-                        "Redis failed during the run"
-                    );
-                    std::hint::black_box(response);
-                    i += concurrency;
-                }
-                latencies
-            });
-        }
-        let mut latencies = Vec::new();
-        while let Some(Ok(mut part)) = callers.join_next().await {
-            latencies.append(&mut part);
-        }
-        latencies.sort_unstable();
-        println!(
-            "ShouldRateLimit decided over Redis (loopback), {descriptors} descriptor(s), {concurrency} concurrent: {:.0} decisions/s, p50 {} p99 {}",
-            latencies.len() as f64 / seconds as f64,
-            crate::us(crate::percentile(&latencies, 0.5)),
-            crate::us(crate::percentile(&latencies, 0.99)),
+        let (rules, store, metrics) = (rules.clone(), store.clone(), Metrics::default());
+        let latencies = closed_loop(seconds, concurrency, move |i| {
+            let (rules, store, batch, metrics) =
+                (rules.clone(), store.clone(), batch.clone(), metrics.clone());
+            async move {
+                let response = decide(&rules, &store, &batch[i % batch.len()], &metrics)
+                    .await
+                    .expect("decision");
+                assert_eq!(
+                    metrics.degraded_decisions.get(),
+                    0,
+                    "Redis failed during the run"
+                );
+                std::hint::black_box(response);
+            }
+        })
+        .await;
+        report(
+            &format!(
+                "ShouldRateLimit decided over Redis (loopback), {descriptors} descriptor(s), {concurrency} concurrent"
+            ),
+            &latencies,
+            seconds,
         );
     }
 }
@@ -363,37 +351,65 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
         .expect("connect");
     for descriptors in [1, 3] {
         let batch = std::sync::Arc::new(batch(descriptors));
-        let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
-        let mut callers = tokio::task::JoinSet::new();
-        for caller in 0..concurrency {
-            let (mut client, batch) = (RateLimitServiceClient::new(channel.clone()), batch.clone());
-            callers.spawn(async move {
-                let mut latencies = Vec::new();
-                let mut i = caller;
-                while Instant::now() < deadline {
-                    let started = Instant::now();
-                    let answer = client
-                        .should_rate_limit(batch[i % batch.len()].clone())
-                        .await
-                        .expect("answer")
-                        .into_inner();
-                    latencies.push(started.elapsed());
-                    assert_eq!(answer.overall_code, Code::Ok as i32);
-                    i += concurrency;
-                }
-                latencies
-            });
-        }
-        let mut latencies = Vec::new();
-        while let Some(Ok(mut part)) = callers.join_next().await {
-            latencies.append(&mut part);
-        }
-        latencies.sort_unstable();
-        println!(
-            "gRPC ShouldRateLimit to ratelimit-service on Redis, {descriptors} descriptor(s), {concurrency} concurrent: {:.0} decisions/s, p50 {} p99 {}",
-            latencies.len() as f64 / seconds as f64,
-            crate::us(crate::percentile(&latencies, 0.5)),
-            crate::us(crate::percentile(&latencies, 0.99)),
+        let client = RateLimitServiceClient::new(channel.clone());
+        let latencies = closed_loop(seconds, concurrency, move |i| {
+            let (mut client, batch) = (client.clone(), batch.clone());
+            async move {
+                let answer = client
+                    .should_rate_limit(batch[i % batch.len()].clone())
+                    .await
+                    .expect("answer")
+                    .into_inner();
+                assert_eq!(answer.overall_code, Code::Ok as i32);
+            }
+        })
+        .await;
+        report(
+            &format!(
+                "gRPC ShouldRateLimit to ratelimit-service on Redis, {descriptors} descriptor(s), {concurrency} concurrent"
+            ),
+            &latencies,
+            seconds,
         );
     }
+}
+
+/// Closed loop for `seconds`: `concurrency` callers each run `call(i)` back
+/// to back (i = caller, caller + concurrency, ...). Every call's latency, sorted.
+async fn closed_loop<F, Fut>(seconds: u64, concurrency: usize, call: F) -> Vec<std::time::Duration>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..concurrency {
+        let call = call.clone();
+        callers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = caller;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                call(i).await;
+                latencies.push(started.elapsed());
+                i += concurrency;
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(Ok(mut part)) = callers.join_next().await {
+        latencies.append(&mut part);
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+fn report(what: &str, latencies: &[std::time::Duration], seconds: u64) {
+    println!(
+        "{what}: {:.0} decisions/s, p50 {} p99 {}",
+        latencies.len() as f64 / seconds as f64,
+        crate::us(crate::percentile(latencies, 0.5)),
+        crate::us(crate::percentile(latencies, 0.99)),
+    );
 }
