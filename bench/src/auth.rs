@@ -386,31 +386,8 @@ async fn start_noop() -> (SocketAddr, tokio::process::Child) {
 
 /// Envoy with `jwt_authn` (and no ext_authz), statically configured.
 fn jwt_authn_bootstrap(proxy_port: u16, upstream: SocketAddr, jwks: &str) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static
-          use_remote_address: true
-          normalize_path: true
-          merge_slashes: true
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream}}
-          http_filters:
-          - name: envoy.filters.http.jwt_authn
+    let filter = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
               providers:
@@ -422,19 +399,9 @@ static_resources:
               rules:
               - match: {{prefix: "/jwt"}}
                 requires: {{provider_name: bench}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
-"#,
-        upstream_port = upstream.port()
-    )
+"#
+    );
+    crate::static_envoy(proxy_port, upstream, "", &filter)
 }
 
 /// A control plane and Envoy whose ext_authz cluster points at `authz`,

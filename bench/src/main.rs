@@ -145,6 +145,55 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// A statically configured Envoy (for Envoy's own filters, compared with
+/// ours under the same settings): one listener on `proxy_port` in front of
+/// `upstream`, with `routes` before the catch-all route and `filters`
+/// before the router (both YAML, already indented).
+fn static_envoy(
+    proxy_port: u16,
+    upstream: std::net::SocketAddr,
+    routes: &str,
+    filters: &str,
+) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+"#,
+        upstream_port = upstream.port()
+    )
+}
+
 fn us(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;
     if micros < 10.0 {

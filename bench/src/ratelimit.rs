@@ -178,54 +178,22 @@ pub async fn serve_noop(port: u16) {
 
 /// Envoy with `local_ratelimit` (a limit never reached), statically configured.
 fn local_ratelimit_bootstrap(proxy_port: u16, upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static
-          use_remote_address: true
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/limited"}}
-                route: {{cluster: upstream}}
+    let routes = r#"              - match: {prefix: "/limited"}
+                route: {cluster: upstream}
                 typed_per_filter_config:
                   envoy.filters.http.local_ratelimit:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
                     stat_prefix: local
-                    token_bucket: {{max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}}
-                    filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: le}}
-                    filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: lf}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream}}
-          http_filters:
-          - name: envoy.filters.http.local_ratelimit
+                    token_bucket: {max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}
+                    filter_enabled: {default_value: {numerator: 100, denominator: HUNDRED}, runtime_key: le}
+                    filter_enforced: {default_value: {numerator: 100, denominator: HUNDRED}, runtime_key: lf}
+"#;
+    let filter = r#"          - name: envoy.filters.http.local_ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
               stat_prefix: local
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
-"#,
-        upstream_port = upstream.port()
-    )
+"#;
+    crate::static_envoy(proxy_port, upstream, routes, filter)
 }
 
 async fn start_noop_rls() -> (std::net::SocketAddr, tokio::process::Child) {
