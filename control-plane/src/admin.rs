@@ -12,8 +12,6 @@ pub(crate) mod keys;
 pub mod openapi;
 pub mod problem;
 
-use std::sync::Arc;
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -24,7 +22,6 @@ use axum::{
     routing::get,
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::{
     model::{
@@ -33,7 +30,7 @@ use crate::{
     },
     store::{ApplyOptions, Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
-    xds::{Snapshot, status::NodeRegistry},
+    xds::{Rollout, status::NodeRegistry},
 };
 pub use problem::ApiError;
 
@@ -71,7 +68,8 @@ pub struct AdminState {
     pub store: Store,
     pub nodes: NodeRegistry,
     pub metrics: Metrics,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// What the fleet is served, and which versions nodes rejected.
+    pub rollout: Rollout,
     /// Configured at start; authentication is enforced when set.
     pub bootstrap_token: Option<auth::Secret>,
 }
@@ -161,7 +159,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         tracing::debug!(error = %e, "not ready: store unreachable");
         return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
     }
-    if state.snapshots.borrow().is_none() {
+    if state.rollout.watch().borrow().is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet").into_response();
     }
     "ready".into_response()
@@ -180,15 +178,23 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn config_version(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let version = state.store.version().await?;
-    let served = state.snapshots.borrow().as_ref().map(|s| s.version);
+    let served = state.rollout.status().served_version;
     Ok(Json(
         json!({ "version": version, "served_version": served }),
     ))
 }
 
+/// The fleet's rollout (newest and served version, rejections) and every
+/// connected node with what it acknowledged.
 async fn nodes(State(state): State<AdminState>) -> Json<Value> {
-    let served = state.snapshots.borrow().as_ref().map(|s| s.version);
-    Json(json!({ "served_version": served, "nodes": state.nodes.nodes() }))
+    let rollout = state.rollout.status();
+    Json(json!({
+        "latest_version": rollout.latest_version,
+        "served_version": rollout.served_version,
+        "held_back": rollout.held_back,
+        "rejections": rollout.rejections,
+        "nodes": state.nodes.nodes(),
+    }))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -28,7 +28,7 @@ use crate::{
     sync::SyncSettings,
     telemetry::Metrics,
     translate::ProxySettings,
-    xds::{XdsServer, status::NodeRegistry},
+    xds::{Rollout, XdsServer, status::NodeRegistry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,8 @@ impl ControlPlane {
         let token = CancellationToken::new();
         let (publish, snapshots) = watch::channel(None);
         let nodes = NodeRegistry::default();
+        let rollout = Rollout::default();
+        let follow = tokio::spawn(rollout.clone().follow(snapshots, token.clone()));
         let sync = tokio::spawn(sync::run(
             self.store.clone(),
             self.proxy,
@@ -131,7 +133,7 @@ impl ControlPlane {
             store: self.store.clone(),
             nodes: nodes.clone(),
             metrics: self.metrics.clone(),
-            snapshots: snapshots.clone(),
+            rollout: rollout.clone(),
             bootstrap_token: self.bootstrap_token,
         });
         let mut admin = tokio::spawn(
@@ -139,7 +141,7 @@ impl ControlPlane {
                 .with_graceful_shutdown(token.clone().cancelled_owned())
                 .into_future(),
         );
-        let xds_service = XdsServer::new(snapshots, nodes, self.metrics.clone(), token.clone());
+        let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone());
         let mut xds = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -161,6 +163,7 @@ impl ControlPlane {
         token.cancel();
         let drain = async {
             let _ = sync.await;
+            let _ = follow.await;
             if !admin.is_finished() {
                 let _ = admin.await;
             }

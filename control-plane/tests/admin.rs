@@ -14,16 +14,15 @@ use gatehouse_control_plane::{
     admin::{self, AdminState},
     store::{DatabaseUrl, Store},
     telemetry::Metrics,
-    xds::{Snapshot, status::NodeRegistry},
+    xds::{Rollout, Snapshot, status::NodeRegistry},
 };
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tower::ServiceExt;
 
 struct Api {
     app: Router,
-    publish: watch::Sender<Option<Arc<Snapshot>>>,
+    rollout: Rollout,
 }
 
 async fn api() -> Api {
@@ -42,15 +41,15 @@ async fn api_with(bootstrap: Option<&str>) -> Api {
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::connect_lazy(&DatabaseUrl::sqlite_in(&dir)).unwrap();
     store.migrate().await.unwrap();
-    let (publish, snapshots) = watch::channel(None);
+    let rollout = Rollout::default();
     let app = admin::app(AdminState {
         store,
         nodes: NodeRegistry::default(),
         metrics: Metrics::default(),
-        snapshots,
+        rollout: rollout.clone(),
         bootstrap_token: bootstrap.map(|t| admin::auth::Secret::new(t.into())),
     });
-    Api { app, publish }
+    Api { app, rollout }
 }
 
 struct Reply {
@@ -194,8 +193,7 @@ async fn readiness_needs_a_snapshot_and_metrics_count_requests() {
         api.call("GET", "/readyz", None).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    api.publish
-        .send_replace(Some(Arc::new(Snapshot::default())));
+    api.rollout.offer(Arc::new(Snapshot::default()));
     assert_eq!(
         api.call("GET", "/readyz", None).await.status,
         StatusCode::OK

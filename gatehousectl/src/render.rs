@@ -79,22 +79,47 @@ fn summary(applied: &Value, verb: &str) -> String {
 
 /// Connected nodes and what they acknowledged, as a table.
 pub fn status(body: &Value) -> String {
-    let served = body["served_version"]
-        .as_u64()
-        .map_or("-".into(), |v| v.to_string());
-    let mut out = format!("served config version: {served}\n");
+    let version = |field: &str| {
+        body[field]
+            .as_u64()
+            .map_or("-".into(), |v: u64| v.to_string())
+    };
+    let mut out = format!("served config version: {}\n", version("served_version"));
+    if body["held_back"].as_bool() == Some(true) {
+        let _ = writeln!(
+            out,
+            "newest version {} is held back: a node rejected it",
+            version("latest_version")
+        );
+    }
+    for r in body["rejections"].as_array().into_iter().flatten().take(5) {
+        let _ = writeln!(
+            out,
+            "  rejected: version {} by {} ({} {}): {}",
+            r["version"].as_str().unwrap_or_default(),
+            r["node"].as_str().unwrap_or_default(),
+            r["type"].as_str().unwrap_or_default(),
+            r["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            r["error_detail"].as_str().unwrap_or_default(),
+        );
+    }
+    const TYPES: [&str; 6] = ["cds", "eds", "lds", "rds", "auth", "ratelimit"];
     let _ = writeln!(
         out,
-        "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6}  NACK",
-        "NODE", "CLUSTER", "XDS", "CDS", "EDS", "LDS", "RDS"
+        "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  NACK",
+        "NODE", "CLUSTER", "XDS", "CDS", "EDS", "LDS", "RDS", "AUTH", "RLS"
     );
     for node in body["nodes"].as_array().into_iter().flatten() {
-        let acked = |t: &str| {
-            node["types"][t]["acked_version"]
-                .as_str()
-                .unwrap_or("-")
-                .to_owned()
-        };
+        let acked: Vec<&str> = TYPES
+            .iter()
+            .map(|t| node["types"][t]["acked_version"].as_str().unwrap_or("-"))
+            .collect();
         let nack = node["types"]
             .as_object()
             .into_iter()
@@ -103,14 +128,16 @@ pub fn status(body: &Value) -> String {
             .unwrap_or("");
         let _ = writeln!(
             out,
-            "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6}  {nack}",
+            "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {nack}",
             node["id"].as_str().unwrap_or_default(),
             node["cluster"].as_str().unwrap_or_default(),
             node["variant"].as_str().unwrap_or_default(),
-            acked("cds"),
-            acked("eds"),
-            acked("lds"),
-            acked("rds"),
+            acked[0],
+            acked[1],
+            acked[2],
+            acked[3],
+            acked[4],
+            acked[5],
         );
     }
     out
@@ -178,5 +205,31 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
         assert_eq!(super::utc(1_795_456_116_180), "2026-11-23 17:48:36");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn status_names_a_held_back_version_and_every_type() {
+        let body = serde_json::json!({
+            "latest_version": 7, "served_version": 6, "held_back": true,
+            "rejections": [{"version": "7", "node": "edge-2", "type": "rds",
+                            "resources": ["http_routes"], "error_detail": "bad regex"}],
+            "nodes": [{"id": "authz-1", "cluster": "gatehouse", "variant": "sotw",
+                       "types": {"auth": {"acked_version": "6"}}}],
+        });
+        let text = super::status(&body);
+        assert!(text.contains("served config version: 6"), "{text}");
+        assert!(text.contains("newest version 7 is held back"), "{text}");
+        assert!(
+            text.contains("version 7 by edge-2 (rds http_routes): bad regex"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("authz-1"))
+            .unwrap_or("");
+        assert!(
+            row.contains("     6"),
+            "the auth column shows the ack: {row}"
+        );
     }
 }

@@ -399,6 +399,12 @@ impl ControlPlane {
     /// No node connected here rejected any config.
     pub async fn assert_no_nacks(&self) {
         let status = self.nodes().await;
+        assert_eq!(
+            status["rejections"].as_array().map(Vec::len),
+            Some(0),
+            "rejections: {}",
+            status["rejections"]
+        );
         for node in status["nodes"].as_array().into_iter().flatten() {
             for t in node_types(node) {
                 assert_eq!(
@@ -485,6 +491,25 @@ impl Envoy {
         Self::start_config(&bootstrap, node_id, dir, proxy_port, access_log).await
     }
 
+    /// Starts Envoy with runtime overrides in its bootstrap (a node configured
+    /// differently from the rest of the fleet).
+    pub async fn start_with_runtime(
+        xds: SocketAddr,
+        proxy_port: u16,
+        runtime: &[(&str, &str)],
+    ) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        let node_id = unique("envoy");
+        let mut bootstrap = bootstrap_yaml(&node_id, "GRPC", xds.port());
+        bootstrap.push_str(
+            "\nlayered_runtime:\n  layers:\n    - name: overrides\n      static_layer:\n",
+        );
+        for (key, value) in runtime {
+            bootstrap.push_str(&format!("        {key}: {value}\n"));
+        }
+        Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
+    }
+
     /// Starts Envoy from a complete bootstrap (static configs for benchmarks
     /// comparing Envoy's own filters); its admin port must be 0.
     pub async fn start_static(bootstrap: &str, proxy_port: u16) -> Self {
@@ -537,6 +562,21 @@ impl Envoy {
         .await;
         envoy.wait_ready().await;
         envoy
+    }
+
+    /// Waits (up to 10 s) until `path` answers `status` through this Envoy.
+    pub async fn until_status(&self, path: &str, status: u16) {
+        let http = client();
+        let url = self.url(path);
+        eventually(
+            Duration::from_secs(10),
+            &format!("{path} → {status}"),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { probe(&http, &url).await.0 == status }
+            },
+        )
+        .await;
     }
 
     /// Waits until Envoy has finished initialising from xDS.

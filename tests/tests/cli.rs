@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, client, eventually, free_port,
-    gatehouse_bin, probe, scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, free_port, gatehouse_bin,
+    scratch_dir,
 };
 
 struct Ctl {
@@ -44,20 +44,6 @@ fn document(dir: &Path, name: &str, upstream: &Upstream, routes: &[(&str, &str)]
     path.display().to_string()
 }
 
-async fn until_status(envoy: &Envoy, path: &str, status: u16) {
-    let http = client();
-    let url = envoy.url(path);
-    eventually(
-        std::time::Duration::from_secs(10),
-        &format!("{path} → {status}"),
-        || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { probe(&http, &url).await.0 == status }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn diff_apply_prune_through_envoy() {
     let dir = scratch_dir("gatehouse_cli");
@@ -93,7 +79,7 @@ async fn diff_apply_prune_through_envoy() {
     );
     let again = ctl(&cp, &["diff", "-f", &v1, "--exit-code"]).await;
     assert_eq!((again.code, again.stdout.as_str()), (0, "no changes\n"));
-    until_status(&envoy, "/a/1", 200).await;
+    envoy.until_status("/a/1", 200).await;
 
     // Change one route: the diff shows exactly that route and field.
     let v2 = document(
@@ -124,8 +110,8 @@ async fn diff_apply_prune_through_envoy() {
     let parsed: serde_json::Value = serde_json::from_str(&machine.stdout).expect("json output");
     assert_eq!(parsed["changes"].as_array().map(Vec::len), Some(1));
     assert_eq!(ctl(&cp, &["apply", "-f", &v2]).await.code, 0);
-    until_status(&envoy, "/b/1", 200).await;
-    until_status(&envoy, "/a/1", 404).await;
+    envoy.until_status("/b/1", 200).await;
+    envoy.until_status("/a/1", 404).await;
 
     // Dropping a route from the document deletes it only with --prune.
     let v3 = document(&dir, "v3.yaml", &web, &[("main", "/b")]);
@@ -138,7 +124,7 @@ async fn diff_apply_prune_through_envoy() {
         pruned.stdout
     );
     assert_eq!(ctl(&cp, &["apply", "-f", &v3, "--prune"]).await.code, 0);
-    until_status(&envoy, "/extra", 404).await;
+    envoy.until_status("/extra", 404).await;
 
     // Export round-trips: applying it changes nothing.
     let export = ctl(&cp, &["export"]).await;
@@ -254,7 +240,7 @@ async fn history_and_rollback_through_envoy() {
     let v1 = document(&dir, "v1.yaml", &web, &[("main", "/old")]);
     let out = ctl(&cp, &["--actor", "alice", "apply", "-f", &v1]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    until_status(&envoy, "/old", 200).await;
+    envoy.until_status("/old", 200).await;
     let v2 = document(&dir, "v2.yaml", &web, &[("main", "/new")]);
     let stale = ctl(&cp, &["apply", "-f", &v2, "--if-version", "0"]).await;
     assert_eq!(
@@ -269,8 +255,8 @@ async fn history_and_rollback_through_envoy() {
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    until_status(&envoy, "/new", 200).await;
-    until_status(&envoy, "/old", 404).await;
+    envoy.until_status("/new", 200).await;
+    envoy.until_status("/old", 404).await;
 
     let history = ctl(&cp, &["history"]).await;
     let lines: Vec<&str> = history.stdout.lines().collect();
@@ -294,8 +280,8 @@ async fn history_and_rollback_through_envoy() {
         "{}",
         rollback.stdout
     );
-    until_status(&envoy, "/old", 200).await;
-    until_status(&envoy, "/new", 404).await;
+    envoy.until_status("/old", 200).await;
+    envoy.until_status("/new", 404).await;
     let history = ctl(&cp, &["history", "-o", "json"]).await;
     let versions: serde_json::Value = serde_json::from_str(&history.stdout).expect("json");
     assert_eq!(versions[0]["source"], "rollback");

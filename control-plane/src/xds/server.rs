@@ -1,10 +1,10 @@
-//! The ADS gRPC service (state-of-the-world and delta) over a [`SnapshotSource`].
+//! The ADS gRPC service (state-of-the-world and delta) serving what [`Rollout`] passes on.
 //!
 //! Each stream runs as one task: it applies the node's requests to its
 //! [`StreamState`], and after every request or new snapshot sends whatever the
 //! state says is due. Streams end when the node goes away or on shutdown.
 
-use std::{pin::Pin, sync::Arc};
+use std::pin::Pin;
 
 use gatehouse_proto::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
@@ -19,7 +19,7 @@ use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{
-    SnapshotSource,
+    rollout::Rollout,
     status::NodeRegistry,
     stream::{Push, Request, RequestOutcome, StreamState, Variant},
 };
@@ -28,22 +28,22 @@ use crate::telemetry::{Metrics, TypeLabel};
 /// Largest request accepted from a node (delta reconnects list every resource).
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
-pub struct XdsServer<S> {
-    source: Arc<S>,
+pub struct XdsServer {
+    rollout: Rollout,
     registry: NodeRegistry,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
 
-impl<S: SnapshotSource> XdsServer<S> {
+impl XdsServer {
     pub fn new(
-        source: S,
+        rollout: Rollout,
         registry: NodeRegistry,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            source: Arc::new(source),
+            rollout,
             registry,
             metrics,
             shutdown,
@@ -61,7 +61,7 @@ impl<S: SnapshotSource> XdsServer<S> {
     ) -> ReceiverStream<Result<W::Response, Status>> {
         let (tx, rx) = mpsc::channel(16);
         let task = StreamTask {
-            source: self.source.clone(),
+            rollout: self.rollout.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
@@ -74,7 +74,7 @@ impl<S: SnapshotSource> XdsServer<S> {
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: SnapshotSource> AggregatedDiscoveryService for XdsServer<S> {
+impl AggregatedDiscoveryService for XdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
     type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
 
@@ -200,20 +200,21 @@ impl Wire for Delta {
     }
 }
 
-struct StreamTask<S> {
-    source: Arc<S>,
+struct StreamTask {
+    rollout: Rollout,
     registry: NodeRegistry,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
 
-impl<S: SnapshotSource> StreamTask<S> {
+impl StreamTask {
     async fn run<W: Wire>(
         self,
         mut inbound: Streaming<W::Request>,
         tx: mpsc::Sender<Result<W::Response, Status>>,
     ) {
-        let mut snapshots = self.source.watch();
+        let mut snapshots = self.rollout.watch();
+        let mut node = String::new();
         let mut state = StreamState::new(W::VARIANT);
         let mut handle = None;
         self.metrics.xds_streams.inc();
@@ -227,10 +228,11 @@ impl<S: SnapshotSource> StreamTask<S> {
                         if handle.is_none() {
                             let (id, cluster) = W::node(&request).unwrap_or(("", ""));
                             info!(node = id, cluster, variant = ?W::VARIANT, "node connected");
+                            node = id.to_owned();
                             handle = Some(self.registry.connect(id, cluster, W::VARIANT));
                         }
                         let outcome = state.on_request(&W::decode(&request));
-                        self.observe(&outcome);
+                        self.observe(&node, &outcome);
                         if let Some(handle) = &handle {
                             handle.record(&outcome);
                         }
@@ -262,7 +264,7 @@ impl<S: SnapshotSource> StreamTask<S> {
         }
     }
 
-    fn observe(&self, outcome: &RequestOutcome) {
+    fn observe(&self, node: &str, outcome: &RequestOutcome) {
         match outcome {
             RequestOutcome::Ack { kind, .. } => {
                 self.metrics
@@ -276,11 +278,16 @@ impl<S: SnapshotSource> StreamTask<S> {
                 kind,
                 version,
                 error,
+                suspects,
             } => {
                 warn!(
+                    node,
                     r#type = kind.label(),
-                    version, error, "node rejected config (NACK)"
+                    version,
+                    error,
+                    "node rejected config (NACK)"
                 );
+                self.rollout.reject(node, *kind, version, suspects, error);
                 self.metrics
                     .xds_nacks
                     .get_or_create(&TypeLabel {

@@ -82,6 +82,9 @@ pub enum RequestOutcome {
         kind: ResourceType,
         version: String,
         error: String,
+        /// The resources the rejected response changed for this node
+        /// (name, content version): one of them is what the node refused.
+        suspects: Vec<(String, String)>,
     },
     /// Answers a response that was superseded: ignored.
     Stale(ResourceType),
@@ -167,10 +170,17 @@ impl StreamState {
         match request.error_detail {
             Some(error) => {
                 st.rejected = Some(fingerprint(&done.resulting));
+                let suspects = done
+                    .resulting
+                    .iter()
+                    .filter(|(name, held)| st.acked.get(*name) != Some(*held))
+                    .map(|(name, held)| (name.clone(), held.version.clone()))
+                    .collect();
                 RequestOutcome::Nack {
                     kind,
                     version: done.version_info,
                     error: error.to_owned(),
+                    suspects,
                 }
             }
             None => {
@@ -570,10 +580,15 @@ mod tests {
             error_detail: Some("bad cluster"),
             ..request(Cluster, &nonce, vec![])
         };
-        assert!(matches!(
-            stream.on_request(&nack),
-            RequestOutcome::Nack { .. }
-        ));
+        let RequestOutcome::Nack { suspects, .. } = stream.on_request(&nack) else {
+            panic!("expected a NACK");
+        };
+        let c = &v2.resources(Cluster)["c"];
+        assert_eq!(
+            suspects,
+            vec![("c".to_string(), c.version.clone())],
+            "only what changed for the node is suspect"
+        );
         assert!(
             stream.pushes(&v2).is_empty(),
             "rejected content is not re-pushed"

@@ -1,0 +1,335 @@
+//! What the fleet is served: the newest snapshot, unless a node rejected it.
+//!
+//! The sync loop publishes every consistent snapshot it builds; streams serve
+//! what [`Rollout`] passes on. When a node NACKs, the resources that response
+//! changed for it become suspect, and no snapshot carrying any of them is
+//! served again: every node, including nodes that connect later, goes back to
+//! (or stays on) the newest earlier snapshot without them. A newer version
+//! that changes the suspect resources is rolled out as usual.
+//!
+//! Rejections are kept in memory: a restarted control plane tries its newest
+//! snapshot again, and a node that still refuses it sends the fleet back.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::snapshot::{ResourceType, Snapshot};
+
+/// Earlier snapshots kept to fall back to.
+const FALLBACKS: usize = 16;
+/// Rejections listed in status (the suspect set itself is not trimmed).
+const REJECTIONS_SHOWN: usize = 20;
+
+/// One NACK, as status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    /// The snapshot version the node was sent.
+    pub version: String,
+    pub node: String,
+    pub r#type: &'static str,
+    /// Names of the resources that response changed for the node.
+    pub resources: Vec<String>,
+    pub error_detail: String,
+    pub at_ms: u64,
+}
+
+/// Fleet-wide rollout state for `GET /v1/status/nodes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    /// The newest snapshot built from the store.
+    pub latest_version: Option<u64>,
+    /// The snapshot every node is being served.
+    pub served_version: Option<u64>,
+    /// True when the newest snapshot is held back because a node rejected it.
+    pub held_back: bool,
+    /// Most recent first.
+    pub rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    latest: Option<Arc<Snapshot>>,
+    /// Snapshots served so far, oldest first: the fallback candidates.
+    served: VecDeque<Arc<Snapshot>>,
+    /// (type, name, content version) of every resource a node refused.
+    suspects: BTreeSet<(ResourceType, String, String)>,
+    rejections: VecDeque<Rejection>,
+}
+
+impl State {
+    fn is_suspect(&self, snapshot: &Snapshot) -> bool {
+        self.suspects.iter().any(|(kind, name, version)| {
+            snapshot
+                .resources(*kind)
+                .get(name)
+                .is_some_and(|r| &r.version == version)
+        })
+    }
+
+    fn current(&self) -> Option<&Arc<Snapshot>> {
+        self.served.back()
+    }
+}
+
+/// Shared between the sync loop's output, the streams and the admin API.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    state: Arc<Mutex<State>>,
+    served: watch::Sender<Option<Arc<Snapshot>>>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            served: watch::channel(None).0,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Rollout {
+    /// What to serve: `None` until the first consistent snapshot exists, so
+    /// nothing is served before then, never an empty config.
+    pub fn watch(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.served.subscribe()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves every snapshot `latest` publishes until `shutdown`.
+    pub async fn follow(
+        self,
+        mut latest: watch::Receiver<Option<Arc<Snapshot>>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let snapshot = latest.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                self.offer(snapshot);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = latest.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// A newly built snapshot: served unless it carries a refused resource.
+    pub fn offer(&self, snapshot: Arc<Snapshot>) {
+        let serve = self.with(|s| {
+            if s.current().is_some_and(|c| c.version == snapshot.version) {
+                return None;
+            }
+            s.latest = Some(snapshot.clone());
+            if s.is_suspect(&snapshot) {
+                warn!(
+                    version = snapshot.version,
+                    served = s.current().map(|c| c.version),
+                    "not rolling out: carries a resource a node rejected"
+                );
+                return None;
+            }
+            s.served.push_back(snapshot.clone());
+            if s.served.len() > FALLBACKS {
+                s.served.pop_front();
+            }
+            Some(snapshot)
+        });
+        if let Some(snapshot) = serve {
+            self.served.send_replace(Some(snapshot));
+        }
+    }
+
+    /// A node refused `suspects` of `kind` in the response carrying `version`.
+    pub fn reject(
+        &self,
+        node: &str,
+        kind: ResourceType,
+        version: &str,
+        suspects: &[(String, String)],
+        error_detail: &str,
+    ) {
+        let fallback = self.with(|s| {
+            for (name, content) in suspects {
+                s.suspects.insert((kind, name.clone(), content.clone()));
+            }
+            s.rejections.push_front(Rejection {
+                version: version.to_owned(),
+                node: node.to_owned(),
+                r#type: kind.label(),
+                resources: suspects.iter().map(|(name, _)| name.clone()).collect(),
+                error_detail: error_detail.to_owned(),
+                at_ms: now_ms(),
+            });
+            s.rejections.truncate(REJECTIONS_SHOWN);
+            let current = s.current()?.clone();
+            if !s.is_suspect(&current) {
+                return None;
+            }
+            while s.current().is_some_and(|c| s.is_suspect(c)) {
+                s.served.pop_back();
+            }
+            match s.current() {
+                Some(good) => Some(good.clone()),
+                None => {
+                    // Nothing earlier is clean: keep serving what nodes hold.
+                    error!(
+                        version = current.version,
+                        "a node rejected the config and no earlier snapshot is free of it"
+                    );
+                    s.served.push_back(current);
+                    None
+                }
+            }
+        });
+        if let Some(good) = fallback {
+            info!(
+                rejected = version,
+                node,
+                r#type = kind.label(),
+                serving = good.version,
+                "fleet back on the last good version"
+            );
+            self.served.send_replace(Some(good));
+        }
+    }
+
+    pub fn status(&self) -> RolloutStatus {
+        self.with(|s| {
+            let latest_version = s.latest.as_ref().map(|l| l.version);
+            let served_version = s.current().map(|c| c.version);
+            RolloutStatus {
+                latest_version,
+                served_version,
+                held_back: latest_version != served_version,
+                rejections: s.rejections.iter().cloned().collect(),
+            }
+        })
+    }
+
+    /// Per-type count of suspect resources (for tests and debugging).
+    pub fn suspects(&self) -> BTreeMap<&'static str, usize> {
+        self.with(|s| {
+            let mut counts = BTreeMap::new();
+            for (kind, _, _) in &s.suspects {
+                *counts.entry(kind.label()).or_default() += 1;
+            }
+            counts
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::snapshot::{SnapshotParts, XdsResource};
+    use gatehouse_proto::protobuf::Any;
+
+    /// A snapshot whose single route configuration has `content`.
+    fn snapshot(version: u64, content: &str) -> Arc<Snapshot> {
+        let routes = XdsResource::new(
+            "routes",
+            Any {
+                type_url: ResourceType::Route.type_url().into(),
+                value: content.as_bytes().to_vec(),
+            },
+            vec![],
+        );
+        let parts = SnapshotParts {
+            routes: vec![routes],
+            ..Default::default()
+        };
+        Arc::new(Snapshot::new(version, parts).expect("consistent"))
+    }
+
+    fn route_version(s: &Snapshot) -> (String, String) {
+        let r = &s.resources(ResourceType::Route)["routes"];
+        ("routes".into(), r.version.clone())
+    }
+
+    fn served(rollout: &Rollout) -> Option<u64> {
+        rollout.watch().borrow().as_ref().map(|s| s.version)
+    }
+
+    #[test]
+    fn a_rejected_version_sends_the_fleet_back_and_keeps_it_there() {
+        let rollout = Rollout::default();
+        let good = snapshot(1, "good");
+        let bad = snapshot(2, "bad");
+        rollout.offer(good.clone());
+        rollout.offer(bad.clone());
+        assert_eq!(served(&rollout), Some(2));
+
+        rollout.reject(
+            "envoy-a",
+            ResourceType::Route,
+            "2",
+            &[route_version(&bad)],
+            "no",
+        );
+        assert_eq!(served(&rollout), Some(1), "back on the last good version");
+        let status = rollout.status();
+        assert_eq!(status.latest_version, Some(2));
+        assert!(status.held_back);
+        assert_eq!(status.rejections[0].node, "envoy-a");
+        assert_eq!(status.rejections[0].resources, vec!["routes"]);
+
+        // A later version still carrying the refused content is not served.
+        rollout.offer(snapshot(3, "bad"));
+        assert_eq!(served(&rollout), Some(1));
+
+        // A version that changes it is rolled out.
+        rollout.offer(snapshot(4, "fixed"));
+        assert_eq!(served(&rollout), Some(4));
+        assert!(!rollout.status().held_back);
+    }
+
+    #[test]
+    fn a_late_nack_for_an_older_version_does_not_touch_a_clean_newer_one() {
+        let rollout = Rollout::default();
+        rollout.offer(snapshot(1, "good"));
+        let bad = snapshot(2, "bad");
+        rollout.offer(bad.clone());
+        rollout.offer(snapshot(3, "fixed"));
+        rollout.reject(
+            "envoy-a",
+            ResourceType::Route,
+            "2",
+            &[route_version(&bad)],
+            "no",
+        );
+        assert_eq!(served(&rollout), Some(3));
+    }
+
+    #[test]
+    fn with_nothing_clean_to_go_back_to_the_current_version_stays() {
+        let rollout = Rollout::default();
+        let only = snapshot(1, "only");
+        rollout.offer(only.clone());
+        rollout.reject(
+            "envoy-a",
+            ResourceType::Route,
+            "1",
+            &[route_version(&only)],
+            "no",
+        );
+        assert_eq!(served(&rollout), Some(1));
+        assert_eq!(rollout.status().rejections.len(), 1);
+    }
+}

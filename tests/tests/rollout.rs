@@ -1,0 +1,101 @@
+//! A version some node rejects is not rolled out: the whole fleet, including
+//! nodes that connect later, stays on (or goes back to) the last good version,
+//! and status says why. Real Envoys; one of them runs with a stricter runtime
+//! than the rest, as a fleet on mixed settings would.
+
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, eventually, free_port,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_version_never_reaches_the_fleet() {
+    let upstream = Upstream::start("web").await;
+    // Every node gets the same listener (SO_REUSEPORT): which one answers a
+    // request is up to the kernel, so per-node checks read config dumps.
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    cp.apply("/v1/services/web", upstream.service("web")).await;
+    let base = cp
+        .apply(
+            "/v1/routes/main",
+            json!({"match": {"path_prefix": "/main"}, "destination": {"service": "web"}}),
+        )
+        .await;
+    let edge = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let strict = Envoy::start_with_runtime(
+        cp.xds,
+        proxy_port,
+        &[("re2.max_program_size.error_level", "10")],
+    )
+    .await;
+    cp.until_converged(base).await;
+    edge.until_status("/main", 200).await;
+
+    // Its RE2 program (about 30 instructions) is within what Gatehouse and a
+    // default Envoy accept, but above the strict node's limit.
+    let bad = cp
+        .apply(
+            "/v1/routes/greek",
+            json!({"match": {"path_regex": "^/r/(alpha|beta|gamma)$"},
+                   "destination": {"service": "web"}, "timeout_ms": 1234}),
+        )
+        .await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the rejection to be reported",
+        || {
+            let cp = &cp;
+            async move { cp.nodes().await["held_back"] == json!(true) }
+        },
+    )
+    .await;
+    let status: Value = cp.nodes().await;
+    assert_eq!(status["latest_version"], json!(bad));
+    assert_eq!(status["served_version"], json!(base));
+    let rejection = &status["rejections"][0];
+    assert_eq!(rejection["node"], json!(strict.node_id), "{rejection}");
+    assert_eq!(rejection["type"], json!("rds"));
+    assert_eq!(rejection["version"], json!(bad.to_string()));
+
+    // The fleet is back on the last good version: the edge node, which may
+    // have taken the new route before the rejection, converges on `base`.
+    cp.until_converged(base).await;
+    let route = edge.config_dump().await.to_string();
+    assert!(
+        !route.contains("alpha|beta|gamma"),
+        "the rejected route is gone from the edge node"
+    );
+
+    edge.until_status("/r/alpha", 404).await;
+
+    // A node connecting now is given the last good version too.
+    let late = Envoy::start(cp.xds, proxy_port, XdsVariant::Delta).await;
+    cp.until_converged(base).await;
+    assert!(
+        !late
+            .config_dump()
+            .await
+            .to_string()
+            .contains("alpha|beta|gamma")
+    );
+
+    // A version that changes the rejected route rolls out to everyone.
+    let fixed = cp
+        .apply(
+            "/v1/routes/greek",
+            json!({"match": {"path_prefix": "/r/"},
+                   "destination": {"service": "web"}, "timeout_ms": 1234}),
+        )
+        .await;
+    cp.until_converged(fixed).await;
+    let status = cp.nodes().await;
+    assert_eq!(status["held_back"], json!(false), "{status}");
+    assert_eq!(status["served_version"], json!(fixed));
+    for node in [&edge, &strict, &late] {
+        assert!(node.config_dump().await.to_string().contains("1.234s"));
+    }
+    late.until_status("/r/alpha", 200).await;
+}
