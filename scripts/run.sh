@@ -32,7 +32,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$target_dir/debug/gatehouse-control-plane" --data-dir "$DATA_DIR" \
-  --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" &
+  --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" \
+  --validate-with-envoy "$GATEHOUSE_ENVOY" &
 pids+=($!)
 "$target_dir/debug/gatehouse-ext-authz" &
 pids+=($!)

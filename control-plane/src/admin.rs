@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        ConfigDocument, Consumer, FieldError, IntrospectionProvider, JwtIssuer, Plan,
-        RateLimitPolicy, Resource, Route, Service,
+        Certificate, ConfigDocument, Consumer, FieldError, Gateway, IntrospectionProvider,
+        JwtIssuer, Plan, RateLimitPolicy, Resource, Route, Service,
     },
     store::{ApplyOptions, Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
@@ -105,6 +105,8 @@ pub fn app(state: AdminState) -> Router {
         .merge(resource_routes::<JwtIssuer>())
         .merge(resource_routes::<IntrospectionProvider>())
         .merge(resource_routes::<Plan>())
+        .merge(resource_routes::<Certificate>())
+        .merge(resource_routes::<Gateway>())
         .merge(resource_routes::<RateLimitPolicy>())
         .merge(keys::routes())
         .fallback(|| async { ApiError::NoSuchPath })

@@ -68,6 +68,12 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// Envoy binary that checks every change before it is committed
+    /// (`envoy --mode validate` on the translated config): `auto` uses
+    /// `envoy` from PATH when there is one, `off` checks by translation only.
+    #[arg(long, env = "GATEHOUSE_VALIDATE_WITH_ENVOY", default_value = "auto")]
+    pub validate_with_envoy: String,
+
     /// Write the bound addresses as JSON to this file once serving (for supervisors and tests).
     #[arg(long, env = "GATEHOUSE_ADDR_FILE", hide = true)]
     pub addr_file: Option<PathBuf>,
@@ -197,6 +203,29 @@ impl Config {
             ));
         }
         Ok(token)
+    }
+
+    /// The Envoy binary that validates changes before commit, if any.
+    pub fn envoy_validator(&self) -> Result<Option<PathBuf>, String> {
+        match self.validate_with_envoy.as_str() {
+            "off" => Ok(None),
+            "auto" => Ok(std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("envoy"))
+                    .find(|candidate| candidate.is_file())
+            })),
+            path => {
+                let path = PathBuf::from(path);
+                if path.is_file() {
+                    Ok(Some(path))
+                } else {
+                    Err(format!(
+                        "--validate-with-envoy {}: no such file (use a path to envoy, auto or off)",
+                        path.display()
+                    ))
+                }
+            }
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

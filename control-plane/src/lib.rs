@@ -7,6 +7,7 @@
 //! changed, make-before-break.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod model;
 pub mod store;
@@ -42,7 +43,7 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(#[from] StoreError),
     #[error("{0}")]
-    Insecure(String),
+    Invalid(String),
     #[error("cannot create data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("{0} server failed: {1}")]
@@ -54,7 +55,7 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            StartError::Config(_) | StartError::DataDir(..) | StartError::Insecure(_)
+            StartError::Config(_) | StartError::DataDir(..) | StartError::Invalid(_)
         )
     }
 }
@@ -75,12 +76,22 @@ impl ControlPlane {
     /// control plane whose database is down starts, and serves nothing to
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let bootstrap_token = config.bootstrap_token().map_err(StartError::Insecure)?;
+        let bootstrap_token = config.bootstrap_token().map_err(StartError::Invalid)?;
         if config.store.database_url.is_none() {
             std::fs::create_dir_all(&config.store.data_dir)
                 .map_err(|e| StartError::DataDir(config.store.data_dir.clone(), e))?;
         }
-        let store = Store::connect_lazy(&config.database_url())?;
+        let envoy = config.envoy_validator().map_err(StartError::Invalid)?;
+        match &envoy {
+            Some(path) => {
+                tracing::info!(envoy = %path.display(), "changes are validated by Envoy before commit")
+            }
+            None => tracing::info!(
+                "changes are checked by translation only (no Envoy to validate with)"
+            ),
+        }
+        let store = Store::connect_lazy(&config.database_url())?
+            .with_admission(admission::gate(config.proxy_settings(), envoy));
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await

@@ -10,8 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub mod auth;
+pub mod gateway;
 pub mod ratelimit;
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
+pub use gateway::{Certificate, Gateway, GatewayProtocol};
 pub use ratelimit::{Plan, RateLimitPolicy};
 
 /// The kinds of resource the admin API manages.
@@ -19,6 +21,8 @@ pub use ratelimit::{Plan, RateLimitPolicy};
 /// Ordered by dependency: what a kind refers to comes before it.
 pub enum Kind {
     Service,
+    Certificate,
+    Gateway,
     Consumer,
     JwtIssuer,
     IntrospectionProvider,
@@ -34,6 +38,8 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "service",
+            Kind::Certificate => "certificate",
+            Kind::Gateway => "gateway",
             Kind::Consumer => "consumer",
             Kind::JwtIssuer => "jwt_issuer",
             Kind::IntrospectionProvider => "introspection_provider",
@@ -48,6 +54,8 @@ impl Kind {
     pub fn plural(self) -> &'static str {
         match self {
             Kind::Service => "services",
+            Kind::Certificate => "certificates",
+            Kind::Gateway => "gateways",
             Kind::Consumer => "consumers",
             Kind::JwtIssuer => "jwt-issuers",
             Kind::IntrospectionProvider => "introspection-providers",
@@ -61,6 +69,8 @@ impl Kind {
     pub fn parse(stored: &str) -> Option<Kind> {
         match stored {
             "service" => Some(Kind::Service),
+            "certificate" => Some(Kind::Certificate),
+            "gateway" => Some(Kind::Gateway),
             "consumer" => Some(Kind::Consumer),
             "jwt_issuer" => Some(Kind::JwtIssuer),
             "introspection_provider" => Some(Kind::IntrospectionProvider),
@@ -138,6 +148,12 @@ pub struct ConfigDocument {
     pub plans: Vec<Plan>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Certificates by reference: PEM files on the Envoy hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
+    /// Listeners besides the default one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
 }
 
 impl ConfigDocument {
@@ -160,6 +176,8 @@ impl ConfigDocument {
             &self.rate_limit_policies,
             &mut errors,
         );
+        validate_list("certificates", &self.certificates, &mut errors);
+        validate_list("gateways", &self.gateways, &mut errors);
         errors
     }
 }
@@ -678,6 +696,12 @@ pub fn check_re2_regex(pattern: &str) -> Result<(), String> {
         fn finish(self) -> Result<(), String> {
             Ok(())
         }
+        fn visit_class_set_item_pre(&mut self, item: &ast::ClassSetItem) -> Result<(), String> {
+            match item {
+                ast::ClassSetItem::Unicode(class) => re2_unicode_class(class),
+                _ => Ok(()),
+            }
+        }
         fn visit_class_set_binary_op_pre(
             &mut self,
             _op: &ast::ClassSetBinaryOp,
@@ -701,6 +725,9 @@ pub fn check_re2_regex(pattern: &str) -> Result<(), String> {
                     return Err("flags x, R and u are not supported by RE2".into());
                 }
             }
+            if let ast::Ast::ClassUnicode(class) = ast {
+                re2_unicode_class(class)?;
+            }
             if let ast::Ast::Assertion(a) = ast {
                 use ast::AssertionKind::*;
                 if !matches!(
@@ -722,6 +749,235 @@ pub fn check_re2_regex(pattern: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The Unicode classes (`\p{..}`) RE2 knows: general categories and the
+/// scripts of the Unicode version Envoy's RE2 carries (found by probing Envoy;
+/// Rust's regex syntax also takes binary properties, aliases and newer
+/// scripts, which Envoy refuses). Names are case-sensitive in RE2.
+pub const RE2_UNICODE_CLASSES: &[&str] = &[
+    "Any",
+    "C",
+    "Cc",
+    "Cf",
+    "Co",
+    "Cs",
+    "L",
+    "Ll",
+    "Lm",
+    "Lo",
+    "Lt",
+    "Lu",
+    "M",
+    "Mc",
+    "Me",
+    "Mn",
+    "N",
+    "Nd",
+    "Nl",
+    "No",
+    "P",
+    "Pc",
+    "Pd",
+    "Pe",
+    "Pf",
+    "Pi",
+    "Po",
+    "Ps",
+    "S",
+    "Sc",
+    "Sk",
+    "Sm",
+    "So",
+    "Z",
+    "Zl",
+    "Zp",
+    "Zs",
+    "Adlam",
+    "Ahom",
+    "Anatolian_Hieroglyphs",
+    "Arabic",
+    "Armenian",
+    "Avestan",
+    "Balinese",
+    "Bamum",
+    "Bassa_Vah",
+    "Batak",
+    "Bengali",
+    "Bhaiksuki",
+    "Bopomofo",
+    "Brahmi",
+    "Braille",
+    "Buginese",
+    "Buhid",
+    "Canadian_Aboriginal",
+    "Carian",
+    "Caucasian_Albanian",
+    "Chakma",
+    "Cham",
+    "Cherokee",
+    "Chorasmian",
+    "Common",
+    "Coptic",
+    "Cuneiform",
+    "Cypriot",
+    "Cypro_Minoan",
+    "Cyrillic",
+    "Deseret",
+    "Devanagari",
+    "Dives_Akuru",
+    "Dogra",
+    "Duployan",
+    "Egyptian_Hieroglyphs",
+    "Elbasan",
+    "Elymaic",
+    "Ethiopic",
+    "Georgian",
+    "Glagolitic",
+    "Gothic",
+    "Grantha",
+    "Greek",
+    "Gujarati",
+    "Gunjala_Gondi",
+    "Gurmukhi",
+    "Han",
+    "Hangul",
+    "Hanifi_Rohingya",
+    "Hanunoo",
+    "Hatran",
+    "Hebrew",
+    "Hiragana",
+    "Imperial_Aramaic",
+    "Inherited",
+    "Inscriptional_Pahlavi",
+    "Inscriptional_Parthian",
+    "Javanese",
+    "Kaithi",
+    "Kannada",
+    "Katakana",
+    "Kawi",
+    "Kayah_Li",
+    "Kharoshthi",
+    "Khitan_Small_Script",
+    "Khmer",
+    "Khojki",
+    "Khudawadi",
+    "Lao",
+    "Latin",
+    "Lepcha",
+    "Limbu",
+    "Linear_A",
+    "Linear_B",
+    "Lisu",
+    "Lycian",
+    "Lydian",
+    "Mahajani",
+    "Makasar",
+    "Malayalam",
+    "Mandaic",
+    "Manichaean",
+    "Marchen",
+    "Masaram_Gondi",
+    "Medefaidrin",
+    "Meetei_Mayek",
+    "Mende_Kikakui",
+    "Meroitic_Cursive",
+    "Meroitic_Hieroglyphs",
+    "Miao",
+    "Modi",
+    "Mongolian",
+    "Mro",
+    "Multani",
+    "Myanmar",
+    "Nabataean",
+    "Nag_Mundari",
+    "Nandinagari",
+    "New_Tai_Lue",
+    "Newa",
+    "Nko",
+    "Nushu",
+    "Nyiakeng_Puachue_Hmong",
+    "Ogham",
+    "Ol_Chiki",
+    "Old_Hungarian",
+    "Old_Italic",
+    "Old_North_Arabian",
+    "Old_Permic",
+    "Old_Persian",
+    "Old_Sogdian",
+    "Old_South_Arabian",
+    "Old_Turkic",
+    "Old_Uyghur",
+    "Oriya",
+    "Osage",
+    "Osmanya",
+    "Pahawh_Hmong",
+    "Palmyrene",
+    "Pau_Cin_Hau",
+    "Phags_Pa",
+    "Phoenician",
+    "Psalter_Pahlavi",
+    "Rejang",
+    "Runic",
+    "Samaritan",
+    "Saurashtra",
+    "Sharada",
+    "Shavian",
+    "Siddham",
+    "SignWriting",
+    "Sinhala",
+    "Sogdian",
+    "Sora_Sompeng",
+    "Soyombo",
+    "Sundanese",
+    "Syloti_Nagri",
+    "Syriac",
+    "Tagalog",
+    "Tagbanwa",
+    "Tai_Le",
+    "Tai_Tham",
+    "Tai_Viet",
+    "Takri",
+    "Tamil",
+    "Tangsa",
+    "Tangut",
+    "Telugu",
+    "Thaana",
+    "Thai",
+    "Tibetan",
+    "Tifinagh",
+    "Tirhuta",
+    "Toto",
+    "Ugaritic",
+    "Vai",
+    "Vithkuqi",
+    "Wancho",
+    "Warang_Citi",
+    "Yezidi",
+    "Yi",
+    "Zanabazar_Square",
+];
+
+/// RE2 takes `\pL` and `\p{Name}` for the names above, nothing else.
+fn re2_unicode_class(class: &regex_syntax::ast::ClassUnicode) -> Result<(), String> {
+    use regex_syntax::ast::ClassUnicodeKind;
+    let name = match &class.kind {
+        ClassUnicodeKind::OneLetter(letter) => letter.to_string(),
+        ClassUnicodeKind::Named(name) => name.clone(),
+        ClassUnicodeKind::NamedValue { .. } => {
+            return Err(
+                "Unicode classes of the form \\p{name=value} are not supported by RE2".into(),
+            );
+        }
+    };
+    if RE2_UNICODE_CLASSES.contains(&name.as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "Unicode class {name:?} is not supported by RE2 (general categories such as L or Lu, \
+             and script names such as Greek, are; names are case-sensitive)"
+        ))
+    }
 }
 
 /// Envoy rejects regexes whose compiled RE2 program is larger than this
@@ -944,6 +1200,11 @@ mod tests {
         assert!(check_re2_regex(r"(a)\1").is_err());
         assert!(check_re2_regex("[a-z&&[^aeiou]]").is_err());
         assert!(check_re2_regex("").is_err());
+        assert!(check_re2_regex(r"^/\p{Ogham}+[\p{Zl}\p{Zp}]$").is_ok());
+        for unknown in [r"\p{ASCII_Hex_Digit}", r"[\p{greek}]", r"\p{Script=Greek}"] {
+            let err = check_re2_regex(unknown).unwrap_err();
+            assert!(err.contains("not supported by RE2"), "{unknown}: {err}");
+        }
         // Envoy NACKs this one (RE2 program size 1503 > 100).
         let err =
             check_re2_regex("^/(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa){1,30}$")

@@ -21,9 +21,25 @@ use sqlx::{
 use tokio::sync::watch;
 
 use crate::model::{
-    ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Kind, Plan, RateLimitPolicy,
-    Reference, Resource, Route, Service, auth::StoredApiKey,
+    Certificate, ConfigDocument, Consumer, FieldError, Gateway, IntrospectionProvider, JwtIssuer,
+    Kind, Plan, RateLimitPolicy, Reference, Resource, Route, Service, auth::StoredApiKey,
 };
+
+/// What every change must pass before it commits: it sees the whole
+/// configuration as it would be (see `admission.rs`).
+pub trait Admission: Send + Sync + 'static {
+    fn admit<'a>(&'a self, state: &'a ConfigState) -> BoxFuture<'a, Result<(), AdmissionError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// The change would produce a configuration nodes cannot take.
+    #[error("configuration refused: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<FieldError>),
+    /// The check itself could not run; nothing is committed unchecked.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 mod api_keys;
 
@@ -105,6 +121,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 fn describe(used_by: &[(Kind, String)]) -> String {
@@ -133,6 +151,8 @@ impl StoreError {
             StoreError::UnsupportedUrl => "unsupported_url",
             StoreError::Database(_) => "database",
             StoreError::Migrate(_) => "migrate",
+            StoreError::Admission(AdmissionError::Refused(_)) => "refused",
+            StoreError::Admission(AdmissionError::Unavailable(_)) => "admission_unavailable",
         }
     }
 }
@@ -209,6 +229,8 @@ pub struct ConfigState {
     pub introspection_providers: BTreeMap<String, IntrospectionProvider>,
     pub plans: BTreeMap<String, Plan>,
     pub rate_limit_policies: BTreeMap<String, RateLimitPolicy>,
+    pub certificates: BTreeMap<String, Certificate>,
+    pub gateways: BTreeMap<String, Gateway>,
     /// Every key, including revoked and expired ones (translation filters).
     pub api_keys: Vec<StoredApiKey>,
 }
@@ -224,6 +246,8 @@ impl ConfigState {
             introspection_providers: self.introspection_providers.into_values().collect(),
             plans: self.plans.into_values().collect(),
             rate_limit_policies: self.rate_limit_policies.into_values().collect(),
+            certificates: self.certificates.into_values().collect(),
+            gateways: self.gateways.into_values().collect(),
         }
     }
 
@@ -244,6 +268,8 @@ impl ConfigState {
             }
             Kind::Plan => restore(&mut self.plans, kind, name, before),
             Kind::RateLimitPolicy => restore(&mut self.rate_limit_policies, kind, name, before),
+            Kind::Certificate => restore(&mut self.certificates, kind, name, before),
+            Kind::Gateway => restore(&mut self.gateways, kind, name, before),
             // Keys are not configuration: a rollback never brings back a
             // revoked key nor removes a newer one.
             Kind::ApiKey => Ok(()),
@@ -415,6 +441,7 @@ pub struct Store {
     /// Whether migrations have run: nothing else may touch the schema before.
     migrated: Arc<watch::Sender<bool>>,
     origin: Origin,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl fmt::Debug for Store {
@@ -456,7 +483,14 @@ impl Store {
             committed: watch::channel(0).0,
             migrated: Arc::new(watch::channel(false).0),
             origin: Origin::default(),
+            admission: None,
         })
+    }
+
+    /// The same store, checking every change with `admission` before commit.
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Store {
+        self.admission = Some(admission);
+        self
     }
 
     /// The same store, recording writes as made by `origin`.
@@ -510,36 +544,8 @@ impl Store {
     /// Reads every resource and the version they belong to in one statement,
     /// so the state is consistent without relying on isolation levels.
     pub async fn load(&self) -> Result<ConfigState, StoreError> {
-        let rows = sqlx::query(
-            "SELECT '' AS kind, '' AS name, CAST(version AS TEXT) AS spec FROM config_version WHERE id = 1 \
-             UNION ALL SELECT kind, name, spec FROM resources \
-             UNION ALL SELECT 'api_key', id, spec FROM api_keys",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut state = ConfigState::default();
-        for row in rows {
-            let kind: String = row.try_get(0)?;
-            let name: String = row.try_get(1)?;
-            let spec: String = row.try_get(2)?;
-            match Kind::parse(&kind) {
-                None if kind.is_empty() => {
-                    state.version = spec.parse().unwrap_or_default();
-                }
-                None => {}
-                Some(Kind::ApiKey) => {
-                    let key =
-                        serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt {
-                            kind: Kind::ApiKey,
-                            name: name.clone(),
-                            source,
-                        })?;
-                    state.api_keys.push(key);
-                }
-                Some(kind) => state.restore(kind, name, Some(spec))?,
-            }
-        }
-        Ok(state)
+        let mut conn = self.pool.acquire().await?;
+        load_from(&mut conn).await
     }
 
     pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, StoreError> {
@@ -734,6 +740,8 @@ impl Store {
             "rate_limit_policies",
             &document.rate_limit_policies,
         );
+        collect(&mut desired, "certificates", &document.certificates);
+        collect(&mut desired, "gateways", &document.gateways);
 
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
@@ -809,16 +817,11 @@ impl Store {
                 })
                 .collect()
         };
-        if changes.is_empty() || options.dry_run {
+        if changes.is_empty() {
             tx.rollback().await?;
-            let version = if changes.is_empty() {
-                version - 1
-            } else {
-                version
-            };
             return Ok(Applied {
-                version,
-                changes: listed(&changes),
+                version: version - 1,
+                changes: Vec::new(),
                 dry_run: options.dry_run,
             });
         }
@@ -845,6 +848,16 @@ impl Store {
                 .map(|d| d.spec.as_str());
             let specs = (existing.get(&key).map(String::as_str), after);
             record_change(&mut tx, version, seq as i64, *op, *kind, name, specs).await?;
+        }
+        if options.dry_run {
+            // Validation is part of a dry run's answer; then nothing stays.
+            self.admit(&mut tx, version).await?;
+            tx.rollback().await?;
+            return Ok(Applied {
+                version,
+                changes: listed(&changes),
+                dry_run: true,
+            });
         }
         self.commit(tx, version).await?;
         Ok(Applied {
@@ -1079,11 +1092,27 @@ impl Store {
     }
 
     /// Announces the version to other replicas and commits.
+    /// Runs the admission check on the configuration as the transaction
+    /// leaves it (its version is the one being written).
+    async fn admit(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let Some(admission) = &self.admission else {
+            return Ok(());
+        };
+        let mut state = load_from(tx).await?;
+        state.version = version;
+        Ok(admission.admit(&state).await?)
+    }
+
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
     ) -> Result<(), StoreError> {
+        self.admit(&mut tx, version).await?;
         sqlx::query(
             "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
         )
@@ -1104,6 +1133,40 @@ impl Store {
         self.committed.send_replace(version);
         Ok(())
     }
+}
+
+/// Every resource and the version they belong to, in one statement, so the
+/// state is consistent without relying on isolation levels.
+async fn load_from(conn: &mut sqlx::AnyConnection) -> Result<ConfigState, StoreError> {
+    let rows = sqlx::query(
+        "SELECT '' AS kind, '' AS name, CAST(version AS TEXT) AS spec FROM config_version WHERE id = 1 \
+         UNION ALL SELECT kind, name, spec FROM resources \
+         UNION ALL SELECT 'api_key', id, spec FROM api_keys",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut state = ConfigState::default();
+    for row in rows {
+        let kind: String = row.try_get(0)?;
+        let name: String = row.try_get(1)?;
+        let spec: String = row.try_get(2)?;
+        match Kind::parse(&kind) {
+            None if kind.is_empty() => {
+                state.version = spec.parse().unwrap_or_default();
+            }
+            None => {}
+            Some(Kind::ApiKey) => {
+                let key = serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt {
+                    kind: Kind::ApiKey,
+                    name: name.clone(),
+                    source,
+                })?;
+                state.api_keys.push(key);
+            }
+            Some(kind) => state.restore(kind, name, Some(spec))?,
+        }
+    }
+    Ok(state)
 }
 
 fn collect<R: Resource>(desired: &mut BTreeMap<Key, Desired>, list: &str, resources: &[R]) {

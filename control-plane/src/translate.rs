@@ -9,7 +9,8 @@
 //!   Within a virtual host the most specific route comes first: exact paths,
 //!   then regexes, then longer prefixes, then routes with more conditions.
 //! - Authentication (ext_authz filters, route policies, the state streamed
-//!   to ext-authz) is translated in [`auth`], rate limits in [`ratelimit`].
+//!   to ext-authz) is translated in [`auth`], rate limits in [`ratelimit`],
+//!   gateways (more listeners, TLS) in [`gateway`].
 
 use std::{
     cmp::Reverse,
@@ -23,6 +24,7 @@ use gatehouse_proto::{
 };
 
 pub mod auth;
+pub mod gateway;
 pub mod ratelimit;
 pub use auth::ExtAuthzSettings;
 use gatehouse_proto::ratelimit as ratelimit_proto;
@@ -102,14 +104,28 @@ pub fn snapshot_at(
             ));
         }
     }
+    let listener_clusters = vec![
+        auth::EXT_AUTHZ_CLUSTER.to_owned(),
+        ratelimit::RATELIMIT_CLUSTER.to_owned(),
+    ];
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
         to_any(&http_listener(proxy)),
-        vec![
-            auth::EXT_AUTHZ_CLUSTER.to_owned(),
-            ratelimit::RATELIMIT_CLUSTER.to_owned(),
-        ],
+        listener_clusters.clone(),
     ));
+    gateway::check_addresses(state, proxy)?;
+    for gateway in state.gateways.values() {
+        let certificate = gateway
+            .certificate
+            .as_ref()
+            .and_then(|name| state.certificates.get(name));
+        let listener = gateway::listener(gateway, certificate, proxy);
+        parts.listeners.push(XdsResource::new(
+            listener.name.clone(),
+            to_any(&listener),
+            listener_clusters.clone(),
+        ));
+    }
     let routes: Vec<&Route> = state.routes.values().collect();
     let referenced: BTreeSet<String> = routes
         .iter()
@@ -297,8 +313,23 @@ fn socket_address(host: &str, port: u32) -> core::Address {
 }
 
 pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
-    let manager = hcm::HttpConnectionManager {
-        stat_prefix: "gatehouse".into(),
+    listener_for(
+        HTTP_LISTENER,
+        &proxy.listen.ip().to_string(),
+        u32::from(proxy.listen.port()),
+        http_connection_manager(proxy, "gatehouse"),
+        None,
+    )
+}
+
+/// The HTTP connection manager every listener runs: the default one and
+/// each gateway's, all on the same route configuration.
+pub fn http_connection_manager(
+    proxy: &ProxySettings,
+    stat_prefix: &str,
+) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
             hcm::Rds {
@@ -333,18 +364,26 @@ pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
             .map(|p| access_log(p))
             .collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// A listener with one filter chain running `manager`, over TLS when given.
+pub fn listener_for(
+    name: &str,
+    address: &str,
+    port: u32,
+    manager: hcm::HttpConnectionManager,
+    transport_socket: Option<core::TransportSocket>,
+) -> listener::Listener {
     listener::Listener {
-        name: HTTP_LISTENER.into(),
-        address: Some(socket_address(
-            &proxy.listen.ip().to_string(),
-            u32::from(proxy.listen.port()),
-        )),
+        name: name.into(),
+        address: Some(socket_address(address, port)),
         filter_chains: vec![listener::FilterChain {
             filters: vec![listener::Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(&manager))),
             }],
+            transport_socket,
             ..Default::default()
         }],
         ..Default::default()

@@ -9,8 +9,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use gatehouse_control_plane::{
-    model::{ConfigDocument, Endpoint, Kind, Route, Service},
-    store::{ApplyOptions, ChangeOp, DatabaseUrl, Origin, Source, Store, StoreError},
+    model::{ConfigDocument, Endpoint, FieldError, Kind, Route, Service},
+    store::{
+        Admission, AdmissionError, ApplyOptions, ChangeOp, ConfigState, DatabaseUrl, Origin,
+        Source, Store, StoreError,
+    },
 };
 use sqlx::Connection;
 
@@ -551,6 +554,64 @@ async fn if_match_guards_single_resource_writes(store: Store) {
     );
 }
 
+/// Refuses any configuration with a route named `refused`, and counts the
+/// states it saw, so the test sees what the check is shown.
+struct RefuseNamedRoute(std::sync::Mutex<Vec<u64>>);
+
+impl Admission for RefuseNamedRoute {
+    fn admit<'a>(
+        &'a self,
+        state: &'a ConfigState,
+    ) -> futures_core::future::BoxFuture<'a, Result<(), AdmissionError>> {
+        self.0.lock().unwrap().push(state.version);
+        let refused = state.routes.contains_key("refused");
+        Box::pin(async move {
+            if refused {
+                Err(AdmissionError::Refused(vec![FieldError::new(
+                    "config",
+                    "no such route",
+                )]))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+async fn every_change_passes_admission_before_commit(store: Store) {
+    let check = std::sync::Arc::new(RefuseNamedRoute(Default::default()));
+    let store = store.with_admission(check.clone());
+    store.create(&service("a", 80)).await.unwrap();
+    store.create(&route("r", &["a"])).await.unwrap();
+    assert_eq!(
+        *check.0.lock().unwrap(),
+        [1, 2],
+        "each sees its own version"
+    );
+
+    // Single writes, applies, dry runs and rollbacks are all refused.
+    let refused = |e: StoreError| matches!(e, StoreError::Admission(AdmissionError::Refused(_)));
+    assert!(refused(
+        store.create(&route("refused", &["a"])).await.unwrap_err()
+    ));
+    let doc = document(
+        &[service("a", 80)],
+        &[route("r", &["a"]), route("refused", &["a"])],
+    );
+    assert!(refused(store.apply(&doc, APPLY).await.unwrap_err()));
+    let dry = ApplyOptions {
+        dry_run: true,
+        ..APPLY
+    };
+    assert!(
+        refused(store.apply(&doc, dry).await.unwrap_err()),
+        "a dry run reports what the check says"
+    );
+    assert_eq!(store.version().await.unwrap(), 2, "nothing committed");
+    assert!(store.get::<Route>("refused").await.unwrap().is_none());
+    assert_eq!(store.history(10, None).await.unwrap().len(), 2);
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -591,4 +652,5 @@ store_suite!(
     rollback_restores_an_earlier_version_as_a_new_one,
     apply_refuses_a_stale_version,
     if_match_guards_single_resource_writes,
+    every_change_passes_admission_before_commit,
 );

@@ -100,7 +100,8 @@ enum Command {
     /// Print the whole configuration as a document `apply` takes.
     Export,
     /// Print resources of one kind (services, routes, consumers, jwt-issuers,
-    /// introspection-providers), or one by name.
+    /// introspection-providers, plans, rate-limit-policies, certificates,
+    /// gateways), or one by name.
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
@@ -295,9 +296,11 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 "introspection-provider" | "introspection-providers" => "introspection-providers",
                 "plan" | "plans" => "plans",
                 "rate-limit-policy" | "rate-limit-policies" | "policies" => "rate-limit-policies",
+                "certificate" | "certificates" | "certs" => "certificates",
+                "gateway" | "gateways" => "gateways",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies)"
+                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways)"
                     ))));
                 }
             };

@@ -5,6 +5,7 @@
 //! ext-authz and ratelimit-service) are compiled here as they are added.
 
 pub use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
+pub use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 pub use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 pub use envoy_types::pb::envoy::config::core::v3 as core;
 pub use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -17,6 +18,7 @@ pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_
 pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;

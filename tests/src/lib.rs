@@ -186,6 +186,8 @@ pub struct ControlPlaneOptions {
     pub ext_authz_addr: Option<SocketAddr>,
     /// Where Envoy reaches ratelimit-service.
     pub ratelimit_addr: Option<SocketAddr>,
+    /// Check every change with `envoy --mode validate` before commit.
+    pub validate_with_envoy: bool,
 }
 
 impl ControlPlaneOptions {
@@ -203,6 +205,7 @@ impl ControlPlaneOptions {
             wait_ready: true,
             ext_authz_addr: None,
             ratelimit_addr: None,
+            validate_with_envoy: false,
         }
     }
 }
@@ -234,6 +237,14 @@ impl ControlPlane {
             format!("--poll-interval-ms={}", options.poll_interval_ms),
             "--shutdown-grace-ms=2000".to_string(),
             format!("--debounce-ms={}", options.debounce_ms),
+            format!(
+                "--validate-with-envoy={}",
+                if options.validate_with_envoy {
+                    envoy_bin().display().to_string()
+                } else {
+                    "off".into()
+                }
+            ),
         ];
         if let Some(url) = &options.database_url {
             args.push(format!("--database-url={url}"));
@@ -394,6 +405,17 @@ impl ControlPlane {
                     n["types"][t]["acked_version"].as_str() == Some(version.to_string().as_str())
                 })
             })
+    }
+
+    /// Waits until a NACK holds the newest version back; returns the status.
+    pub async fn until_held_back(&self) -> Value {
+        eventually(
+            Duration::from_secs(10),
+            "a rejection to hold the newest version back",
+            || async { self.nodes().await["held_back"] == serde_json::json!(true) },
+        )
+        .await;
+        self.nodes().await
     }
 
     /// No node connected here rejected any config.

@@ -48,7 +48,11 @@ fn document(dir: &Path, name: &str, upstream: &Upstream, routes: &[(&str, &str)]
 async fn diff_apply_prune_through_envoy() {
     let dir = scratch_dir("gatehouse_cli");
     let proxy_port = free_port();
-    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        validate_with_envoy: true,
+        ..ControlPlaneOptions::new(proxy_port)
+    })
+    .await;
     let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
     let web = Upstream::start("web").await;
 

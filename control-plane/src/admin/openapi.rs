@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     admin::keys::{KeyView, NewKey, Rotation},
     model::{
-        ConfigDocument, Consumer, IntrospectionProvider, JwtIssuer, Plan, RateLimitPolicy, Route,
-        Service,
+        Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Plan,
+        RateLimitPolicy, Route, Service,
     },
     store::{AdminTokenRecord, Applied, VersionRecord},
 };
@@ -169,6 +169,8 @@ pub fn document() -> Value {
         "introspection provider",
     );
     resource_paths::<Plan>(&mut paths, &mut schemas, "plans", "plan");
+    resource_paths::<Certificate>(&mut paths, &mut schemas, "certificates", "certificate");
+    resource_paths::<Gateway>(&mut paths, &mut schemas, "gateways", "gateway");
     resource_paths::<RateLimitPolicy>(
         &mut paths,
         &mut schemas,

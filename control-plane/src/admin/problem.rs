@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     model::{FieldError, Kind},
-    store::StoreError,
+    store::{AdmissionError, StoreError},
 };
 
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub enum ApiError {
     PreconditionFailed(String),
     /// The store cannot be reached.
     Unavailable,
+    /// The pre-commit check could not run, so nothing was committed.
+    CheckUnavailable(String),
     Internal,
 }
 
@@ -61,6 +63,11 @@ impl From<StoreError> for ApiError {
                     field,
                     format!("{} {name:?} does not exist", kind.as_str()),
                 )])
+            }
+            StoreError::Admission(AdmissionError::Refused(errors)) => ApiError::Validation(errors),
+            StoreError::Admission(AdmissionError::Unavailable(reason)) => {
+                tracing::error!(reason, "cannot check the change; nothing committed");
+                ApiError::CheckUnavailable(reason)
             }
             StoreError::Database(ref db) if is_unavailable(db) => {
                 tracing::warn!(error = %e, "store unavailable");
@@ -116,6 +123,11 @@ impl ApiError {
                 "unavailable",
                 "Configuration store unavailable",
             ),
+            ApiError::CheckUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "check-unavailable",
+                "The configuration could not be checked",
+            ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -151,6 +163,9 @@ impl IntoResponse for ApiError {
             ApiError::NoSuchPath => "see the admin API reference for the paths it serves".into(),
             ApiError::Unavailable => {
                 "the configuration store cannot be reached; nothing was changed".into()
+            }
+            ApiError::CheckUnavailable(reason) => {
+                format!("{reason}; nothing was changed")
             }
             ApiError::Internal => "the request failed; see the control plane log".into(),
         };

@@ -128,6 +128,12 @@ pub enum ConsistencyError {
     MissingEndpoints(String),
     #[error("load assignment {0:?} has no cluster")]
     OrphanEndpoints(String),
+    #[error("listeners {first:?} and {second:?} both bind {address}")]
+    AddressInUse {
+        first: String,
+        second: String,
+        address: String,
+    },
 }
 
 /// Everything one Envoy needs, checked for consistency before it is served.
