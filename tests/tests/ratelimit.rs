@@ -26,6 +26,11 @@ struct LimitedGateway {
 }
 
 async fn limited_gateway() -> LimitedGateway {
+    limited_gateway_with(&[]).await
+}
+
+/// The gateway with extra ratelimit-service flags (a Redis URL, say).
+async fn limited_gateway_with(limiter_args: &[&str]) -> LimitedGateway {
     let proxy_port = free_port();
     let (ext_port, rl_port) = (free_port(), free_port());
     let mut options = ControlPlaneOptions::new(proxy_port);
@@ -33,7 +38,7 @@ async fn limited_gateway() -> LimitedGateway {
     options.ratelimit_addr = Some(SocketAddr::from(([127, 0, 0, 1], rl_port)));
     let cp = ControlPlane::start(options).await;
     let ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
-    let limiter = Sidecar::ratelimit(cp.xds, rl_port, &[]).await;
+    let limiter = Sidecar::ratelimit(cp.xds, rl_port, limiter_args).await;
     let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
     let upstream = Upstream::start("orders").await;
     cp.apply("/v1/services/orders", upstream.service("orders"))
@@ -327,5 +332,87 @@ async fn instances_with_clocks_30_s_apart_enforce_one_limit_through_redis() {
     assert_eq!(
         allowed, 300,
         "one limit across instances whose clocks differ by a minute"
+    );
+}
+
+/// Redis killed under a running gateway: fail-open policies keep serving,
+/// held to their limit by the local safety net; fail-closed ones answer 429;
+/// both recover when Redis returns, without restarting anything.
+#[tokio::test]
+async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers() {
+    // Hourly windows: no window boundary falls inside the test (unless the
+    // hour is about to turn, which it waits out).
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 3600);
+    if into_hour > 3580 {
+        tokio::time::sleep(Duration::from_secs(3600 - into_hour + 1)).await;
+    }
+    let mut redis = RedisServer::start().await;
+    let url = format!("--redis-url={}", redis.url());
+    let g = limited_gateway_with(&[&url]).await;
+    for (route, prefix) in [("open", "/open"), ("closed", "/closed")] {
+        g.cp.apply(
+            &format!("/v1/routes/{route}"),
+            json!({"match": {"path_prefix": prefix}, "destination": {"service": "orders"}}),
+        )
+        .await;
+    }
+    until_ok(&g.envoy, "/closed", &[]).await;
+    g.cp.apply(
+        "/v1/rate-limit-policies/open",
+        json!({"limit": {"requests": 5, "per": "hour"}, "routes": ["open"],
+               "on_store_failure": "open"}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/rate-limit-policies/closed",
+            json!({"limit": {"requests": 1000, "per": "hour"}, "routes": ["closed"],
+                   "on_store_failure": "closed"}),
+        )
+        .await;
+    until_limited(&g, version).await;
+    assert_eq!(get(&g.envoy, "/open", &[]).await.status, 200);
+    assert_eq!(get(&g.envoy, "/closed", &[]).await.status, 200);
+    let counted = redis.cli(&["DBSIZE"]).await;
+    assert_ne!(counted.trim(), "0", "counters live in Redis");
+
+    redis.kill().await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(get(&g.envoy, "/open", &[]).await.status);
+    }
+    assert_eq!(open[0], 200, "fail-open keeps serving: {open:?}");
+    assert!(
+        open.iter().filter(|s| **s == 200).count() <= 5 && open.contains(&429),
+        "the local safety net holds the limit: {open:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            get(&g.envoy, "/closed", &[]).await.status,
+            429,
+            "fail-closed refuses"
+        );
+    }
+    let metrics = g.limiter.metrics().await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("gatehouse_ratelimit_degraded_decisions_total") && !l.ends_with(" 0")
+        ),
+        "degraded decisions are counted:\n{metrics}"
+    );
+
+    redis.restart().await;
+    eventually(
+        Duration::from_secs(10),
+        "recovery once Redis is back",
+        || async { get(&g.envoy, "/closed", &[]).await.status == 200 },
+    )
+    .await;
+    assert_eq!(
+        get(&g.envoy, "/open", &[]).await.status,
+        200,
+        "a fresh Redis has fresh counters"
     );
 }
