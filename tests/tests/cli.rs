@@ -157,7 +157,8 @@ async fn diff_apply_prune_through_envoy() {
 #[tokio::test]
 async fn invalid_documents_exit_3_and_change_nothing() {
     let dir = scratch_dir("gatehouse_cli_bad");
-    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write");
@@ -179,6 +180,16 @@ async fn invalid_documents_exit_3_and_change_nothing() {
         (
             write("list.yaml", "- just\n- a list\n"),
             "must be a mapping",
+        ),
+        (
+            // Valid on its own; refused by the pre-commit check.
+            write(
+                "clash.yaml",
+                &format!(
+                    "gateways:\n  - name: clash\n    address: 127.0.0.1\n    port: {proxy_port}\n"
+                ),
+            ),
+            "both bind",
         ),
         (
             dir.join("missing.yaml").display().to_string(),
