@@ -42,6 +42,9 @@ enum Command {
     Propagation {
         #[arg(long, default_value_t = 200)]
         changes: usize,
+        /// Check every write with `envoy --mode validate` before commit.
+        #[arg(long)]
+        validate_with_envoy: bool,
     },
     /// Large configurations: build time, time to ACK, RSS.
     Scale {
@@ -104,7 +107,10 @@ enum Command {
 #[tokio::main]
 async fn main() {
     match Args::parse().command {
-        Command::Propagation { changes } => propagation(changes).await,
+        Command::Propagation {
+            changes,
+            validate_with_envoy,
+        } => propagation(changes, validate_with_envoy).await,
         Command::Scale { routes, services } => scale(routes, services).await,
         Command::NoopAuthz { port } => auth::serve_noop(port).await,
         Command::NoopRls { port } => ratelimit::serve_noop(port).await,
@@ -134,7 +140,8 @@ async fn main() {
             .await
         }
         Command::All => {
-            propagation(200).await;
+            propagation(200, false).await;
+            propagation(50, true).await;
             scale(10_000, 1_000).await;
         }
     }
@@ -220,22 +227,35 @@ async fn time_until_served(http: &reqwest::Client, url: &str, started: Instant) 
     }
 }
 
-async fn propagation(changes: usize) {
+async fn propagation(changes: usize, validate_with_envoy: bool) {
     for variant in [XdsVariant::StateOfTheWorld, XdsVariant::Delta] {
         let proxy_port = free_port();
-        let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+        let cp = ControlPlane::start(ControlPlaneOptions {
+            validate_with_envoy,
+            ..ControlPlaneOptions::new(proxy_port)
+        })
+        .await;
         let envoy = Envoy::start(cp.xds, proxy_port, variant).await;
         let upstream = Upstream::start("up").await;
         cp.apply("/v1/services/up", upstream.service("up")).await;
         let http = client();
         let mut samples = Vec::with_capacity(changes);
+        let mut writes = Vec::with_capacity(changes);
         for i in 0..changes {
             let body = json!({"match": {"path_exact": format!("/p{i}")}, "destination": {"service": "up"}});
+            let sent = Instant::now();
             cp.apply(&format!("/v1/routes/r{i}"), body).await;
             let returned = Instant::now();
+            writes.push(returned - sent);
             samples.push(time_until_served(&http, &envoy.url(&format!("/p{i}")), returned).await);
         }
         samples.sort_unstable();
+        writes.sort_unstable();
+        println!(
+            "write (validate with Envoy: {validate_with_envoy}): p50 {} p99 {}",
+            ms(percentile(&writes, 0.5)),
+            ms(percentile(&writes, 0.99)),
+        );
         println!(
             "propagation {variant:?}: {changes} changes, write-returned → served p50 {} p90 {} p99 {} max {}",
             ms(percentile(&samples, 0.5)),

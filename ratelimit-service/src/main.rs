@@ -28,6 +28,11 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
 
+    /// Treat --redis-url as Redis Cluster seed nodes, comma-separated
+    /// (redis://a:6379,redis://b:6379).
+    #[arg(long, env = "GATEHOUSE_REDIS_CLUSTER")]
+    redis_cluster: bool,
+
     /// Longest wait for Redis per decision before the limit's failure mode applies.
     #[arg(long, env = "GATEHOUSE_REDIS_TIMEOUT_MS", default_value_t = 5)]
     redis_timeout_ms: u64,
@@ -46,17 +51,30 @@ async fn main() -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         addr = %listener.local_addr()?,
         xds = %args.xds_url,
-        store = if args.redis_url.is_some() { "redis" } else { "memory" },
+        store = match (&args.redis_url, args.redis_cluster) {
+            (None, _) => "memory",
+            (Some(_), false) => "redis",
+            (Some(_), true) => "redis cluster",
+        },
         "listening"
     );
     let settings = gatehouse_ratelimit_service::Settings {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
         store: match &args.redis_url {
-            Some(url) => Store::Redis {
-                redis: RedisStore::new(url, Duration::from_millis(args.redis_timeout_ms.max(1)))?,
-                grace: MemoryStore::default(),
-            },
+            Some(url) => {
+                let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+                let redis = if args.redis_cluster {
+                    let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+                    RedisStore::cluster(&seeds, timeout)?
+                } else {
+                    RedisStore::new(url, timeout)?
+                };
+                Store::Redis {
+                    redis,
+                    grace: MemoryStore::default(),
+                }
+            }
             None => Store::Memory(MemoryStore::default()),
         },
     };

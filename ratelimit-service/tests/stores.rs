@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gatehouse_e2e::redis::RedisServer;
+use gatehouse_e2e::redis::{RedisCluster, RedisServer};
 use gatehouse_proto::{
     ratelimit as rl,
     ratelimit_common::{RateLimitDescriptor, rate_limit_descriptor::Entry},
@@ -106,7 +106,36 @@ macro_rules! both_backends {
                 $body
             })*
         }
+        mod redis_cluster_backend {
+            use super::*;
+            $(#[tokio::test]
+            async fn $name() {
+                let cluster = RedisCluster::start().await;
+                let $store = cluster_store(&cluster, 200).await;
+                $body
+                assert!(cluster.keys().await > 0, "the counters lived in the cluster");
+            })*
+        }
     };
+}
+
+/// A store on a three-node Redis Cluster, once its connection is up.
+async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64) -> Store {
+    let urls = cluster.urls();
+    let seeds: Vec<&str> = urls.split(',').collect();
+    let redis = RedisStore::cluster(&seeds, Duration::from_millis(timeout_ms)).expect("client");
+    let started = Instant::now();
+    while !redis.connected() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "cluster connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Store::Redis {
+        redis,
+        grace: MemoryStore::default(),
+    }
 }
 
 both_backends! {
@@ -338,4 +367,49 @@ async fn a_spent_limit_is_refused_without_asking_redis_until_it_resets() {
     let after = calls(server.cli(&["INFO", "commandstats"]).await);
     assert_eq!(after, before, "refused from the local cache");
     assert!(ok(&ask(&rules, &store, &[("p", "someone-else")]).await));
+}
+
+/// Three instances on one Redis Cluster, 200 concurrent clients, each request
+/// counting on two slots: exactly the limit is admitted, and the counter on
+/// the other slot ends at exactly the admitted requests (refused requests
+/// gave their hits back).
+#[tokio::test]
+async fn three_instances_on_a_redis_cluster_allow_exactly_the_limit_across_slots() {
+    let cluster = RedisCluster::start().await;
+    let rules = Arc::new(rules(vec![
+        policy("shared", 1000, 3600, rl::Algorithm::FixedWindow),
+        policy("wide", 100_000, 3600, rl::Algorithm::FixedWindow),
+    ]));
+    let into_hour = gatehouse_ratelimit_service::store::memory::now_ms() % 3_600_000;
+    if into_hour > 3_600_000 - 5000 {
+        tokio::time::sleep(Duration::from_millis(3_600_000 - into_hour + 100)).await;
+    }
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(cluster_store(&cluster, 1000).await));
+    }
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..200 {
+        let (rules, store) = (rules.clone(), stores[client % 3].clone());
+        clients.spawn(async move {
+            let mut allowed = 0u32;
+            for _ in 0..7 {
+                if ok(&ask(&rules, &store, &[("shared", "c"), ("wide", "c")]).await) {
+                    allowed += 1;
+                }
+            }
+            allowed
+        });
+    }
+    let mut total = 0;
+    while let Some(allowed) = clients.join_next().await {
+        total += allowed.expect("client");
+    }
+    assert_eq!(total, 1000, "1,400 requests, limit 1000");
+    let wide = ask(&rules, &stores[0], &[("wide", "c")]).await;
+    assert_eq!(
+        wide.statuses[0].limit_remaining,
+        100_000 - 1001,
+        "the other slot counted only admitted requests (and this one)"
+    );
 }

@@ -11,14 +11,20 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(free_port(), Vec::new()).await
+    }
+
+    async fn start_with(port: u16, extra: Vec<String>) -> Self {
         let mut server = Self {
-            port: free_port(),
+            port,
             dir: scratch_dir("gatehouse_redis"),
             child: None,
+            extra,
         };
         server.restart().await;
         server
@@ -43,6 +49,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -77,5 +84,99 @@ impl RedisServer {
             .await
             .expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+/// A three-node Redis Cluster (no replicas) on ephemeral ports, with every
+/// slot assigned: the setup a hash-tagged key layout must work on.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            // The cluster bus listens on port + 10000.
+            let port = free_port();
+            let bus_free =
+                std::net::TcpListener::bind(("127.0.0.1", port.wrapping_add(10_000))).is_ok();
+            if port >= 55_000 || !bus_free {
+                continue;
+            }
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ];
+            nodes.push(
+                RedisServer::start_with(port, extra.iter().map(|s| (*s).to_owned()).collect())
+                    .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli");
+        assert!(
+            created.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = Self { nodes };
+        eventually(
+            Duration::from_secs(20),
+            "the cluster to be ok on every node",
+            || {
+                let cluster = &cluster;
+                async move {
+                    for node in &cluster.nodes {
+                        if !node
+                            .cli(&["cluster", "info"])
+                            .await
+                            .contains("cluster_state:ok")
+                        {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            },
+        )
+        .await;
+        cluster
+    }
+
+    /// Seed nodes, comma-separated, as `--redis-url` takes them with `--redis-cluster`.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many keys the whole cluster holds.
+    pub async fn keys(&self) -> u64 {
+        let mut total = 0;
+        for node in &self.nodes {
+            total += node
+                .cli(&["DBSIZE"])
+                .await
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+        total
     }
 }

@@ -10,17 +10,29 @@
 //! Counters known to be over their limit are remembered locally until they
 //! reset, so a client hammering a spent limit is refused without a Redis
 //! round trip.
+//!
+//! On Redis Cluster a script may only touch keys of one slot. Every counter
+//! key carries a hash tag (its policy or plan and descriptor values), so a
+//! request's counters are decided per tag: each group atomically, the groups
+//! in parallel, and when one group refuses, the groups that counted give
+//! their hits back (`refund.lua`). So a refused request still spends no
+//! quota, though for a moment (one round trip) its hits are visible.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+use tracing::warn;
 
 use super::{Item, StoreError, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
@@ -30,9 +42,20 @@ const BACKOFF_MS: u64 = 500;
 /// Bound on the local over-limit cache.
 const MAX_KNOWN_OVER: usize = 100_000;
 
+enum Connection {
+    Single(ConnectionManager),
+    /// Connected in the background; decisions are degraded until then.
+    Cluster {
+        client: Box<ClusterClient>,
+        connection: Arc<Mutex<Option<ClusterConnection>>>,
+        connecting: Arc<AtomicBool>,
+    },
+}
+
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     script: redis::Script,
+    refund: redis::Script,
     timeout: Duration,
     /// Unix ms until which Redis is not tried (after a failure).
     skip_until_ms: AtomicU64,
@@ -53,13 +76,172 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::Unavailable(e.category().to_owned()))?;
-        Ok(Self {
+        Ok(Self::with(Connection::Single(connection), timeout))
+    }
+
+    /// A Redis Cluster client from seed node URLs; it connects in the
+    /// background (call from within a Tokio runtime).
+    pub fn cluster(urls: &[&str], timeout: Duration) -> Result<Self, StoreError> {
+        let client = ClusterClient::builder(urls.iter().copied())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(timeout.max(Duration::from_millis(50)))
+            .retries(1)
+            .build()
+            .map_err(|e| {
+                StoreError::Unavailable(format!("invalid Redis Cluster URLs: {}", e.category()))
+            })?;
+        let store = Self::with(
+            Connection::Cluster {
+                client: Box::new(client),
+                connection: Arc::default(),
+                connecting: Arc::default(),
+            },
+            timeout,
+        );
+        store.cluster_connection();
+        Ok(store)
+    }
+
+    fn with(connection: Connection, timeout: Duration) -> Self {
+        Self {
             connection,
             script: redis::Script::new(include_str!("decide.lua")),
+            refund: redis::Script::new(include_str!("refund.lua")),
             timeout,
             skip_until_ms: AtomicU64::new(0),
             known_over: Mutex::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// Whether a connection is up (a cluster connects in the background).
+    pub fn connected(&self) -> bool {
+        match &self.connection {
+            Connection::Single(_) => true,
+            Connection::Cluster { connection, .. } => connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some(),
+        }
+    }
+
+    /// The cluster connection, or `None` while (re)connecting in the background.
+    fn cluster_connection(&self) -> Option<ClusterConnection> {
+        let Connection::Cluster {
+            client,
+            connection,
+            connecting,
+        } = &self.connection
+        else {
+            return None;
+        };
+        if let Some(c) = connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(c);
+        }
+        if !connecting.swap(true, Ordering::AcqRel) {
+            let (client, slot, flag) = (
+                ClusterClient::clone(client),
+                connection.clone(),
+                connecting.clone(),
+            );
+            tokio::spawn(async move {
+                match client.get_async_connection().await {
+                    Ok(c) => *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(c),
+                    Err(e) => warn!(error = e.category(), "cannot connect to Redis Cluster yet"),
+                }
+                flag.store(false, Ordering::Release);
+            });
+        }
+        None
+    }
+
+    /// Runs `script` on `items` (all of one slot on a cluster).
+    async fn invoke(
+        &self,
+        script: &redis::Script,
+        items: &[&Item],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for item in items {
+            invocation
+                .key(&item.key)
+                .arg(item.rule.algorithm as i32)
+                .arg(item.rule.requests)
+                .arg(item.rule.period_ms)
+                .arg(item.rule.burst)
+                .arg(item.hits)
+                .arg(if item.shadow { "1" } else { "0" });
+        }
+        let call = async {
+            let reply: redis::RedisResult<Vec<i64>> = match &self.connection {
+                Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+                Connection::Cluster { .. } => match self.cluster_connection() {
+                    Some(mut c) => invocation.invoke_async(&mut c).await,
+                    None => Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "connecting to the cluster",
+                    ))),
+                },
+            };
+            reply
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(values)) => Ok(values),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.category().to_owned())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Decides counters spread over several cluster slots (see the module doc).
+    async fn check_across_slots(
+        &self,
+        groups: Vec<Vec<&Item>>,
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
+        let answers = futures_util::future::join_all(
+            groups.iter().map(|group| self.invoke(&self.script, group)),
+        )
+        .await;
+        let mut counted = Vec::new();
+        let mut refused = false;
+        let mut failure = None;
+        let mut values = Vec::new();
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(v) if v.len() != group.len() * 4 => {
+                    failure = Some(StoreError::Unavailable("unexpected script reply".into()));
+                }
+                Ok(v) => {
+                    let admitted = group
+                        .iter()
+                        .zip(v.chunks(4))
+                        .all(|(item, r)| item.shadow || r[0] == 1);
+                    if admitted {
+                        counted.push(group);
+                    } else {
+                        refused = true;
+                    }
+                    values.push(v);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if refused || failure.is_some() {
+            for group in counted {
+                if let Err(e) = self.invoke(&self.refund, group).await {
+                    warn!(error = %e, "could not give back the hits of a refused request");
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(values),
+        }
     }
 
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
@@ -72,38 +254,44 @@ impl RedisStore {
                 "backing off after a failure".into(),
             ));
         }
-        let mut invocation = self.script.prepare_invoke();
-        for item in items {
-            invocation
-                .key(&item.key)
-                .arg(item.rule.algorithm as i32)
-                .arg(item.rule.requests)
-                .arg(item.rule.period_ms)
-                .arg(item.rule.burst)
-                .arg(item.hits)
-                .arg(if item.shadow { "1" } else { "0" });
-        }
-        let mut connection = self.connection.clone();
-        let result: Result<Vec<i64>, StoreError> = match tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async(&mut connection),
-        )
-        .await
-        {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.category().to_owned())),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
+        let result = match &self.connection {
+            Connection::Single(_) => {
+                let all: Vec<&Item> = items.iter().collect();
+                self.invoke(&self.script, &all).await
+            }
+            Connection::Cluster { .. } => {
+                let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+                for (i, item) in items.iter().enumerate() {
+                    groups.entry(hash_tag(&item.key)).or_default().push(i);
+                }
+                let groups: Vec<Vec<usize>> = groups.into_values().collect();
+                let grouped: Vec<Vec<&Item>> = groups
+                    .iter()
+                    .map(|g| g.iter().map(|i| &items[*i]).collect())
+                    .collect();
+                self.check_across_slots(grouped).await.map(|answers| {
+                    let mut values = vec![0; items.len() * 4];
+                    for (group, answer) in groups.iter().zip(answers) {
+                        for (i, chunk) in group.iter().zip(answer.chunks(4)) {
+                            values[i * 4..i * 4 + 4].copy_from_slice(chunk);
+                        }
+                    }
+                    values
+                })
+            }
         };
-        let values = result.inspect_err(|_| {
-            self.skip_until_ms
-                .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-        })?;
-        if values.len() != items.len() * 4 {
-            return Err(StoreError::Unavailable("unexpected script reply".into()));
-        }
+        let values = result
+            .and_then(|values| {
+                if values.len() == items.len() * 4 {
+                    Ok(values)
+                } else {
+                    Err(StoreError::Unavailable("unexpected script reply".into()))
+                }
+            })
+            .inspect_err(|_| {
+                self.skip_until_ms
+                    .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
+            })?;
         let outcomes: Vec<Outcome> = values
             .chunks(4)
             .map(|v| Outcome {
@@ -181,9 +369,35 @@ impl RedisStore {
     }
 }
 
+/// The part of a key Redis Cluster hashes: between the first `{` and the
+/// next `}` (the whole key without one).
+fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key)
+}
+
 /// Redis holds the state; outcomes carry none.
 const NO_STATE: Counter = Counter::Window {
     window: 0,
     current: 0,
     previous: 0,
 };
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hash_tags_are_what_redis_cluster_hashes() {
+        assert_eq!(
+            super::hash_tag("gh:policy:{p|consumer=a}:w"),
+            "p|consumer=a"
+        );
+        assert_eq!(super::hash_tag("no-tag"), "no-tag");
+        assert_eq!(super::hash_tag("empty{}tag"), "empty{}tag");
+    }
+}
