@@ -294,7 +294,6 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
 /// gRPC load generator straight at ratelimit-service on Redis: closed loop,
 /// `concurrency` callers over one HTTP/2 connection (as Envoy does).
 pub async fn grpc(seconds: u64, concurrency: usize) {
-    use gatehouse_proto::ratelimit_service::rate_limit_service_client::RateLimitServiceClient;
     use serde_json::json;
 
     let redis = gatehouse_e2e::redis::RedisServer::start().await;
@@ -310,36 +309,58 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
         .await;
     }
     let url = format!("--redis-url={}", redis.url());
-    let limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", limiter.addr))
+    let on_redis = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
+    let in_memory = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[]).await;
+    let (noop, _noop_process) = start_noop_rls().await;
+    // Side by side: the same load at a server that answers OK at once (the
+    // floor of a gRPC hop on this machine), at ratelimit-service in memory
+    // and at ratelimit-service on Redis.
+    for descriptors in [1, 3] {
+        for (what, addr) in [
+            ("no-op RLS", noop),
+            ("ratelimit-service in memory", in_memory.addr),
+            ("ratelimit-service on Redis", on_redis.addr),
+        ] {
+            let latencies = grpc_closed_loop(addr, descriptors, seconds, concurrency).await;
+            report(
+                &format!(
+                    "gRPC ShouldRateLimit to {what}, {descriptors} descriptor(s), {concurrency} concurrent"
+                ),
+                &latencies,
+                seconds,
+            );
+        }
+    }
+}
+
+async fn grpc_closed_loop(
+    addr: std::net::SocketAddr,
+    descriptors: usize,
+    seconds: u64,
+    concurrency: usize,
+) -> Vec<std::time::Duration> {
+    use gatehouse_proto::ratelimit_service::rate_limit_service_client::RateLimitServiceClient;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true)
         .connect()
         .await
         .expect("connect");
-    for descriptors in [1, 3] {
-        let batch = std::sync::Arc::new(batch(descriptors));
-        let client = RateLimitServiceClient::new(channel.clone());
-        let latencies = closed_loop(seconds, concurrency, move |i| {
-            let (mut client, batch) = (client.clone(), batch.clone());
-            async move {
-                let answer = client
-                    .should_rate_limit(batch[i % batch.len()].clone())
-                    .await
-                    .expect("answer")
-                    .into_inner();
-                assert_eq!(answer.overall_code, Code::Ok as i32);
-            }
-        })
-        .await;
-        report(
-            &format!(
-                "gRPC ShouldRateLimit to ratelimit-service on Redis, {descriptors} descriptor(s), {concurrency} concurrent"
-            ),
-            &latencies,
-            seconds,
-        );
-    }
+    let batch = std::sync::Arc::new(batch(descriptors));
+    let client = RateLimitServiceClient::new(channel);
+    closed_loop(seconds, concurrency, move |i| {
+        let (mut client, batch) = (client.clone(), batch.clone());
+        async move {
+            let answer = client
+                .should_rate_limit(batch[i % batch.len()].clone())
+                .await
+                .expect("answer")
+                .into_inner();
+            assert_eq!(answer.overall_code, Code::Ok as i32);
+        }
+    })
+    .await
 }
 
 /// Closed loop for `seconds`: `concurrency` callers each run `call(i)` back
