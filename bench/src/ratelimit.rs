@@ -258,6 +258,10 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
     let _limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url]).await;
     let (noop, _noop_process) = start_noop_rls().await;
     let (_noop_cp, noop_envoy) = limited_gateway(noop, &upstream).await;
+    let memory_port = gatehouse_e2e::free_port();
+    let memory_addr = std::net::SocketAddr::from(([127, 0, 0, 1], memory_port));
+    let (memory_cp, memory_envoy) = limited_gateway(memory_addr, &upstream).await;
+    let _memory = gatehouse_e2e::Sidecar::ratelimit(memory_cp.xds, memory_port, &[]).await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -268,6 +272,7 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
     for url in [
         envoy.url("/limited"),
         noop_envoy.url("/limited"),
+        memory_envoy.url("/limited"),
         static_envoy.url("/limited"),
     ] {
         crate::auth::until_ok(&url, &none).await;
@@ -276,6 +281,10 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
     for (name, url) in [
         ("bare Envoy (no limit)", envoy.url("/bare")),
         ("Envoy + no-op RLS (floor)", noop_envoy.url("/limited")),
+        (
+            "Envoy + Gatehouse RLS in memory",
+            memory_envoy.url("/limited"),
+        ),
         ("Envoy + Gatehouse RLS on Redis", envoy.url("/limited")),
         (
             "Envoy local_ratelimit (static)",

@@ -89,11 +89,11 @@ pub async fn check_response(
     }
 }
 
-fn header(key: &str, value: &str) -> HeaderValueOption {
+fn header(key: impl Into<String>, value: impl Into<String>) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
+            key: key.into(),
+            value: value.into(),
             ..Default::default()
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -101,17 +101,17 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn string_value(s: &str) -> Value {
+fn string_value(s: impl Into<String>) -> Value {
     Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
+        kind: Some(Kind::StringValue(s.into())),
     }
 }
 
 fn allowed(allow: Allow) -> CheckResponse {
     let metadata = Struct {
         fields: [
-            ("consumer".to_owned(), string_value(&allow.consumer)),
-            ("plan".to_owned(), string_value(&allow.plan)),
+            ("consumer".to_owned(), string_value(allow.consumer)),
+            ("plan".to_owned(), string_value(allow.plan)),
             ("method".to_owned(), string_value(allow.method.as_str())),
         ]
         .into_iter()
@@ -123,7 +123,7 @@ fn allowed(allow: Allow) -> CheckResponse {
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: allow
                 .set_headers
-                .iter()
+                .into_iter()
                 .map(|(k, v)| header(k, v))
                 .collect(),
             headers_to_remove: allow.remove_headers,
@@ -140,7 +140,7 @@ fn denied(deny: Deny) -> CheckResponse {
         header("cache-control", "no-store"),
     ];
     if !deny.challenge.is_empty() {
-        headers.push(header("www-authenticate", &deny.challenge));
+        headers.push(header("www-authenticate", deny.challenge));
     }
     CheckResponse {
         status: Some(rpc::Status {
