@@ -112,7 +112,7 @@ pub fn status(body: &Value) -> String {
     const TYPES: [&str; 6] = ["cds", "eds", "lds", "rds", "auth", "ratelimit"];
     let _ = writeln!(
         out,
-        "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  NACK",
+        "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  NACK",
         "NODE", "CLUSTER", "XDS", "CDS", "EDS", "LDS", "RDS", "AUTH", "RLS"
     );
     for node in body["nodes"].as_array().into_iter().flatten() {
@@ -128,7 +128,7 @@ pub fn status(body: &Value) -> String {
             .unwrap_or("");
         let _ = writeln!(
             out,
-            "{:<32} {:<12} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {nack}",
+            "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {nack}",
             node["id"].as_str().unwrap_or_default(),
             node["cluster"].as_str().unwrap_or_default(),
             node["variant"].as_str().unwrap_or_default(),
