@@ -23,8 +23,9 @@ use tracing::{error, info, warn};
 
 use super::snapshot::{ResourceType, Snapshot};
 
-/// Earlier snapshots kept to fall back to.
-const FALLBACKS: usize = 16;
+/// Snapshots kept to fall back to (each holds the whole config: at 10,000
+/// routes a few MiB).
+const FALLBACKS: usize = 4;
 /// Rejections listed in status (the suspect set itself is not trimmed).
 const REJECTIONS_SHOWN: usize = 20;
 
