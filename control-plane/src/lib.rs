@@ -130,16 +130,17 @@ impl ControlPlane {
         let token = CancellationToken::new();
         let (publish, snapshots) = watch::channel(None);
         let nodes = NodeRegistry::default();
-        let rollout = Rollout::default();
-        let follow = tokio::spawn(rollout.clone().follow(snapshots, token.clone()));
+        let rollout = Rollout::default().with_store(self.store.clone());
         let sync = tokio::spawn(sync::run(
             self.store.clone(),
             self.proxy,
             self.sync,
             publish,
+            rollout.clone(),
             self.metrics.clone(),
             token.clone(),
         ));
+        let follow = tokio::spawn(rollout.clone().follow(snapshots, token.clone()));
         let admin_app = admin::app(admin::AdminState {
             store: self.store.clone(),
             nodes: nodes.clone(),

@@ -42,6 +42,9 @@ pub enum AdmissionError {
 }
 
 mod api_keys;
+mod rejections;
+
+pub use rejections::RejectedResource;
 
 /// The Postgres channel that carries committed config versions between replicas.
 pub const NOTIFY_CHANNEL: &str = "gatehouse_config";
@@ -71,6 +74,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "api keys",
         include_str!("../../migrations/0005_api_keys.sql"),
+    ),
+    (
+        6,
+        "rejected resources",
+        include_str!("../../migrations/0006_rejections.sql"),
     ),
 ];
 
@@ -969,6 +977,13 @@ impl Store {
     /// The configuration as it was at `version`: the current state with every
     /// later change undone. Returns the current version too.
     async fn document_at(&self, version: u64) -> Result<(u64, ConfigDocument), StoreError> {
+        let (now, state) = self.state_at(version).await?;
+        Ok((now, state.into_document()))
+    }
+
+    /// The state as it was at `version` (API keys as they are now: keys are
+    /// not configuration), and the current version.
+    pub async fn state_at(&self, version: u64) -> Result<(u64, ConfigState), StoreError> {
         let state = self.load().await?;
         if version > state.version {
             return Err(StoreError::NoSuchVersion(version));
@@ -996,7 +1011,8 @@ impl Store {
                 state.restore(kind, name, before)?;
             }
         }
-        Ok((version_now, state.into_document()))
+        state.version = version;
+        Ok((version_now, state))
     }
 
     /// Whether any admin token exists (authentication is then enforced).

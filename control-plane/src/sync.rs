@@ -21,8 +21,12 @@ use crate::{
     store::{Backend, NOTIFY_CHANNEL, Store, StoreError},
     telemetry::{Metrics, ResultLabel},
     translate::{self, ProxySettings},
-    xds::Snapshot,
+    xds::{Rollout, Snapshot},
 };
+
+/// How far back a restarted control plane looks for a version without
+/// resources nodes refused.
+const FALLBACK_DEPTH: u64 = 16;
 
 /// How often repeated store failures are logged.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -49,6 +53,7 @@ pub async fn run(
     proxy: ProxySettings,
     settings: SyncSettings,
     publish: watch::Sender<Option<Arc<Snapshot>>>,
+    rollout: Rollout,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -61,6 +66,10 @@ pub async fn run(
         }
     }
     info!(store = %store.url(), "store ready");
+    match store.rejections().await {
+        Ok(rejected) => rollout.restore(rejected),
+        Err(e) => warn!(error = %e, "cannot read earlier rejections"),
+    }
     if store.backend() == Backend::Postgres {
         tokio::spawn(listen_postgres(
             store.clone(),
@@ -82,6 +91,12 @@ pub async fn run(
                     pending = false;
                     attempted = Some(snapshot.version);
                     if let Some(snapshot) = snapshot.ready {
+                        if rollout.is_idle() && rollout.is_suspect(&snapshot) {
+                            let start = last_good(&store, &proxy, &rollout, snapshot.version)
+                                .await
+                                .unwrap_or_else(|| snapshot.clone());
+                            rollout.start_from(start);
+                        }
                         publish_snapshot(&publish, snapshot, &metrics);
                     }
                 }
@@ -154,6 +169,36 @@ async fn build(
         }
     };
     Ok(Built { version, ready })
+}
+
+/// At start, when the newest version carries a resource a node refused
+/// before the restart: the newest earlier version without any, rebuilt
+/// from history.
+async fn last_good(
+    store: &Store,
+    proxy: &ProxySettings,
+    rollout: &Rollout,
+    newest: u64,
+) -> Option<Arc<Snapshot>> {
+    for version in (newest.saturating_sub(FALLBACK_DEPTH)..newest).rev() {
+        let earlier = match store.state_at(version).await {
+            Ok((_, state)) => translate::snapshot(&state, proxy),
+            Err(e) => {
+                warn!(version, error = %e, "cannot rebuild an earlier version");
+                return None;
+            }
+        };
+        if let Ok(snapshot) = earlier
+            && !rollout.is_suspect(&snapshot)
+        {
+            return Some(Arc::new(snapshot));
+        }
+    }
+    warn!(
+        newest,
+        "no recent version is free of refused resources; serving the newest"
+    );
+    None
 }
 
 fn publish_snapshot(

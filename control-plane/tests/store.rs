@@ -12,7 +12,7 @@ use gatehouse_control_plane::{
     model::{ConfigDocument, Endpoint, FieldError, Kind, Route, Service},
     store::{
         Admission, AdmissionError, ApplyOptions, ChangeOp, ConfigState, DatabaseUrl, Origin,
-        Source, Store, StoreError,
+        RejectedResource, Source, Store, StoreError,
     },
 };
 use sqlx::Connection;
@@ -612,6 +612,40 @@ async fn every_change_passes_admission_before_commit(store: Store) {
     assert_eq!(store.history(10, None).await.unwrap().len(), 2);
 }
 
+async fn rejections_are_kept_once_and_earlier_states_rebuilt(store: Store) {
+    store.create(&service("a", 80)).await.unwrap();
+    store.create(&route("r", &["a"])).await.unwrap();
+    store.create(&route("s", &["a"])).await.unwrap();
+    let rejected = RejectedResource {
+        r#type: "rds".into(),
+        name: "gatehouse_http".into(),
+        content_version: "00ff".into(),
+        version: "3".into(),
+        node: "edge-1".into(),
+        error_detail: "bad regex".into(),
+        at_ms: 1,
+    };
+    store
+        .record_rejections(std::slice::from_ref(&rejected))
+        .await
+        .unwrap();
+    let again = RejectedResource {
+        node: "edge-2".into(),
+        ..rejected.clone()
+    };
+    store.record_rejections(&[again]).await.unwrap();
+    assert_eq!(
+        store.rejections().await.unwrap(),
+        [rejected],
+        "first refusal kept"
+    );
+
+    let (now, earlier) = store.state_at(2).await.unwrap();
+    assert_eq!(now, 3);
+    assert_eq!(earlier.version, 2);
+    assert!(earlier.routes.contains_key("r") && !earlier.routes.contains_key("s"));
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -653,4 +687,5 @@ store_suite!(
     apply_refuses_a_stale_version,
     if_match_guards_single_resource_writes,
     every_change_passes_admission_before_commit,
+    rejections_are_kept_once_and_earlier_states_rebuilt,
 );

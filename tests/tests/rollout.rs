@@ -14,7 +14,7 @@ async fn a_rejected_version_never_reaches_the_fleet() {
     let proxy_port = free_port();
     // Validated before commit by a default Envoy, which accepts the route
     // below: the fleet's own NACK is the last line.
-    let cp = ControlPlane::start(ControlPlaneOptions {
+    let mut cp = ControlPlane::start(ControlPlaneOptions {
         validate_with_envoy: true,
         ..ControlPlaneOptions::new(proxy_port)
     })
@@ -76,6 +76,35 @@ async fn a_rejected_version_never_reaches_the_fleet() {
             .contains("alpha|beta|gamma")
     );
 
+    // A restarted control plane remembers the refusal: it starts from the
+    // last good version (rebuilt from history), and so do the nodes that
+    // reconnect and a node that joins afterwards.
+    cp.kill().await;
+    let mut options = cp.options.clone();
+    options.xds_port = cp.xds.port();
+    options.data_dir = Some(cp.dir.clone());
+    cp = ControlPlane::start(options).await;
+    let status = cp.until_held_back().await;
+    assert_eq!(status["served_version"], json!(base), "{status}");
+    assert_eq!(status["latest_version"], json!(bad), "{status}");
+    assert_eq!(status["rejections"][0]["node"], json!(strict.node_id));
+    let joined = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    cp.until_converged(base).await;
+    assert!(
+        !joined
+            .config_dump()
+            .await
+            .to_string()
+            .contains("alpha|beta|gamma"),
+        "a node joining after the restart gets the last good version"
+    );
+    let status = cp.nodes().await;
+    assert_eq!(
+        status["rejections"].as_array().map(Vec::len),
+        Some(1),
+        "nobody was sent the refused route again: {status}"
+    );
+
     // A version that changes the rejected route rolls out to everyone.
     let fixed = cp
         .apply(
@@ -88,7 +117,7 @@ async fn a_rejected_version_never_reaches_the_fleet() {
     let status = cp.nodes().await;
     assert_eq!(status["held_back"], json!(false), "{status}");
     assert_eq!(status["served_version"], json!(fixed));
-    for node in [&edge, &strict, &late] {
+    for node in [&edge, &strict, &late, &joined] {
         assert!(node.config_dump().await.to_string().contains("1.234s"));
     }
     late.until_status("/r/alpha", 200).await;

@@ -7,8 +7,9 @@
 //! (or stays on) the newest earlier snapshot without them. A newer version
 //! that changes the suspect resources is rolled out as usual.
 //!
-//! Rejections are kept in memory: a restarted control plane tries its newest
-//! snapshot again, and a node that still refuses it sends the fleet back.
+//! Refused resources are recorded in the store: a restarted control plane
+//! keeps the fleet off them, and starts from the newest earlier version
+//! without them (rebuilt from history by the sync loop).
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::snapshot::{ResourceType, Snapshot};
+use crate::store::{RejectedResource, Store};
 
 /// Snapshots kept to fall back to (each holds the whole config: at 10,000
 /// routes a few MiB).
@@ -85,6 +87,8 @@ impl State {
 pub struct Rollout {
     state: Arc<Mutex<State>>,
     served: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Where refusals are recorded, if anywhere.
+    store: Option<Store>,
 }
 
 impl Default for Rollout {
@@ -92,6 +96,7 @@ impl Default for Rollout {
         Self {
             state: Arc::default(),
             served: watch::channel(None).0,
+            store: None,
         }
     }
 }
@@ -107,6 +112,68 @@ impl Rollout {
     /// nothing is served before then, never an empty config.
     pub fn watch(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.served.subscribe()
+    }
+
+    /// Records every refusal in `store` (see [`Rollout::restore`]).
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Takes back the refusals recorded before a restart.
+    pub fn restore(&self, rejected: Vec<RejectedResource>) {
+        self.with(|s| {
+            for r in rejected {
+                let Some(kind) = ResourceType::ALL
+                    .into_iter()
+                    .find(|k| k.label() == r.r#type)
+                else {
+                    continue;
+                };
+                s.suspects
+                    .insert((kind, r.name.clone(), r.content_version.clone()));
+                s.rejections.push_front(Rejection {
+                    version: r.version,
+                    node: r.node,
+                    r#type: kind.label(),
+                    resources: vec![r.name],
+                    error_detail: r.error_detail,
+                    at_ms: u64::try_from(r.at_ms).unwrap_or_default(),
+                });
+            }
+            s.rejections.truncate(REJECTIONS_SHOWN);
+        });
+    }
+
+    /// Whether `snapshot` carries a resource some node refused.
+    pub fn is_suspect(&self, snapshot: &Snapshot) -> bool {
+        self.with(|s| s.is_suspect(snapshot))
+    }
+
+    /// Whether nothing has been served yet.
+    pub fn is_idle(&self) -> bool {
+        self.with(|s| s.current().is_none())
+    }
+
+    /// Serves `snapshot` first, if nothing is served yet: at start, the
+    /// newest earlier version without refused resources, or, when there is
+    /// none, the newest one anyway (nodes keep what they hold when they
+    /// refuse; new nodes get a config rather than none).
+    pub fn start_from(&self, snapshot: Arc<Snapshot>) {
+        let serve = self.with(|s| {
+            let fresh = s.current().is_none();
+            if fresh {
+                s.served.push_back(snapshot.clone());
+            }
+            fresh
+        });
+        if serve {
+            info!(
+                version = snapshot.version,
+                "starting from the last good version"
+            );
+            self.served.send_replace(Some(snapshot));
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -134,10 +201,10 @@ impl Rollout {
     /// A newly built snapshot: served unless it carries a refused resource.
     pub fn offer(&self, snapshot: Arc<Snapshot>) {
         let serve = self.with(|s| {
+            s.latest = Some(snapshot.clone());
             if s.current().is_some_and(|c| c.version == snapshot.version) {
                 return None;
             }
-            s.latest = Some(snapshot.clone());
             if s.is_suspect(&snapshot) {
                 warn!(
                     version = snapshot.version,
@@ -166,6 +233,27 @@ impl Rollout {
         suspects: &[(String, String)],
         error_detail: &str,
     ) {
+        if let Some(store) = &self.store {
+            let at_ms = i64::try_from(now_ms()).unwrap_or_default();
+            let rejected: Vec<RejectedResource> = suspects
+                .iter()
+                .map(|(name, content)| RejectedResource {
+                    r#type: kind.label().to_owned(),
+                    name: name.clone(),
+                    content_version: content.clone(),
+                    version: version.to_owned(),
+                    node: node.to_owned(),
+                    error_detail: error_detail.to_owned(),
+                    at_ms,
+                })
+                .collect();
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.record_rejections(&rejected).await {
+                    warn!(error = %e, "cannot record a rejection; a restart would retry it");
+                }
+            });
+        }
         let fallback = self.with(|s| {
             for (name, content) in suspects {
                 s.suspects.insert((kind, name.clone(), content.clone()));

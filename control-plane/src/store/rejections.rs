@@ -1,0 +1,69 @@
+//! Resources nodes refused (NACKs), kept so a restarted control plane does
+//! not roll them out again. Written by the rollout, read once at start.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// One refused resource content, with the NACK that refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedResource {
+    /// `cds`, `eds`, `lds`, `rds`, `auth` or `ratelimit`.
+    pub r#type: String,
+    pub name: String,
+    pub content_version: String,
+    /// The snapshot version the node was sent.
+    pub version: String,
+    pub node: String,
+    pub error_detail: String,
+    pub at_ms: i64,
+}
+
+impl Store {
+    /// Records refused resources; one already recorded is kept as it was.
+    pub async fn record_rejections(&self, rejected: &[RejectedResource]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rejected {
+            sqlx::query(
+                "INSERT INTO rejected_resources \
+                 (type, name, content_version, version, node, error_detail, at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (type, name, content_version) DO NOTHING",
+            )
+            .bind(&r.r#type)
+            .bind(&r.name)
+            .bind(&r.content_version)
+            .bind(&r.version)
+            .bind(&r.node)
+            .bind(&r.error_detail)
+            .bind(r.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every recorded refusal, oldest first.
+    pub async fn rejections(&self) -> Result<Vec<RejectedResource>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT type, name, content_version, version, node, error_detail, at_ms \
+             FROM rejected_resources ORDER BY at_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RejectedResource {
+                    r#type: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    content_version: row.try_get(2)?,
+                    version: row.try_get(3)?,
+                    node: row.try_get(4)?,
+                    error_detail: row.try_get(5)?,
+                    at_ms: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
