@@ -207,34 +207,16 @@ pub fn cluster(service: &Service) -> cluster::Cluster {
         c.load_assignment = Some(load_assignment(service));
     }
     if matches!(service.protocol, Protocol::Http2 | Protocol::Grpc) {
-        use upstream_http::http_protocol_options::{
-            ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
-        };
-        let options = upstream_http::HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                        core::Http2ProtocolOptions::default(),
-                    )),
-                },
-            )),
-            ..Default::default()
-        };
-        c.typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-            to_any(&options),
-        );
+        speak_http2_upstream(&mut c);
     }
     c
 }
 
-/// A static HTTP/2 cluster for one of our gRPC services.
-pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+/// Makes the cluster speak HTTP/2 to its endpoints (gRPC, h2 services).
+fn speak_http2_upstream(c: &mut cluster::Cluster) {
     use upstream_http::http_protocol_options::{
         ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     };
-
     let options = upstream_http::HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -245,6 +227,16 @@ pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
         )),
         ..Default::default()
     };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        to_any(&options),
+    );
+}
+
+/// A static HTTP/2 cluster for one of our gRPC services.
+pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+
     let mut c = cluster::Cluster {
         name: name.into(),
         connect_timeout: Some(duration_ms(1_000)),
@@ -270,10 +262,7 @@ pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
         }),
         ..Default::default()
     };
-    c.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        to_any(&options),
-    );
+    speak_http2_upstream(&mut c);
     c
 }
 
