@@ -70,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     RedisStore::new(url, timeout)?
                 };
+                if let Err(e) = redis.warm_up(Duration::from_secs(2)).await {
+                    tracing::warn!(error = %e, "Redis not ready at start: deciding degraded until it is");
+                }
                 Store::Redis {
                     redis,
                     grace: MemoryStore::default(),

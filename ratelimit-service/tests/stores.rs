@@ -79,9 +79,15 @@ fn ok(response: &RateLimitResponse) -> bool {
     response.overall_code == Code::Ok as i32
 }
 
-fn redis_store(server: &RedisServer, timeout_ms: u64) -> Store {
+/// A Redis store, warmed up as the service does at start.
+async fn redis_store(server: &RedisServer, timeout_ms: u64) -> Store {
+    let redis = RedisStore::new(&server.url(), Duration::from_millis(timeout_ms)).expect("client");
+    redis
+        .warm_up(Duration::from_secs(5))
+        .await
+        .expect("Redis is up");
     Store::Redis {
-        redis: RedisStore::new(&server.url(), Duration::from_millis(timeout_ms)).expect("client"),
+        redis,
         grace: MemoryStore::default(),
     }
 }
@@ -102,7 +108,7 @@ macro_rules! both_backends {
             $(#[tokio::test]
             async fn $name() {
                 let server = RedisServer::start().await;
-                let $store = redis_store(&server, 200);
+                let $store = redis_store(&server, 200).await;
                 $body
             })*
         }
@@ -206,9 +212,10 @@ async fn three_instances_sharing_redis_allow_exactly_the_limit() {
             tokio::time::sleep(Duration::from_millis(period * 1000 - into_window + 100)).await;
         }
         let consumer = format!("{algorithm:?}");
-        let stores: Vec<Arc<Store>> = (0..3)
-            .map(|_| Arc::new(redis_store(&server, 1000)))
-            .collect();
+        let mut stores: Vec<Arc<Store>> = Vec::new();
+        for _ in 0..3 {
+            stores.push(Arc::new(redis_store(&server, 1000).await));
+        }
         let mut clients = tokio::task::JoinSet::new();
         for client in 0..200 {
             let (rules, store, consumer) =
@@ -234,7 +241,7 @@ async fn three_instances_sharing_redis_allow_exactly_the_limit() {
 #[tokio::test]
 async fn redis_flushing_its_scripts_and_every_key_has_a_ttl() {
     let server = RedisServer::start().await;
-    let store = redis_store(&server, 1000);
+    let store = redis_store(&server, 1000).await;
     let rules = rules(vec![
         policy("f", 10, 60, rl::Algorithm::FixedWindow),
         policy("s", 10, 60, rl::Algorithm::SlidingWindow),
@@ -265,7 +272,7 @@ async fn redis_flushing_its_scripts_and_every_key_has_a_ttl() {
 #[tokio::test]
 async fn without_redis_fail_open_limits_use_the_local_net_and_fail_closed_ones_refuse() {
     let mut server = RedisServer::start().await;
-    let store = redis_store(&server, 5);
+    let store = redis_store(&server, 5).await;
     let mut closed = policy("closed", 100, 60, rl::Algorithm::FixedWindow);
     closed.fail_open = false;
     let rules = rules(vec![
@@ -310,7 +317,7 @@ async fn without_redis_fail_open_limits_use_the_local_net_and_fail_closed_ones_r
 #[tokio::test]
 async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
     let server = RedisServer::start().await;
-    let store = Arc::new(redis_store(&server, 5));
+    let store = Arc::new(redis_store(&server, 5).await);
     let rules = Arc::new(rules(vec![policy(
         "p",
         100,
@@ -347,7 +354,7 @@ async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
 #[tokio::test]
 async fn a_spent_limit_is_refused_without_asking_redis_until_it_resets() {
     let server = RedisServer::start().await;
-    let store = redis_store(&server, 1000);
+    let store = redis_store(&server, 1000).await;
     let rules = rules(vec![policy("p", 2, 3600, rl::Algorithm::FixedWindow)]);
     for _ in 0..3 {
         ask(&rules, &store, &[("p", "abuser")]).await;
@@ -412,4 +419,29 @@ async fn three_instances_on_a_redis_cluster_allow_exactly_the_limit_across_slots
         100_000 - 1001,
         "the other slot counted only admitted requests (and this one)"
     );
+}
+
+#[tokio::test]
+async fn warm_up_loads_the_scripts_before_the_first_decision() {
+    let server = RedisServer::start().await;
+    let store = RedisStore::new(&server.url(), Duration::from_millis(5)).expect("client");
+    store
+        .warm_up(Duration::from_secs(5))
+        .await
+        .expect("Redis is up");
+    let info = server.cli(&["INFO", "memory"]).await;
+    assert!(
+        info.contains("number_of_cached_scripts:2"),
+        "both scripts cached: {info}"
+    );
+
+    // Redis down: warm-up gives up at its deadline; the service starts anyway.
+    let gone = RedisStore::new(
+        &format!("redis://127.0.0.1:{}", gatehouse_e2e::free_port()),
+        Duration::from_millis(5),
+    )
+    .expect("client");
+    let started = Instant::now();
+    assert!(gone.warm_up(Duration::from_millis(300)).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

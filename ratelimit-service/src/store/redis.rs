@@ -113,6 +113,34 @@ impl RedisStore {
         }
     }
 
+    /// Connects and loads the scripts before the first decision, so that
+    /// decision is not the one paying for it (and timing out into degraded
+    /// mode). Bounded by `deadline`; Redis being down is not an error here:
+    /// the service starts anyway and decides degraded until it is back.
+    pub async fn warm_up(&self, deadline: Duration) -> Result<(), StoreError> {
+        let Connection::Single(connection) = &self.connection else {
+            return Ok(());
+        };
+        // Each command is bound by the short response timeout: retry until
+        // both loads are answered in time (a timed-out load still lands).
+        let load = async {
+            loop {
+                let mut c = connection.clone();
+                let loaded = async {
+                    self.script.load_async(&mut c).await?;
+                    self.refund.load_async(&mut c).await
+                };
+                match loaded.await {
+                    Ok(_) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        };
+        tokio::time::timeout(deadline, load)
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("not ready within {deadline:?}")))
+    }
+
     /// Whether a connection is up (a cluster connects in the background).
     pub fn connected(&self) -> bool {
         match &self.connection {
