@@ -4,6 +4,8 @@
 //! than the rest, as a fleet on mixed settings would.
 
 use gatehouse_e2e::{ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, free_port};
+use std::time::Duration;
+
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,6 +91,12 @@ async fn a_rejected_version_never_reaches_the_fleet() {
     assert_eq!(status["latest_version"], json!(bad), "{status}");
     assert_eq!(status["rejections"][0]["node"], json!(strict.node_id));
     let joined = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    // Every node is back (Envoy's reconnect backoff varies) before
+    // convergence means anything.
+    gatehouse_e2e::eventually(Duration::from_secs(20), "4 nodes reconnected", || async {
+        cp.nodes().await["nodes"].as_array().map(Vec::len) == Some(4)
+    })
+    .await;
     cp.until_converged(base).await;
     assert!(
         !joined
@@ -118,7 +126,11 @@ async fn a_rejected_version_never_reaches_the_fleet() {
     assert_eq!(status["held_back"], json!(false), "{status}");
     assert_eq!(status["served_version"], json!(fixed));
     for node in [&edge, &strict, &late, &joined] {
-        assert!(node.config_dump().await.to_string().contains("1.234s"));
+        assert!(
+            node.config_dump().await.to_string().contains("1.234s"),
+            "{} {status}",
+            node.node_id
+        );
     }
     late.until_status("/r/alpha", 200).await;
 }
