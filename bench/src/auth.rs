@@ -5,8 +5,9 @@
 //! 2. gRPC `Check` latency against the real ext-authz process, open loop.
 //! 3. Through Envoy, side by side with the same Envoy settings: no auth;
 //!    a no-op ext_authz server that always allows (the floor of the
-//!    architecture); Gatehouse ext-authz (API key, cached JWT); and Envoy's
-//!    own in-process `jwt_authn`. Closed loop with `wrk`, open loop at a
+//!    architecture); Gatehouse ext-authz (API key, cached JWT); Gatehouse
+//!    with the JWT verified in Envoy (`verify_in: envoy`); and Envoy's own
+//!    in-process `jwt_authn`, statically configured. Closed loop with `wrk`, open loop at a
 //!    fixed rate for latency.
 
 use std::{
@@ -405,7 +406,8 @@ fn jwt_authn_bootstrap(proxy_port: u16, upstream: SocketAddr, jwks: &str) -> Str
 }
 
 /// A control plane and Envoy whose ext_authz cluster points at `authz`,
-/// with the bench routes: /bare (public), /key (API key), /jwt (JWT).
+/// with the bench routes: /bare (public), /key (API key), /jwt (JWT
+/// through ext-authz), /envoyjwt (JWT verified in Envoy, `verify_in: envoy`).
 async fn gateway(
     authz: SocketAddr,
     upstream: &Upstream,
@@ -428,6 +430,7 @@ async fn gateway(
         ("bare", json!(null)),
         ("key", json!({"method": "api_key"})),
         ("jwt", json!({"method": "jwt"})),
+        ("envoyjwt", json!({"method": "jwt", "verify_in": "envoy"})),
     ] {
         let mut route =
             json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}});
@@ -479,6 +482,7 @@ pub async fn run(settings: Settings) {
     let jwt_headers = vec![("authorization".to_owned(), bearer(&token))];
     until_ok(&envoy.url("/key"), &key_headers).await;
     until_ok(&envoy.url("/jwt"), &jwt_headers).await;
+    until_ok(&envoy.url("/envoyjwt"), &jwt_headers).await;
 
     let (noop, _noop_process) = start_noop().await;
     for (name, addr, request) in [
@@ -542,6 +546,11 @@ pub async fn run(settings: Settings) {
         (
             "Envoy + Gatehouse ext-authz, RS256 JWT",
             envoy.url("/jwt"),
+            &jwt_headers,
+        ),
+        (
+            "Envoy + Gatehouse, RS256 JWT verified in Envoy",
+            envoy.url("/envoyjwt"),
             &jwt_headers,
         ),
         (

@@ -25,6 +25,7 @@ use gatehouse_proto::{
 
 pub mod auth;
 pub mod gateway;
+pub mod jwt;
 pub mod ratelimit;
 pub use auth::ExtAuthzSettings;
 use gatehouse_proto::ratelimit as ratelimit_proto;
@@ -104,13 +105,20 @@ pub fn snapshot_at(
             ));
         }
     }
-    let listener_clusters = vec![
+    jwt::check_issuers(state)?;
+    let mut listener_clusters = vec![
         auth::EXT_AUTHZ_CLUSTER.to_owned(),
         ratelimit::RATELIMIT_CLUSTER.to_owned(),
     ];
+    for jwks in jwt::jwks_clusters(state) {
+        listener_clusters.push(jwks.name.clone());
+        parts
+            .clusters
+            .push(XdsResource::new(&jwks.name, to_any(&jwks), Vec::new()));
+    }
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
-        to_any(&http_listener(proxy)),
+        to_any(&http_listener(proxy, state)),
         listener_clusters.clone(),
     ));
     gateway::check_addresses(state, proxy)?;
@@ -119,7 +127,7 @@ pub fn snapshot_at(
             .certificate
             .as_ref()
             .and_then(|name| state.certificates.get(name));
-        let listener = gateway::listener(gateway, certificate, proxy);
+        let listener = gateway::listener(gateway, certificate, proxy, state);
         parts.listeners.push(XdsResource::new(
             listener.name.clone(),
             to_any(&listener),
@@ -301,12 +309,12 @@ fn socket_address(host: &str, port: u32) -> core::Address {
     }
 }
 
-pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
+pub fn http_listener(proxy: &ProxySettings, state: &ConfigState) -> listener::Listener {
     listener_for(
         HTTP_LISTENER,
         &proxy.listen.ip().to_string(),
         u32::from(proxy.listen.port()),
-        http_connection_manager(proxy, "gatehouse"),
+        http_connection_manager(proxy, state, "gatehouse"),
         None,
     )
 }
@@ -315,6 +323,7 @@ pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
 /// each gateway's, all on the same route configuration.
 pub fn http_connection_manager(
     proxy: &ProxySettings,
+    state: &ConfigState,
     stat_prefix: &str,
 ) -> hcm::HttpConnectionManager {
     hcm::HttpConnectionManager {
@@ -326,8 +335,9 @@ pub fn http_connection_manager(
                 route_config_name: HTTP_ROUTES.into(),
             },
         )),
-        http_filters: auth::ext_authz_filters(&proxy.ext_authz)
+        http_filters: [jwt::jwt_filter(state), jwt::rbac_filter()]
             .into_iter()
+            .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
             .chain([hcm::HttpFilter {
                 name: "envoy.filters.http.router".into(),
@@ -343,6 +353,7 @@ pub fn http_connection_manager(
         xff_num_trusted_hops: proxy.xff_trusted_hops,
         normalize_path: Some(protobuf::BoolValue { value: true }),
         merge_slashes: true,
+        local_reply_config: Some(jwt::local_replies()),
         upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()
@@ -353,6 +364,14 @@ pub fn http_connection_manager(
             .map(|p| access_log(p))
             .collect(),
         ..Default::default()
+    }
+}
+
+/// Envoy's TLS transport socket with `context` (a Downstream- or UpstreamTlsContext).
+pub fn tls_socket(context: protobuf::Any) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(context)),
     }
 }
 
@@ -456,7 +475,7 @@ fn virtual_host(
             .into_iter()
             .map(|r| {
                 let mut envoy = envoy_route(r);
-                auth::apply_route_policy(r, &mut envoy, &context.spoofable);
+                auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
                 }
@@ -801,7 +820,7 @@ mod tests {
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,
         };
-        let l = http_listener(&proxy);
+        let l = http_listener(&proxy, &ConfigState::default());
         let Some(listener::filter::ConfigType::TypedConfig(any)) =
             &l.filter_chains[0].filters[0].config_type
         else {

@@ -538,3 +538,252 @@ async fn decisions_survive_the_control_plane_and_fail_closed_without_ext_authz()
     );
     assert_eq!(send(&g.envoy, "/public", &[]).await.status, 200);
 }
+
+/// `verify_in: envoy`: Envoy's own `jwt_authn` verifies the token, with no
+/// ext-authz call, and answers like ext-authz does.
+#[tokio::test]
+async fn jwts_verified_in_envoy_without_ext_authz() {
+    use gatehouse_e2e::tokens::{hs256, now, raw_token};
+    const ISS: &str = "https://idp.test/";
+    const AUD: &str = "orders-api";
+    let proxy_port = free_port();
+    let ext_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
+    options.validate_with_envoy = true;
+    let cp = ControlPlane::start(options).await;
+    let mut ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::Delta).await;
+    let upstream = Upstream::start("orders").await;
+    cp.apply("/v1/services/orders", upstream.service("orders"))
+        .await;
+
+    let old = TestKey::rsa("2026-old");
+    let ec = TestKey::load("ec-p256.pem", Algorithm::ES256, "2026-ec");
+    let new = TestKey::load("rsa-2.pem", Algorithm::RS256, "2026-new");
+    let partner = TestKey::load("ed25519.pem", Algorithm::EdDSA, "partner-1");
+    let (addr, keys) = jwks_server(jwks(&[&old, &ec])).await;
+    cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks_uri": format!("http://{addr}/jwks.json"),
+               "algorithms": ["RS256", "ES256"], "audiences": [AUD],
+               "forward_claims": {"email": "x-user-email"}, "jwks_refresh_seconds": 10,
+               "jwks_min_refresh_seconds": 1}),
+    )
+    .await;
+    cp.apply(
+        "/v1/jwt-issuers/partner",
+        json!({"issuer": "https://partner.test/", "jwks": jwks(&[&partner]),
+               "algorithms": ["EdDSA"], "audiences": [AUD]}),
+    )
+    .await;
+    cp.apply("/v1/consumers/dave", json!({"plan": "enterprise"}))
+        .await;
+    cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt", "verify_in": "envoy", "scopes": ["orders:read"]}}),
+    )
+    .await;
+    cp.apply(
+        "/v1/routes/audit",
+        json!({"match": {"path_prefix": "/audit"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt", "verify_in": "envoy", "strip_credentials": false}}),
+    )
+    .await;
+    cp.apply(
+        "/v1/routes/slow",
+        json!({"match": {"path_prefix": "/slow"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt"}}),
+    )
+    .await;
+
+    let mut c = claims(ISS, AUD, "dave");
+    c["scope"] = json!("orders:read orders:write");
+    c["email"] = json!("dave@example.com");
+    let bearer = |token: String| format!("Bearer {token}");
+    let good = bearer(old.sign(&c));
+    until_status(&envoy, "/orders", &[("authorization", &good)], 200).await;
+    until_status(&envoy, "/slow", &[("authorization", &good)], 200).await;
+
+    // Allowed: identity headers from the token replace the client's; the
+    // plan (consumer records live in ext-authz) is not set, nor spoofable.
+    let ok = send(
+        &envoy,
+        "/orders",
+        &[
+            ("authorization", &good),
+            ("x-gatehouse-consumer", "admin"),
+            ("x-gatehouse-plan", "enterprise"),
+            ("x-user-email", "ceo@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("dave"));
+    assert_eq!(ok.upstream_header("x-user-email"), Some("dave@example.com"));
+    assert_eq!(ok.upstream_header("x-gatehouse-plan"), None);
+    assert_eq!(ok.upstream_header("authorization"), None, "token stripped");
+    let kept = send(&envoy, "/audit", &[("authorization", &good)]).await;
+    assert_eq!(kept.upstream_header("authorization"), Some(good.as_str()));
+    for token in [ec.sign(&c), {
+        let mut p = c.clone();
+        p["iss"] = json!("https://partner.test/");
+        p.as_object_mut().map(|o| o.remove("scope"));
+        p["scp"] = json!(["orders:read"]);
+        partner.sign(&p)
+    }] {
+        assert_eq!(
+            send(&envoy, "/orders", &[("authorization", &bearer(token))])
+                .await
+                .status,
+            200
+        );
+    }
+
+    // Denials in ext-authz's shape.
+    let missing = send(&envoy, "/orders", &[("x-gatehouse-consumer", "dave")]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.body["error"], "missing_credentials");
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+    let mut narrow = c.clone();
+    narrow["scope"] = json!("billing:read");
+    let denied = send(
+        &envoy,
+        "/orders",
+        &[("authorization", &bearer(old.sign(&narrow)))],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.body["error"], "insufficient_scope");
+
+    // Hostile tokens: every one refused as invalid; each has an accepted twin above.
+    let header = json!({"alg": "RS256", "kid": "2026-old", "typ": "JWT"});
+    let without = |claim: &str| {
+        let mut x = c.clone();
+        x.as_object_mut().map(|o| o.remove(claim));
+        old.sign(&x)
+    };
+    let with = |claim: &str, value: serde_json::Value| {
+        let mut x = c.clone();
+        x[claim] = value;
+        old.sign(&x)
+    };
+    let crit = {
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+        h.kid = Some("2026-old".into());
+        h.crit = Some(vec!["exp2".into()]);
+        old.sign_with_header(h, &c)
+    };
+    let good_parts: Vec<&str> = good["Bearer ".len()..].split('.').collect();
+    let hostile = [
+        ("expired", with("exp", json!(now() - 600))),
+        ("not yet valid", with("nbf", json!(now() + 600))),
+        ("wrong issuer", with("iss", json!("https://evil.test/"))),
+        ("wrong audience", with("aud", json!("billing-api"))),
+        ("no exp", without("exp")),
+        ("no aud", without("aud")),
+        ("no iss", without("iss")),
+        ("crit", crit),
+        (
+            "alg none",
+            raw_token(&json!({"alg": "nOnE", "kid": "2026-old"}), &c, b""),
+        ),
+        (
+            "stripped signature",
+            format!("{}.{}.", good_parts[0], good_parts[1]),
+        ),
+        (
+            "key confusion",
+            hs256(
+                &header,
+                &c,
+                serde_json::to_string(&old.jwk()).unwrap().as_bytes(),
+            ),
+        ),
+        (
+            "unknown kid",
+            raw_token(
+                &json!({"alg": "RS256", "kid": "../../etc/passwd"}),
+                &c,
+                b"sig",
+            ),
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{}.{}.{}",
+                good_parts[0],
+                with("sub", json!("admin"))
+                    .split('.')
+                    .nth(1)
+                    .unwrap_or_default(),
+                good_parts[2]
+            ),
+        ),
+        (
+            "truncated signature",
+            format!(
+                "{}.{}.{}",
+                good_parts[0],
+                good_parts[1],
+                &good_parts[2][..good_parts[2].len() / 2]
+            ),
+        ),
+        ("invalid base64", "!!!.???.***".to_owned()),
+    ];
+    for (what, token) in hostile {
+        let answer = send(&envoy, "/orders", &[("authorization", &bearer(token))]).await;
+        assert_eq!(answer.status, 401, "{what}");
+        assert_eq!(answer.body["error"], "invalid_token", "{what}");
+        assert_eq!(
+            answer.headers["www-authenticate"],
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\"",
+            "{what}"
+        );
+    }
+
+    // No ext-authz on the path: with it gone, routes verified in Envoy still
+    // answer, while routes that need it fail closed.
+    ext.kill().await;
+    assert_eq!(
+        send(&envoy, "/orders", &[("authorization", &good)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(&envoy, "/slow", &[("authorization", &good)])
+            .await
+            .status,
+        503
+    );
+
+    // The issuer rotates: Envoy picks the new key set up on its refresh.
+    *keys.lock().unwrap() = jwks(&[&new, &ec]);
+    let fresh = bearer(new.sign(&c));
+    eventually(Duration::from_secs(20), "the rotated key", || async {
+        send(&envoy, "/orders", &[("authorization", &fresh)])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    let stale = bearer(with("jti", json!("never-seen")));
+    assert_eq!(
+        send(&envoy, "/orders", &[("authorization", &stale)])
+            .await
+            .status,
+        401
+    );
+
+    // An issuer Envoy cannot use leaves such routes without one: refused.
+    let refused = cp.delete("/v1/jwt-issuers/partner").await;
+    assert_eq!(refused.status(), 204);
+    let refused = cp.delete("/v1/jwt-issuers/idp").await;
+    assert_eq!(refused.status(), 422);
+    cp.assert_no_nacks().await;
+}

@@ -547,6 +547,19 @@ pub enum FailureMode {
     Open,
 }
 
+/// Where a JWT route's tokens are verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyIn {
+    /// ext-authz: every method, consumer records (plan, roles), refetch on an unknown `kid`.
+    #[default]
+    ExtAuthz,
+    /// Envoy's own `jwt_authn` filter, in process: no ext-authz call. `jwt`
+    /// routes only, without roles; issuers with an HMAC secret are not
+    /// accepted there, and no `x-gatehouse-plan` is set.
+    Envoy,
+}
+
 fn default_true() -> bool {
     true
 }
@@ -567,6 +580,15 @@ pub struct RouteAuth {
     /// Remove the credential (header or query parameter) before the request goes upstream.
     #[serde(default = "default_true")]
     pub strip_credentials: bool,
+    /// Where tokens are verified (`envoy`: in process, for JWT-only routes).
+    #[serde(default, skip_serializing_if = "VerifyIn::is_ext_authz")]
+    pub verify_in: VerifyIn,
+}
+
+impl VerifyIn {
+    fn is_ext_authz(&self) -> bool {
+        *self == VerifyIn::ExtAuthz
+    }
 }
 
 impl RouteAuth {
@@ -579,6 +601,31 @@ impl RouteAuth {
                 "scopes and roles need an authenticating method (api_key, jwt, introspection or any)",
             ));
         }
+        if self.verify_in == VerifyIn::Envoy {
+            if self.method != AuthMethod::Jwt {
+                errors.push(FieldError::new(
+                    "auth.verify_in",
+                    "envoy verifies JWTs only: use it with method jwt",
+                ));
+            }
+            if !self.roles.is_empty() {
+                errors.push(FieldError::new(
+                    "auth.roles",
+                    "roles come from consumer records, which only ext-authz holds: use verify_in ext_authz",
+                ));
+            }
+            if self.failure_mode != FailureMode::Closed {
+                errors.push(FieldError::new(
+                    "auth.failure_mode",
+                    "a token verified in Envoy has no external call that could fail: remove failure_mode",
+                ));
+            }
+        }
+    }
+
+    /// Tokens are verified by Envoy's `jwt_authn`, not ext-authz.
+    pub fn verified_in_envoy(&self) -> bool {
+        self.verify_in == VerifyIn::Envoy
     }
 
     pub fn is_protected(&self) -> bool {
@@ -777,5 +824,30 @@ mod tests {
         let mut errors = Vec::new();
         auth.validate(&mut errors);
         assert_eq!(fields(errors), vec!["auth.method"]);
+    }
+
+    #[test]
+    fn envoy_verifies_jwt_routes_without_roles_only() {
+        let ok = RouteAuth {
+            method: AuthMethod::Jwt,
+            scopes: vec!["orders:read".into()],
+            verify_in: VerifyIn::Envoy,
+            ..RouteAuth::default()
+        };
+        let mut errors = Vec::new();
+        ok.validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let bad = RouteAuth {
+            method: AuthMethod::Any,
+            roles: vec!["admin".into()],
+            failure_mode: FailureMode::Open,
+            verify_in: VerifyIn::Envoy,
+            ..RouteAuth::default()
+        };
+        bad.validate(&mut errors);
+        assert_eq!(
+            fields(errors),
+            vec!["auth.verify_in", "auth.roles", "auth.failure_mode"]
+        );
     }
 }

@@ -109,11 +109,20 @@ pub fn spoofable_headers(state: &ConfigState) -> Vec<String> {
 }
 
 /// Applies a route's auth policy to its Envoy route.
-pub fn apply_route_policy(r: &Route, envoy: &mut route::Route, spoofable: &[String]) {
+pub fn apply_route_policy(
+    r: &Route,
+    envoy: &mut route::Route,
+    spoofable: &[String],
+    state: &ConfigState,
+) {
     let Some(auth) = r.auth.as_ref().filter(|a| a.method != AuthMethod::None) else {
         envoy.request_headers_to_remove = spoofable.to_vec();
         return;
     };
+    if auth.verified_in_envoy() {
+        super::jwt::apply_route(auth, envoy, spoofable, state);
+        return;
+    }
     use auth::context;
     let mut context_extensions = HashMap::from([
         (context::ROUTE.to_owned(), r.name.clone()),
@@ -261,7 +270,12 @@ mod tests {
             serde_json::json!({"method": "jwt", "scopes": ["orders:read", "orders:write"], "roles": ["buyer"]}),
         );
         let mut envoy = route::Route::default();
-        apply_route_policy(&r, &mut envoy, &["x-gatehouse-consumer".into()]);
+        apply_route_policy(
+            &r,
+            &mut envoy,
+            &["x-gatehouse-consumer".into()],
+            &ConfigState::default(),
+        );
         assert!(envoy.request_headers_to_remove.is_empty());
         let any = &envoy.typed_per_filter_config[EXT_AUTHZ_FILTER];
         let per_route = ext_authz::ExtAuthzPerRoute::decode(any.value.as_slice()).unwrap();
@@ -284,7 +298,7 @@ mod tests {
             serde_json::json!({"method": "any", "failure_mode": "open", "strip_credentials": false}),
         );
         let mut envoy = route::Route::default();
-        apply_route_policy(&r, &mut envoy, &[]);
+        apply_route_policy(&r, &mut envoy, &[], &ConfigState::default());
         assert!(
             envoy
                 .typed_per_filter_config
@@ -301,7 +315,7 @@ mod tests {
             "x-gatehouse-consumer".to_string(),
             "x-user-email".to_string(),
         ];
-        apply_route_policy(&r, &mut envoy, &spoofable);
+        apply_route_policy(&r, &mut envoy, &spoofable, &ConfigState::default());
         assert!(envoy.typed_per_filter_config.is_empty());
         assert_eq!(envoy.request_headers_to_remove, spoofable);
     }

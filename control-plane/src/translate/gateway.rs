@@ -22,13 +22,14 @@ pub fn listener(
     gateway: &Gateway,
     certificate: Option<&Certificate>,
     proxy: &ProxySettings,
+    state: &ConfigState,
 ) -> gatehouse_proto::listener::Listener {
     let name = listener_name(gateway);
     listener_for(
         &name,
         &gateway.address,
         gateway.port,
-        http_connection_manager(proxy, &name),
+        http_connection_manager(proxy, state, &name),
         certificate.map(tls_transport_socket),
     )
 }
@@ -51,12 +52,7 @@ pub fn tls_transport_socket(certificate: &Certificate) -> core::TransportSocket 
         }),
         ..Default::default()
     };
-    core::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(to_any(
-            &context,
-        ))),
-    }
+    super::tls_socket(to_any(&context))
 }
 
 /// No two listeners may bind the same port on overlapping addresses (a
@@ -112,7 +108,12 @@ mod tests {
         let g = gateway(serde_json::json!({
             "name": "public", "port": 8443, "protocol": "https", "certificate": "edge"
         }));
-        let l = listener(&g, Some(&certificate), &ProxySettings::default());
+        let l = listener(
+            &g,
+            Some(&certificate),
+            &ProxySettings::default(),
+            &ConfigState::default(),
+        );
         assert_eq!(l.name, "gateway_public");
         let chain = &l.filter_chains[0];
         let socket = chain.transport_socket.as_ref().expect("tls");

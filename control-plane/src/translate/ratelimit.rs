@@ -16,7 +16,10 @@ use gatehouse_proto::{
 };
 use prost::Message;
 
-use super::{auth::EXT_AUTHZ_FILTER, duration_ms, grpc_cluster};
+use super::{
+    auth::{EXT_AUTHZ_FILTER, IDENTITY_HEADERS},
+    duration_ms, grpc_cluster,
+};
 use crate::{
     model::{
         Route,
@@ -113,9 +116,24 @@ fn identity(key: &str) -> Action {
     }
 }
 
-fn action(part: &CountBy, route: &str) -> Action {
+/// The consumer `jwt_authn` named in its header (routes verified in Envoy;
+/// client-sent copies are removed before it runs).
+fn consumer_from_jwt() -> Action {
+    Action {
+        action_specifier: Some(ActionSpecifier::RequestHeaders(
+            route::rate_limit::action::RequestHeaders {
+                header_name: IDENTITY_HEADERS[0].into(),
+                descriptor_key: gatehouse_proto::ratelimit::descriptor::CONSUMER.into(),
+                skip_if_absent: false,
+            },
+        )),
+    }
+}
+
+fn action(part: &CountBy, route: &str, jwt_in_envoy: bool) -> Action {
     use gatehouse_proto::ratelimit::descriptor as d;
     match part {
+        CountBy::Consumer if jwt_in_envoy => consumer_from_jwt(),
         CountBy::Consumer => identity(d::CONSUMER),
         CountBy::Plan => identity(d::PLAN),
         CountBy::ClientIp => Action {
@@ -139,6 +157,7 @@ fn action(part: &CountBy, route: &str) -> Action {
 /// The `rate_limits` of one route: its policies, then the plan quota.
 pub fn route_rate_limits(r: &Route, state: &ConfigState) -> Vec<route::RateLimit> {
     use gatehouse_proto::ratelimit::descriptor as d;
+    let jwt_in_envoy = r.auth.as_ref().is_some_and(|a| a.verified_in_envoy());
     let mut limits: Vec<route::RateLimit> = state
         .rate_limit_policies
         .values()
@@ -148,7 +167,7 @@ pub fn route_rate_limits(r: &Route, state: &ConfigState) -> Vec<route::RateLimit
             actions.extend(
                 p.by.iter()
                     .filter_map(|part| CountBy::parse(part))
-                    .map(|part| action(&part, &r.name)),
+                    .map(|part| action(&part, &r.name, jwt_in_envoy)),
             );
             route::RateLimit {
                 actions,

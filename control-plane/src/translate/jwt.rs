@@ -1,0 +1,561 @@
+//! JWTs verified inside Envoy (`auth.verify_in: envoy`): the `jwt_authn`
+//! filter with a provider per issuer, the clusters remote JWKS are fetched
+//! through, each route's requirement and scope check (RBAC), and the local
+//! replies that give Envoy's own denials ext-authz's shape.
+//!
+//! - Such a route costs no ext-authz call: Envoy checks signature, `iss`,
+//!   `aud`, `exp` (required) and `nbf` with the issuer's leeway, then copies
+//!   the consumer claim to `x-gatehouse-consumer` and the forwarded claims to
+//!   their headers. `jwt_authn` removes client-sent copies of those headers
+//!   first; the route removes the other identity headers.
+//! - The token's header and payload land in dynamic metadata. A per-route
+//!   RBAC policy then refuses tokens with `crit` entries (Envoy ignores them;
+//!   we understand none) and tokens without the route's scopes (`scope` is
+//!   split on spaces, `scp` may be a list).
+//! - The filters are always in the chain, so an Envoy whose listener is
+//!   still being replaced refuses (never skips) a requirement it lacks.
+//! - Denials: 401 `missing_credentials` / `invalid_token`, 403
+//!   `insufficient_scope`, with ext-authz's JSON body and `WWW-Authenticate`.
+//!   The local-reply mappers match on the refusing filter's response code
+//!   details, so ext-authz's own answers pass untouched.
+
+use std::collections::HashMap;
+
+use gatehouse_proto::{
+    accesslog, cel_filter, cluster, core, endpoint, hcm, jwt_authn, matcher, protobuf, rbac,
+    rbac_filter, route, tls, to_any,
+};
+
+use super::{duration_ms, socket_address};
+use crate::{
+    model::{
+        JwtIssuer, Route,
+        auth::{RouteAuth, VerifyIn},
+    },
+    store::ConfigState,
+    xds::snapshot::ConsistencyError,
+};
+
+pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+pub const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// Dynamic metadata keys (namespace [`JWT_FILTER`]).
+const PAYLOAD: &str = "payload";
+const HEADER: &str = "header";
+/// How `jwt_authn` and RBAC name their refusals (response code details).
+const JWT_DENIED: &str = "jwt_authn_access_denied";
+const RBAC_DENIED: &str = "rbac_access_denied";
+/// Requirement names: the token is removed before the request goes upstream, or kept.
+const STRIP: &str = "gatehouse.strip";
+const KEEP: &str = "gatehouse.keep";
+/// Where Debian and most distributions keep the system's trusted CAs.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+const CONSUMER_HEADER: &str = "x-gatehouse-consumer";
+
+/// The route's auth policy when Envoy verifies its tokens.
+fn envoy_policy(r: &Route) -> Option<&RouteAuth> {
+    r.auth.as_ref().filter(|a| a.verify_in == VerifyIn::Envoy)
+}
+
+/// Issuers Envoy can verify: keys inline or at a URI. HMAC secrets are
+/// references only ext-authz resolves, so those issuers stay there.
+fn envoy_issuers(state: &ConfigState) -> impl Iterator<Item = &JwtIssuer> {
+    state
+        .jwt_issuers
+        .values()
+        .filter(|i| i.hmac_secret.is_none() && (i.jwks.is_some() || i.jwks_uri.is_some()))
+}
+
+pub fn jwks_cluster_name(issuer: &str) -> String {
+    format!("gatehouse_jwks_{issuer}")
+}
+
+/// Scheme, host and port of a JWKS URI (validated by the model).
+struct Origin {
+    tls: bool,
+    host: String,
+    port: u32,
+}
+
+fn origin(uri: &str) -> Option<Origin> {
+    let (tls, rest) = match uri.split_once("://")? {
+        ("https", rest) => (true, rest),
+        ("http", rest) => (false, rest),
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').map(str::parse).transpose().ok()?;
+        (host.to_owned(), port.unwrap_or(default_port))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), port.parse().ok()?),
+            None => (authority.to_owned(), default_port),
+        }
+    };
+    (!host.is_empty()).then_some(Origin { tls, host, port })
+}
+
+/// A cluster per issuer whose keys Envoy fetches (used by routes verified in Envoy).
+pub fn jwks_clusters(state: &ConfigState) -> Vec<cluster::Cluster> {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
+    if !state.routes.values().any(|r| envoy_policy(r).is_some()) {
+        return Vec::new();
+    }
+    envoy_issuers(state)
+        .filter_map(|i| Some((i, origin(i.jwks_uri.as_deref()?)?)))
+        .map(|(issuer, origin)| {
+            let name = jwks_cluster_name(&issuer.name);
+            let literal = origin.host.parse::<std::net::IpAddr>().is_ok();
+            let kind = if literal {
+                DiscoveryType::Static
+            } else {
+                DiscoveryType::LogicalDns
+            };
+            cluster::Cluster {
+                name: name.clone(),
+                connect_timeout: Some(duration_ms(2_000)),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+                dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
+                load_assignment: Some(endpoint::ClusterLoadAssignment {
+                    cluster_name: name,
+                    endpoints: vec![endpoint::LocalityLbEndpoints {
+                        lb_endpoints: vec![endpoint::LbEndpoint {
+                            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                                endpoint::Endpoint {
+                                    address: Some(socket_address(&origin.host, origin.port)),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                transport_socket: origin.tls.then(|| upstream_tls(&origin.host)),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// TLS to a JWKS host: the system's CAs, the host's name checked.
+fn upstream_tls(host: &str) -> core::TransportSocket {
+    use tls::{common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType};
+    let context = tls::UpstreamTlsContext {
+        sni: host.to_owned(),
+        common_tls_context: Some(tls::CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                tls::CertificateValidationContext {
+                    trusted_ca: Some(core::DataSource {
+                        specifier: Some(core::data_source::Specifier::Filename(
+                            SYSTEM_CA_BUNDLE.into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(exact(host)),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    super::tls_socket(to_any(&context))
+}
+
+fn exact(value: &str) -> matcher::StringMatcher {
+    matcher::StringMatcher {
+        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(value.into())),
+        ..Default::default()
+    }
+}
+
+fn provider(issuer: &JwtIssuer, forward: bool) -> jwt_authn::JwtProvider {
+    use jwt_authn::jwt_provider::{JwksSourceSpecifier, NormalizePayload};
+    let jwks = match (&issuer.jwks, &issuer.jwks_uri) {
+        (Some(jwks), _) => JwksSourceSpecifier::LocalJwks(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineString(jwks.to_string())),
+            ..Default::default()
+        }),
+        (None, uri) => JwksSourceSpecifier::RemoteJwks(jwt_authn::RemoteJwks {
+            http_uri: Some(core::HttpUri {
+                uri: uri.clone().unwrap_or_default(),
+                http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                    jwks_cluster_name(&issuer.name),
+                )),
+                timeout: Some(duration_ms(5_000)),
+            }),
+            cache_duration: Some(protobuf::Duration {
+                seconds: i64::from(issuer.jwks_refresh_seconds),
+                nanos: 0,
+            }),
+            // Fetched when the listener starts, not on the first request;
+            // a failed fetch is retried after the issuer's refresh floor.
+            async_fetch: Some(jwt_authn::JwksAsyncFetch {
+                fast_listener: true,
+                failed_refetch_duration: Some(protobuf::Duration {
+                    seconds: i64::from(issuer.jwks_min_refresh_seconds),
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut claim_to_headers = vec![jwt_authn::JwtClaimToHeader {
+        header_name: CONSUMER_HEADER.into(),
+        claim_name: issuer.consumer_claim.clone(),
+        ..Default::default()
+    }];
+    claim_to_headers.extend(issuer.forward_claims.iter().map(|(claim, header)| {
+        jwt_authn::JwtClaimToHeader {
+            header_name: header.clone(),
+            claim_name: claim.clone(),
+            ..Default::default()
+        }
+    }));
+    jwt_authn::JwtProvider {
+        issuer: issuer.issuer.clone(),
+        audiences: issuer.audiences.clone(),
+        require_expiration: true,
+        forward,
+        // Only `Authorization: Bearer`, as ext-authz: no `access_token` query parameter.
+        from_headers: vec![jwt_authn::JwtHeader {
+            name: "authorization".into(),
+            value_prefix: "Bearer ".into(),
+        }],
+        payload_in_metadata: PAYLOAD.into(),
+        normalize_payload_in_metadata: Some(NormalizePayload {
+            space_delimited_claims: vec!["scope".into(), "scp".into()],
+        }),
+        header_in_metadata: HEADER.into(),
+        clock_skew_seconds: issuer.leeway_seconds,
+        jwt_cache_config: Some(jwt_authn::JwtCacheConfig {
+            jwt_cache_size: 1024,
+            ..Default::default()
+        }),
+        claim_to_headers,
+        jwks_source_specifier: Some(jwks),
+        ..Default::default()
+    }
+}
+
+fn provider_name(issuer: &str, forward: bool) -> String {
+    if forward {
+        format!("{issuer}+keep")
+    } else {
+        issuer.to_owned()
+    }
+}
+
+/// Any one of `providers`.
+fn requirement(providers: Vec<String>) -> jwt_authn::JwtRequirement {
+    use jwt_authn::jwt_requirement::RequiresType;
+    let requires = match providers.as_slice() {
+        [one] => RequiresType::ProviderName(one.clone()),
+        _ => RequiresType::RequiresAny(jwt_authn::JwtRequirementOrList {
+            requirements: providers
+                .into_iter()
+                .map(|p| jwt_authn::JwtRequirement {
+                    requires_type: Some(RequiresType::ProviderName(p)),
+                })
+                .collect(),
+        }),
+    };
+    jwt_authn::JwtRequirement {
+        requires_type: Some(requires),
+    }
+}
+
+/// The `jwt_authn` filter: providers for the routes verified in Envoy
+/// (none when there are no such routes, so issuer changes touch no listener).
+pub fn jwt_filter(state: &ConfigState) -> hcm::HttpFilter {
+    let policies: Vec<&RouteAuth> = state.routes.values().filter_map(envoy_policy).collect();
+    let mut config = jwt_authn::JwtAuthentication::default();
+    for (forward, name) in [(false, STRIP), (true, KEEP)] {
+        if !policies.iter().any(|p| p.strip_credentials != forward) {
+            continue;
+        }
+        let mut names = Vec::new();
+        for issuer in envoy_issuers(state) {
+            let provider_name = provider_name(&issuer.name, forward);
+            config
+                .providers
+                .insert(provider_name.clone(), provider(issuer, forward));
+            names.push(provider_name);
+        }
+        if !names.is_empty() {
+            config
+                .requirement_map
+                .insert(name.into(), requirement(names));
+        }
+    }
+    hcm::HttpFilter {
+        name: JWT_FILTER.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(&config))),
+        ..Default::default()
+    }
+}
+
+/// The RBAC filter; only routes verified in Envoy give it rules.
+pub fn rbac_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: RBAC_FILTER.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &rbac_filter::Rbac::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Metadata `jwt_authn` wrote: `path` under its namespace, matched by `value`.
+fn jwt_metadata(
+    path: &[&str],
+    value: matcher::value_matcher::MatchPattern,
+) -> matcher::MetadataMatcher {
+    use matcher::metadata_matcher::{PathSegment, path_segment::Segment};
+    matcher::MetadataMatcher {
+        filter: JWT_FILTER.into(),
+        path: path
+            .iter()
+            .map(|key| PathSegment {
+                segment: Some(Segment::Key((*key).into())),
+            })
+            .collect(),
+        value: Some(matcher::ValueMatcher {
+            match_pattern: Some(value),
+        }),
+        invert: false,
+    }
+}
+
+fn principal(id: rbac::principal::Identifier) -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(id),
+    }
+}
+
+fn payload_principal(m: matcher::MetadataMatcher) -> rbac::Principal {
+    principal(rbac::principal::Identifier::SourcedMetadata(
+        rbac::SourcedMetadata {
+            metadata_matcher: Some(m),
+            ..Default::default()
+        },
+    ))
+}
+
+/// The token has no `crit` header, and grants every one of `scopes`.
+fn route_rbac(scopes: &[String]) -> rbac_filter::RbacPerRoute {
+    use matcher::value_matcher::MatchPattern;
+    use rbac::principal::{Identifier, Set};
+    let mut all = vec![principal(Identifier::NotId(Box::new(payload_principal(
+        jwt_metadata(&[HEADER, "crit"], MatchPattern::PresentMatch(true)),
+    ))))];
+    for scope in scopes {
+        let granted_by = |claim: &str| {
+            payload_principal(jwt_metadata(
+                &[PAYLOAD, claim],
+                MatchPattern::ListMatch(Box::new(matcher::ListMatcher {
+                    match_pattern: Some(matcher::list_matcher::MatchPattern::OneOf(Box::new(
+                        matcher::ValueMatcher {
+                            match_pattern: Some(MatchPattern::StringMatch(exact(scope))),
+                        },
+                    ))),
+                })),
+            ))
+        };
+        all.push(principal(Identifier::OrIds(Set {
+            ids: vec![granted_by("scope"), granted_by("scp")],
+        })));
+    }
+    let policy = rbac::Policy {
+        permissions: vec![rbac::Permission {
+            rule: Some(rbac::permission::Rule::Any(true)),
+        }],
+        principals: vec![principal(Identifier::AndIds(Set { ids: all }))],
+        ..Default::default()
+    };
+    rbac_filter::RbacPerRoute {
+        rbac: Some(rbac_filter::Rbac {
+            rules: Some(rbac::Rbac {
+                action: rbac::rbac::Action::Allow as i32,
+                policies: HashMap::from([("gatehouse".to_owned(), policy)]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Applies a route verified in Envoy: its requirement, its RBAC policy, and
+/// the removal of identity headers `jwt_authn` does not set itself.
+pub fn apply_route(
+    auth: &RouteAuth,
+    envoy: &mut route::Route,
+    spoofable: &[String],
+    state: &ConfigState,
+) {
+    let requirement = if auth.strip_credentials { STRIP } else { KEEP };
+    envoy.typed_per_filter_config.insert(
+        JWT_FILTER.into(),
+        to_any(&jwt_authn::PerRouteConfig {
+            requirement_specifier: Some(
+                jwt_authn::per_route_config::RequirementSpecifier::RequirementName(
+                    requirement.into(),
+                ),
+            ),
+        }),
+    );
+    envoy
+        .typed_per_filter_config
+        .insert(RBAC_FILTER.into(), to_any(&route_rbac(&auth.scopes)));
+    let set_by_envoy: Vec<&str> = std::iter::once(CONSUMER_HEADER)
+        .chain(
+            envoy_issuers(state)
+                .flat_map(|i| i.forward_claims.values())
+                .map(String::as_str),
+        )
+        .collect();
+    envoy.request_headers_to_remove = spoofable
+        .iter()
+        .filter(|h| !set_by_envoy.contains(&h.as_str()))
+        .cloned()
+        .collect();
+}
+
+/// Routes verified in Envoy whose requirement has no provider: no issuer
+/// Envoy can use is configured.
+pub fn check_issuers(state: &ConfigState) -> Result<(), ConsistencyError> {
+    if envoy_issuers(state).next().is_some() {
+        return Ok(());
+    }
+    match state.routes.values().find(|r| envoy_policy(r).is_some()) {
+        Some(route) => Err(ConsistencyError::NoEnvoyIssuer(route.name.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Local replies whose response code details start with `prefix` (the
+/// filter that refused says why there).
+fn details_start_with(prefix: &str) -> accesslog::AccessLogFilter {
+    use accesslog::{access_log_filter::FilterSpecifier, extension_filter::ConfigType};
+    let expression = cel_filter::ExpressionFilter {
+        expression: format!("response.code_details.startsWith('{prefix}')"),
+        ..Default::default()
+    };
+    accesslog::AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::ExtensionFilter(
+            accesslog::ExtensionFilter {
+                name: "envoy.access_loggers.extension_filters.cel".into(),
+                config_type: Some(ConfigType::TypedConfig(to_any(&expression))),
+            },
+        )),
+    }
+}
+
+fn metadata_is(m: matcher::MetadataMatcher) -> accesslog::AccessLogFilter {
+    accesslog::AccessLogFilter {
+        filter_specifier: Some(
+            accesslog::access_log_filter::FilterSpecifier::MetadataFilter(
+                accesslog::MetadataFilter {
+                    matcher: Some(m),
+                    match_if_key_not_found: Some(protobuf::BoolValue { value: false }),
+                },
+            ),
+        ),
+    }
+}
+
+fn answer(
+    filter: accesslog::AccessLogFilter,
+    status: Option<u32>,
+    code: &str,
+    message: &str,
+    challenge: &str,
+) -> hcm::ResponseMapper {
+    use core::{data_source::Specifier, substitution_format_string::Format};
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    hcm::ResponseMapper {
+        filter: Some(filter),
+        status_code: status.map(|value| protobuf::UInt32Value { value }),
+        body_format_override: Some(core::SubstitutionFormatString {
+            format: Some(Format::TextFormatSource(core::DataSource {
+                specifier: Some(Specifier::InlineString(body)),
+                ..Default::default()
+            })),
+            content_type: "application/json".into(),
+            ..Default::default()
+        }),
+        headers_to_add: vec![core::HeaderValueOption {
+            header: Some(core::HeaderValue {
+                key: "www-authenticate".into(),
+                value: challenge.into(),
+                ..Default::default()
+            }),
+            append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// `jwt_authn`'s and RBAC's refusals in ext-authz's shape (ext-authz's own
+/// answers are left alone); the first match wins.
+pub fn local_replies() -> hcm::LocalReplyConfig {
+    use accesslog::access_log_filter::FilterSpecifier;
+    use matcher::value_matcher::MatchPattern;
+    let invalid = "Bearer realm=\"gatehouse\", error=\"invalid_token\"";
+    let crit_refused = accesslog::AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::AndFilter(accesslog::AndFilter {
+            filters: vec![
+                details_start_with(RBAC_DENIED),
+                metadata_is(jwt_metadata(
+                    &[HEADER, "crit"],
+                    MatchPattern::PresentMatch(true),
+                )),
+            ],
+        })),
+    };
+    hcm::LocalReplyConfig {
+        mappers: vec![
+            answer(
+                details_start_with(&format!("{JWT_DENIED}{{Jwt_is_missing")),
+                None,
+                "missing_credentials",
+                "credentials are required",
+                "Bearer realm=\"gatehouse\"",
+            ),
+            // Envoy answers 403 for a wrong audience; ext-authz says 401.
+            answer(
+                details_start_with(JWT_DENIED),
+                Some(401),
+                "invalid_token",
+                "the token is not valid",
+                invalid,
+            ),
+            answer(
+                crit_refused,
+                Some(401),
+                "invalid_token",
+                "the token is not valid",
+                invalid,
+            ),
+            answer(
+                details_start_with(RBAC_DENIED),
+                None,
+                "insufficient_scope",
+                "the credential lacks a required scope",
+                "Bearer realm=\"gatehouse\", error=\"insufficient_scope\"",
+            ),
+        ],
+        ..Default::default()
+    }
+}
