@@ -91,24 +91,34 @@ struct Policy<'a> {
 
 impl<'a> Policy<'a> {
     fn from_context(context: &'a HashMap<String, String>) -> Option<Self> {
-        let methods = context.get(context::METHODS)?;
-        let has = |m: &str| methods.split(',').any(|x| x == m);
-        let words = |key: &str| {
-            context
-                .get(key)
-                .map(|v| v.split_whitespace().collect())
-                .unwrap_or_default()
+        // One pass over the few entries: cheaper than a hashed lookup per key
+        // (this runs on every check).
+        let mut policy = Policy {
+            api_key: false,
+            jwt: false,
+            introspection: false,
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            strip: false,
         };
-        let policy = Policy {
-            api_key: has("api_key"),
-            jwt: has("jwt"),
-            introspection: has("introspection"),
-            scopes: words(context::SCOPES),
-            roles: words(context::ROLES),
-            strip: context
-                .get(context::STRIP_CREDENTIALS)
-                .is_some_and(|v| v == "1"),
-        };
+        for (key, value) in context {
+            match key.as_str() {
+                context::METHODS => {
+                    for method in value.split(',') {
+                        match method {
+                            "api_key" => policy.api_key = true,
+                            "jwt" => policy.jwt = true,
+                            "introspection" => policy.introspection = true,
+                            _ => {}
+                        }
+                    }
+                }
+                context::SCOPES => policy.scopes = value.split_whitespace().collect(),
+                context::ROLES => policy.roles = value.split_whitespace().collect(),
+                context::STRIP_CREDENTIALS => policy.strip = value == "1",
+                _ => {}
+            }
+        }
         (policy.api_key || policy.jwt || policy.introspection).then_some(policy)
     }
 
@@ -464,7 +474,8 @@ fn allow(
     from_query: bool,
 ) -> Allow {
     let consumer = identity.consumer;
-    let mut set_headers = vec![(CONSUMER_HEADER.to_owned(), consumer.name.clone())];
+    let mut set_headers = Vec::with_capacity(2 + identity.headers.len());
+    set_headers.push((CONSUMER_HEADER.to_owned(), consumer.name.clone()));
     if !consumer.plan.is_empty() {
         set_headers.push((PLAN_HEADER.to_owned(), consumer.plan.clone()));
     }
@@ -505,6 +516,40 @@ fn allow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_is_read_from_the_context() {
+        let extensions = |entries: &[(&str, &str)]| -> HashMap<String, String> {
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let full = extensions(&[
+            (context::ROUTE, "orders"),
+            (context::METHODS, "api_key,jwt"),
+            (context::SCOPES, "orders:read  orders:write"),
+            (context::ROLES, "buyer"),
+            (context::STRIP_CREDENTIALS, "1"),
+        ]);
+        let policy = Policy::from_context(&full).expect("a policy");
+        assert!(policy.api_key && policy.jwt && !policy.introspection && policy.strip);
+        assert_eq!(policy.scopes, ["orders:read", "orders:write"]);
+        assert_eq!(policy.roles, ["buyer"]);
+
+        let minimal = extensions(&[(context::METHODS, "introspection")]);
+        let policy = Policy::from_context(&minimal).expect("a policy");
+        assert!(policy.introspection && !policy.api_key && !policy.strip);
+        assert!(policy.scopes.is_empty() && policy.roles.is_empty());
+
+        for no_policy in [
+            extensions(&[]),
+            extensions(&[(context::ROUTE, "orders")]),
+            extensions(&[(context::METHODS, "basic,none")]),
+        ] {
+            assert!(Policy::from_context(&no_policy).is_none());
+        }
+    }
 
     #[test]
     fn query_parameters_are_found_and_decoded() {
