@@ -47,7 +47,7 @@ fn rules() -> Rules {
                 policy("per-ip", rl::Algorithm::SlidingWindow),
                 policy("per-route", rl::Algorithm::TokenBucket),
             ],
-            plans: vec![],
+            ..Default::default()
         },
     )
     .expect("rules")

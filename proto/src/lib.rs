@@ -93,6 +93,9 @@ pub mod ratelimit {
         pub const PLAN_QUOTA: &str = "plan_quota";
         pub const PLAN: &str = "plan";
         pub const CONSUMER: &str = "consumer";
+        /// A consumer whose plan the service looks up (routes whose JWTs
+        /// Envoy verifies): counted as `plan` = that consumer's plan.
+        pub const PLAN_OF_CONSUMER: &str = "plan_of_consumer";
         pub const CLIENT_IP: &str = "client_ip";
         pub const ROUTE: &str = "route";
         /// Prefix of a request header entry: `header.<name>`.

@@ -34,6 +34,9 @@ pub struct Rules {
     pub version: String,
     policies: HashMap<String, PolicyRule>,
     plans: HashMap<String, Vec<Rule>>,
+    /// Registered consumers' plans, for descriptors that name only the
+    /// consumer (routes whose JWTs Envoy verifies).
+    consumer_plans: HashMap<String, String>,
 }
 
 fn rule(algorithm: i32, limit: &rl::Limit, burst: u64) -> Rule {
@@ -77,6 +80,7 @@ impl Rules {
             version: version.to_owned(),
             policies,
             plans,
+            consumer_plans: config.consumer_plans,
         })
     }
 
@@ -101,10 +105,21 @@ impl Rules {
             let Some((first, rest)) = descriptor.entries.split_first() else {
                 continue;
             };
-            let entries: Vec<(String, String)> = rest
+            // A consumer standing for its plan becomes that plan, so both
+            // kinds of route count the same counter; no plan, no descriptor.
+            let Some(entries) = rest
                 .iter()
-                .map(|e| (e.key.clone(), e.value.clone()))
-                .collect();
+                .map(|e| match e.key.as_str() {
+                    d::PLAN_OF_CONSUMER => self
+                        .consumer_plans
+                        .get(&e.value)
+                        .map(|plan| (d::PLAN.to_owned(), plan.clone())),
+                    _ => Some((e.key.clone(), e.value.clone())),
+                })
+                .collect::<Option<Vec<(String, String)>>>()
+            else {
+                continue;
+            };
             let origin = |label: String, fail_open: bool| Origin {
                 label,
                 fail_open,
@@ -133,21 +148,36 @@ impl Rules {
                             .find(|(k, _)| k == key)
                             .map(|(_, v)| v.as_str())
                     };
-                    let (Some(plan), Some(_)) = (value(d::PLAN), value(d::CONSUMER)) else {
+                    let Some(consumer) = value(d::CONSUMER) else {
+                        continue;
+                    };
+                    // ext-authz names the plan; for a token Envoy verified,
+                    // the consumer's registered plan.
+                    let Some(plan) = value(d::PLAN)
+                        .or_else(|| self.consumer_plans.get(consumer).map(String::as_str))
+                    else {
                         continue;
                     };
                     let Some(rules) = self.plans.get(plan) else {
                         continue;
                     };
+                    // The same counter whichever way the plan was found.
+                    let counted = [
+                        (d::PLAN.to_owned(), plan.to_owned()),
+                        (d::CONSUMER.to_owned(), consumer.to_owned()),
+                    ];
                     for rule in rules {
                         items.push((
                             Item {
-                                key: counter_key("q", plan, &entries, &rule.period_ms.to_string()),
+                                key: counter_key("q", plan, &counted, &rule.period_ms.to_string()),
                                 rule: *rule,
                                 hits,
                                 shadow: false,
                             },
-                            origin(format!("plan:{plan}"), true),
+                            Origin {
+                                entries: counted.to_vec(),
+                                ..origin(format!("plan:{plan}"), true)
+                            },
                         ));
                     }
                 }
@@ -229,6 +259,7 @@ mod tests {
                     ],
                     algorithm: 0,
                 }],
+                consumer_plans: HashMap::from([("alice".to_owned(), "free".to_owned())]),
             },
         )
         .unwrap()
@@ -262,6 +293,46 @@ mod tests {
                 ("gh:p:{per-consumer|consumer=alice}", 1, 0),
                 ("gh:q:{free|plan=free|consumer=alice}1000", 3, 1),
                 ("gh:q:{free|plan=free|consumer=alice}3600000", 3, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_consumer_stands_for_its_plan_on_routes_verified_in_envoy() {
+        let rules = rules();
+        let items = rules.items(
+            &[
+                // Plan quota with only the consumer: the same counters as
+                // when ext-authz names the plan.
+                descriptor(&[("plan_quota", "1"), ("consumer", "alice")], None),
+                // A policy counting by plan.
+                descriptor(
+                    &[("policy", "per-consumer"), ("plan_of_consumer", "alice")],
+                    None,
+                ),
+                // Unregistered consumers have no plan: nothing counted.
+                descriptor(&[("plan_quota", "1"), ("consumer", "mallory")], None),
+                descriptor(
+                    &[("policy", "per-consumer"), ("plan_of_consumer", "mallory")],
+                    None,
+                ),
+            ],
+            0,
+        );
+        let keys: Vec<&str> = items.iter().map(|(i, _)| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "gh:q:{free|plan=free|consumer=alice}1000",
+                "gh:q:{free|plan=free|consumer=alice}3600000",
+                "gh:p:{per-consumer|plan=free}",
+            ]
+        );
+        assert_eq!(
+            items[0].1.entries,
+            vec![
+                ("plan".to_owned(), "free".to_owned()),
+                ("consumer".to_owned(), "alice".to_owned())
             ]
         );
     }

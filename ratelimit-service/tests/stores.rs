@@ -40,7 +40,7 @@ fn rules(policies: Vec<rl::Policy>) -> Rules {
         "1",
         rl::RateLimitConfig {
             policies,
-            plans: vec![],
+            ..Default::default()
         },
     )
     .expect("rules")

@@ -105,6 +105,22 @@ async fn until_limited(g: &LimitedGateway, version: u64) {
     g.cp.until_converged(version).await;
 }
 
+/// Plans `free` (2 per minute) and `pro` (100 per minute), in force everywhere.
+async fn free_and_pro_plans(g: &LimitedGateway) {
+    g.cp.apply(
+        "/v1/plans/pro",
+        json!({"limits": [{"requests": 100, "per": "minute"}]}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/plans/free",
+            json!({"limits": [{"requests": 2, "per": "minute"}]}),
+        )
+        .await;
+    until_limited(g, version).await;
+}
+
 #[tokio::test]
 async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
     let g = limited_gateway().await;
@@ -224,22 +240,11 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
     .await;
     until_ok(&g.envoy, "/orders", &[("x-api-key", &free)]).await;
     g.cp.apply(
-        "/v1/plans/pro",
-        json!({"limits": [{"requests": 100, "per": "minute"}]}),
-    )
-    .await;
-    g.cp.apply(
         "/v1/rate-limit-policies/watch",
         json!({"limit": {"requests": 1, "per": "minute"}, "by": ["consumer"], "global": true, "shadow": true}),
     )
     .await;
-    let version =
-        g.cp.apply(
-            "/v1/plans/free",
-            json!({"limits": [{"requests": 2, "per": "minute"}]}),
-        )
-        .await;
-    until_limited(&g, version).await;
+    free_and_pro_plans(&g).await;
     assert_eq!(
         get(&g.envoy, "/orders", &[("x-api-key", &free)])
             .await
@@ -273,6 +278,64 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
         metrics.contains("result=\"shadow_over_limit\",limit=\"policy:watch\""),
         "{metrics}"
     );
+}
+
+/// Routes whose JWTs Envoy verifies make no ext-authz call, so no plan
+/// arrives in the request's metadata: ratelimit-service looks it up from
+/// the consumer Envoy named, and follows plan changes.
+#[tokio::test]
+async fn plan_quotas_hold_on_routes_whose_jwts_envoy_verifies() {
+    use gatehouse_e2e::tokens::{TestKey, claims, jwks};
+    const ISS: &str = "https://idp.test/";
+    const AUD: &str = "orders-api";
+    let g = limited_gateway().await;
+    let key = TestKey::rsa("k1");
+    g.cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks": jwks(&[&key]), "algorithms": ["RS256"], "audiences": [AUD]}),
+    )
+    .await;
+    g.cp.apply("/v1/consumers/erin", json!({"plan": "free"}))
+        .await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt", "verify_in": "envoy"}}),
+    )
+    .await;
+    let erin = format!("Bearer {}", key.sign(&claims(ISS, AUD, "erin")));
+    let stranger = format!("Bearer {}", key.sign(&claims(ISS, AUD, "frank")));
+    until_ok(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    free_and_pro_plans(&g).await;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&g.envoy, "/orders", &[("authorization", &erin)])
+                .await
+                .status,
+            200
+        );
+    }
+    let limited = get(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    assert_eq!(limited.status, 429, "free plan: 2/min");
+    assert_eq!(limited.header("ratelimit-limit"), Some("2"));
+    assert!(limited.header("retry-after").is_some());
+    // A consumer nobody registered has no plan, hence no plan quota.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&g.envoy, "/orders", &[("authorization", &stranger)])
+                .await
+                .status,
+            200
+        );
+    }
+    // Moving erin to pro reaches ratelimit-service: her quota is pro's.
+    let version =
+        g.cp.apply("/v1/consumers/erin", json!({"plan": "pro"}))
+            .await;
+    until_limited(&g, version).await;
+    let upgraded = get(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    assert_eq!(upgraded.status, 200);
+    assert_eq!(upgraded.header("ratelimit-limit"), Some("100"));
 }
 
 #[tokio::test]

@@ -5,10 +5,12 @@
 //! Descriptors start with what they count for (`policy=<name>`, or
 //! `plan_quota=1` for plan quotas), then the parts of the key. Consumer and
 //! plan come from ext-authz's dynamic metadata, so a request without an
-//! identity (a public route) is not counted by per-consumer limits; the
+//! identity (a public route) is not counted by per-consumer limits. Routes
+//! whose JWTs Envoy verifies name the consumer from `jwt_authn`'s header
+//! instead, and ratelimit-service looks up its plan (`consumer_plans`). The
 //! client address is the one Envoy trusts (`xff_num_trusted_hops`).
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use gatehouse_proto::{
     core, hcm, metadata_types, protobuf, ratelimit as rl, ratelimit_config, ratelimit_filter,
@@ -117,13 +119,13 @@ fn identity(key: &str) -> Action {
 }
 
 /// The consumer `jwt_authn` named in its header (routes verified in Envoy;
-/// client-sent copies are removed before it runs).
-fn consumer_from_jwt() -> Action {
+/// client-sent copies are removed before it runs), as entry `key`.
+fn consumer_from_jwt(key: &str) -> Action {
     Action {
         action_specifier: Some(ActionSpecifier::RequestHeaders(
             route::rate_limit::action::RequestHeaders {
                 header_name: IDENTITY_HEADERS[0].into(),
-                descriptor_key: gatehouse_proto::ratelimit::descriptor::CONSUMER.into(),
+                descriptor_key: key.into(),
                 skip_if_absent: false,
             },
         )),
@@ -133,8 +135,9 @@ fn consumer_from_jwt() -> Action {
 fn action(part: &CountBy, route: &str, jwt_in_envoy: bool) -> Action {
     use gatehouse_proto::ratelimit::descriptor as d;
     match part {
-        CountBy::Consumer if jwt_in_envoy => consumer_from_jwt(),
+        CountBy::Consumer if jwt_in_envoy => consumer_from_jwt(d::CONSUMER),
         CountBy::Consumer => identity(d::CONSUMER),
+        CountBy::Plan if jwt_in_envoy => consumer_from_jwt(d::PLAN_OF_CONSUMER),
         CountBy::Plan => identity(d::PLAN),
         CountBy::ClientIp => Action {
             action_specifier: Some(ActionSpecifier::RemoteAddress(
@@ -177,12 +180,18 @@ pub fn route_rate_limits(r: &Route, state: &ConfigState) -> Vec<route::RateLimit
         .collect();
     let protected = r.auth.as_ref().is_some_and(|a| a.is_protected());
     if protected && !state.plans.is_empty() {
-        limits.push(route::RateLimit {
-            actions: vec![
+        // ratelimit-service looks up the plan of a consumer Envoy named.
+        let actions = if jwt_in_envoy {
+            vec![generic(d::PLAN_QUOTA, "1"), consumer_from_jwt(d::CONSUMER)]
+        } else {
+            vec![
                 generic(d::PLAN_QUOTA, "1"),
                 identity(d::PLAN),
                 identity(d::CONSUMER),
-            ],
+            ]
+        };
+        limits.push(route::RateLimit {
+            actions,
             ..Default::default()
         });
     }
@@ -228,7 +237,31 @@ pub fn ratelimit_config(state: &ConfigState) -> rl::RateLimitConfig {
                 algorithm: algorithm(p.algorithm),
             })
             .collect(),
+        consumer_plans: consumer_plans(state),
     }
+}
+
+/// Consumers' plans, needed only by routes whose JWTs Envoy verifies (their
+/// descriptors name the consumer; ext-authz names the plan on the others).
+fn consumer_plans(state: &ConfigState) -> HashMap<String, String> {
+    let by_plan = state.rate_limit_policies.values().any(|p| {
+        p.by.iter()
+            .any(|b| CountBy::parse(b) == Some(CountBy::Plan))
+    });
+    let needed = !state.plans.is_empty() || by_plan;
+    if !needed
+        || !state
+            .routes
+            .values()
+            .any(|r| r.auth.as_ref().is_some_and(|a| a.verified_in_envoy()))
+    {
+        return HashMap::new();
+    }
+    state
+        .consumers
+        .values()
+        .filter_map(|c| Some((c.name.clone(), c.plan.clone()?)))
+        .collect()
 }
 
 pub fn ratelimit_config_any(config: &rl::RateLimitConfig) -> protobuf::Any {
@@ -283,7 +316,9 @@ mod tests {
                 }
                 Some(ActionSpecifier::Metadata(m)) => format!("meta:{}", m.descriptor_key),
                 Some(ActionSpecifier::RemoteAddress(_)) => "remote_address".into(),
-                Some(ActionSpecifier::RequestHeaders(h)) => format!("header:{}", h.header_name),
+                Some(ActionSpecifier::RequestHeaders(h)) => {
+                    format!("{}<-{}", h.descriptor_key, h.header_name)
+                }
                 other => format!("{other:?}"),
             })
             .collect()
@@ -298,14 +333,72 @@ mod tests {
             all,
             vec![
                 vec!["policy=per-consumer", "meta:consumer", "route=orders"],
-                vec!["policy=per-ip", "remote_address", "header:x-tenant"],
+                vec![
+                    "policy=per-ip",
+                    "remote_address",
+                    "header.x-tenant<-x-tenant"
+                ],
                 vec!["plan_quota=1", "meta:plan", "meta:consumer"],
             ]
         );
         let public = route_rate_limits(&route("public", false), &state);
         assert_eq!(
             public.iter().map(keys).collect::<Vec<_>>(),
-            vec![vec!["policy=per-ip", "remote_address", "header:x-tenant"]]
+            vec![vec![
+                "policy=per-ip",
+                "remote_address",
+                "header.x-tenant<-x-tenant"
+            ]]
+        );
+    }
+
+    #[test]
+    fn routes_verified_in_envoy_name_the_consumer_and_the_service_knows_its_plan() {
+        let mut state = state();
+        let by_plan: RateLimitPolicy = serde_json::from_value(serde_json::json!({
+            "name": "per-plan", "limit": {"requests": 1000, "per": "minute"},
+            "by": ["plan"], "routes": ["orders"]}))
+        .unwrap();
+        state
+            .rate_limit_policies
+            .insert(by_plan.name.clone(), by_plan);
+        for c in [
+            serde_json::json!({"name": "alice", "plan": "free"}),
+            serde_json::json!({"name": "bob"}),
+        ] {
+            let c: crate::model::Consumer = serde_json::from_value(c).unwrap();
+            state.consumers.insert(c.name.clone(), c);
+        }
+        // Only routes verified in Envoy need the consumers' plans.
+        assert!(ratelimit_config(&state).consumer_plans.is_empty());
+
+        let mut orders = route("orders", true);
+        orders.auth = Some(
+            serde_json::from_value(serde_json::json!({"method": "jwt", "verify_in": "envoy"}))
+                .unwrap(),
+        );
+        state.routes.insert(orders.name.clone(), orders.clone());
+        let entries: Vec<Vec<String>> = route_rate_limits(&orders, &state)
+            .iter()
+            .map(keys)
+            .collect();
+        assert!(entries.contains(&vec![
+            "policy=per-consumer".to_owned(),
+            "consumer<-x-gatehouse-consumer".to_owned(),
+            "route=orders".to_owned(),
+        ]));
+        assert!(entries.contains(&vec![
+            "policy=per-plan".to_owned(),
+            "plan_of_consumer<-x-gatehouse-consumer".to_owned(),
+        ]));
+        assert!(entries.contains(&vec![
+            "plan_quota=1".to_owned(),
+            "consumer<-x-gatehouse-consumer".to_owned(),
+        ]));
+        assert!(!entries.iter().flatten().any(|e| e.starts_with("meta:")));
+        assert_eq!(
+            ratelimit_config(&state).consumer_plans,
+            HashMap::from([("alice".to_owned(), "free".to_owned())])
         );
     }
 
