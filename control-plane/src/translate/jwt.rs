@@ -237,9 +237,10 @@ fn provider(issuer: &JwtIssuer, forward: bool) -> jwt_authn::JwtProvider {
         }),
         header_in_metadata: HEADER.into(),
         clock_skew_seconds: issuer.leeway_seconds,
+        // Envoy caches tokens up to 4 KiB by default; ext-authz accepts 8 KiB.
         jwt_cache_config: Some(jwt_authn::JwtCacheConfig {
             jwt_cache_size: 1024,
-            ..Default::default()
+            jwt_max_token_size: 8 * 1024,
         }),
         claim_to_headers,
         jwks_source_specifier: Some(jwks),
@@ -557,5 +558,236 @@ pub fn local_replies() -> hcm::LocalReplyConfig {
             ),
         ],
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use serde_json::json;
+
+    use super::*;
+
+    fn issuer(value: serde_json::Value) -> JwtIssuer {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn route(name: &str, auth: serde_json::Value) -> Route {
+        serde_json::from_value(json!({"name": name, "match": {"path_prefix": "/"},
+            "destination": {"service": "s"}, "auth": auth}))
+        .unwrap()
+    }
+
+    /// Issuers: inline keys, keys at a URI, an HMAC secret; one route verified in Envoy.
+    fn state() -> ConfigState {
+        let mut state = ConfigState::default();
+        for i in [
+            issuer(json!({"name": "idp", "issuer": "https://idp.test/",
+                "jwks": {"keys": []}, "algorithms": ["RS256"], "audiences": ["api"],
+                "forward_claims": {"email": "x-user-email"}})),
+            issuer(json!({"name": "remote", "issuer": "https://remote.test/",
+                "jwks_uri": "https://keys.remote.test:8443/jwks.json",
+                "algorithms": ["ES256"], "audiences": ["api"], "consumer_claim": "client_id"})),
+            issuer(json!({"name": "shared", "issuer": "https://shared.test/",
+                "hmac_secret": {"env": "SHARED_SECRET"}, "algorithms": ["HS256"],
+                "audiences": ["api"]})),
+        ] {
+            state.jwt_issuers.insert(i.name.clone(), i);
+        }
+        let r = route(
+            "orders",
+            json!({"method": "jwt", "verify_in": "envoy", "scopes": ["orders:read"]}),
+        );
+        state.routes.insert(r.name.clone(), r);
+        state
+    }
+
+    fn filter_config(state: &ConfigState) -> jwt_authn::JwtAuthentication {
+        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = jwt_filter(state).config_type
+        else {
+            panic!("typed config");
+        };
+        jwt_authn::JwtAuthentication::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn issuers_become_providers_with_ext_authz_rules() {
+        let config = filter_config(&state());
+        let mut names: Vec<&String> = config.providers.keys().collect();
+        names.sort();
+        // The HMAC issuer's secret stays with ext-authz.
+        assert_eq!(names, ["idp", "remote"]);
+        let idp = &config.providers["idp"];
+        assert_eq!(idp.issuer, "https://idp.test/");
+        assert_eq!(idp.audiences, ["api"]);
+        assert!(idp.require_expiration, "exp is required");
+        assert!(!idp.forward, "the route strips the token");
+        assert_eq!(idp.from_headers.len(), 1);
+        assert_eq!(
+            (
+                idp.from_headers[0].name.as_str(),
+                idp.from_headers[0].value_prefix.as_str()
+            ),
+            ("authorization", "Bearer ")
+        );
+        assert!(idp.from_params.is_empty(), "no token in the query");
+        let headers: Vec<(&str, &str)> = idp
+            .claim_to_headers
+            .iter()
+            .map(|c| (c.claim_name.as_str(), c.header_name.as_str()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("sub", CONSUMER_HEADER), ("email", "x-user-email")]
+        );
+        let cache = idp.jwt_cache_config.unwrap();
+        assert_eq!(cache.jwt_max_token_size, 8 * 1024);
+        assert_eq!(
+            config.providers["remote"].claim_to_headers[0].claim_name,
+            "client_id"
+        );
+        let Some(jwt_authn::jwt_provider::JwksSourceSpecifier::RemoteJwks(remote)) =
+            &config.providers["remote"].jwks_source_specifier
+        else {
+            panic!("remote keys");
+        };
+        let uri = remote.http_uri.as_ref().unwrap();
+        assert_eq!(
+            uri.http_upstream_type,
+            Some(core::http_uri::HttpUpstreamType::Cluster(
+                "gatehouse_jwks_remote".into()
+            ))
+        );
+        // Only the requirement a route uses exists; it accepts either issuer.
+        assert_eq!(config.requirement_map.len(), 1);
+        let Some(jwt_authn::jwt_requirement::RequiresType::RequiresAny(any)) =
+            &config.requirement_map[STRIP].requires_type
+        else {
+            panic!("any of the issuers");
+        };
+        assert_eq!(any.requirements.len(), 2);
+    }
+
+    #[test]
+    fn without_routes_verified_in_envoy_the_filter_is_empty() {
+        let mut state = state();
+        state.routes.clear();
+        let config = filter_config(&state);
+        assert!(config.providers.is_empty() && config.requirement_map.is_empty());
+        assert!(jwks_clusters(&state).is_empty());
+        assert!(check_issuers(&state).is_ok());
+    }
+
+    #[test]
+    fn remote_keys_are_fetched_over_verified_tls() {
+        let clusters = jwks_clusters(&state());
+        assert_eq!(clusters.len(), 1);
+        let cluster = &clusters[0];
+        assert_eq!(cluster.name, "gatehouse_jwks_remote");
+        let socket = cluster.transport_socket.as_ref().expect("TLS");
+        let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+            panic!("typed config");
+        };
+        let context = tls::UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(context.sni, "keys.remote.test");
+        let Some(tls::common_tls_context::ValidationContextType::ValidationContext(validation)) =
+            context.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("validation context");
+        };
+        assert_eq!(validation.match_typed_subject_alt_names.len(), 1);
+        assert!(validation.trusted_ca.is_some());
+    }
+
+    #[test]
+    fn jwks_origins_are_parsed() {
+        let cases = [
+            ("https://keys.test/jwks", Some((true, "keys.test", 443))),
+            (
+                "http://10.0.0.1:8080/k?x=1",
+                Some((false, "10.0.0.1", 8080)),
+            ),
+            ("https://user@[::1]:9443/k", Some((true, "::1", 9443))),
+            ("http://[::1]/k", Some((false, "::1", 80))),
+            ("ftp://keys.test/", None),
+            ("https://:443/", None),
+            ("https://keys.test:port/", None),
+        ];
+        for (uri, expected) in cases {
+            let parsed = origin(uri).map(|o| (o.tls, o.host, o.port));
+            assert_eq!(
+                parsed,
+                expected.map(|(tls, host, port)| (tls, host.to_owned(), port)),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_names_its_requirement_checks_scopes_and_drops_spoofed_headers() {
+        let state = state();
+        let auth = state.routes["orders"].auth.clone().unwrap();
+        let mut envoy = route::Route::default();
+        let spoofable = [
+            CONSUMER_HEADER.to_owned(),
+            "x-gatehouse-plan".to_owned(),
+            "x-user-email".to_owned(),
+        ];
+        apply_route(&auth, &mut envoy, &spoofable, &state);
+        let per_route = jwt_authn::PerRouteConfig::decode(
+            envoy.typed_per_filter_config[JWT_FILTER].value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(
+            per_route.requirement_specifier,
+            Some(jwt_authn::per_route_config::RequirementSpecifier::RequirementName(STRIP.into()))
+        );
+        // jwt_authn replaces the consumer and claim headers itself.
+        assert_eq!(envoy.request_headers_to_remove, ["x-gatehouse-plan"]);
+        let rbac = rbac_filter::RbacPerRoute::decode(
+            envoy.typed_per_filter_config[RBAC_FILTER].value.as_slice(),
+        )
+        .unwrap();
+        let rules = rbac.rbac.unwrap().rules.unwrap();
+        assert_eq!(rules.action, rbac::rbac::Action::Allow as i32);
+        let Some(rbac::principal::Identifier::AndIds(all)) =
+            &rules.policies["gatehouse"].principals[0].identifier
+        else {
+            panic!("all of");
+        };
+        // No `crit` header, and the scope in `scope` or `scp`.
+        assert_eq!(all.ids.len(), 2);
+        assert!(matches!(
+            all.ids[0].identifier,
+            Some(rbac::principal::Identifier::NotId(_))
+        ));
+        let Some(rbac::principal::Identifier::OrIds(either)) = &all.ids[1].identifier else {
+            panic!("scope or scp");
+        };
+        assert_eq!(either.ids.len(), 2);
+    }
+
+    #[test]
+    fn a_route_verified_in_envoy_needs_an_issuer_envoy_can_use() {
+        let mut state = state();
+        state.jwt_issuers.retain(|name, _| name == "shared");
+        assert!(check_issuers(&state).is_err());
+    }
+
+    #[test]
+    fn refusals_are_mapped_most_specific_first() {
+        let mappers = local_replies().mappers;
+        let statuses: Vec<Option<u32>> = mappers
+            .iter()
+            .map(|m| m.status_code.map(|s| s.value))
+            .collect();
+        // missing (Envoy's 401), invalid (401), `crit` refused by RBAC (401), scope (403).
+        assert_eq!(statuses, [None, Some(401), Some(401), None]);
+        for mapper in &mappers {
+            assert_eq!(
+                mapper.headers_to_add[0].header.as_ref().unwrap().key,
+                "www-authenticate"
+            );
+        }
     }
 }
