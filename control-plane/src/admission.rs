@@ -23,7 +23,7 @@ use std::{
 };
 
 use futures_core::future::BoxFuture;
-use gatehouse_proto::{bootstrap, cluster, endpoint, hcm, listener, route, to_any};
+use gatehouse_proto::{bootstrap, cluster, core, endpoint, hcm, listener, route, to_any};
 use prost::Message;
 use tracing::{debug, info};
 
@@ -189,6 +189,7 @@ fn static_bootstrap(snapshot: &Snapshot) -> Result<bootstrap::Bootstrap, prost::
         clusters.push(c);
     }
     let routes = snapshot.resources(ResourceType::Route);
+    let extension_configs = snapshot.resources(ResourceType::ExtensionConfig);
     let mut listeners = Vec::new();
     for bytes in decode(ResourceType::Listener) {
         let mut l = listener::Listener::decode(bytes)?;
@@ -210,8 +211,21 @@ fn static_bootstrap(snapshot: &Snapshot) -> Result<bootstrap::Bootstrap, prost::
                         .transpose()?
                         .unwrap_or_default();
                     manager.route_specifier = Some(RouteSpecifier::RouteConfig(config));
-                    *any = to_any(&manager);
                 }
+                // Filter configurations delivered over ECDS, inlined.
+                for filter in &mut manager.http_filters {
+                    use hcm::http_filter::ConfigType;
+                    if !matches!(filter.config_type, Some(ConfigType::ConfigDiscovery(_))) {
+                        continue;
+                    }
+                    let config = extension_configs
+                        .get(&filter.name)
+                        .map(|r| core::TypedExtensionConfig::decode(r.resource.value.as_slice()))
+                        .transpose()?
+                        .and_then(|c| c.typed_config);
+                    filter.config_type = config.map(ConfigType::TypedConfig);
+                }
+                *any = to_any(&manager);
             }
         }
         listeners.push(l);

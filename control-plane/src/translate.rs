@@ -106,19 +106,27 @@ pub fn snapshot_at(
         }
     }
     jwt::check_issuers(state)?;
-    let mut listener_clusters = vec![
+    let listener_clusters = vec![
         auth::EXT_AUTHZ_CLUSTER.to_owned(),
         ratelimit::RATELIMIT_CLUSTER.to_owned(),
     ];
+    let mut jwks_clusters = Vec::new();
     for jwks in jwt::jwks_clusters(state) {
-        listener_clusters.push(jwks.name.clone());
+        jwks_clusters.push(jwks.name.clone());
         parts
             .clusters
             .push(XdsResource::new(&jwks.name, to_any(&jwks), Vec::new()));
     }
+    // The jwt_authn configuration travels apart from the listeners (ECDS),
+    // so issuer and key changes do not drain their connections.
+    parts.extension_configs.push(XdsResource::new(
+        jwt::JWT_FILTER,
+        to_any(&jwt::jwt_filter_config(state)),
+        jwks_clusters,
+    ));
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
-        to_any(&http_listener(proxy, state)),
+        to_any(&http_listener(proxy)),
         listener_clusters.clone(),
     ));
     gateway::check_addresses(state, proxy)?;
@@ -127,7 +135,7 @@ pub fn snapshot_at(
             .certificate
             .as_ref()
             .and_then(|name| state.certificates.get(name));
-        let listener = gateway::listener(gateway, certificate, proxy, state);
+        let listener = gateway::listener(gateway, certificate, proxy);
         parts.listeners.push(XdsResource::new(
             listener.name.clone(),
             to_any(&listener),
@@ -309,12 +317,12 @@ fn socket_address(host: &str, port: u32) -> core::Address {
     }
 }
 
-pub fn http_listener(proxy: &ProxySettings, state: &ConfigState) -> listener::Listener {
+pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
     listener_for(
         HTTP_LISTENER,
         &proxy.listen.ip().to_string(),
         u32::from(proxy.listen.port()),
-        http_connection_manager(proxy, state, "gatehouse"),
+        http_connection_manager(proxy, "gatehouse"),
         None,
     )
 }
@@ -323,7 +331,6 @@ pub fn http_listener(proxy: &ProxySettings, state: &ConfigState) -> listener::Li
 /// each gateway's, all on the same route configuration.
 pub fn http_connection_manager(
     proxy: &ProxySettings,
-    state: &ConfigState,
     stat_prefix: &str,
 ) -> hcm::HttpConnectionManager {
     hcm::HttpConnectionManager {
@@ -335,7 +342,7 @@ pub fn http_connection_manager(
                 route_config_name: HTTP_ROUTES.into(),
             },
         )),
-        http_filters: [jwt::jwt_filter(state), jwt::rbac_filter()]
+        http_filters: [jwt::jwt_filter(), jwt::rbac_filter()]
             .into_iter()
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
@@ -820,7 +827,7 @@ mod tests {
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,
         };
-        let l = http_listener(&proxy, &ConfigState::default());
+        let l = http_listener(&proxy);
         let Some(listener::filter::ConfigType::TypedConfig(any)) =
             &l.filter_chains[0].filters[0].config_type
         else {
@@ -887,6 +894,11 @@ mod tests {
             "only IP services use EDS"
         );
         assert_eq!(names(ResourceType::Listener), [HTTP_LISTENER]);
+        assert_eq!(
+            names(ResourceType::ExtensionConfig),
+            [jwt::JWT_FILTER],
+            "jwt_authn's configuration travels over ECDS, apart from the listener"
+        );
         assert_eq!(
             snapshot.resources(ResourceType::Route)[HTTP_ROUTES].clusters,
             ["dns", "ip"]

@@ -109,11 +109,11 @@ pub fn status(body: &Value) -> String {
             r["error_detail"].as_str().unwrap_or_default(),
         );
     }
-    const TYPES: [&str; 6] = ["cds", "eds", "lds", "rds", "auth", "ratelimit"];
+    const TYPES: [&str; 7] = ["cds", "eds", "ecds", "lds", "rds", "auth", "ratelimit"];
     let _ = writeln!(
         out,
-        "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  NACK",
-        "NODE", "CLUSTER", "XDS", "CDS", "EDS", "LDS", "RDS", "AUTH", "RLS"
+        "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  NACK",
+        "NODE", "CLUSTER", "XDS", "CDS", "EDS", "ECDS", "LDS", "RDS", "AUTH", "RLS"
     );
     for node in body["nodes"].as_array().into_iter().flatten() {
         let acked: Vec<&str> = TYPES
@@ -128,7 +128,7 @@ pub fn status(body: &Value) -> String {
             .unwrap_or("");
         let _ = writeln!(
             out,
-            "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {nack}",
+            "{:<32} {:<20} {:<6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {nack}",
             node["id"].as_str().unwrap_or_default(),
             node["cluster"].as_str().unwrap_or_default(),
             node["variant"].as_str().unwrap_or_default(),
@@ -138,6 +138,7 @@ pub fn status(body: &Value) -> String {
             acked[3],
             acked[4],
             acked[5],
+            acked[6],
         );
     }
     out

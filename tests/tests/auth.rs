@@ -541,6 +541,63 @@ async fn decisions_survive_the_control_plane_and_fail_closed_without_ext_authz()
 
 /// `verify_in: envoy`: Envoy's own `jwt_authn` verifies the token, with no
 /// ext-authz call, and answers like ext-authz does.
+/// Issuers verified in Envoy reach it over ECDS: adding and removing keys
+/// changes the `jwt_authn` configuration, never the listener, so open
+/// connections are not drained.
+#[tokio::test]
+async fn issuer_key_changes_reach_envoy_without_touching_the_listener() {
+    const ISS: &str = "https://idp.test/";
+    const AUD: &str = "orders-api";
+    let proxy_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.validate_with_envoy = true;
+    let cp = ControlPlane::start(options).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let upstream = Upstream::start("orders").await;
+    cp.apply("/v1/services/orders", upstream.service("orders"))
+        .await;
+    let old = TestKey::rsa("2026-old");
+    let new = TestKey::load("rsa-2.pem", Algorithm::RS256, "2026-new");
+    let issuer = |keys: &[&TestKey]| json!({"issuer": ISS, "jwks": jwks(keys), "algorithms": ["RS256"], "audiences": [AUD]});
+    cp.apply("/v1/jwt-issuers/idp", issuer(&[&old])).await;
+    cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "jwt", "verify_in": "envoy"}}),
+    )
+    .await;
+    let bearer = |key: &TestKey| format!("Bearer {}", key.sign(&claims(ISS, AUD, "erin")));
+    let (old_token, new_token) = (bearer(&old), bearer(&new));
+    until_status(&envoy, "/orders", &[("authorization", &old_token)], 200).await;
+    assert_eq!(
+        send(&envoy, "/orders", &[("authorization", &new_token)])
+            .await
+            .status,
+        401
+    );
+    let modified = envoy.stat("listener_manager.listener_modified").await;
+    assert!(modified.is_some(), "Envoy counts listener changes");
+
+    // Rotation: the new key is added, then the old one removed.
+    cp.apply("/v1/jwt-issuers/idp", issuer(&[&old, &new])).await;
+    until_status(&envoy, "/orders", &[("authorization", &new_token)], 200).await;
+    let version = cp.apply("/v1/jwt-issuers/idp", issuer(&[&new])).await;
+    cp.until_converged(version).await;
+    until_status(&envoy, "/orders", &[("authorization", &old_token)], 401).await;
+    assert_eq!(
+        send(&envoy, "/orders", &[("authorization", &new_token)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        envoy.stat("listener_manager.listener_modified").await,
+        modified,
+        "issuer changes must not replace the listener"
+    );
+    cp.assert_no_nacks().await;
+}
+
 #[tokio::test]
 async fn jwts_verified_in_envoy_without_ext_authz() {
     use gatehouse_e2e::tokens::{hs256, now, raw_token};

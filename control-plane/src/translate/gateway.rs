@@ -22,14 +22,13 @@ pub fn listener(
     gateway: &Gateway,
     certificate: Option<&Certificate>,
     proxy: &ProxySettings,
-    state: &ConfigState,
 ) -> gatehouse_proto::listener::Listener {
     let name = listener_name(gateway);
     listener_for(
         &name,
         &gateway.address,
         gateway.port,
-        http_connection_manager(proxy, state, &name),
+        http_connection_manager(proxy, &name),
         certificate.map(tls_transport_socket),
     )
 }
@@ -108,12 +107,7 @@ mod tests {
         let g = gateway(serde_json::json!({
             "name": "public", "port": 8443, "protocol": "https", "certificate": "edge"
         }));
-        let l = listener(
-            &g,
-            Some(&certificate),
-            &ProxySettings::default(),
-            &ConfigState::default(),
-        );
+        let l = listener(&g, Some(&certificate), &ProxySettings::default());
         assert_eq!(l.name, "gateway_public");
         let chain = &l.filter_chains[0];
         let socket = chain.transport_socket.as_ref().expect("tls");

@@ -14,6 +14,8 @@
 //!   split on spaces, `scp` may be a list).
 //! - The filters are always in the chain, so an Envoy whose listener is
 //!   still being replaced refuses (never skips) a requirement it lacks.
+//! - The `jwt_authn` configuration is an ECDS resource named after the
+//!   filter: issuer and key changes update it without replacing listeners.
 //! - Denials: 401 `missing_credentials` / `invalid_token`, 403
 //!   `insufficient_scope`, with ext-authz's JSON body and `WWW-Authenticate`.
 //!   The local-reply mappers match on the refusing filter's response code
@@ -275,9 +277,10 @@ fn requirement(providers: Vec<String>) -> jwt_authn::JwtRequirement {
     }
 }
 
-/// The `jwt_authn` filter: providers for the routes verified in Envoy
-/// (none when there are no such routes, so issuer changes touch no listener).
-pub fn jwt_filter(state: &ConfigState) -> hcm::HttpFilter {
+/// The `jwt_authn` configuration, delivered over ECDS under the filter's
+/// name: providers for the routes verified in Envoy (none when there are no
+/// such routes).
+pub fn jwt_filter_config(state: &ConfigState) -> core::TypedExtensionConfig {
     let policies: Vec<&RouteAuth> = state.routes.values().filter_map(envoy_policy).collect();
     let mut config = jwt_authn::JwtAuthentication::default();
     for (forward, name) in [(false, STRIP), (true, KEEP)] {
@@ -298,9 +301,29 @@ pub fn jwt_filter(state: &ConfigState) -> hcm::HttpFilter {
                 .insert(name.into(), requirement(names));
         }
     }
+    core::TypedExtensionConfig {
+        name: JWT_FILTER.into(),
+        typed_config: Some(to_any(&config)),
+    }
+}
+
+/// The `jwt_authn` filter in the listeners: its configuration comes over
+/// ECDS, so changing issuers or keys leaves the listeners (and their
+/// connections) alone. Until the first configuration arrives Envoy keeps
+/// the listener warming; should it fail, the default has no providers, so
+/// every route verified in Envoy is refused rather than let through.
+pub fn jwt_filter() -> hcm::HttpFilter {
+    use prost::Name;
     hcm::HttpFilter {
         name: JWT_FILTER.into(),
-        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(&config))),
+        config_type: Some(hcm::http_filter::ConfigType::ConfigDiscovery(
+            core::ExtensionConfigSource {
+                config_source: Some(super::ads()),
+                default_config: Some(to_any(&jwt_authn::JwtAuthentication::default())),
+                apply_default_config_without_warming: false,
+                type_urls: vec![jwt_authn::JwtAuthentication::type_url()],
+            },
+        )),
         ..Default::default()
     }
 }
@@ -603,10 +626,9 @@ mod tests {
     }
 
     fn filter_config(state: &ConfigState) -> jwt_authn::JwtAuthentication {
-        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = jwt_filter(state).config_type
-        else {
-            panic!("typed config");
-        };
+        let typed = jwt_filter_config(state);
+        assert_eq!(typed.name, JWT_FILTER, "ECDS resource named as the filter");
+        let any = typed.typed_config.unwrap();
         jwt_authn::JwtAuthentication::decode(any.value.as_slice()).unwrap()
     }
 

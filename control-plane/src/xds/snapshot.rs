@@ -12,13 +12,16 @@ use std::{
 use gatehouse_proto::{auth, protobuf::Any, ratelimit, type_url};
 
 /// The resource types Gatehouse serves, in the order updates are pushed:
-/// clusters before the endpoints that warm them, before the listeners and
-/// routes that send traffic to them. Then Gatehouse's own types, which only
+/// clusters before the endpoints that warm them, before the filter
+/// configurations, listeners and routes that send traffic to them. Then Gatehouse's own types, which only
 /// our services subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
+    /// HTTP filter configurations (ECDS) the listeners refer to: kept out of
+    /// the listener so changing them does not drain its connections.
+    ExtensionConfig,
     Listener,
     Route,
     /// The authentication state ext-authz decides from.
@@ -28,9 +31,10 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 6] = [
+    pub const ALL: [ResourceType; 7] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
+        ResourceType::ExtensionConfig,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::Auth,
@@ -41,6 +45,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => type_url::CLUSTER,
             ResourceType::Endpoint => type_url::ENDPOINT,
+            ResourceType::ExtensionConfig => type_url::EXTENSION_CONFIG,
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE,
             ResourceType::Auth => auth::TYPE_URL,
@@ -57,6 +62,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
+            ResourceType::ExtensionConfig => "ecds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
             ResourceType::Auth => "auth",
@@ -64,8 +70,8 @@ impl ResourceType {
         }
     }
 
-    /// Clusters and listeners are subscribed as a whole (wildcard); endpoints
-    /// and route configurations by name.
+    /// Clusters and listeners are subscribed as a whole (wildcard); endpoints,
+    /// filter configurations and route configurations by name.
     pub fn is_wildcard(self) -> bool {
         matches!(
             self,
@@ -157,6 +163,7 @@ pub struct SnapshotParts {
     pub clusters: Vec<XdsResource>,
     pub eds_clusters: BTreeSet<String>,
     pub endpoints: Vec<XdsResource>,
+    pub extension_configs: Vec<XdsResource>,
     pub listeners: Vec<XdsResource>,
     pub routes: Vec<XdsResource>,
     pub auth: Vec<XdsResource>,
@@ -174,6 +181,7 @@ impl Snapshot {
         let typed = [
             (ResourceType::Cluster, parts.clusters),
             (ResourceType::Endpoint, parts.endpoints),
+            (ResourceType::ExtensionConfig, parts.extension_configs),
             (ResourceType::Listener, parts.listeners),
             (ResourceType::Route, parts.routes),
             (ResourceType::Auth, parts.auth),
@@ -194,7 +202,11 @@ impl Snapshot {
 
     fn check(&self) -> Result<(), ConsistencyError> {
         let clusters = self.resources(ResourceType::Cluster);
-        for kind in [ResourceType::Listener, ResourceType::Route] {
+        for kind in [
+            ResourceType::ExtensionConfig,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
             for resource in self.resources(kind).values() {
                 if let Some(cluster) = resource
                     .clusters

@@ -272,9 +272,11 @@ impl StreamState {
             .collect();
         match kind {
             ResourceType::Cluster | ResourceType::Endpoint => {
-                // Removals last: keep what the node holds until the listeners
-                // and routes that may still use it have converged.
-                if !self.converged(ResourceType::Listener, snapshot)
+                // Removals last: keep what the node holds until the filter
+                // configurations, listeners and routes that may still use it
+                // have converged.
+                if !self.converged(ResourceType::ExtensionConfig, snapshot)
+                    || !self.converged(ResourceType::Listener, snapshot)
                     || !self.converged(ResourceType::Route, snapshot)
                 {
                     for (name, held) in &st.acked {
@@ -287,11 +289,20 @@ impl StreamState {
             }
             // Our own services' state depends on no Envoy resource.
             ResourceType::Auth | ResourceType::RateLimit => Some(target),
-            ResourceType::Listener | ResourceType::Route => {
+            ResourceType::ExtensionConfig | ResourceType::Listener | ResourceType::Route => {
                 // Strict order: nothing that routes traffic goes out while
-                // clusters or endpoints are still being delivered.
+                // clusters or endpoints are still being delivered, and routes
+                // (whose per-filter settings name parts of the filter
+                // configurations) wait for those configurations. Listeners
+                // cannot wait: Envoy asks for their filter configurations
+                // only once it has them, and warms them until they arrive.
                 if self.state(ResourceType::Cluster).in_flight.is_some()
                     || self.state(ResourceType::Endpoint).in_flight.is_some()
+                    || (kind == ResourceType::Route
+                        && self
+                            .state(ResourceType::ExtensionConfig)
+                            .in_flight
+                            .is_some())
                 {
                     return None;
                 }
@@ -443,8 +454,7 @@ mod tests {
                 endpoints: clusters.iter().map(|c| res(c, c, &[])).collect(),
                 listeners: vec![res("http", "listener", &[])],
                 routes: vec![res("http", &format!("{routed:?}"), routed)],
-                auth: Vec::new(),
-                ratelimit: Vec::new(),
+                ..SnapshotParts::default()
             },
         )
         .expect("consistent")
@@ -481,7 +491,9 @@ mod tests {
                     _ => Vec::new(),
                 };
                 let names = match push.kind {
-                    Endpoint | Route => stream.state(push.kind).names.iter().cloned().collect(),
+                    Endpoint | ExtensionConfig | Route => {
+                        stream.state(push.kind).names.iter().cloned().collect()
+                    }
                     _ => Vec::new(),
                 };
                 let ack = request(
@@ -539,6 +551,40 @@ mod tests {
         assert_eq!(kinds(&pushes), vec![Cluster]);
         let log = converge(&mut stream, &v2, pushes);
         assert_eq!(kinds(&log), vec![Cluster, Endpoint, Route]);
+    }
+
+    /// One static cluster, a listener, a filter configuration (ECDS) and routes.
+    fn with_filter(version: u64, filter: &str, routes: &str) -> Snapshot {
+        Snapshot::new(
+            version,
+            SnapshotParts {
+                clusters: vec![res("a", "a", &[])],
+                extension_configs: vec![res("jwt", filter, &[])],
+                listeners: vec![res("http", "listener", &[])],
+                routes: vec![res("http", routes, &["a"])],
+                ..SnapshotParts::default()
+            },
+        )
+        .expect("consistent")
+    }
+
+    #[test]
+    fn routes_wait_for_the_filter_configurations_they_name() {
+        let v1 = with_filter(1, "providers-1", "routes-1");
+        let (mut stream, _) = connect(Variant::StateOfTheWorld, &v1);
+        // Envoy asks for the filter configuration once it holds the listener.
+        stream.on_request(&request(ExtensionConfig, "", vec!["jwt"]));
+        let pushes = stream.pushes(&v1);
+        let log = converge(&mut stream, &v1, pushes);
+        assert_eq!(kinds(&log), vec![ExtensionConfig]);
+        assert_eq!(stream.holds(ExtensionConfig), vec!["jwt"]);
+
+        // Routes naming a new part of the configuration wait for it.
+        let v2 = with_filter(2, "providers-2", "routes-2");
+        let pushes = stream.pushes(&v2);
+        assert_eq!(kinds(&pushes), vec![ExtensionConfig], "routes held back");
+        let log = converge(&mut stream, &v2, pushes);
+        assert_eq!(kinds(&log), vec![ExtensionConfig, Route]);
     }
 
     #[test]
