@@ -342,8 +342,9 @@ pub fn http_connection_manager(
                 route_config_name: HTTP_ROUTES.into(),
             },
         )),
-        http_filters: [jwt::jwt_filter(), jwt::rbac_filter()]
+        http_filters: [jwt::jwt_filter()]
             .into_iter()
+            .chain(jwt::rbac_filters())
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
             .chain([hcm::HttpFilter {

@@ -735,8 +735,15 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
         h.crit = Some(vec!["exp2".into()]);
         old.sign_with_header(h, &c)
     };
+    let disallowed_alg = {
+        // The issuer allows RS256 and ES256; the key could sign RS512 too.
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS512);
+        h.kid = Some("2026-old".into());
+        old.sign_with_header(h, &c)
+    };
     let good_parts: Vec<&str> = good["Bearer ".len()..].split('.').collect();
     let hostile = [
+        ("algorithm the issuer does not allow", disallowed_alg),
         ("expired", with("exp", json!(now() - 600))),
         ("not yet valid", with("nbf", json!(now() + 600))),
         ("wrong issuer", with("iss", json!("https://evil.test/"))),

@@ -8,10 +8,11 @@
 //!   the consumer claim to `x-gatehouse-consumer` and the forwarded claims to
 //!   their headers. `jwt_authn` removes client-sent copies of those headers
 //!   first; the route removes the other identity headers.
-//! - The token's header and payload land in dynamic metadata. A per-route
-//!   RBAC policy then refuses tokens with `crit` entries (Envoy ignores them;
-//!   we understand none) and tokens without the route's scopes (`scope` is
-//!   split on spaces, `scp` may be a list).
+//! - The token's header and payload land in dynamic metadata. Per-route RBAC
+//!   policies then refuse tokens with `crit` entries (Envoy ignores them; we
+//!   understand none) or with an `alg` their issuer does not allow (401, as
+//!   ext-authz), and tokens without the route's scopes (`scope` is split on
+//!   spaces, `scp` may be a list; 403).
 //! - The filters are always in the chain, so an Envoy whose listener is
 //!   still being replaced refuses (never skips) a requirement it lacks.
 //! - The `jwt_authn` configuration is an ECDS resource named after the
@@ -40,6 +41,11 @@ use crate::{
 
 pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// A second RBAC filter, before the scope check: refuses tokens ext-authz
+/// would call invalid (`crit` entries, an algorithm the issuer does not allow).
+pub const TOKEN_CHECKS_FILTER: &str = "gatehouse.jwt_token_checks";
+/// The deny policy of [`TOKEN_CHECKS_FILTER`]; Envoy names it in its details.
+const INVALID_TOKEN_POLICY: &str = "invalid_token";
 /// Dynamic metadata keys (namespace [`JWT_FILTER`]).
 const PAYLOAD: &str = "payload";
 const HEADER: &str = "header";
@@ -328,15 +334,16 @@ pub fn jwt_filter() -> hcm::HttpFilter {
     }
 }
 
-/// The RBAC filter; only routes verified in Envoy give it rules.
-pub fn rbac_filter() -> hcm::HttpFilter {
-    hcm::HttpFilter {
-        name: RBAC_FILTER.into(),
+/// The two RBAC filters (token checks, then scopes), without rules: only
+/// routes verified in Envoy give them rules.
+pub fn rbac_filters() -> [hcm::HttpFilter; 2] {
+    [TOKEN_CHECKS_FILTER, RBAC_FILTER].map(|name| hcm::HttpFilter {
+        name: name.into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
             &rbac_filter::Rbac::default(),
         ))),
         ..Default::default()
-    }
+    })
 }
 
 /// Metadata `jwt_authn` wrote: `path` under its namespace, matched by `value`.
@@ -375,47 +382,99 @@ fn payload_principal(m: matcher::MetadataMatcher) -> rbac::Principal {
     ))
 }
 
-/// The token has no `crit` header, and grants every one of `scopes`.
-fn route_rbac(scopes: &[String]) -> rbac_filter::RbacPerRoute {
+fn string_is(path: &[&str], value: &str) -> rbac::Principal {
     use matcher::value_matcher::MatchPattern;
-    use rbac::principal::{Identifier, Set};
-    let mut all = vec![principal(Identifier::NotId(Box::new(payload_principal(
-        jwt_metadata(&[HEADER, "crit"], MatchPattern::PresentMatch(true)),
-    ))))];
-    for scope in scopes {
-        let granted_by = |claim: &str| {
-            payload_principal(jwt_metadata(
-                &[PAYLOAD, claim],
-                MatchPattern::ListMatch(Box::new(matcher::ListMatcher {
-                    match_pattern: Some(matcher::list_matcher::MatchPattern::OneOf(Box::new(
-                        matcher::ValueMatcher {
-                            match_pattern: Some(MatchPattern::StringMatch(exact(scope))),
-                        },
-                    ))),
-                })),
-            ))
-        };
-        all.push(principal(Identifier::OrIds(Set {
-            ids: vec![granted_by("scope"), granted_by("scp")],
-        })));
-    }
+    payload_principal(jwt_metadata(path, MatchPattern::StringMatch(exact(value))))
+}
+
+fn any_of(ids: Vec<rbac::Principal>) -> rbac::Principal {
+    principal(rbac::principal::Identifier::OrIds(rbac::principal::Set {
+        ids,
+    }))
+}
+
+fn all_of(ids: Vec<rbac::Principal>) -> rbac::Principal {
+    principal(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+        ids,
+    }))
+}
+
+fn per_route(
+    action: rbac::rbac::Action,
+    name: &str,
+    who: rbac::Principal,
+) -> rbac_filter::RbacPerRoute {
     let policy = rbac::Policy {
         permissions: vec![rbac::Permission {
             rule: Some(rbac::permission::Rule::Any(true)),
         }],
-        principals: vec![principal(Identifier::AndIds(Set { ids: all }))],
+        principals: vec![who],
         ..Default::default()
     };
     rbac_filter::RbacPerRoute {
         rbac: Some(rbac_filter::Rbac {
             rules: Some(rbac::Rbac {
-                action: rbac::rbac::Action::Allow as i32,
-                policies: HashMap::from([("gatehouse".to_owned(), policy)]),
+                action: action as i32,
+                policies: HashMap::from([(name.to_owned(), policy)]),
                 ..Default::default()
             }),
             ..Default::default()
         }),
     }
+}
+
+/// Refuses, as ext-authz does, tokens with `crit` entries (Envoy ignores
+/// them; we understand none) and tokens whose `alg` their issuer does not
+/// allow (Envoy accepts any algorithm the issuer's keys are for).
+fn token_checks(state: &ConfigState) -> rbac_filter::RbacPerRoute {
+    use matcher::value_matcher::MatchPattern;
+    let allowed: Vec<rbac::Principal> = envoy_issuers(state)
+        .map(|issuer| {
+            let algorithms = issuer
+                .algorithms
+                .iter()
+                .map(|a| string_is(&[HEADER, "alg"], a.as_str()))
+                .collect();
+            all_of(vec![
+                string_is(&[PAYLOAD, "iss"], &issuer.issuer),
+                any_of(algorithms),
+            ])
+        })
+        .collect();
+    let invalid = any_of(vec![
+        payload_principal(jwt_metadata(
+            &[HEADER, "crit"],
+            MatchPattern::PresentMatch(true),
+        )),
+        principal(rbac::principal::Identifier::NotId(Box::new(any_of(
+            allowed,
+        )))),
+    ]);
+    per_route(rbac::rbac::Action::Deny, INVALID_TOKEN_POLICY, invalid)
+}
+
+/// The token grants every one of `scopes` (`scope` split on spaces, or `scp`).
+fn route_scopes(scopes: &[String]) -> rbac_filter::RbacPerRoute {
+    use matcher::value_matcher::MatchPattern;
+    let all = scopes
+        .iter()
+        .map(|scope| {
+            let granted_by = |claim: &str| {
+                payload_principal(jwt_metadata(
+                    &[PAYLOAD, claim],
+                    MatchPattern::ListMatch(Box::new(matcher::ListMatcher {
+                        match_pattern: Some(matcher::list_matcher::MatchPattern::OneOf(Box::new(
+                            matcher::ValueMatcher {
+                                match_pattern: Some(MatchPattern::StringMatch(exact(scope))),
+                            },
+                        ))),
+                    })),
+                ))
+            };
+            any_of(vec![granted_by("scope"), granted_by("scp")])
+        })
+        .collect();
+    per_route(rbac::rbac::Action::Allow, "scopes", all_of(all))
 }
 
 /// Applies a route verified in Envoy: its requirement, its RBAC policy, and
@@ -439,7 +498,12 @@ pub fn apply_route(
     );
     envoy
         .typed_per_filter_config
-        .insert(RBAC_FILTER.into(), to_any(&route_rbac(&auth.scopes)));
+        .insert(TOKEN_CHECKS_FILTER.into(), to_any(&token_checks(state)));
+    if !auth.scopes.is_empty() {
+        envoy
+            .typed_per_filter_config
+            .insert(RBAC_FILTER.into(), to_any(&route_scopes(&auth.scopes)));
+    }
     let set_by_envoy: Vec<&str> = std::iter::once(CONSUMER_HEADER)
         .chain(
             envoy_issuers(state)
@@ -484,19 +548,6 @@ fn details_start_with(prefix: &str) -> accesslog::AccessLogFilter {
     }
 }
 
-fn metadata_is(m: matcher::MetadataMatcher) -> accesslog::AccessLogFilter {
-    accesslog::AccessLogFilter {
-        filter_specifier: Some(
-            accesslog::access_log_filter::FilterSpecifier::MetadataFilter(
-                accesslog::MetadataFilter {
-                    matcher: Some(m),
-                    match_if_key_not_found: Some(protobuf::BoolValue { value: false }),
-                },
-            ),
-        ),
-    }
-}
-
 fn answer(
     filter: accesslog::AccessLogFilter,
     status: Option<u32>,
@@ -534,20 +585,10 @@ fn answer(
 /// `jwt_authn`'s and RBAC's refusals in ext-authz's shape (ext-authz's own
 /// answers are left alone); the first match wins.
 pub fn local_replies() -> hcm::LocalReplyConfig {
-    use accesslog::access_log_filter::FilterSpecifier;
-    use matcher::value_matcher::MatchPattern;
     let invalid = "Bearer realm=\"gatehouse\", error=\"invalid_token\"";
-    let crit_refused = accesslog::AccessLogFilter {
-        filter_specifier: Some(FilterSpecifier::AndFilter(accesslog::AndFilter {
-            filters: vec![
-                details_start_with(RBAC_DENIED),
-                metadata_is(jwt_metadata(
-                    &[HEADER, "crit"],
-                    MatchPattern::PresentMatch(true),
-                )),
-            ],
-        })),
-    };
+    let token_refused = details_start_with(&format!(
+        "{RBAC_DENIED}_matched_policy[{INVALID_TOKEN_POLICY}]"
+    ));
     hcm::LocalReplyConfig {
         mappers: vec![
             answer(
@@ -566,7 +607,7 @@ pub fn local_replies() -> hcm::LocalReplyConfig {
                 invalid,
             ),
             answer(
-                crit_refused,
+                token_refused,
                 Some(401),
                 "invalid_token",
                 "the token is not valid",
@@ -766,27 +807,52 @@ mod tests {
         );
         // jwt_authn replaces the consumer and claim headers itself.
         assert_eq!(envoy.request_headers_to_remove, ["x-gatehouse-plan"]);
-        let rbac = rbac_filter::RbacPerRoute::decode(
-            envoy.typed_per_filter_config[RBAC_FILTER].value.as_slice(),
-        )
-        .unwrap();
-        let rules = rbac.rbac.unwrap().rules.unwrap();
-        assert_eq!(rules.action, rbac::rbac::Action::Allow as i32);
-        let Some(rbac::principal::Identifier::AndIds(all)) =
-            &rules.policies["gatehouse"].principals[0].identifier
+        let rules = |filter: &str| {
+            let per_route = rbac_filter::RbacPerRoute::decode(
+                envoy.typed_per_filter_config[filter].value.as_slice(),
+            )
+            .unwrap();
+            per_route.rbac.unwrap().rules.unwrap()
+        };
+        use rbac::principal::Identifier::{AndIds, NotId, OrIds};
+        // Deny tokens with `crit`, or not from an issuer allowing their `alg`.
+        let checks = rules(TOKEN_CHECKS_FILTER);
+        assert_eq!(checks.action, rbac::rbac::Action::Deny as i32);
+        let Some(OrIds(invalid)) = &checks.policies[INVALID_TOKEN_POLICY].principals[0].identifier
         else {
+            panic!("any of");
+        };
+        let Some(NotId(allowed)) = &invalid.ids[1].identifier else {
+            panic!("not allowed");
+        };
+        let Some(OrIds(issuers)) = &allowed.identifier else {
+            panic!("any issuer");
+        };
+        // idp and remote; the HMAC issuer is ext-authz's.
+        assert_eq!(issuers.ids.len(), 2);
+        // Allow only tokens granting the route's scope (`scope` or `scp`).
+        let scopes = rules(RBAC_FILTER);
+        assert_eq!(scopes.action, rbac::rbac::Action::Allow as i32);
+        let Some(AndIds(all)) = &scopes.policies["scopes"].principals[0].identifier else {
             panic!("all of");
         };
-        // No `crit` header, and the scope in `scope` or `scp`.
-        assert_eq!(all.ids.len(), 2);
-        assert!(matches!(
-            all.ids[0].identifier,
-            Some(rbac::principal::Identifier::NotId(_))
-        ));
-        let Some(rbac::principal::Identifier::OrIds(either)) = &all.ids[1].identifier else {
+        assert_eq!(all.ids.len(), 1);
+        let Some(OrIds(either)) = &all.ids[0].identifier else {
             panic!("scope or scp");
         };
         assert_eq!(either.ids.len(), 2);
+
+        // Without scopes there is no scope check, but the token checks stay.
+        let mut plain = route::Route::default();
+        let no_scopes: RouteAuth =
+            serde_json::from_value(json!({"method": "jwt", "verify_in": "envoy"})).unwrap();
+        apply_route(&no_scopes, &mut plain, &spoofable, &state);
+        assert!(
+            plain
+                .typed_per_filter_config
+                .contains_key(TOKEN_CHECKS_FILTER)
+        );
+        assert!(!plain.typed_per_filter_config.contains_key(RBAC_FILTER));
     }
 
     #[test]
@@ -803,7 +869,7 @@ mod tests {
             .iter()
             .map(|m| m.status_code.map(|s| s.value))
             .collect();
-        // missing (Envoy's 401), invalid (401), `crit` refused by RBAC (401), scope (403).
+        // missing (Envoy's 401), invalid (401), refused by the token checks (401), scope (403).
         assert_eq!(statuses, [None, Some(401), Some(401), None]);
         for mapper in &mappers {
             assert_eq!(
