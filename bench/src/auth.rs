@@ -38,7 +38,11 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::{percentile, us};
+use crate::{
+    percentile,
+    side_by_side::{self, Variant},
+    us,
+};
 
 const ISS: &str = "https://idp.bench/";
 const AUD: &str = "bench-api";
@@ -47,8 +51,17 @@ const KEY: &str =
 
 pub(crate) type Headers = Vec<(String, String)>;
 
+const BARE: &str = "bare Envoy (no auth)";
+const BARE_STATIC: &str = "bare Envoy, static config";
+const FLOOR: &str = "Envoy + no-op ext_authz (floor)";
+const API_KEY: &str = "Envoy + Gatehouse ext-authz, API key";
+const EXT_JWT: &str = "Envoy + Gatehouse ext-authz, RS256 JWT";
+const ENVOY_JWT: &str = "Envoy + Gatehouse, RS256 JWT verified in Envoy";
+const JWT_AUTHN: &str = "Envoy jwt_authn, RS256 JWT (static)";
+
 pub struct Settings {
     pub seconds: u64,
+    pub rounds: usize,
     pub connections: u32,
     pub rate: u32,
 }
@@ -291,52 +304,6 @@ pub(crate) async fn http_latency(
     latencies
 }
 
-pub(crate) struct Wrk {
-    pub rps: f64,
-    pub p50: String,
-    pub p99: String,
-}
-
-/// Closed loop: one wrk thread, `connections` connections.
-pub(crate) async fn wrk(
-    url: &str,
-    headers: &[(String, String)],
-    seconds: u64,
-    connections: u32,
-) -> Wrk {
-    let mut command = tokio::process::Command::new("wrk");
-    command.args([
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    for (k, v) in headers {
-        command.args(["-H", &format!("{k}: {v}")]);
-    }
-    let output = command
-        .arg(url)
-        .output()
-        .await
-        .expect("wrk (apt install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
-            .unwrap_or_default()
-    };
-    let non_2xx = field("Non-2xx or 3xx responses:");
-    assert!(
-        non_2xx.is_empty(),
-        "{url}: {non_2xx} non-2xx responses\n{text}"
-    );
-    Wrk {
-        rps: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50: field("50%"),
-        p99: field("99%"),
-    }
-}
-
 /// A no-op ext_authz server: allows everything, adds nothing.
 #[derive(Clone, Copy)]
 struct NoopAuthz;
@@ -484,7 +451,7 @@ pub async fn run(settings: Settings) {
     until_ok(&envoy.url("/jwt"), &jwt_headers).await;
     until_ok(&envoy.url("/envoyjwt"), &jwt_headers).await;
 
-    let (noop, _noop_process) = start_noop().await;
+    let (noop, noop_process) = start_noop().await;
     for (name, addr, request) in [
         (
             "no-op server",
@@ -525,52 +492,51 @@ pub async fn run(settings: Settings) {
     .await;
     until_ok(&static_envoy.url("/jwt"), &jwt_headers).await;
 
-    let none: Vec<(String, String)> = Vec::new();
-    let variants: Vec<(&str, String, &Headers)> = vec![
-        ("bare Envoy (no auth)", envoy.url("/bare"), &none),
-        (
-            "bare Envoy, static config",
-            static_envoy.url("/bare"),
-            &none,
-        ),
-        (
-            "Envoy + no-op ext_authz (floor)",
-            noop_envoy.url("/key"),
-            &key_headers,
-        ),
-        (
-            "Envoy + Gatehouse ext-authz, API key",
-            envoy.url("/key"),
-            &key_headers,
-        ),
-        (
-            "Envoy + Gatehouse ext-authz, RS256 JWT",
-            envoy.url("/jwt"),
-            &jwt_headers,
-        ),
-        (
-            "Envoy + Gatehouse, RS256 JWT verified in Envoy",
-            envoy.url("/envoyjwt"),
-            &jwt_headers,
-        ),
-        (
-            "Envoy jwt_authn, RS256 JWT (static)",
-            static_envoy.url("/jwt"),
-            &jwt_headers,
-        ),
+    let none: Headers = Vec::new();
+    let variant = |name, envoy: &Envoy, path, headers, service: Option<u32>| Variant {
+        name,
+        url: envoy.url(path),
+        headers,
+        processes: [("envoy", envoy.pid())]
+            .into_iter()
+            .chain(service.map(|pid| ("service", Some(pid))))
+            .collect(),
+    };
+    let variants = [
+        variant(BARE, &envoy, "/bare", &none, None),
+        variant(BARE_STATIC, &static_envoy, "/bare", &none, None),
+        variant(FLOOR, &noop_envoy, "/key", &key_headers, noop_process.id()),
+        variant(API_KEY, &envoy, "/key", &key_headers, ext.pid()),
+        variant(EXT_JWT, &envoy, "/jwt", &jwt_headers, ext.pid()),
+        variant(ENVOY_JWT, &envoy, "/envoyjwt", &jwt_headers, None),
+        variant(JWT_AUTHN, &static_envoy, "/jwt", &jwt_headers, None),
     ];
     println!(
-        "\nthrough Envoy (--concurrency 1), wrk -t1 -c{} -d{}s, then open loop at {}/s:",
-        settings.connections, settings.seconds, settings.rate
+        "\nthrough Envoy (--concurrency 1), wrk -t1 -c{}, {} rounds of {} s per variant, interleaved:",
+        settings.connections, settings.rounds, settings.seconds
     );
-    for (name, url, headers) in &variants {
-        let closed = wrk(url, headers, settings.seconds, settings.connections).await;
-        let open = http_latency(url, headers, settings.rate, settings.seconds).await;
+    let rounds = side_by_side::interleaved(
+        &variants,
+        settings.rounds,
+        settings.seconds,
+        settings.connections,
+    )
+    .await;
+    rounds.print();
+    println!("shares, taken within each round:");
+    rounds.print_ratio(API_KEY, FLOOR);
+    rounds.print_ratio(EXT_JWT, FLOOR);
+    rounds.print_ratio(ENVOY_JWT, JWT_AUTHN);
+    rounds.print_ratio(FLOOR, BARE);
+    println!(
+        "\nopen loop through Envoy at {}/s for {} s:",
+        settings.rate, settings.seconds
+    );
+    for v in &variants {
+        let open = http_latency(&v.url, v.headers, settings.rate, settings.seconds).await;
         println!(
-            "  {name:<42} {:>8.0} req/s (wrk p50 {} p99 {}) | open loop p50 {} p99 {}",
-            closed.rps,
-            closed.p50,
-            closed.p99,
+            "  {:<46} p50 {} p99 {}",
+            v.name,
             us(percentile(&open, 0.5)),
             us(percentile(&open, 0.99)),
         );

@@ -14,6 +14,7 @@
 
 mod auth;
 mod ratelimit;
+mod side_by_side;
 
 use std::time::{Duration, Instant};
 
@@ -55,8 +56,13 @@ enum Command {
     },
     /// Authentication: in process, gRPC Check latency, through Envoy.
     Auth {
-        #[arg(long, default_value_t = 10)]
+        /// Length of each variant's slice in a round (and of the gRPC and
+        /// open-loop runs).
+        #[arg(long, default_value_t = 4)]
         seconds: u64,
+        /// Rounds of closed-loop slices, every variant once per round.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         #[arg(long, default_value_t = 32)]
         connections: u32,
         /// Open-loop rate through Envoy, requests per second.
@@ -85,8 +91,12 @@ enum Command {
     },
     /// Rate limiting through Envoy, beside a no-op RLS and local_ratelimit.
     RatelimitEnvoy {
-        #[arg(long, default_value_t = 10)]
+        /// Length of each variant's slice in a round.
+        #[arg(long, default_value_t = 4)]
         seconds: u64,
+        /// Rounds of closed-loop slices, every variant once per round.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         #[arg(long, default_value_t = 32)]
         connections: u32,
     },
@@ -95,33 +105,64 @@ enum Command {
     NoopRls {
         #[arg(long)]
         port: u16,
+        /// Answer with a status per descriptor and `RateLimit-*` headers.
+        #[arg(long)]
+        with_headers: bool,
+        /// The same runtime setting as Gatehouse's services, so the floor
+        /// stands in the same position.
+        #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1)]
+        worker_threads: usize,
     },
     /// (internal) The no-op ext_authz server the auth benchmark compares with.
     #[command(hide = true)]
     NoopAuthz {
         #[arg(long)]
         port: u16,
+        /// ext-authz's runtime setting (see `NoopRls`).
+        #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 0)]
+        worker_threads: usize,
     },
 }
 
-#[tokio::main]
-async fn main() {
-    match Args::parse().command {
+fn main() {
+    let command = Args::parse().command;
+    let service_runtime =
+        |threads| gatehouse_service_kit::runtime(threads).expect("the no-op server's runtime");
+    match command {
+        Command::NoopAuthz {
+            port,
+            worker_threads,
+        } => service_runtime(worker_threads).block_on(auth::serve_noop(port)),
+        Command::NoopRls {
+            port,
+            with_headers,
+            worker_threads,
+        } => service_runtime(worker_threads).block_on(ratelimit::serve_noop(port, with_headers)),
+        command => tokio::runtime::Runtime::new()
+            .expect("the benchmark's runtime")
+            .block_on(run(command)),
+    }
+}
+
+async fn run(command: Command) {
+    match command {
         Command::Propagation {
             changes,
             validate_with_envoy,
         } => propagation(changes, validate_with_envoy).await,
         Command::Scale { routes, services } => scale(routes, services).await,
-        Command::NoopAuthz { port } => auth::serve_noop(port).await,
-        Command::NoopRls { port } => ratelimit::serve_noop(port).await,
+        Command::NoopAuthz { .. } | Command::NoopRls { .. } => {
+            unreachable!("served on their own runtime")
+        }
         Command::RatelimitGrpc {
             seconds,
             concurrency,
         } => ratelimit::grpc(seconds, concurrency).await,
         Command::RatelimitEnvoy {
             seconds,
+            rounds,
             connections,
-        } => ratelimit::through_envoy(seconds, connections).await,
+        } => ratelimit::through_envoy(seconds, rounds, connections).await,
         Command::Ratelimit {
             requests,
             seconds,
@@ -129,11 +170,13 @@ async fn main() {
         } => ratelimit::run(requests, seconds, concurrency).await,
         Command::Auth {
             seconds,
+            rounds,
             connections,
             rate,
         } => {
             auth::run(auth::Settings {
                 seconds,
+                rounds,
                 connections,
                 rate,
             })

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use crate::side_by_side::{self, Variant};
+
 use gatehouse_proto::{
     ratelimit as rl,
     ratelimit_common::{RateLimitDescriptor, rate_limit_descriptor::Entry},
@@ -145,32 +147,65 @@ async fn redis(seconds: u64, concurrency: usize) {
 
 /// A no-op rate limit service: always OK, adds nothing.
 #[derive(Clone, Copy)]
-struct NoopRls;
+struct NoopRls {
+    /// Answer as Gatehouse does under the limit: a status per descriptor
+    /// and the `RateLimit-*` headers Envoy adds to the response.
+    with_headers: bool,
+}
 
 #[tonic::async_trait]
 impl gatehouse_proto::ratelimit_service::rate_limit_service_server::RateLimitService for NoopRls {
     async fn should_rate_limit(
         &self,
-        _request: tonic::Request<RateLimitRequest>,
+        request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<gatehouse_proto::ratelimit_service::RateLimitResponse>, tonic::Status>
     {
-        Ok(tonic::Response::new(
-            gatehouse_proto::ratelimit_service::RateLimitResponse {
-                overall_code: Code::Ok as i32,
+        use gatehouse_proto::ratelimit_service::rate_limit_response::{
+            DescriptorStatus, RateLimit, rate_limit::Unit,
+        };
+        let mut response = gatehouse_proto::ratelimit_service::RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            ..Default::default()
+        };
+        if self.with_headers {
+            let status = DescriptorStatus {
+                code: Code::Ok as i32,
+                current_limit: Some(RateLimit {
+                    requests_per_unit: u32::MAX,
+                    unit: Unit::Minute as i32,
+                    ..Default::default()
+                }),
+                limit_remaining: u32::MAX - 1,
+                duration_until_reset: Some(gatehouse_proto::protobuf::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
                 ..Default::default()
-            },
-        ))
+            };
+            response.statuses = vec![status; request.get_ref().descriptors.len()];
+            let header = |key: &str, value: &str| gatehouse_proto::core::HeaderValue {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                ..Default::default()
+            };
+            response.response_headers_to_add = vec![
+                header("ratelimit-limit", "4294967295"),
+                header("ratelimit-remaining", "4294967294"),
+                header("ratelimit-reset", "30"),
+            ];
+        }
+        Ok(tonic::Response::new(response))
     }
 }
 
 /// Serves the no-op rate limit service on `port` (as its own process).
-pub async fn serve_noop(port: u16) {
+pub async fn serve_noop(port: u16, with_headers: bool) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
     let routes = tonic::service::Routes::new(
         gatehouse_proto::ratelimit_service::rate_limit_service_server::RateLimitServiceServer::new(
-            NoopRls,
+            NoopRls { with_headers },
         ),
     );
     let _ = gatehouse_service_kit::serve(listener, routes, std::future::pending()).await;
@@ -196,10 +231,11 @@ fn local_ratelimit_bootstrap(proxy_port: u16, upstream: std::net::SocketAddr) ->
     crate::static_envoy(proxy_port, upstream, routes, filter)
 }
 
-async fn start_noop_rls() -> (std::net::SocketAddr, tokio::process::Child) {
+async fn start_noop_rls(with_headers: bool) -> (std::net::SocketAddr, tokio::process::Child) {
     let port = gatehouse_e2e::free_port();
     let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
         .args(["noop-rls", "--port", &port.to_string()])
+        .args(with_headers.then_some("--with-headers"))
         .kill_on_drop(true)
         .spawn()
         .expect("start the no-op rate limit service");
@@ -248,20 +284,30 @@ async fn limited_gateway(
 
 /// Through Envoy, side by side: no limit, a no-op RLS (the floor),
 /// Gatehouse on Redis, Envoy's `local_ratelimit`.
-pub async fn through_envoy(seconds: u64, connections: u32) {
+pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     let upstream = gatehouse_e2e::Upstream::start("up").await;
     let redis = gatehouse_e2e::redis::RedisServer::start().await;
     let rl_port = gatehouse_e2e::free_port();
     let rl_addr = std::net::SocketAddr::from(([127, 0, 0, 1], rl_port));
     let (cp, envoy) = limited_gateway(rl_addr, &upstream).await;
     let url = format!("--redis-url={}", redis.url());
-    let _limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url]).await;
-    let (noop, _noop_process) = start_noop_rls().await;
+    let limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url]).await;
+    let (noop, noop_process) = start_noop_rls(false).await;
     let (_noop_cp, noop_envoy) = limited_gateway(noop, &upstream).await;
+    let (noop_headers, noop_headers_process) = start_noop_rls(true).await;
+    let (_noop_headers_cp, noop_headers_envoy) = limited_gateway(noop_headers, &upstream).await;
     let memory_port = gatehouse_e2e::free_port();
     let memory_addr = std::net::SocketAddr::from(([127, 0, 0, 1], memory_port));
     let (memory_cp, memory_envoy) = limited_gateway(memory_addr, &upstream).await;
-    let _memory = gatehouse_e2e::Sidecar::ratelimit(memory_cp.xds, memory_port, &[]).await;
+    let memory = gatehouse_e2e::Sidecar::ratelimit(memory_cp.xds, memory_port, &[]).await;
+    // The same service on Redis with a work-stealing pool (one thread per
+    // CPU) instead of the default single thread, sharing the Redis.
+    let pool_port = gatehouse_e2e::free_port();
+    let pool_addr = std::net::SocketAddr::from(([127, 0, 0, 1], pool_port));
+    let (pool_cp, pool_envoy) = limited_gateway(pool_addr, &upstream).await;
+    let pool =
+        gatehouse_e2e::Sidecar::ratelimit(pool_cp.xds, pool_port, &[&url, "--worker-threads=0"])
+            .await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -272,31 +318,79 @@ pub async fn through_envoy(seconds: u64, connections: u32) {
     for url in [
         envoy.url("/limited"),
         noop_envoy.url("/limited"),
+        noop_headers_envoy.url("/limited"),
         memory_envoy.url("/limited"),
+        pool_envoy.url("/limited"),
         static_envoy.url("/limited"),
     ] {
         crate::auth::until_ok(&url, &none).await;
     }
-    println!("\nthrough Envoy (--concurrency 1), wrk -t1 -c{connections} -d{seconds}s:");
-    for (name, url) in [
-        ("bare Envoy (no limit)", envoy.url("/bare")),
-        ("Envoy + no-op RLS (floor)", noop_envoy.url("/limited")),
-        (
-            "Envoy + Gatehouse RLS in memory",
-            memory_envoy.url("/limited"),
+    const BARE: &str = "bare Envoy (no limit)";
+    const FLOOR: &str = "Envoy + no-op RLS (floor)";
+    const FLOOR_HEADERS: &str = "Envoy + no-op RLS with RateLimit headers";
+    const MEMORY: &str = "Envoy + Gatehouse RLS in memory";
+    const REDIS: &str = "Envoy + Gatehouse RLS on Redis";
+    const REDIS_POOL: &str = "Envoy + Gatehouse RLS on Redis, thread pool";
+    const LOCAL: &str = "Envoy local_ratelimit (static)";
+    let variant = |name,
+                   envoy: &gatehouse_e2e::Envoy,
+                   path,
+                   services: &[(&'static str, Option<u32>)]| Variant {
+        name,
+        url: envoy.url(path),
+        headers: &none,
+        processes: [("envoy", envoy.pid())]
+            .into_iter()
+            .chain(services.iter().copied())
+            .collect(),
+    };
+    let variants = [
+        variant(BARE, &envoy, "/bare", &[]),
+        variant(
+            FLOOR,
+            &noop_envoy,
+            "/limited",
+            &[("service", noop_process.id())],
         ),
-        ("Envoy + Gatehouse RLS on Redis", envoy.url("/limited")),
-        (
-            "Envoy local_ratelimit (static)",
-            static_envoy.url("/limited"),
+        variant(
+            FLOOR_HEADERS,
+            &noop_headers_envoy,
+            "/limited",
+            &[("service", noop_headers_process.id())],
         ),
-    ] {
-        let closed = crate::auth::wrk(&url, &none, seconds, connections).await;
-        println!(
-            "  {name:<34} {:>8.0} req/s (wrk p50 {} p99 {})",
-            closed.rps, closed.p50, closed.p99
-        );
-    }
+        variant(
+            MEMORY,
+            &memory_envoy,
+            "/limited",
+            &[("service", memory.pid())],
+        ),
+        variant(
+            REDIS,
+            &envoy,
+            "/limited",
+            &[("service", limiter.pid()), ("redis", redis.pid())],
+        ),
+        variant(
+            REDIS_POOL,
+            &pool_envoy,
+            "/limited",
+            &[("service", pool.pid()), ("redis", redis.pid())],
+        ),
+        variant(LOCAL, &static_envoy, "/limited", &[]),
+    ];
+    println!(
+        "\nthrough Envoy (--concurrency 1), wrk -t1 -c{connections}, {rounds} rounds of {seconds} s per variant, interleaved:"
+    );
+    let measured = side_by_side::interleaved(&variants, rounds, seconds, connections).await;
+    measured.print();
+    println!("shares, taken within each round:");
+    measured.print_ratio(REDIS, FLOOR);
+    measured.print_ratio(MEMORY, FLOOR);
+    measured.print_ratio(REDIS_POOL, FLOOR);
+    measured.print_ratio(REDIS, FLOOR_HEADERS);
+    measured.print_ratio(MEMORY, FLOOR_HEADERS);
+    measured.print_ratio(FLOOR_HEADERS, FLOOR);
+    measured.print_ratio(FLOOR, BARE);
     cp.assert_no_nacks().await;
 }
 
@@ -320,7 +414,7 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
     let url = format!("--redis-url={}", redis.url());
     let on_redis = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
     let in_memory = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[]).await;
-    let (noop, _noop_process) = start_noop_rls().await;
+    let (noop, _noop_process) = start_noop_rls(false).await;
     // Side by side: the same load at a server that answers OK at once (the
     // floor of a gRPC hop on this machine), at ratelimit-service in memory
     // and at ratelimit-service on Redis.

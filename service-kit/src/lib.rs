@@ -81,6 +81,28 @@ pub fn single_resource<M: prost::Message + Default>(
     M::decode(resource.value.as_slice()).map_err(|e| format!("undecodable {type_url}: {e}"))
 }
 
+/// The Tokio runtime a service runs on, from `--worker-threads`.
+///
+/// `1` is a single-threaded runtime: every task (each Envoy connection, the
+/// Redis connection, the ADS stream) runs on one thread, so a request never
+/// waits for a wake-up from another thread, and each decision costs about a
+/// third less CPU than on a work-stealing pool (BENCHMARKS.md), CPU left to
+/// Envoy on a shared host. A larger number is a work-stealing pool of that
+/// many threads, for a service answering many Envoys or doing heavy work
+/// per request; `0` is one thread per CPU.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 /// Logging from `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -125,5 +147,33 @@ pub async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime;
+
+    #[test]
+    fn worker_threads_choose_the_runtime() {
+        let single = runtime(1).expect("runtime");
+        assert_eq!(
+            single.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let pool = runtime(3).expect("runtime");
+        assert_eq!(pool.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(pool.metrics().num_workers(), 3);
+        let per_cpu = runtime(0).expect("runtime");
+        assert_eq!(
+            per_cpu.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(
+            per_cpu.metrics().num_workers(),
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
     }
 }

@@ -491,6 +491,11 @@ pub struct Envoy {
 }
 
 impl Envoy {
+    /// The process id (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts Envoy against `xds` and waits until it is initialised (its
     /// listener came over LDS).
     pub async fn start(xds: SocketAddr, proxy_port: u16, variant: XdsVariant) -> Self {
@@ -897,6 +902,11 @@ pub struct Sidecar {
 pub type ExtAuthz = Sidecar;
 
 impl Sidecar {
+    /// The process id (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts ext-authz on `port` (0 picks one) with extra environment
     /// (secrets), and waits until it holds the control plane's configuration.
     pub async fn start(xds: SocketAddr, port: u16, env: &[(&str, &str)]) -> Self {

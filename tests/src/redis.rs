@@ -15,6 +15,11 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// The process id while it runs (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub async fn start() -> Self {
         Self::start_with(free_port(), Vec::new()).await
     }

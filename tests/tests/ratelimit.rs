@@ -356,9 +356,12 @@ async fn instances_with_clocks_30_s_apart_enforce_one_limit_through_redis() {
     }
     let url = format!("--redis-url={}", redis.url());
     let mut instances = Vec::new();
-    for offset in ["-30s", "+0s", "+30s"] {
+    // Each on another runtime too: one thread, one per CPU, a pool of three.
+    for (offset, threads) in [("-30s", "1"), ("+0s", "0"), ("+30s", "3")] {
+        let threads = format!("--worker-threads={threads}");
         instances.push(
-            Sidecar::ratelimit_skewed(cp.xds, &[&url, "--redis-timeout-ms=1000"], offset).await,
+            Sidecar::ratelimit_skewed(cp.xds, &[&url, "--redis-timeout-ms=1000", &threads], offset)
+                .await,
         );
     }
     let mut clients = Vec::new();
