@@ -66,10 +66,9 @@ pub async fn run(
         }
     }
     info!(store = %store.url(), "store ready");
-    match store.rejections().await {
-        Ok(rejected) => rollout.restore(rejected),
-        Err(e) => warn!(error = %e, "cannot read earlier rejections"),
-    }
+    // How many refusals the store held when last read.
+    let mut known_rejections = None;
+    learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
     if store.backend() == Backend::Postgres {
         tokio::spawn(listen_postgres(
             store.clone(),
@@ -91,11 +90,11 @@ pub async fn run(
                     pending = false;
                     attempted = Some(snapshot.version);
                     if let Some(snapshot) = snapshot.ready {
-                        if rollout.is_idle() && rollout.is_suspect(&snapshot) {
+                        if rollout.serving_suspect() && rollout.is_suspect(&snapshot) {
                             let start = last_good(&store, &proxy, &rollout, snapshot.version)
                                 .await
                                 .unwrap_or_else(|| snapshot.clone());
-                            rollout.start_from(start);
+                            rollout.fall_back_to(start);
                         }
                         publish_snapshot(&publish, snapshot, &metrics);
                     }
@@ -119,10 +118,21 @@ pub async fn run(
                 if changed.is_err() { return; }
                 pending = true;
             }
-            _ = remote.notified() => pending = true,
-            _ = poll.tick() => match store.version().await {
-                Ok(version) => pending = attempted != Some(version),
-                Err(e) => failures.report("store unreachable; keeping the last snapshot", &e, &metrics),
+            _ = remote.notified() => {
+                // A commit or a refusal recorded by another replica.
+                pending = true;
+                learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
+            }
+            _ = poll.tick() => match (store.version().await, store.rejection_count().await) {
+                (Ok(version), Ok(rejections)) => {
+                    pending = attempted != Some(version);
+                    if known_rejections != Some(rejections) {
+                        learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    failures.report("store unreachable; keeping the last snapshot", &e, &metrics);
+                }
             },
         }
         if pending && sleep_or_shutdown(settings.debounce, &shutdown).await {
@@ -171,9 +181,38 @@ async fn build(
     Ok(Built { version, ready })
 }
 
-/// At start, when the newest version carries a resource a node refused
-/// before the restart: the newest earlier version without any, rebuilt
-/// from history.
+/// Takes in the refusals recorded in the store (at start, those from before
+/// a restart; later, those of other replicas' nodes). When what is served
+/// then carries one and no earlier served snapshot is clean, the newest
+/// earlier version without any is rebuilt from history and served.
+async fn learn_rejections(
+    store: &Store,
+    proxy: &ProxySettings,
+    rollout: &Rollout,
+    known: &mut Option<u64>,
+) {
+    let rejected = match store.rejections().await {
+        Ok(rejected) => rejected,
+        Err(e) => {
+            warn!(error = %e, "cannot read recorded rejections");
+            return;
+        }
+    };
+    *known = Some(rejected.len() as u64);
+    if !rollout.learn(rejected) || !rollout.serving_suspect() {
+        return;
+    }
+    if let Some(served) = rollout.status().served_version
+        && let Some(good) = last_good(store, proxy, rollout, served).await
+    {
+        rollout.fall_back_to(good);
+    }
+}
+
+/// The newest version before `newest` without any refused resource, rebuilt
+/// from history: at start, when the newest version carries a resource a
+/// node refused before the restart, or when another replica's node refused
+/// what is served.
 async fn last_good(
     store: &Store,
     proxy: &ProxySettings,

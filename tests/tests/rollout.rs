@@ -3,7 +3,9 @@
 //! and status says why. Real Envoys; one of them runs with a stricter runtime
 //! than the rest, as a fleet on mixed settings would.
 
-use gatehouse_e2e::{ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, free_port};
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, free_port, postgres_database,
+};
 use std::time::Duration;
 
 use serde_json::json;
@@ -133,4 +135,75 @@ async fn a_rejected_version_never_reaches_the_fleet() {
         );
     }
     late.until_status("/r/alpha", 200).await;
+}
+
+/// Replicas sharing one Postgres learn each other's refusals: a version a
+/// node of one replica refused is taken back from the other replica's nodes,
+/// and a node joining the other replica never gets it. The other replica
+/// polls only once a minute, so the refusal reaches it by notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_seen_by_one_replica_keeps_the_other_replicas_nodes_off_it() {
+    let database = postgres_database().await;
+    let upstream = Upstream::start("web").await;
+    let proxy_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    options.database_url = Some(database);
+    options.poll_interval_ms = 60_000;
+    let first = ControlPlane::start(options.clone()).await;
+    let second = ControlPlane::start(options).await;
+    first
+        .apply("/v1/services/web", upstream.service("web"))
+        .await;
+    let base = first
+        .apply(
+            "/v1/routes/main",
+            json!({"match": {"path_prefix": "/main"}, "destination": {"service": "web"}}),
+        )
+        .await;
+    let strict = Envoy::start_with_runtime(
+        first.xds,
+        proxy_port,
+        &[("re2.max_program_size.error_level", "10")],
+    )
+    .await;
+    let edge = Envoy::start(second.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    first.until_converged(base).await;
+    second.until_converged(base).await;
+
+    // Refused by the strict node (connected to the first replica) only.
+    let bad = first
+        .apply(
+            "/v1/routes/greek",
+            json!({"match": {"path_regex": "^/r/(alpha|beta|gamma)$"},
+                   "destination": {"service": "web"}}),
+        )
+        .await;
+    let status = first.until_held_back().await;
+    assert_eq!(status["rejections"][0]["node"], json!(strict.node_id));
+
+    let status = second.until_held_back().await;
+    assert_eq!(status["latest_version"], json!(bad), "{status}");
+    assert_eq!(status["served_version"], json!(base), "{status}");
+    assert_eq!(status["rejections"][0]["node"], json!(strict.node_id));
+    second.until_converged(base).await;
+    assert!(
+        !edge
+            .config_dump()
+            .await
+            .to_string()
+            .contains("alpha|beta|gamma"),
+        "the refused route is gone from the other replica's node"
+    );
+    let late = Envoy::start(second.xds, proxy_port, XdsVariant::Delta).await;
+    second.until_converged(base).await;
+    assert!(
+        !late
+            .config_dump()
+            .await
+            .to_string()
+            .contains("alpha|beta|gamma"),
+        "a node joining the other replica gets the last good version"
+    );
+    assert_eq!(edge.rejected_updates().await, 0);
+    assert_eq!(late.rejected_updates().await, 0);
 }

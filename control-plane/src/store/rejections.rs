@@ -1,9 +1,11 @@
 //! Resources nodes refused (NACKs), kept so a restarted control plane does
-//! not roll them out again. Written by the rollout, read once at start.
+//! not roll them out again, and so replicas sharing the store keep their
+//! nodes off them too. Written by the rollout; read at start, on a
+//! notification (Postgres) and when the periodic check finds more.
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Backend, NOTIFY_CHANNEL, Store, StoreError};
 
 /// One refused resource content, with the NACK that refused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +42,22 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, 'rejection')")
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// How many refusals are recorded (the periodic check's cheap probe).
+    pub async fn rejection_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejected_resources")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// Every recorded refusal, oldest first.

@@ -9,7 +9,10 @@
 //!
 //! Refused resources are recorded in the store: a restarted control plane
 //! keeps the fleet off them, and starts from the newest earlier version
-//! without them (rebuilt from history by the sync loop).
+//! without them (rebuilt from history by the sync loop). Replicas sharing
+//! the store learn each other's refusals the same way ([`Rollout::learn`]),
+//! so a node connected to one replica never gets what a node of another
+//! refused.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -80,6 +83,30 @@ impl State {
     fn current(&self) -> Option<&Arc<Snapshot>> {
         self.served.back()
     }
+
+    /// When what is served carries a refused resource: the newest earlier
+    /// served snapshot without any, to serve instead.
+    fn fall_back(&mut self) -> Option<Arc<Snapshot>> {
+        let current = self.current()?.clone();
+        if !self.is_suspect(&current) {
+            return None;
+        }
+        while self.current().is_some_and(|c| self.is_suspect(c)) {
+            self.served.pop_back();
+        }
+        match self.current() {
+            Some(good) => Some(good.clone()),
+            None => {
+                // Nothing earlier is clean: keep serving what nodes hold.
+                error!(
+                    version = current.version,
+                    "a node rejected the config and no earlier snapshot is free of it"
+                );
+                self.served.push_back(current);
+                None
+            }
+        }
+    }
 }
 
 /// Shared between the sync loop's output, the streams and the admin API.
@@ -120,9 +147,14 @@ impl Rollout {
         self
     }
 
-    /// Takes back the refusals recorded before a restart.
-    pub fn restore(&self, rejected: Vec<RejectedResource>) {
-        self.with(|s| {
+    /// Takes in refusals recorded in the store: at start, those from before
+    /// a restart; later, those other replicas' nodes made. Returns whether
+    /// any was new. When what is served now carries a newly refused
+    /// resource, the fleet goes back to the newest earlier snapshot without
+    /// any (see [`Rollout::serving_suspect`] for when there is none).
+    pub fn learn(&self, rejected: Vec<RejectedResource>) -> bool {
+        let fallback = self.with(|s| {
+            let mut learned = false;
             for r in rejected {
                 let Some(kind) = ResourceType::ALL
                     .into_iter()
@@ -130,8 +162,13 @@ impl Rollout {
                 else {
                     continue;
                 };
-                s.suspects
-                    .insert((kind, r.name.clone(), r.content_version.clone()));
+                if !s
+                    .suspects
+                    .insert((kind, r.name.clone(), r.content_version.clone()))
+                {
+                    continue;
+                }
+                learned = true;
                 s.rejections.push_front(Rejection {
                     version: r.version,
                     node: r.node,
@@ -142,7 +179,16 @@ impl Rollout {
                 });
             }
             s.rejections.truncate(REJECTIONS_SHOWN);
+            (learned, learned.then(|| s.fall_back()).flatten())
         });
+        if let (_, Some(good)) = &fallback {
+            info!(
+                serving = good.version,
+                "fleet back on the last good version: a node of another replica refused the newer one"
+            );
+            self.served.send_replace(Some(good.clone()));
+        }
+        fallback.0
     }
 
     /// Whether `snapshot` carries a resource some node refused.
@@ -150,28 +196,32 @@ impl Rollout {
         self.with(|s| s.is_suspect(snapshot))
     }
 
-    /// Whether nothing has been served yet.
-    pub fn is_idle(&self) -> bool {
-        self.with(|s| s.current().is_none())
+    /// Whether nothing has been served yet, or what is served carries a
+    /// refused resource (nothing cleaner was at hand to go back to).
+    pub fn serving_suspect(&self) -> bool {
+        self.with(|s| s.current().is_none_or(|c| s.is_suspect(c)))
     }
 
-    /// Serves `snapshot` first, if nothing is served yet: at start, the
-    /// newest earlier version without refused resources, or, when there is
-    /// none, the newest one anyway (nodes keep what they hold when they
-    /// refuse; new nodes get a config rather than none).
-    pub fn start_from(&self, snapshot: Arc<Snapshot>) {
+    /// Serves `snapshot` (the newest earlier version without refused
+    /// resources, rebuilt from history by the sync loop) when nothing is
+    /// served yet or what is served carries a refused resource. At start
+    /// with no such version the newest one is served anyway: nodes keep
+    /// what they hold when they refuse, and new nodes get a config rather
+    /// than none.
+    pub fn fall_back_to(&self, snapshot: Arc<Snapshot>) {
         let serve = self.with(|s| {
-            let fresh = s.current().is_none();
-            if fresh {
+            let replace = s.current().is_none_or(|c| s.is_suspect(c))
+                && s.current().is_none_or(|c| c.version != snapshot.version);
+            if replace {
                 s.served.push_back(snapshot.clone());
+                if s.served.len() > FALLBACKS {
+                    s.served.pop_front();
+                }
             }
-            fresh
+            replace
         });
         if serve {
-            info!(
-                version = snapshot.version,
-                "starting from the last good version"
-            );
+            info!(version = snapshot.version, "serving the last good version");
             self.served.send_replace(Some(snapshot));
         }
     }
@@ -267,25 +317,7 @@ impl Rollout {
                 at_ms: now_ms(),
             });
             s.rejections.truncate(REJECTIONS_SHOWN);
-            let current = s.current()?.clone();
-            if !s.is_suspect(&current) {
-                return None;
-            }
-            while s.current().is_some_and(|c| s.is_suspect(c)) {
-                s.served.pop_back();
-            }
-            match s.current() {
-                Some(good) => Some(good.clone()),
-                None => {
-                    // Nothing earlier is clean: keep serving what nodes hold.
-                    error!(
-                        version = current.version,
-                        "a node rejected the config and no earlier snapshot is free of it"
-                    );
-                    s.served.push_back(current);
-                    None
-                }
-            }
+            s.fall_back()
         });
         if let Some(good) = fallback {
             info!(
@@ -420,5 +452,57 @@ mod tests {
         );
         assert_eq!(served(&rollout), Some(1));
         assert_eq!(rollout.status().rejections.len(), 1);
+    }
+
+    fn recorded(snapshot: &Snapshot, node: &str) -> RejectedResource {
+        let (name, content_version) = route_version(snapshot);
+        RejectedResource {
+            r#type: "rds".into(),
+            name,
+            content_version,
+            version: snapshot.version.to_string(),
+            node: node.into(),
+            error_detail: "no".into(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_refusal_recorded_by_another_replica_sends_the_fleet_back_once() {
+        let rollout = Rollout::default();
+        rollout.offer(snapshot(1, "good"));
+        let bad = snapshot(2, "bad");
+        rollout.offer(bad.clone());
+        assert_eq!(served(&rollout), Some(2));
+
+        assert!(rollout.learn(vec![recorded(&bad, "envoy-b")]));
+        assert_eq!(served(&rollout), Some(1));
+        assert!(!rollout.serving_suspect());
+        let status = rollout.status();
+        assert!(status.held_back);
+        assert_eq!(status.rejections[0].node, "envoy-b");
+
+        // Read again (every notification re-reads the table): nothing new.
+        assert!(!rollout.learn(vec![recorded(&bad, "envoy-b")]));
+        assert_eq!(rollout.status().rejections.len(), 1);
+        rollout.offer(snapshot(3, "bad"));
+        assert_eq!(served(&rollout), Some(1));
+    }
+
+    #[test]
+    fn with_nothing_clean_served_before_a_version_rebuilt_from_history_takes_over() {
+        let rollout = Rollout::default();
+        let bad = snapshot(5, "bad");
+        rollout.offer(bad.clone());
+        assert!(rollout.learn(vec![recorded(&bad, "envoy-b")]));
+        assert_eq!(served(&rollout), Some(5), "nothing earlier at hand");
+        assert!(rollout.serving_suspect());
+
+        rollout.fall_back_to(snapshot(4, "good"));
+        assert_eq!(served(&rollout), Some(4));
+        assert!(!rollout.serving_suspect());
+        // Only a suspect (or no) current version is replaced.
+        rollout.fall_back_to(snapshot(3, "older"));
+        assert_eq!(served(&rollout), Some(4));
     }
 }
