@@ -5,7 +5,8 @@
 //! 2. gRPC `Check` latency against the real ext-authz process, open loop.
 //! 3. Through Envoy, side by side with the same Envoy settings: no auth;
 //!    a no-op ext_authz server that always allows (the floor of the
-//!    architecture); Gatehouse ext-authz (API key, cached JWT); Gatehouse
+//!    architecture); the same no-op answering with Gatehouse's identity
+//!    headers and metadata (what Envoy must apply); Gatehouse ext-authz (API key, cached JWT); Gatehouse
 //!    with the JWT verified in Envoy (`verify_in: envoy`); and Envoy's own
 //!    in-process `jwt_authn`, statically configured. Closed loop with `wrk`, open loop at a
 //!    fixed rate for latency.
@@ -22,7 +23,11 @@ use gatehouse_e2e::{
     tokens::{TestKey, claims, jwks},
 };
 use gatehouse_ext_authz::{
-    http_client, metrics::Metrics, server::check_response, state::AuthState,
+    decision::{API_KEY_HEADER, Allow, CONSUMER_HEADER, Method, PLAN_HEADER},
+    http_client,
+    metrics::Metrics,
+    server::{allowed_response, check_response},
+    state::AuthState,
 };
 use gatehouse_proto::{
     auth,
@@ -54,6 +59,7 @@ pub(crate) type Headers = Vec<(String, String)>;
 const BARE: &str = "bare Envoy (no auth)";
 const BARE_STATIC: &str = "bare Envoy, static config";
 const FLOOR: &str = "Envoy + no-op ext_authz (floor)";
+const FLOOR_IDENTITY: &str = "Envoy + no-op ext_authz with identity";
 const API_KEY: &str = "Envoy + Gatehouse ext-authz, API key";
 const EXT_JWT: &str = "Envoy + Gatehouse ext-authz, RS256 JWT";
 const ENVOY_JWT: &str = "Envoy + Gatehouse, RS256 JWT verified in Envoy";
@@ -304,9 +310,45 @@ pub(crate) async fn http_latency(
     latencies
 }
 
-/// A no-op ext_authz server: allows everything, adds nothing.
-#[derive(Clone, Copy)]
-struct NoopAuthz;
+/// A no-op ext_authz server: allows everything without looking at the
+/// request, answering `response`.
+struct NoopAuthz {
+    response: CheckResponse,
+}
+
+impl NoopAuthz {
+    /// Adds nothing to the request: the floor of the architecture.
+    fn bare() -> Self {
+        Self {
+            response: CheckResponse {
+                status: Some(rpc::Status::default()),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+                dynamic_metadata: None,
+            },
+        }
+    }
+
+    /// Answers what Gatehouse answers for the bench's API key, built by
+    /// ext-authz's own response builder: identity headers, the key header
+    /// removed, consumer and plan as dynamic metadata. Envoy's work to apply
+    /// them is what the issue asks for; this floor separates it from the
+    /// service's own cost.
+    fn with_identity() -> Self {
+        Self {
+            response: allowed_response(Allow {
+                method: Method::ApiKey,
+                consumer: "bench".into(),
+                plan: "pro".into(),
+                set_headers: vec![
+                    (CONSUMER_HEADER.into(), "bench".into()),
+                    (PLAN_HEADER.into(), "pro".into()),
+                ],
+                remove_headers: vec![API_KEY_HEADER.into()],
+                remove_query: Vec::new(),
+            }),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Authorization for NoopAuthz {
@@ -314,31 +356,32 @@ impl Authorization for NoopAuthz {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status::default()),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
+        Ok(tonic::Response::new(self.response.clone()))
     }
 }
 
 /// Serves the no-op ext_authz server on `port` (run as its own process,
 /// like ext-authz, so both compete for the CPU the same way).
-pub async fn serve_noop(port: u16) {
+pub async fn serve_noop(port: u16, with_identity: bool) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let _ = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(NoopAuthz))
+        .add_service(AuthorizationServer::new(if with_identity {
+            NoopAuthz::with_identity()
+        } else {
+            NoopAuthz::bare()
+        }))
         .serve_with_incoming(incoming)
         .await;
 }
 
-async fn start_noop() -> (SocketAddr, tokio::process::Child) {
+async fn start_noop(with_identity: bool) -> (SocketAddr, tokio::process::Child) {
     let port = free_port();
     let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
         .args(["noop-authz", "--port", &port.to_string()])
+        .args(with_identity.then_some("--with-identity"))
         .kill_on_drop(true)
         .spawn()
         .expect("start the no-op ext_authz server");
@@ -451,11 +494,17 @@ pub async fn run(settings: Settings) {
     until_ok(&envoy.url("/jwt"), &jwt_headers).await;
     until_ok(&envoy.url("/envoyjwt"), &jwt_headers).await;
 
-    let (noop, noop_process) = start_noop().await;
+    let (noop, noop_process) = start_noop(false).await;
+    let (noop_identity, noop_identity_process) = start_noop(true).await;
     for (name, addr, request) in [
         (
             "no-op server",
             noop,
+            check_request("/key", &[("x-api-key", &key)], "api_key"),
+        ),
+        (
+            "no-op server with identity",
+            noop_identity,
             check_request("/key", &[("x-api-key", &key)], "api_key"),
         ),
         (
@@ -481,6 +530,9 @@ pub async fn run(settings: Settings) {
     // The floor: the same Envoy settings with a no-op ext_authz server.
     let (_noop_cp, noop_envoy) = gateway(noop, &upstream, &[&rsa, &ec]).await;
     until_ok(&noop_envoy.url("/key"), &key_headers).await;
+    let (_noop_identity_cp, noop_identity_envoy) =
+        gateway(noop_identity, &upstream, &[&rsa, &ec]).await;
+    until_ok(&noop_identity_envoy.url("/key"), &key_headers).await;
 
     // Envoy's own jwt_authn, statically configured.
     let static_port = free_port();
@@ -506,6 +558,13 @@ pub async fn run(settings: Settings) {
         variant(BARE, &envoy, "/bare", &none, None),
         variant(BARE_STATIC, &static_envoy, "/bare", &none, None),
         variant(FLOOR, &noop_envoy, "/key", &key_headers, noop_process.id()),
+        variant(
+            FLOOR_IDENTITY,
+            &noop_identity_envoy,
+            "/key",
+            &key_headers,
+            noop_identity_process.id(),
+        ),
         variant(API_KEY, &envoy, "/key", &key_headers, ext.pid()),
         variant(EXT_JWT, &envoy, "/jwt", &jwt_headers, ext.pid()),
         variant(ENVOY_JWT, &envoy, "/envoyjwt", &jwt_headers, None),
@@ -526,6 +585,8 @@ pub async fn run(settings: Settings) {
     println!("shares, taken within each round:");
     rounds.print_ratio(API_KEY, FLOOR);
     rounds.print_ratio(EXT_JWT, FLOOR);
+    rounds.print_ratio(API_KEY, FLOOR_IDENTITY);
+    rounds.print_ratio(FLOOR_IDENTITY, FLOOR);
     rounds.print_ratio(ENVOY_JWT, JWT_AUTHN);
     rounds.print_ratio(FLOOR, BARE);
     println!(
@@ -542,4 +603,26 @@ pub async fn run(settings: Settings) {
         );
     }
     cp.assert_no_nacks().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity floor stands for Gatehouse only if Envoy gets the same
+    /// answer from both.
+    #[tokio::test]
+    async fn the_identity_floor_answers_what_ext_authz_answers_for_the_bench_key() {
+        let rsa = TestKey::rsa("rs");
+        let state = AuthState::build(
+            "1",
+            auth_config(&[&rsa]),
+            None,
+            &http_client(),
+            &Metrics::default(),
+        );
+        let request = check_request("/key", &[("x-api-key", KEY)], "api_key");
+        let gatehouse = check_response(&state, &request, &Metrics::default()).await;
+        assert_eq!(NoopAuthz::with_identity().response, gatehouse);
+    }
 }

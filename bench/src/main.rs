@@ -118,6 +118,10 @@ enum Command {
     NoopAuthz {
         #[arg(long)]
         port: u16,
+        /// Answer as Gatehouse does for an API key: identity headers, the
+        /// key header removed, consumer and plan as dynamic metadata.
+        #[arg(long)]
+        with_identity: bool,
         /// ext-authz's runtime setting (see `NoopRls`).
         #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 0)]
         worker_threads: usize,
@@ -131,8 +135,9 @@ fn main() {
     match command {
         Command::NoopAuthz {
             port,
+            with_identity,
             worker_threads,
-        } => service_runtime(worker_threads).block_on(auth::serve_noop(port)),
+        } => service_runtime(worker_threads).block_on(auth::serve_noop(port, with_identity)),
         Command::NoopRls {
             port,
             with_headers,

@@ -84,7 +84,7 @@ pub async fn check_response(
         }
     }
     match decision {
-        Decision::Allow(allow) => allowed(allow),
+        Decision::Allow(allow) => allowed_response(allow),
         Decision::Deny(deny) => denied(deny),
     }
 }
@@ -107,7 +107,9 @@ fn string_value(s: impl Into<String>) -> Value {
     }
 }
 
-fn allowed(allow: Allow) -> CheckResponse {
+/// Envoy's answer for an allowed request: the identity headers, the
+/// headers to remove, and consumer and plan as dynamic metadata.
+pub fn allowed_response(allow: Allow) -> CheckResponse {
     let metadata = Struct {
         fields: [
             ("consumer".to_owned(), string_value(allow.consumer)),
