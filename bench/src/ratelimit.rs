@@ -108,14 +108,13 @@ pub async fn run(requests: usize, seconds: u64, concurrency: usize) {
 async fn redis(seconds: u64, concurrency: usize) {
     let server = gatehouse_e2e::redis::RedisServer::start().await;
     let rules = std::sync::Arc::new(rules());
-    let store = std::sync::Arc::new(Store::Redis {
-        redis: gatehouse_ratelimit_service::store::redis::RedisStore::new(
+    let store = std::sync::Arc::new(Store::redis(
+        gatehouse_ratelimit_service::store::redis::RedisStore::new(
             &server.url(),
             std::time::Duration::from_millis(1000),
         )
         .expect("redis client"),
-        grace: MemoryStore::default(),
-    });
+    ));
     for descriptors in [1, 3] {
         let batch = std::sync::Arc::new(batch(descriptors));
         let (rules, store, metrics) = (rules.clone(), store.clone(), Metrics::default());
@@ -300,14 +299,17 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     let memory_addr = std::net::SocketAddr::from(([127, 0, 0, 1], memory_port));
     let (memory_cp, memory_envoy) = limited_gateway(memory_addr, &upstream).await;
     let memory = gatehouse_e2e::Sidecar::ratelimit(memory_cp.xds, memory_port, &[]).await;
-    // The same service on Redis with a work-stealing pool (one thread per
-    // CPU) instead of the default single thread, sharing the Redis.
-    let pool_port = gatehouse_e2e::free_port();
-    let pool_addr = std::net::SocketAddr::from(([127, 0, 0, 1], pool_port));
-    let (pool_cp, pool_envoy) = limited_gateway(pool_addr, &upstream).await;
-    let pool =
-        gatehouse_e2e::Sidecar::ratelimit(pool_cp.xds, pool_port, &[&url, "--worker-threads=0"])
-            .await;
+    // The same service on Redis with leases of up to 100 hits (opt-in),
+    // sharing the Redis.
+    let leasing_port = gatehouse_e2e::free_port();
+    let leasing_addr = std::net::SocketAddr::from(([127, 0, 0, 1], leasing_port));
+    let (leasing_cp, leasing_envoy) = limited_gateway(leasing_addr, &upstream).await;
+    let leasing = gatehouse_e2e::Sidecar::ratelimit(
+        leasing_cp.xds,
+        leasing_port,
+        &[&url, "--redis-lease-max=100"],
+    )
+    .await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -320,7 +322,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
         noop_envoy.url("/limited"),
         noop_headers_envoy.url("/limited"),
         memory_envoy.url("/limited"),
-        pool_envoy.url("/limited"),
+        leasing_envoy.url("/limited"),
         static_envoy.url("/limited"),
     ] {
         crate::auth::until_ok(&url, &none).await;
@@ -330,7 +332,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     const FLOOR_HEADERS: &str = "Envoy + no-op RLS with RateLimit headers";
     const MEMORY: &str = "Envoy + Gatehouse RLS in memory";
     const REDIS: &str = "Envoy + Gatehouse RLS on Redis";
-    const REDIS_POOL: &str = "Envoy + Gatehouse RLS on Redis, thread pool";
+    const REDIS_LEASING: &str = "Envoy + Gatehouse RLS on Redis, leases of 100";
     const LOCAL: &str = "Envoy local_ratelimit (static)";
     let variant = |name,
                    envoy: &gatehouse_e2e::Envoy,
@@ -371,10 +373,10 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
             &[("service", limiter.pid()), ("redis", redis.pid())],
         ),
         variant(
-            REDIS_POOL,
-            &pool_envoy,
+            REDIS_LEASING,
+            &leasing_envoy,
             "/limited",
-            &[("service", pool.pid()), ("redis", redis.pid())],
+            &[("service", leasing.pid()), ("redis", redis.pid())],
         ),
         variant(LOCAL, &static_envoy, "/limited", &[]),
     ];
@@ -386,7 +388,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     println!("shares, taken within each round:");
     measured.print_ratio(REDIS, FLOOR);
     measured.print_ratio(MEMORY, FLOOR);
-    measured.print_ratio(REDIS_POOL, FLOOR);
+    measured.print_ratio(REDIS_LEASING, FLOOR);
     measured.print_ratio(REDIS, FLOOR_HEADERS);
     measured.print_ratio(MEMORY, FLOOR_HEADERS);
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
@@ -413,6 +415,8 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
     }
     let url = format!("--redis-url={}", redis.url());
     let on_redis = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
+    let leasing =
+        gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url, "--redis-lease-max=100"]).await;
     let in_memory = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[]).await;
     let (noop, _noop_process) = start_noop_rls(false).await;
     // Side by side: the same load at a server that answers OK at once (the
@@ -423,6 +427,7 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
             ("no-op RLS", noop),
             ("ratelimit-service in memory", in_memory.addr),
             ("ratelimit-service on Redis", on_redis.addr),
+            ("ratelimit-service on Redis, leases of 100", leasing.addr),
         ] {
             let latencies = grpc_closed_loop(addr, descriptors, seconds, concurrency).await;
             report(

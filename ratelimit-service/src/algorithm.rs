@@ -32,6 +32,15 @@ pub enum Counter {
     },
 }
 
+impl Counter {
+    /// For outcomes of stores that keep the state elsewhere (Redis).
+    pub const NONE: Counter = Counter::Window {
+        window: 0,
+        current: 0,
+        previous: 0,
+    };
+}
+
 /// The verdict for one counter, and its state if the request goes ahead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {

@@ -37,6 +37,15 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_REDIS_TIMEOUT_MS", default_value_t = 5)]
     redis_timeout_ms: u64,
 
+    /// Redis only: take up to this many hits of a window counter (fixed or
+    /// sliding) from Redis ahead of use, at most an eighth of what the
+    /// window has left, and spend them here without a Redis round trip.
+    /// Instances together still never admit more than the limit; hits leased
+    /// but unspent when the window ends are lost (at most this many per
+    /// instance and counter). 0, the default, asks Redis on every request.
+    #[arg(long, env = "GATEHOUSE_REDIS_LEASE_MAX", default_value_t = 0)]
+    redis_lease_max: u64,
+
     /// Longest wait for in-flight decisions on shutdown.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
     shutdown_grace_ms: u64,
@@ -61,6 +70,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         addr = %listener.local_addr()?,
         worker_threads = args.worker_threads,
+        redis_lease_max = args.redis_lease_max,
         xds = %args.xds_url,
         store = match (&args.redis_url, args.redis_cluster) {
             (None, _) => "memory",
@@ -80,14 +90,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     RedisStore::cluster(&seeds, timeout)?
                 } else {
                     RedisStore::new(url, timeout)?
-                };
+                }
+                .with_leases(args.redis_lease_max);
                 if let Err(e) = redis.warm_up(Duration::from_secs(2)).await {
                     tracing::warn!(error = %e, "Redis not ready at start: deciding degraded until it is");
                 }
-                Store::Redis {
-                    redis,
-                    grace: MemoryStore::default(),
-                }
+                Store::redis(redis)
             }
             None => Store::Memory(MemoryStore::default()),
         },

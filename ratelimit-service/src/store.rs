@@ -2,6 +2,7 @@
 //! all of them are evaluated, and only if none that may block is over its
 //! limit are they all incremented, so a refused request costs no quota.
 
+pub mod lease;
 pub mod memory;
 pub mod redis;
 
@@ -37,12 +38,20 @@ pub enum Store {
     /// Shared counters in Redis, with an in-memory safety net for
     /// fail-open limits while Redis is unreachable ("grace mode").
     Redis {
-        redis: redis::RedisStore,
+        redis: Box<redis::RedisStore>,
         grace: memory::MemoryStore,
     },
 }
 
 impl Store {
+    /// Counters in `redis`, with a fresh local safety net.
+    pub fn redis(redis: redis::RedisStore) -> Self {
+        Store::Redis {
+            redis: Box::new(redis),
+            grace: memory::MemoryStore::default(),
+        }
+    }
+
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         match self {
             Store::Memory(store) => Ok(store.check(items)),

@@ -81,18 +81,23 @@ fn ok(response: &RateLimitResponse) -> bool {
 
 /// A Redis store, warmed up as the service does at start.
 async fn redis_store(server: &RedisServer, timeout_ms: u64) -> Store {
-    let redis = RedisStore::new(&server.url(), Duration::from_millis(timeout_ms)).expect("client");
+    leasing_redis_store(server, timeout_ms, 0).await
+}
+
+/// A Redis store that leases up to `lease_max` window hits ahead of use.
+async fn leasing_redis_store(server: &RedisServer, timeout_ms: u64, lease_max: u64) -> Store {
+    let redis = RedisStore::new(&server.url(), Duration::from_millis(timeout_ms))
+        .expect("client")
+        .with_leases(lease_max);
     redis
         .warm_up(Duration::from_secs(5))
         .await
         .expect("Redis is up");
-    Store::Redis {
-        redis,
-        grace: MemoryStore::default(),
-    }
+    Store::redis(redis)
 }
 
-/// Runs each test body on both backends.
+/// Runs each test body on both backends (Redis with and without leases,
+/// and on a cluster).
 macro_rules! both_backends {
     ($($name:ident($store:ident) $body:block)*) => {
         mod memory_backend {
@@ -105,11 +110,14 @@ macro_rules! both_backends {
         }
         mod redis_backend {
             use super::*;
+            // Every request decided in Redis, then with leases.
             $(#[tokio::test]
             async fn $name() {
-                let server = RedisServer::start().await;
-                let $store = redis_store(&server, 200).await;
-                $body
+                for lease_max in [0, 100] {
+                    let server = RedisServer::start().await;
+                    let $store = leasing_redis_store(&server, 200, lease_max).await;
+                    $body
+                }
             })*
         }
         mod redis_cluster_backend {
@@ -117,7 +125,7 @@ macro_rules! both_backends {
             $(#[tokio::test]
             async fn $name() {
                 let cluster = RedisCluster::start().await;
-                let $store = cluster_store(&cluster, 200).await;
+                let $store = cluster_store(&cluster, 200, 0).await;
                 $body
                 assert!(cluster.keys().await > 0, "the counters lived in the cluster");
             })*
@@ -126,10 +134,12 @@ macro_rules! both_backends {
 }
 
 /// A store on a three-node Redis Cluster, once its connection is up.
-async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64) -> Store {
+async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64, lease_max: u64) -> Store {
     let urls = cluster.urls();
     let seeds: Vec<&str> = urls.split(',').collect();
-    let redis = RedisStore::cluster(&seeds, Duration::from_millis(timeout_ms)).expect("client");
+    let redis = RedisStore::cluster(&seeds, Duration::from_millis(timeout_ms))
+        .expect("client")
+        .with_leases(lease_max);
     let started = Instant::now();
     while !redis.connected() {
         assert!(
@@ -138,10 +148,7 @@ async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64) -> Store {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Store::Redis {
-        redis,
-        grace: MemoryStore::default(),
-    }
+    Store::redis(redis)
 }
 
 both_backends! {
@@ -195,15 +202,22 @@ both_backends! {
     }
 }
 
+/// Three instances, 200 concurrent clients, 1,400 requests: exactly the
+/// limit is admitted. With leases too: never more (leased hits are counted
+/// when handed out) and, while every instance keeps getting requests, not
+/// less (the last hits of a window are not leased, and an instance holds at
+/// most `--redis-lease-max`).
 #[tokio::test]
 async fn three_instances_sharing_redis_allow_exactly_the_limit() {
     let server = RedisServer::start().await;
-    // 1000 a minute in a fixed window; the token bucket gets 1000 an hour,
-    // since at 1000 a minute it legitimately refills ~17 tokens a second
-    // while the test runs.
-    for (algorithm, period) in [
-        (rl::Algorithm::FixedWindow, 60),
-        (rl::Algorithm::TokenBucket, 3600),
+    // 1000 a minute in a window; the token bucket gets 1000 an hour, since
+    // at 1000 a minute it legitimately refills ~17 tokens a second while the
+    // test runs. Token buckets are never leased.
+    for (algorithm, period, lease_max) in [
+        (rl::Algorithm::FixedWindow, 60, 0),
+        (rl::Algorithm::TokenBucket, 3600, 0),
+        (rl::Algorithm::FixedWindow, 60, 100),
+        (rl::Algorithm::SlidingWindow, 60, 100),
     ] {
         let rules = Arc::new(rules(vec![policy("shared", 1000, period, algorithm)]));
         // Not across a window boundary (Redis runs on this machine's clock).
@@ -211,31 +225,116 @@ async fn three_instances_sharing_redis_allow_exactly_the_limit() {
         if into_window > period * 1000 - 3000 {
             tokio::time::sleep(Duration::from_millis(period * 1000 - into_window + 100)).await;
         }
-        let consumer = format!("{algorithm:?}");
+        let consumer = format!("{algorithm:?}-{lease_max}");
         let mut stores: Vec<Arc<Store>> = Vec::new();
         for _ in 0..3 {
-            stores.push(Arc::new(redis_store(&server, 1000).await));
+            stores.push(Arc::new(
+                leasing_redis_store(&server, 1000, lease_max).await,
+            ));
         }
-        let mut clients = tokio::task::JoinSet::new();
-        for client in 0..200 {
-            let (rules, store, consumer) =
-                (rules.clone(), stores[client % 3].clone(), consumer.clone());
-            clients.spawn(async move {
-                let mut allowed = 0u32;
-                for _ in 0..7 {
-                    if ok(&ask(&rules, &store, &[("shared", &consumer)]).await) {
-                        allowed += 1;
-                    }
-                }
-                allowed
-            });
-        }
-        let mut total = 0;
-        while let Some(allowed) = clients.join_next().await {
-            total += allowed.expect("client");
-        }
-        assert_eq!(total, 1000, "{algorithm:?}: 1,400 requests, limit 1000");
+        let total = admitted_of_1400(&rules, &stores, &[("shared", &consumer)]).await;
+        assert_eq!(
+            total, 1000,
+            "{algorithm:?}, leases of {lease_max}: 1,400 requests, limit 1000"
+        );
     }
+}
+
+/// 200 concurrent clients spread over `stores` send 7 requests each with
+/// `descriptors`: how many were admitted.
+async fn admitted_of_1400(
+    rules: &Arc<Rules>,
+    stores: &[Arc<Store>],
+    descriptors: &[(&str, &str)],
+) -> u32 {
+    let descriptors: Arc<Vec<(String, String)>> = Arc::new(
+        descriptors
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..200 {
+        let (rules, store, descriptors) = (
+            rules.clone(),
+            stores[client % stores.len()].clone(),
+            descriptors.clone(),
+        );
+        clients.spawn(async move {
+            let descriptors: Vec<(&str, &str)> = descriptors
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let mut allowed = 0u32;
+            for _ in 0..7 {
+                if ok(&ask(&rules, &store, &descriptors).await) {
+                    allowed += 1;
+                }
+            }
+            allowed
+        });
+    }
+    let mut total = 0;
+    while let Some(allowed) = clients.join_next().await {
+        total += allowed.expect("client");
+    }
+    total
+}
+
+/// Far from its limit, a leasing instance asks Redis once per lease; its
+/// answers count its own lease as left; the last eighth of the window is
+/// decided request by request.
+#[tokio::test]
+async fn a_leasing_instance_asks_redis_once_per_lease() {
+    let server = RedisServer::start().await;
+    let store = leasing_redis_store(&server, 1000, 100).await;
+    let rules = rules(vec![policy("p", 10_000, 3600, rl::Algorithm::FixedWindow)]);
+    let before = evalsha_calls(&server).await;
+    let first = ask(&rules, &store, &[("p", "a")]).await;
+    assert_eq!(first.statuses[0].limit_remaining, 9_999);
+    for _ in 0..999 {
+        assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
+    }
+    let calls = evalsha_calls(&server).await - before;
+    assert_eq!(
+        calls, 10,
+        "1,000 requests: each call decides one and leases 100"
+    );
+    let key = server.cli(&["KEYS", "gh:*"]).await;
+    let stored: u64 = server
+        .cli(&["HGET", key.trim(), "c"])
+        .await
+        .parse()
+        .expect("count");
+    assert_eq!(
+        stored, 1010,
+        "Redis counted the leased hits, the 10 still held too"
+    );
+
+    // Another counter near its limit: nothing is leased.
+    let tight = rules_near_limit();
+    let before = evalsha_calls(&server).await;
+    for _ in 0..7 {
+        assert!(ok(&ask(&tight, &store, &[("q", "a")]).await));
+    }
+    assert_eq!(evalsha_calls(&server).await - before, 7);
+}
+
+/// A limit of 7: an eighth of what is left is never a whole hit.
+fn rules_near_limit() -> Rules {
+    rules(vec![policy("q", 7, 3600, rl::Algorithm::FixedWindow)])
+}
+
+/// How many times Redis ran a script so far.
+async fn evalsha_calls(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -359,19 +458,12 @@ async fn a_spent_limit_is_refused_without_asking_redis_until_it_resets() {
     for _ in 0..3 {
         ask(&rules, &store, &[("p", "abuser")]).await;
     }
-    let calls = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let before = calls(server.cli(&["INFO", "commandstats"]).await);
+    let before = evalsha_calls(&server).await;
     assert!(before > 0, "the counting itself works");
     for _ in 0..50 {
         assert!(!ok(&ask(&rules, &store, &[("p", "abuser")]).await));
     }
-    let after = calls(server.cli(&["INFO", "commandstats"]).await);
+    let after = evalsha_calls(&server).await;
     assert_eq!(after, before, "refused from the local cache");
     assert!(ok(&ask(&rules, &store, &[("p", "someone-else")]).await));
 }
@@ -379,7 +471,7 @@ async fn a_spent_limit_is_refused_without_asking_redis_until_it_resets() {
 /// Three instances on one Redis Cluster, 200 concurrent clients, each request
 /// counting on two slots: exactly the limit is admitted, and the counter on
 /// the other slot ends at exactly the admitted requests (refused requests
-/// gave their hits back).
+/// gave their hits back). With leases, exactly the limit too.
 #[tokio::test]
 async fn three_instances_on_a_redis_cluster_allow_exactly_the_limit_across_slots() {
     let cluster = RedisCluster::start().await;
@@ -388,37 +480,31 @@ async fn three_instances_on_a_redis_cluster_allow_exactly_the_limit_across_slots
         policy("wide", 100_000, 3600, rl::Algorithm::FixedWindow),
     ]));
     let into_hour = gatehouse_ratelimit_service::store::memory::now_ms() % 3_600_000;
-    if into_hour > 3_600_000 - 5000 {
+    if into_hour > 3_600_000 - 10_000 {
         tokio::time::sleep(Duration::from_millis(3_600_000 - into_hour + 100)).await;
     }
-    let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(Arc::new(cluster_store(&cluster, 1000).await));
+    for lease_max in [0, 100] {
+        let consumer = format!("c{lease_max}");
+        let mut stores = Vec::new();
+        for _ in 0..3 {
+            stores.push(Arc::new(cluster_store(&cluster, 1000, lease_max).await));
+        }
+        let total = admitted_of_1400(
+            &rules,
+            &stores,
+            &[("shared", &consumer), ("wide", &consumer)],
+        )
+        .await;
+        assert_eq!(total, 1000, "lease {lease_max}: 1,400 requests, limit 1000");
+        if lease_max == 0 {
+            let wide = ask(&rules, &stores[0], &[("wide", &consumer)]).await;
+            assert_eq!(
+                wide.statuses[0].limit_remaining,
+                100_000 - 1001,
+                "the other slot counted only admitted requests (and this one)"
+            );
+        }
     }
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..200 {
-        let (rules, store) = (rules.clone(), stores[client % 3].clone());
-        clients.spawn(async move {
-            let mut allowed = 0u32;
-            for _ in 0..7 {
-                if ok(&ask(&rules, &store, &[("shared", "c"), ("wide", "c")]).await) {
-                    allowed += 1;
-                }
-            }
-            allowed
-        });
-    }
-    let mut total = 0;
-    while let Some(allowed) = clients.join_next().await {
-        total += allowed.expect("client");
-    }
-    assert_eq!(total, 1000, "1,400 requests, limit 1000");
-    let wide = ask(&rules, &stores[0], &[("wide", "c")]).await;
-    assert_eq!(
-        wide.statuses[0].limit_remaining,
-        100_000 - 1001,
-        "the other slot counted only admitted requests (and this one)"
-    );
 }
 
 #[tokio::test]

@@ -338,67 +338,72 @@ async fn plan_quotas_hold_on_routes_whose_jwts_envoy_verifies() {
     assert_eq!(upgraded.header("ratelimit-limit"), Some("100"));
 }
 
+/// Three instances on skewed clocks, deciding every request in Redis and
+/// then with leases (`--redis-lease-max`): one limit either way.
 #[tokio::test]
 async fn instances_with_clocks_30_s_apart_enforce_one_limit_through_redis() {
     let redis = RedisServer::start().await;
     let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
-    cp.apply(
-        "/v1/rate-limit-policies/shared",
-        json!({"limit": {"requests": 300, "per": "minute"}, "global": true}),
-    )
-    .await;
+    for policy in ["shared", "leased"] {
+        cp.apply(
+            &format!("/v1/rate-limit-policies/{policy}"),
+            json!({"limit": {"requests": 300, "per": "minute"}, "global": true}),
+        )
+        .await;
+    }
     // Not across a minute boundary of the true clock.
     let into_minute = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64 % 60_000);
-    if into_minute > 50_000 {
+    if into_minute > 45_000 {
         tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 200)).await;
     }
     let url = format!("--redis-url={}", redis.url());
-    let mut instances = Vec::new();
-    // Each on another runtime too: one thread, one per CPU, a pool of three.
-    for (offset, threads) in [("-30s", "1"), ("+0s", "0"), ("+30s", "3")] {
-        let threads = format!("--worker-threads={threads}");
-        instances.push(
-            Sidecar::ratelimit_skewed(cp.xds, &[&url, "--redis-timeout-ms=1000", &threads], offset)
-                .await,
-        );
-    }
-    let mut clients = Vec::new();
-    for instance in &instances {
-        clients.push(
-            RateLimitServiceClient::connect(format!("http://{}", instance.addr))
-                .await
-                .expect("connect"),
-        );
-    }
-    let request = RateLimitRequest {
-        domain: rl::DOMAIN.into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "policy".into(),
-                value: "shared".into(),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 1,
-    };
-    let mut allowed = 0;
-    for i in 0..450 {
-        let client = &mut clients[i % 3];
-        let answer = client
-            .should_rate_limit(request.clone())
-            .await
-            .expect("answer")
-            .into_inner();
-        if answer.overall_code == Code::Ok as i32 {
-            allowed += 1;
+    for (policy, lease) in [("shared", "0"), ("leased", "16")] {
+        let lease = format!("--redis-lease-max={lease}");
+        let mut instances = Vec::new();
+        // Each on another runtime too: one thread, one per CPU, a pool of three.
+        for (offset, threads) in [("-30s", "1"), ("+0s", "0"), ("+30s", "3")] {
+            let threads = format!("--worker-threads={threads}");
+            let args = [url.as_str(), "--redis-timeout-ms=1000", &threads, &lease];
+            instances.push(Sidecar::ratelimit_skewed(cp.xds, &args, offset).await);
         }
+        let mut clients = Vec::new();
+        for instance in &instances {
+            clients.push(
+                RateLimitServiceClient::connect(format!("http://{}", instance.addr))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let request = RateLimitRequest {
+            domain: rl::DOMAIN.into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "policy".into(),
+                    value: policy.into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 1,
+        };
+        let mut allowed = 0;
+        for i in 0..450 {
+            let client = &mut clients[i % 3];
+            let answer = client
+                .should_rate_limit(request.clone())
+                .await
+                .expect("answer")
+                .into_inner();
+            if answer.overall_code == Code::Ok as i32 {
+                allowed += 1;
+            }
+        }
+        assert_eq!(
+            allowed, 300,
+            "{lease}: one limit across instances whose clocks differ by a minute"
+        );
     }
-    assert_eq!(
-        allowed, 300,
-        "one limit across instances whose clocks differ by a minute"
-    );
 }
 
 /// Redis killed under a running gateway: fail-open policies keep serving,

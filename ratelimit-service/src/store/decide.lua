@@ -1,25 +1,30 @@
 -- One rate-limit decision for all of a request's counters, atomically.
--- KEYS: the counters. ARGV, six per key: algorithm (0 fixed window,
+-- KEYS: the counters. ARGV, seven per key: algorithm (0 fixed window,
 -- 1 sliding window, 2 token bucket), requests, period_ms, burst, hits,
--- shadow (1: counts, never blocks).
+-- shadow (1: counts, never blocks), lease (how many more hits of a window
+-- counter the caller would like to take now and spend itself; 0 for none).
 -- Time comes from Redis (TIME), so gateways with skewed clocks agree.
 -- Counters are written only if no blocking counter is over its limit, and
--- every write sets a TTL. Returns four integers per key: allowed (0/1),
--- remaining, reset_ms, limit. Mirrors src/algorithm.rs.
+-- every write sets a TTL. Returns five integers per key: allowed (0/1),
+-- remaining, reset_ms, limit, leased. Mirrors src/algorithm.rs; a lease is
+-- at most an eighth of what the window has left after this request, and
+-- only granted if the whole request is admitted (see src/store/lease.rs).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local results = {}
 local writes = {}
 local admitted = true
 for i = 1, #KEYS do
-  local base = (i - 1) * 6
+  local base = (i - 1) * 7
   local alg = tonumber(ARGV[base + 1])
   local requests = tonumber(ARGV[base + 2])
   local period = tonumber(ARGV[base + 3])
   local burst = tonumber(ARGV[base + 4])
   local hits = tonumber(ARGV[base + 5])
   local shadow = ARGV[base + 6] == '1'
+  local lease = tonumber(ARGV[base + 7])
   local allowed, remaining, reset, limit, state, ttl
+  local leased = 0
   if alg == 2 then
     local capacity = math.max(burst, 1)
     local rate = requests / math.max(period, 1)
@@ -58,19 +63,25 @@ for i = 1, #KEYS do
       local estimated = previous * ((period - (now - window)) / period) + current
       allowed = estimated + hits <= requests
       used = estimated
-      if allowed then used = estimated + hits end
+      if allowed then
+        leased = math.min(lease, math.floor((requests - estimated - hits) / 8))
+        used = estimated + hits + leased
+      end
       remaining = math.max(math.floor(requests - used), 0)
       ttl = 2 * period
     else
       allowed = current + hits <= requests
       used = current
-      if allowed then used = current + hits end
+      if allowed then
+        leased = math.min(lease, math.floor((requests - current - hits) / 8))
+        used = current + hits + leased
+      end
       remaining = math.max(requests - used, 0)
       ttl = period
     end
     reset = window + period - now
     limit = requests
-    state = {'w', string.format('%d', window), 'c', string.format('%d', current + hits),
+    state = {'w', string.format('%d', window), 'c', string.format('%d', current + hits + leased),
              'p', string.format('%d', previous)}
   end
   if not allowed and not shadow then admitted = false end
@@ -79,6 +90,11 @@ for i = 1, #KEYS do
   results[#results + 1] = remaining
   results[#results + 1] = reset
   results[#results + 1] = limit
+  results[#results + 1] = leased
+end
+if not admitted then
+  -- Nothing is written: no lease either.
+  for i = 1, #KEYS do results[i * 5] = 0 end
 end
 if admitted then
   for i = 1, #KEYS do

@@ -9,7 +9,8 @@
 //!
 //! Counters known to be over their limit are remembered locally until they
 //! reset, so a client hammering a spent limit is refused without a Redis
-//! round trip.
+//! round trip. With leasing on, window hits taken from Redis ahead of use
+//! decide most requests locally (`lease.rs`).
 //!
 //! On Redis Cluster a script may only touch keys of one slot. Every counter
 //! key carries a hash tag (its policy or plan and descriptor values), so a
@@ -34,13 +35,15 @@ use redis::{
 };
 use tracing::warn;
 
-use super::{Item, StoreError, memory::now_ms};
+use super::{Item, StoreError, lease::Leases, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
 
 /// How long Redis is skipped after a failure before it is tried again.
 const BACKOFF_MS: u64 = 500;
 /// Bound on the local over-limit cache.
 const MAX_KNOWN_OVER: usize = 100_000;
+/// Integers the script answers per counter.
+const REPLY_WIDTH: usize = 5;
 
 enum Connection {
     Single(ConnectionManager),
@@ -61,6 +64,16 @@ pub struct RedisStore {
     skip_until_ms: AtomicU64,
     /// Counter keys over their limit, until (unix ms) they reset.
     known_over: Mutex<HashMap<String, u64>>,
+    leases: Leases,
+}
+
+/// One counter as sent to a script.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    item: &'a Item,
+    hits: u64,
+    /// Extra hits asked for as a lease.
+    lease: u64,
 }
 
 impl RedisStore {
@@ -110,7 +123,16 @@ impl RedisStore {
             timeout,
             skip_until_ms: AtomicU64::new(0),
             known_over: Mutex::new(HashMap::new()),
+            leases: Leases::new(0),
         }
+    }
+
+    /// Takes up to `max` window hits per counter from Redis ahead of use and
+    /// spends them locally (see `lease.rs`); 0, the default, decides every
+    /// request in Redis.
+    pub fn with_leases(mut self, max: u64) -> Self {
+        self.leases = Leases::new(max);
+        self
     }
 
     /// Connects and loads the scripts before the first decision, so that
@@ -186,22 +208,23 @@ impl RedisStore {
         None
     }
 
-    /// Runs `script` on `items` (all of one slot on a cluster).
+    /// Runs `script` on `calls` (all of one slot on a cluster).
     async fn invoke(
         &self,
         script: &redis::Script,
-        items: &[&Item],
+        calls: &[Call<'_>],
     ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = script.prepare_invoke();
-        for item in items {
+        for Call { item, hits, lease } in calls {
             invocation
                 .key(&item.key)
                 .arg(item.rule.algorithm as i32)
                 .arg(item.rule.requests)
                 .arg(item.rule.period_ms)
                 .arg(item.rule.burst)
-                .arg(item.hits)
-                .arg(if item.shadow { "1" } else { "0" });
+                .arg(*hits)
+                .arg(if item.shadow { "1" } else { "0" })
+                .arg(*lease);
         }
         let call = async {
             let reply: redis::RedisResult<Vec<i64>> = match &self.connection {
@@ -229,7 +252,7 @@ impl RedisStore {
     /// Decides counters spread over several cluster slots (see the module doc).
     async fn check_across_slots(
         &self,
-        groups: Vec<Vec<&Item>>,
+        groups: Vec<Vec<Call<'_>>>,
     ) -> Result<Vec<Vec<i64>>, StoreError> {
         let answers = futures_util::future::join_all(
             groups.iter().map(|group| self.invoke(&self.script, group)),
@@ -241,16 +264,26 @@ impl RedisStore {
         let mut values = Vec::new();
         for (group, answer) in groups.iter().zip(answers) {
             match answer {
-                Ok(v) if v.len() != group.len() * 4 => {
+                Ok(v) if v.len() != group.len() * REPLY_WIDTH => {
                     failure = Some(StoreError::Unavailable("unexpected script reply".into()));
                 }
                 Ok(v) => {
                     let admitted = group
                         .iter()
-                        .zip(v.chunks(4))
-                        .all(|(item, r)| item.shadow || r[0] == 1);
+                        .zip(v.chunks(REPLY_WIDTH))
+                        .all(|(call, r)| call.item.shadow || r[0] == 1);
                     if admitted {
-                        counted.push(group);
+                        // Give back the hits taken, leased ones included.
+                        let taken: Vec<Call> = group
+                            .iter()
+                            .zip(v.chunks(REPLY_WIDTH))
+                            .map(|(call, r)| Call {
+                                item: call.item,
+                                hits: call.hits + r[4].max(0) as u64,
+                                lease: 0,
+                            })
+                            .collect();
+                        counted.push(taken);
                     } else {
                         refused = true;
                     }
@@ -261,7 +294,7 @@ impl RedisStore {
         }
         if refused || failure.is_some() {
             for group in counted {
-                if let Err(e) = self.invoke(&self.refund, group).await {
+                if let Err(e) = self.invoke(&self.refund, &group).await {
                     warn!(error = %e, "could not give back the hits of a refused request");
                 }
             }
@@ -274,43 +307,102 @@ impl RedisStore {
 
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        if let Some(outcomes) = self.known_refusal(items, now) {
+        let (mut leased, spent) = self.leases.spend(items, now);
+        if let Some(outcomes) = self.known_refusal(items, &leased, now) {
+            self.leases.give_back(items, spent);
             return Ok(outcomes);
         }
+        let asked: Vec<usize> = (0..items.len()).filter(|i| leased[*i].is_none()).collect();
+        if asked.is_empty() {
+            return Ok(leased.into_iter().flatten().collect());
+        }
+        let calls: Vec<Call> = asked
+            .iter()
+            .map(|i| Call {
+                item: &items[*i],
+                hits: items[*i].hits,
+                lease: self.leases.ask(&items[*i], now),
+            })
+            .collect();
+        let values = match self.decide(&calls, now).await {
+            Ok(values) => values,
+            Err(e) => {
+                for call in &calls {
+                    self.leases.settle(call.item, call.lease, None, now);
+                }
+                self.leases.give_back(items, spent);
+                return Err(e);
+            }
+        };
+        let mut granted = Vec::new();
+        for (call, (i, v)) in calls
+            .iter()
+            .zip(asked.iter().zip(values.chunks(REPLY_WIDTH)))
+        {
+            let decided = Outcome {
+                allowed: v[0] == 1,
+                remaining: v[1].max(0) as u64,
+                reset_ms: v[2].max(0) as u64,
+                limit: v[3].max(0) as u64,
+                // The state lives in Redis.
+                next: Counter::NONE,
+            };
+            let lease = v[4].max(0) as u64;
+            granted.push((call, lease, decided));
+            // This instance's own lease is left to it too.
+            leased[*i] = Some(Outcome {
+                remaining: decided.remaining + lease,
+                ..decided
+            });
+        }
+        let outcomes: Vec<Outcome> = leased.into_iter().flatten().collect();
+        let admitted = super::admits(items, &outcomes);
+        for (call, lease, decided) in granted {
+            // A refused request was handed no lease.
+            let granted = admitted.then_some((lease, &decided));
+            self.leases.settle(call.item, call.lease, granted, now);
+        }
+        if !admitted {
+            self.leases.give_back(items, spent);
+        }
+        self.remember_refusals(items, &outcomes, now);
+        Ok(outcomes)
+    }
+
+    /// Asks Redis (the script's reply, `REPLY_WIDTH` values per call);
+    /// leaves Redis alone for a moment after a failure.
+    async fn decide(&self, calls: &[Call<'_>], now: u64) -> Result<Vec<i64>, StoreError> {
         if now < self.skip_until_ms.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(
                 "backing off after a failure".into(),
             ));
         }
         let result = match &self.connection {
-            Connection::Single(_) => {
-                let all: Vec<&Item> = items.iter().collect();
-                self.invoke(&self.script, &all).await
-            }
+            Connection::Single(_) => self.invoke(&self.script, calls).await,
             Connection::Cluster { .. } => {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-                for (i, item) in items.iter().enumerate() {
-                    groups.entry(hash_tag(&item.key)).or_default().push(i);
+                for (i, call) in calls.iter().enumerate() {
+                    groups.entry(hash_tag(&call.item.key)).or_default().push(i);
                 }
                 let groups: Vec<Vec<usize>> = groups.into_values().collect();
-                let grouped: Vec<Vec<&Item>> = groups
+                let grouped: Vec<Vec<Call>> = groups
                     .iter()
-                    .map(|g| g.iter().map(|i| &items[*i]).collect())
+                    .map(|g| g.iter().map(|i| calls[*i]).collect())
                     .collect();
                 self.check_across_slots(grouped).await.map(|answers| {
-                    let mut values = vec![0; items.len() * 4];
+                    let mut values = vec![0; calls.len() * REPLY_WIDTH];
                     for (group, answer) in groups.iter().zip(answers) {
-                        for (i, chunk) in group.iter().zip(answer.chunks(4)) {
-                            values[i * 4..i * 4 + 4].copy_from_slice(chunk);
+                        for (i, chunk) in group.iter().zip(answer.chunks(REPLY_WIDTH)) {
+                            values[i * REPLY_WIDTH..(i + 1) * REPLY_WIDTH].copy_from_slice(chunk);
                         }
                     }
                     values
                 })
             }
         };
-        let values = result
+        result
             .and_then(|values| {
-                if values.len() == items.len() * 4 {
+                if values.len() == calls.len() * REPLY_WIDTH {
                     Ok(values)
                 } else {
                     Err(StoreError::Unavailable("unexpected script reply".into()))
@@ -319,24 +411,17 @@ impl RedisStore {
             .inspect_err(|_| {
                 self.skip_until_ms
                     .store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-            })?;
-        let outcomes: Vec<Outcome> = values
-            .chunks(4)
-            .map(|v| Outcome {
-                allowed: v[0] == 1,
-                remaining: v[1].max(0) as u64,
-                reset_ms: v[2].max(0) as u64,
-                limit: v[3].max(0) as u64,
-                // The state lives in Redis.
-                next: NO_STATE,
             })
-            .collect();
-        self.remember_refusals(items, &outcomes, now);
-        Ok(outcomes)
     }
 
-    /// Refuses at once if a blocking counter is known to be spent.
-    fn known_refusal(&self, items: &[Item], now: u64) -> Option<Vec<Outcome>> {
+    /// Refuses at once if a blocking counter is known to be spent (here:
+    /// Redis refused it, and this instance holds no lease that covers it).
+    fn known_refusal(
+        &self,
+        items: &[Item],
+        leased: &[Option<Outcome>],
+        now: u64,
+    ) -> Option<Vec<Outcome>> {
         let known = self
             .known_over
             .lock()
@@ -344,21 +429,31 @@ impl RedisStore {
         if known.is_empty() {
             return None;
         }
+        let over = |item: &Item, lease: &Option<Outcome>| {
+            !item.shadow
+                && lease.is_none()
+                && known.get(&item.key).is_some_and(|until| *until > now)
+        };
         let spent = items
             .iter()
-            .any(|item| !item.shadow && known.get(&item.key).is_some_and(|until| *until > now));
+            .zip(leased)
+            .any(|(item, lease)| over(item, lease));
         spent.then(|| {
             items
                 .iter()
-                .map(|item| {
+                .zip(leased)
+                .map(|(item, lease)| {
+                    if let Some(outcome) = lease {
+                        return *outcome;
+                    }
                     let until = known.get(&item.key).copied().unwrap_or(0);
-                    let over = !item.shadow && until > now;
+                    let over = over(item, lease);
                     Outcome {
                         allowed: !over,
                         limit: item.rule.requests,
                         remaining: if over { 0 } else { item.rule.requests },
                         reset_ms: until.saturating_sub(now),
-                        next: NO_STATE,
+                        next: Counter::NONE,
                     }
                 })
                 .collect()
@@ -387,8 +482,9 @@ impl RedisStore {
         }
     }
 
-    /// Drops expired entries of the local over-limit cache.
+    /// Drops expired entries of the local over-limit cache and leases.
     pub fn sweep(&self) {
+        self.leases.sweep();
         let now = now_ms();
         self.known_over
             .lock()
@@ -409,13 +505,6 @@ fn hash_tag(key: &str) -> &str {
         })
         .unwrap_or(key)
 }
-
-/// Redis holds the state; outcomes carry none.
-const NO_STATE: Counter = Counter::Window {
-    window: 0,
-    current: 0,
-    previous: 0,
-};
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
-  local base = (i - 1) * 6
+  local base = (i - 1) * 7
   local alg = tonumber(ARGV[base + 1])
   local requests = tonumber(ARGV[base + 2])
   local period = tonumber(ARGV[base + 3])

@@ -1,0 +1,306 @@
+//! Leases: hits of a window counter an instance took from Redis ahead of
+//! use and spends itself, so most requests need no Redis round trip
+//! (opt-in: `--redis-lease-max`; off by default).
+//!
+//! When Redis admits a request it may hand out up to `max` more hits of each
+//! window counter the request touched, never more than an eighth of what the
+//! window has left (`decide.lua`), so the last hits of a window are still
+//! decided one by one in Redis. Leased hits are counted in Redis when they
+//! are handed out, so all instances together never admit more than the
+//! limit. What a lease costs: hits leased but not spent when the window ends
+//! are lost to everyone (at most `max` per instance and counter), and the
+//! `RateLimit-Remaining` an instance reports counts its own lease as left.
+//! A lease ends with its window, as measured from before the Redis call, so
+//! it never outlives the window it was counted in. Token buckets are always
+//! decided in Redis.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use gatehouse_proto::ratelimit::Algorithm;
+
+use super::Item;
+use crate::algorithm::{Counter, Outcome};
+
+/// Bound on the counters an instance holds leases for.
+const MAX_LEASES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Lease {
+    hits: u64,
+    /// Hits asked for in calls still in flight: held and asked together
+    /// stay within the maximum.
+    asking: u64,
+    /// Local unix ms at which the window ends (or earlier).
+    expires_ms: u64,
+    limit: u64,
+    /// What Redis had left when the lease was handed out.
+    remaining_elsewhere: u64,
+}
+
+/// The leases one instance holds.
+pub struct Leases {
+    max: u64,
+    held: Mutex<HashMap<String, Lease>>,
+}
+
+/// Hits taken from leases for one request, so they can be given back.
+#[derive(Debug, Default)]
+pub struct Spent(Vec<(usize, u64)>);
+
+impl Leases {
+    /// Leases of up to `max` hits per counter; 0 turns leasing off.
+    pub fn new(max: u64) -> Self {
+        Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many extra hits to ask Redis for along with `item`: what this
+    /// instance holds, and asks for in calls in flight, stays within the
+    /// maximum. Every ask is settled with [`Leases::settle`].
+    pub fn ask(&self, item: &Item, now: u64) -> u64 {
+        if self.max == 0 || item.rule.algorithm == Algorithm::TokenBucket {
+            return 0;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.len() >= MAX_LEASES && !held.contains_key(&item.key) {
+            return 0;
+        }
+        let lease = held.entry(item.key.clone()).or_insert(Lease {
+            hits: 0,
+            asking: 0,
+            expires_ms: 0,
+            limit: 0,
+            remaining_elsewhere: 0,
+        });
+        let holding = if lease.expires_ms > now {
+            lease.hits
+        } else {
+            0
+        };
+        let wanted = self.max.saturating_sub(holding + lease.asking);
+        lease.asking += wanted;
+        wanted
+    }
+
+    /// Decides each item a held lease covers, spending its hits; `None`
+    /// for the items Redis must decide.
+    pub fn spend(&self, items: &[Item], now: u64) -> (Vec<Option<Outcome>>, Spent) {
+        let mut outcomes = vec![None; items.len()];
+        let mut spent = Spent::default();
+        if self.max == 0 {
+            return (outcomes, spent);
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.is_empty() {
+            return (outcomes, spent);
+        }
+        for (i, item) in items.iter().enumerate() {
+            let Some(lease) = held.get_mut(&item.key) else {
+                continue;
+            };
+            if lease.expires_ms <= now || lease.hits < item.hits {
+                continue;
+            }
+            lease.hits -= item.hits;
+            spent.0.push((i, item.hits));
+            outcomes[i] = Some(Outcome {
+                allowed: true,
+                limit: lease.limit,
+                remaining: lease.remaining_elsewhere + lease.hits,
+                reset_ms: lease.expires_ms - now,
+                next: Counter::NONE,
+            });
+        }
+        (outcomes, spent)
+    }
+
+    /// Returns the hits of a request that was refused after all.
+    pub fn give_back(&self, items: &[Item], spent: Spent) {
+        if spent.0.is_empty() {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, hits) in spent.0 {
+            if let Some(lease) = held.get_mut(&items[i].key) {
+                lease.hits += hits;
+            }
+        }
+    }
+
+    /// Settles an ask of `asked` hits made at local time `asked_at`: keeps
+    /// the hits Redis handed out with the outcome in `granted` (`None` if
+    /// the call failed or the request was refused).
+    pub fn settle(&self, item: &Item, asked: u64, granted: Option<(u64, &Outcome)>, asked_at: u64) {
+        if asked == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(old) = held.get_mut(&item.key) else {
+            return;
+        };
+        old.asking = old.asking.saturating_sub(asked);
+        let Some((leased, outcome)) = granted.filter(|(n, o)| *n > 0 && o.reset_ms > 0) else {
+            return;
+        };
+        let new = Lease {
+            hits: leased,
+            asking: old.asking,
+            expires_ms: asked_at + outcome.reset_ms,
+            limit: outcome.limit,
+            remaining_elsewhere: outcome.remaining,
+        };
+        *old = merged(*old, new, item.rule.period_ms, asked_at);
+    }
+
+    /// Drops leases whose window has ended.
+    pub fn sweep(&self) {
+        let now = super::memory::now_ms();
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, lease| lease.expires_ms > now || lease.asking > 0);
+    }
+}
+
+/// A new lease, plus what is left of the old one if both are of the same
+/// window (their ends less than half a period apart).
+fn merged(old: Lease, new: Lease, period_ms: u64, now: u64) -> Lease {
+    let same_window =
+        old.expires_ms > now && old.expires_ms.abs_diff(new.expires_ms) < period_ms / 2;
+    if !same_window {
+        return new;
+    }
+    Lease {
+        hits: old.hits + new.hits,
+        expires_ms: old.expires_ms.min(new.expires_ms),
+        ..new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Rule;
+
+    fn item(key: &str, algorithm: Algorithm, hits: u64) -> Item {
+        Item {
+            key: key.into(),
+            rule: Rule {
+                algorithm,
+                requests: 1000,
+                period_ms: 60_000,
+                burst: 0,
+            },
+            hits,
+            shadow: false,
+        }
+    }
+
+    fn granted(remaining: u64, reset_ms: u64) -> Outcome {
+        Outcome {
+            allowed: true,
+            limit: 1000,
+            remaining,
+            reset_ms,
+            next: Counter::NONE,
+        }
+    }
+
+    /// Asks for a lease at `at` and settles it with `leased` hits.
+    fn lease(leases: &Leases, item: &Item, leased: u64, remaining: u64, reset_ms: u64, at: u64) {
+        let asked = leases.ask(item, at);
+        assert!(asked >= leased);
+        leases.settle(
+            item,
+            asked,
+            Some((leased, &granted(remaining, reset_ms))),
+            at,
+        );
+    }
+
+    #[test]
+    fn off_asks_for_nothing_and_holds_nothing() {
+        let leases = Leases::new(0);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        assert_eq!(leases.ask(&a, 1_000), 0);
+        leases.settle(&a, 0, Some((10, &granted(900, 5_000))), 1_000);
+        assert_eq!(leases.spend(&[a], 1_000).0, vec![None]);
+    }
+
+    #[test]
+    fn token_buckets_are_never_leased() {
+        let leases = Leases::new(50);
+        assert_eq!(leases.ask(&item("a", Algorithm::TokenBucket, 1), 0), 0);
+        assert_eq!(leases.ask(&item("a", Algorithm::SlidingWindow, 1), 0), 50);
+    }
+
+    #[test]
+    fn held_and_asked_for_hits_stay_within_the_maximum() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        // Two calls in flight at once: the second asks for nothing.
+        assert_eq!(leases.ask(&a, 1_000), 50);
+        assert_eq!(leases.ask(&a, 1_000), 0);
+        leases.settle(&a, 50, Some((30, &granted(900, 5_000))), 1_000);
+        leases.settle(&a, 0, None, 1_000);
+        assert_eq!(leases.ask(&a, 1_001), 20, "30 held");
+        leases.settle(&a, 20, None, 1_001);
+        // Once the window is over, what was held counts for nothing.
+        assert_eq!(leases.ask(&a, 6_000), 50);
+    }
+
+    #[test]
+    fn a_lease_covers_requests_until_it_is_spent() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 2);
+        lease(&leases, &a, 5, 900, 5_000, 1_000);
+        let (first, _) = leases.spend(std::slice::from_ref(&a), 1_100);
+        let first = first[0].expect("covered");
+        assert!(first.allowed);
+        assert_eq!((first.remaining, first.reset_ms), (903, 4_900));
+        assert!(leases.spend(std::slice::from_ref(&a), 1_100).0[0].is_some());
+        // One hit left, two asked: Redis decides.
+        assert_eq!(leases.spend(&[a], 1_100).0, vec![None]);
+    }
+
+    #[test]
+    fn a_lease_ends_with_its_window() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        lease(&leases, &a, 5, 900, 5_000, 1_000);
+        assert!(leases.spend(std::slice::from_ref(&a), 5_999).0[0].is_some());
+        assert_eq!(leases.spend(&[a], 6_000).0, vec![None]);
+    }
+
+    #[test]
+    fn hits_of_a_refused_request_go_back_to_the_lease() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        let b = item("b", Algorithm::FixedWindow, 1);
+        lease(&leases, &a, 1, 900, 5_000, 1_000);
+        let items = [a.clone(), b];
+        let (outcomes, spent) = leases.spend(&items, 1_000);
+        assert!(outcomes[0].is_some() && outcomes[1].is_none());
+        leases.give_back(&items, spent);
+        assert!(leases.spend(&[a], 1_000).0[0].is_some());
+    }
+
+    #[test]
+    fn leases_of_one_window_add_up_and_a_new_window_replaces_the_old() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 3);
+        lease(&leases, &a, 2, 900, 5_000, 1_000);
+        lease(&leases, &a, 1, 890, 4_990, 1_010);
+        assert!(leases.spend(std::slice::from_ref(&a), 1_020).0[0].is_some());
+
+        lease(&leases, &a, 2, 900, 5_000, 1_000);
+        // The next window's lease: the old window's hits are not carried over.
+        lease(&leases, &a, 2, 990, 59_000, 6_000);
+        assert_eq!(leases.spend(&[a], 6_000).0, vec![None]);
+    }
+}
