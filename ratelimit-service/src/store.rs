@@ -2,6 +2,7 @@
 //! all of them are evaluated, and only if none that may block is over its
 //! limit are they all incremented, so a refused request costs no quota.
 
+mod batch;
 pub mod lease;
 pub mod memory;
 pub mod redis;
@@ -18,7 +19,7 @@ pub struct Item {
     pub shadow: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("counter store unavailable: {0}")]
     Unavailable(String),

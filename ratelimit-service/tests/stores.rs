@@ -281,6 +281,46 @@ async fn admitted_of_1400(
     total
 }
 
+/// Requests that arrive together go to Redis as one script call, and each
+/// is still decided on its own: the refused ones spend nothing, the others
+/// are all counted.
+#[tokio::test]
+async fn concurrent_requests_share_redis_calls_and_each_is_decided_on_its_own() {
+    let server = RedisServer::start().await;
+    let store = Arc::new(redis_store(&server, 1000).await);
+    let rules = Arc::new(rules(vec![
+        policy("wide", 10_000, 3600, rl::Algorithm::FixedWindow),
+        policy("tight", 10, 3600, rl::Algorithm::FixedWindow),
+    ]));
+    let before = evalsha_calls(&server).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let (rules, store) = (rules.clone(), store.clone());
+        requests.spawn(async move {
+            // Every other request also counts against the tight limit.
+            let descriptors: &[(&str, &str)] = if i % 2 == 0 {
+                &[("wide", "a"), ("tight", "a")]
+            } else {
+                &[("wide", "a")]
+            };
+            ok(&ask(&rules, &store, descriptors).await)
+        });
+    }
+    let mut admitted = 0;
+    while let Some(ok) = requests.join_next().await {
+        admitted += u32::from(ok.expect("request"));
+    }
+    assert_eq!(admitted, 60, "50 wide-only and 10 of the 50 tight ones");
+    let calls = evalsha_calls(&server).await - before;
+    assert!(calls < 50, "100 requests in {calls} script calls");
+    let wide = ask(&rules, &store, &[("wide", "a")]).await;
+    assert_eq!(
+        wide.statuses[0].limit_remaining,
+        10_000 - 61,
+        "only the admitted requests counted (and this one)"
+    );
+}
+
 /// Far from its limit, a leasing instance asks Redis once per lease; its
 /// answers count its own lease as left; the last eighth of the window is
 /// decided request by request.

@@ -1,8 +1,10 @@
 //! The Redis backend: counters shared by every gateway instance.
 //!
-//! One Lua script per request decides all of its counters atomically with
-//! Redis's own clock (`TIME`); `EVALSHA` falls back to `EVAL` when the
-//! script cache was flushed or Redis restarted (`NOSCRIPT`). Each call is
+//! A Lua script decides all of a request's counters atomically with Redis's
+//! own clock (`TIME`); requests that arrive together share one script call
+//! (`batch.rs`), each still decided on its own. `EVALSHA` falls back to
+//! `EVAL` when the script cache was flushed or Redis restarted
+//! (`NOSCRIPT`). Each call is
 //! bounded by a short timeout; after a failure Redis is left alone for a
 //! moment (the caller decides in degraded mode) while the connection
 //! manager reconnects in the background.
@@ -22,7 +24,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -35,7 +37,7 @@ use redis::{
 };
 use tracing::warn;
 
-use super::{Item, StoreError, lease::Leases, memory::now_ms};
+use super::{Item, StoreError, batch::Batcher, lease::Leases, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
 
 /// How long Redis is skipped after a failure before it is tried again.
@@ -43,7 +45,7 @@ const BACKOFF_MS: u64 = 500;
 /// Bound on the local over-limit cache.
 const MAX_KNOWN_OVER: usize = 100_000;
 /// Integers the script answers per counter.
-const REPLY_WIDTH: usize = 5;
+pub(super) const REPLY_WIDTH: usize = 5;
 
 enum Connection {
     Single(ConnectionManager),
@@ -65,6 +67,9 @@ pub struct RedisStore {
     /// Counter keys over their limit, until (unix ms) they reset.
     known_over: Mutex<HashMap<String, u64>>,
     leases: Leases,
+    /// Sends the decisions of many requests as one call (single Redis);
+    /// started on first use, on the runtime that serves.
+    batcher: OnceLock<Batcher>,
 }
 
 /// One counter as sent to a script.
@@ -74,6 +79,22 @@ struct Call<'a> {
     hits: u64,
     /// Extra hits asked for as a lease.
     lease: u64,
+}
+
+impl Call<'_> {
+    /// The script's first seven arguments for this counter (see `decide.lua`).
+    fn args(&self) -> [u64; 7] {
+        let rule = &self.item.rule;
+        [
+            rule.algorithm as u64,
+            rule.requests,
+            rule.period_ms,
+            rule.burst,
+            self.hits,
+            u64::from(self.item.shadow),
+            self.lease,
+        ]
+    }
 }
 
 impl RedisStore {
@@ -124,6 +145,7 @@ impl RedisStore {
             skip_until_ms: AtomicU64::new(0),
             known_over: Mutex::new(HashMap::new()),
             leases: Leases::new(0),
+            batcher: OnceLock::new(),
         }
     }
 
@@ -215,16 +237,8 @@ impl RedisStore {
         calls: &[Call<'_>],
     ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = script.prepare_invoke();
-        for Call { item, hits, lease } in calls {
-            invocation
-                .key(&item.key)
-                .arg(item.rule.algorithm as i32)
-                .arg(item.rule.requests)
-                .arg(item.rule.period_ms)
-                .arg(item.rule.burst)
-                .arg(*hits)
-                .arg(if item.shadow { "1" } else { "0" })
-                .arg(*lease);
+        for call in calls {
+            invocation.key(&call.item.key).arg(&call.args()[..]).arg(0);
         }
         let call = async {
             let reply: redis::RedisResult<Vec<i64>> = match &self.connection {
@@ -378,7 +392,16 @@ impl RedisStore {
             ));
         }
         let result = match &self.connection {
-            Connection::Single(_) => self.invoke(&self.script, calls).await,
+            Connection::Single(connection) => {
+                let batcher = self.batcher.get_or_init(|| {
+                    Batcher::start(connection.clone(), self.script.clone(), self.timeout)
+                });
+                let counters = calls
+                    .iter()
+                    .map(|call| (call.item.key.clone(), call.args()))
+                    .collect();
+                batcher.decide(counters).await
+            }
             Connection::Cluster { .. } => {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
                 for (i, call) in calls.iter().enumerate() {

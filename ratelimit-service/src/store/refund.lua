@@ -1,11 +1,12 @@
 -- Gives back hits a request took from counters on one Redis Cluster slot
 -- when a counter on another slot refused it (see redis.rs). KEYS and ARGV
--- as in decide.lua. Window counters are only decremented while still in the
--- window the hits were counted in; buckets get their tokens back, capped.
+-- as in decide.lua, for one request; hits are the hits taken, leased ones
+-- included. Window counters are only decremented while still in the window
+-- the hits were counted in; buckets get their tokens back, capped.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
-  local base = (i - 1) * 7
+  local base = (i - 1) * 8
   local alg = tonumber(ARGV[base + 1])
   local requests = tonumber(ARGV[base + 2])
   local period = tonumber(ARGV[base + 3])
