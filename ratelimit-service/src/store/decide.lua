@@ -7,7 +7,8 @@
 -- more hits of a window counter the caller would like to take now and spend
 -- itself; 0 for none), request (the same for the counters of one request).
 -- Time comes from Redis (TIME), so gateways with skewed clocks agree, and
--- every write sets a TTL. Returns five integers per key: allowed (0/1),
+-- every key has a TTL (set when a window counter starts a window, and on
+-- every token bucket write). Returns five integers per key: allowed (0/1),
 -- remaining, reset_ms, limit, leased. Mirrors src/algorithm.rs; a lease is
 -- at most an eighth of what the window has left after this request, and
 -- only granted if the whole request is admitted (see src/store/lease.rs).
@@ -18,7 +19,7 @@ local first = 1
 while first <= #KEYS do
   local last = first
   while last < #KEYS and ARGV[last * 8 + 8] == ARGV[first * 8] do last = last + 1 end
-  local writes = {}
+  local writes, ttls = {}, {}
   local admitted = true
   for k = first, last do
     local base = (k - 1) * 8
@@ -55,9 +56,11 @@ while first <= #KEYS do
       local window = now - (now % period)
       local s = redis.call('HMGET', KEYS[k], 'w', 'c', 'p')
       local current, previous = 0, 0
+      local same_window = false
       if s[1] and s[2] and s[3] then
         local w = tonumber(s[1])
         if w == window then
+          same_window = true
           current = tonumber(s[2])
           previous = tonumber(s[3])
         elseif w + period == window then
@@ -87,11 +90,19 @@ while first <= #KEYS do
       end
       reset = window + period - now
       limit = requests
-      state = {'w', string.format('%d', window), 'c', string.format('%d', current + hits + leased),
-               'p', string.format('%d', previous)}
+      if same_window then
+        -- The key got its TTL with this window's first write, and HSET
+        -- keeps it: only the count changes.
+        state = {'c', string.format('%d', current + hits + leased)}
+        ttl = nil
+      else
+        state = {'w', string.format('%d', window), 'c', string.format('%d', current + hits + leased),
+                 'p', string.format('%d', previous)}
+      end
     end
     if not allowed and not shadow then admitted = false end
-    writes[k] = {state, ttl}
+    writes[k] = state
+    ttls[k] = ttl
     local r = (k - 1) * 5
     results[r + 1] = allowed and 1 or 0
     results[r + 2] = remaining
@@ -101,8 +112,8 @@ while first <= #KEYS do
   end
   if admitted then
     for k = first, last do
-      redis.call('HSET', KEYS[k], unpack(writes[k][1]))
-      redis.call('PEXPIRE', KEYS[k], writes[k][2])
+      redis.call('HSET', KEYS[k], unpack(writes[k]))
+      if ttls[k] then redis.call('PEXPIRE', KEYS[k], ttls[k]) end
     end
   else
     -- Nothing is written: no lease either.
