@@ -26,6 +26,10 @@ use crate::algorithm::{Counter, Outcome};
 
 /// Bound on the counters an instance holds leases for.
 const MAX_LEASES: usize = 100_000;
+/// An ask not settled this long after it was made belongs to a request
+/// that was abandoned (Envoy gave up on it): it no longer counts. Far above
+/// any Redis timeout.
+const STALE_ASK_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Lease {
@@ -33,6 +37,8 @@ struct Lease {
     /// Hits asked for in calls still in flight: held and asked together
     /// stay within the maximum.
     asking: u64,
+    /// When the latest ask was made (local unix ms).
+    asked_ms: u64,
     /// Local unix ms at which the window ends (or earlier).
     expires_ms: u64,
     limit: u64,
@@ -73,17 +79,24 @@ impl Leases {
         let lease = held.entry(item.key.clone()).or_insert(Lease {
             hits: 0,
             asking: 0,
+            asked_ms: 0,
             expires_ms: 0,
             limit: 0,
             remaining_elsewhere: 0,
         });
+        if now >= lease.asked_ms + STALE_ASK_MS {
+            lease.asking = 0;
+        }
         let holding = if lease.expires_ms > now {
             lease.hits
         } else {
             0
         };
         let wanted = self.max.saturating_sub(holding + lease.asking);
-        lease.asking += wanted;
+        if wanted > 0 {
+            lease.asking += wanted;
+            lease.asked_ms = now;
+        }
         wanted
     }
 
@@ -150,6 +163,7 @@ impl Leases {
         let new = Lease {
             hits: leased,
             asking: old.asking,
+            asked_ms: old.asked_ms,
             expires_ms: asked_at + outcome.reset_ms,
             limit: outcome.limit,
             remaining_elsewhere: outcome.remaining,
@@ -163,7 +177,9 @@ impl Leases {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, lease| lease.expires_ms > now || lease.asking > 0);
+            .retain(|_, lease| {
+                lease.expires_ms > now || (lease.asking > 0 && now < lease.asked_ms + STALE_ASK_MS)
+            });
     }
 }
 
@@ -252,6 +268,16 @@ mod tests {
         leases.settle(&a, 20, None, 1_001);
         // Once the window is over, what was held counts for nothing.
         assert_eq!(leases.ask(&a, 6_000), 50);
+    }
+
+    #[test]
+    fn an_ask_never_settled_stops_counting_after_a_while() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        // The request that asked was dropped before its answer.
+        assert_eq!(leases.ask(&a, 1_000), 50);
+        assert_eq!(leases.ask(&a, 1_999), 0);
+        assert_eq!(leases.ask(&a, 2_000), 50);
     }
 
     #[test]
