@@ -716,6 +716,11 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     .await;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.body["error"], "insufficient_scope");
+    assert_eq!(
+        denied.headers["www-authenticate"],
+        "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"orders:read\"",
+        "the route's scopes, as ext-authz names them"
+    );
 
     // Hostile tokens: every one refused as invalid; each has an accepted twin above.
     let header = json!({"alg": "RS256", "kid": "2026-old", "typ": "JWT"});

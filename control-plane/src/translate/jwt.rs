@@ -18,7 +18,8 @@
 //! - The `jwt_authn` configuration is an ECDS resource named after the
 //!   filter: issuer and key changes update it without replacing listeners.
 //! - Denials: 401 `missing_credentials` / `invalid_token`, 403
-//!   `insufficient_scope`, with ext-authz's JSON body and `WWW-Authenticate`.
+//!   `insufficient_scope`, with ext-authz's JSON body and `WWW-Authenticate`
+//!   (the 403's `scope=` read from the route's metadata).
 //!   The local-reply mappers match on the refusing filter's response code
 //!   details, so ext-authz's own answers pass untouched.
 
@@ -52,6 +53,9 @@ const HEADER: &str = "header";
 /// How `jwt_authn` and RBAC name their refusals (response code details).
 const JWT_DENIED: &str = "jwt_authn_access_denied";
 const RBAC_DENIED: &str = "rbac_access_denied";
+/// Route metadata namespace and key holding a route's required scopes.
+const ROUTE_METADATA: &str = "gatehouse";
+const SCOPE_KEY: &str = "scope";
 /// Requirement names: the token is removed before the request goes upstream, or kept.
 const STRIP: &str = "gatehouse.strip";
 const KEEP: &str = "gatehouse.keep";
@@ -503,6 +507,24 @@ pub fn apply_route(
         envoy
             .typed_per_filter_config
             .insert(RBAC_FILTER.into(), to_any(&route_scopes(&auth.scopes)));
+        // For the 403 challenge's `scope=` (see `local_replies`).
+        envoy
+            .metadata
+            .get_or_insert_with(Default::default)
+            .filter_metadata
+            .insert(
+                ROUTE_METADATA.into(),
+                protobuf::Struct {
+                    fields: [(
+                        SCOPE_KEY.to_owned(),
+                        protobuf::Value {
+                            kind: Some(protobuf::value::Kind::StringValue(auth.scopes.join(" "))),
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                },
+            );
     }
     let set_by_envoy: Vec<&str> = std::iter::once(CONSUMER_HEADER)
         .chain(
@@ -618,7 +640,9 @@ pub fn local_replies() -> hcm::LocalReplyConfig {
                 None,
                 "insufficient_scope",
                 "the credential lacks a required scope",
-                "Bearer realm=\"gatehouse\", error=\"insufficient_scope\"",
+                &format!(
+                    "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"%METADATA(ROUTE:{ROUTE_METADATA}:{SCOPE_KEY})%\""
+                ),
             ),
         ],
         ..Default::default()
@@ -841,6 +865,13 @@ mod tests {
             panic!("scope or scp");
         };
         assert_eq!(either.ids.len(), 2);
+        // The scopes the 403 challenge names.
+        let scope =
+            &envoy.metadata.as_ref().unwrap().filter_metadata[ROUTE_METADATA].fields[SCOPE_KEY];
+        assert_eq!(
+            scope.kind,
+            Some(protobuf::value::Kind::StringValue("orders:read".into()))
+        );
 
         // Without scopes there is no scope check, but the token checks stay.
         let mut plain = route::Route::default();
@@ -853,6 +884,7 @@ mod tests {
                 .contains_key(TOKEN_CHECKS_FILTER)
         );
         assert!(!plain.typed_per_filter_config.contains_key(RBAC_FILTER));
+        assert!(plain.metadata.is_none());
     }
 
     #[test]
