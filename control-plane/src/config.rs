@@ -48,6 +48,21 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Shared secret every xDS client (Envoy, ext-authz, ratelimit-service)
+    /// must present as `authorization: Bearer …`; without one the xDS port
+    /// serves whoever connects.
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "xds_token_file"
+    )]
+    pub xds_token: Option<Secret>,
+
+    /// File holding the xDS token.
+    #[arg(long, env = "GATEHOUSE_XDS_TOKEN_FILE")]
+    pub xds_token_file: Option<PathBuf>,
+
     /// How often the store's version is checked (catches changes made by other replicas).
     #[arg(long, env = "GATEHOUSE_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
@@ -178,29 +193,35 @@ impl Config {
 
     /// The bootstrap admin token from the flag, the environment or the file.
     pub fn bootstrap_token(&self) -> Result<Option<Secret>, String> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!("cannot read --admin-token-file {}: {e}", path.display())
-                })?;
-                Some(Secret::new(text.trim().to_owned()))
-            }
-            (None, None) => None,
-        };
-        if let Some(token) = &token
-            && token.expose().len() < MIN_BOOTSTRAP_LEN
-        {
-            return Err(format!(
-                "the bootstrap admin token must be at least {MIN_BOOTSTRAP_LEN} characters"
-            ));
-        }
+        let token = secret(
+            &self.admin_token,
+            &self.admin_token_file,
+            "--admin-token-file",
+            "the bootstrap admin token",
+        )?;
         if token.is_none() && !self.admin_addr.ip().is_loopback() {
             return Err(format!(
                 "refusing to serve the admin API on {} without authentication: set GATEHOUSE_ADMIN_TOKEN \
                  or --admin-token-file, or bind to a loopback address",
                 self.admin_addr
             ));
+        }
+        Ok(token)
+    }
+
+    /// The token xDS clients must present, from the flag, the environment or
+    /// the file; only printable ASCII, as it travels in gRPC metadata.
+    pub fn xds_token(&self) -> Result<Option<Secret>, String> {
+        let token = secret(
+            &self.xds_token,
+            &self.xds_token_file,
+            "--xds-token-file",
+            "the xDS token",
+        )?;
+        if let Some(token) = &token
+            && !token.expose().bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err("the xDS token must be printable ASCII without spaces".into());
         }
         Ok(token)
     }
@@ -231,6 +252,33 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+}
+
+/// A secret from its flag (or environment variable) or its file, at least
+/// `MIN_BOOTSTRAP_LEN` characters.
+fn secret(
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+    file_flag: &str,
+    what: &str,
+) -> Result<Option<Secret>, String> {
+    let token = match (value, file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {file_flag} {}: {e}", path.display()))?;
+            Some(Secret::new(text.trim().to_owned()))
+        }
+        (None, None) => None,
+    };
+    if let Some(token) = &token
+        && token.expose().len() < MIN_BOOTSTRAP_LEN
+    {
+        return Err(format!(
+            "{what} must be at least {MIN_BOOTSTRAP_LEN} characters"
+        ));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -277,6 +325,35 @@ mod tests {
             parse(&[]).bootstrap_token(),
             Ok(None),
             "loopback without a token is open"
+        );
+    }
+
+    #[test]
+    fn the_xds_token_is_long_printable_ascii_and_never_printed() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["gatehouse-control-plane"], args].concat()).expect("parses")
+        };
+        assert_eq!(parse(&[]).xds_token().map(|t| t.is_some()), Ok(false));
+        assert!(parse(&["--xds-token", "short"]).xds_token().is_err());
+        let spaced = format!("{} {}", "x".repeat(20), "y".repeat(20));
+        assert!(parse(&["--xds-token", &spaced]).xds_token().is_err());
+        let long = "z".repeat(40);
+        let config = parse(&["--xds-token", &long]);
+        assert!(config.xds_token().expect("valid").is_some());
+        assert!(!format!("{config:?}").contains(&long), "redacted");
+
+        let file = std::env::temp_dir().join(format!("gatehouse-xds-token-{}", std::process::id()));
+        std::fs::write(&file, format!("{long}\n")).expect("write");
+        let from_file = parse(&["--xds-token-file", &file.display().to_string()]).xds_token();
+        assert_eq!(
+            from_file.expect("valid").map(|t| t.expose().to_owned()),
+            Some(long)
+        );
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            parse(&["--xds-token-file", "/nonexistent/token"])
+                .xds_token()
+                .is_err()
         );
     }
 }

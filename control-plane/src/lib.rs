@@ -22,6 +22,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     config::Config,
@@ -69,6 +70,7 @@ pub struct ControlPlane {
     sync: SyncSettings,
     metrics: Metrics,
     bootstrap_token: Option<admin::auth::Secret>,
+    xds_token: xds::auth::NodeToken,
 }
 
 impl ControlPlane {
@@ -77,6 +79,13 @@ impl ControlPlane {
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let bootstrap_token = config.bootstrap_token().map_err(StartError::Invalid)?;
+        let xds_token = config.xds_token().map_err(StartError::Invalid)?;
+        if xds_token.is_none() && !config.xds_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %config.xds_addr,
+                "xDS is served to anyone who can reach it: set GATEHOUSE_XDS_TOKEN or --xds-token-file"
+            );
+        }
         if config.store.database_url.is_none() {
             std::fs::create_dir_all(&config.store.data_dir)
                 .map_err(|e| StartError::DataDir(config.store.data_dir.clone(), e))?;
@@ -105,6 +114,7 @@ impl ControlPlane {
             sync: config.sync_settings(),
             metrics: Metrics::default(),
             bootstrap_token,
+            xds_token: xds::auth::NodeToken::new(xds_token),
         })
     }
 
@@ -159,8 +169,14 @@ impl ControlPlane {
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(xds_service.into_service())
-                .add_service(usage::KeyUsageService::server(self.store.clone()))
+                .add_service(InterceptedService::new(
+                    xds_service.into_service(),
+                    self.xds_token.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    usage::KeyUsageService::server(self.store.clone()),
+                    self.xds_token.clone(),
+                ))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.xds),
                     token.clone().cancelled_owned(),

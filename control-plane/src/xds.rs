@@ -1,6 +1,7 @@
 //! The xDS side: snapshots, what the fleet is served (rollout), per-stream
-//! state, the ADS gRPC server and node status.
+//! state, the ADS gRPC server, who may use it, and node status.
 
+pub mod auth;
 pub mod rollout;
 pub mod server;
 pub mod snapshot;

@@ -44,6 +44,8 @@ pub struct Settings {
     /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
     pub xds_endpoint: String,
     pub node_id: String,
+    /// Presented to the control plane if it requires one.
+    pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     /// How often API key use is reported to the control plane.
     pub usage_report_interval: Duration,
 }
@@ -119,10 +121,15 @@ fn decode(resources: &[Any]) -> Result<auth::AuthConfig, String> {
     gatehouse_service_kit::single_resource(resources, auth::TYPE_URL)
 }
 
-fn settings_usage(endpoint: &str, interval: Duration) -> usage::Reporting {
+fn settings_usage(
+    endpoint: &str,
+    interval: Duration,
+    token: Option<gatehouse_xds_client::XdsToken>,
+) -> usage::Reporting {
     usage::Reporting {
         endpoint: endpoint.to_owned(),
         interval,
+        token,
     }
 }
 
@@ -142,6 +149,7 @@ pub async fn serve(
         node_id: settings.node_id,
         node_cluster: "gatehouse-ext-authz".into(),
         type_url: auth::TYPE_URL.into(),
+        token: settings.xds_token.clone(),
     };
     let xds = tokio::spawn(gatehouse_xds_client::run(
         subscription,
@@ -149,7 +157,11 @@ pub async fn serve(
         stop.clone(),
     ));
     let reporter = tokio::spawn(usage::report(
-        settings_usage(&subscription_endpoint, settings.usage_report_interval),
+        settings_usage(
+            &subscription_endpoint,
+            settings.usage_report_interval,
+            settings.xds_token,
+        ),
         state.clone(),
         stop.clone(),
     ));

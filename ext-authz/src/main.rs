@@ -22,6 +22,9 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ext-authz")]
     node_id: String,
 
+    #[command(flatten)]
+    xds_token: gatehouse_xds_client::TokenArgs,
+
     /// How often API key use (for "last used") is reported to the control plane.
     #[arg(
         long,
@@ -60,6 +63,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = gatehouse_ext_authz::Settings {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
+        xds_token: args.xds_token.token().map_err(anyhow::Error::msg)?,
         usage_report_interval: Duration::from_millis(args.usage_report_interval_ms),
     };
     let grace = Duration::from_millis(args.shutdown_grace_ms);

@@ -15,6 +15,8 @@ pub struct Reporting {
     /// The control plane's xDS address (the service is served there).
     pub endpoint: String,
     pub interval: Duration,
+    /// The control plane's xDS token, if it requires one.
+    pub token: Option<gatehouse_xds_client::XdsToken>,
 }
 
 pub async fn report(reporting: Reporting, state: SharedState, stop: CancellationToken) {
@@ -52,7 +54,11 @@ pub async fn report(reporting: Reporting, state: SharedState, stop: Cancellation
         if uses.is_empty() {
             continue;
         }
-        match client.report(KeyUsageReport { uses: uses.clone() }).await {
+        let mut request = tonic::Request::new(KeyUsageReport { uses: uses.clone() });
+        if let Some(token) = &reporting.token {
+            token.authorize(&mut request);
+        }
+        match client.report(request).await {
             Ok(_) => {
                 for used in uses {
                     reported.insert(used.id, used.last_used_ms);

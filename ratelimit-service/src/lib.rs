@@ -37,6 +37,8 @@ pub struct Settings {
     /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
     pub xds_endpoint: String,
     pub node_id: String,
+    /// Presented to the control plane if it requires one.
+    pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     pub store: Store,
 }
 
@@ -90,6 +92,7 @@ pub async fn serve(
         node_id: settings.node_id,
         node_cluster: "gatehouse-ratelimit".into(),
         type_url: rl::TYPE_URL.into(),
+        token: settings.xds_token.clone(),
     };
     let xds = tokio::spawn(gatehouse_xds_client::run(
         subscription,

@@ -23,6 +23,9 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ratelimit")]
     node_id: String,
 
+    #[command(flatten)]
+    xds_token: gatehouse_xds_client::TokenArgs,
+
     /// Redis for counters shared by every instance (redis://…); without it,
     /// counters are in memory (one instance).
     #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
@@ -82,6 +85,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = gatehouse_ratelimit_service::Settings {
         xds_endpoint: args.xds_url,
         node_id: args.node_id,
+        xds_token: args.xds_token.token().map_err(anyhow::Error::msg)?,
         store: match &args.redis_url {
             Some(url) => {
                 let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));

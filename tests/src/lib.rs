@@ -188,6 +188,8 @@ pub struct ControlPlaneOptions {
     pub ratelimit_addr: Option<SocketAddr>,
     /// Check every change with `envoy --mode validate` before commit.
     pub validate_with_envoy: bool,
+    /// Token every xDS client must present.
+    pub xds_token: Option<String>,
 }
 
 impl ControlPlaneOptions {
@@ -206,6 +208,7 @@ impl ControlPlaneOptions {
             ext_authz_addr: None,
             ratelimit_addr: None,
             validate_with_envoy: false,
+            xds_token: None,
         }
     }
 }
@@ -254,6 +257,9 @@ impl ControlPlane {
         }
         if let Some(token) = &options.admin_token {
             args.push(format!("--admin-token={token}"));
+        }
+        if let Some(token) = &options.xds_token {
+            args.push(format!("--xds-token={token}"));
         }
         if let Some(addr) = &options.ext_authz_addr {
             args.push(format!("--ext-authz-addr={addr}"));
@@ -516,6 +522,26 @@ impl Envoy {
         };
         let bootstrap = bootstrap_yaml(&node_id, api_type, xds.port());
         Self::start_config(&bootstrap, node_id, dir, proxy_port, access_log).await
+    }
+
+    /// Starts Envoy presenting `token` to the control plane (ADS
+    /// `initial_metadata`), as `envoy/bootstrap.yaml` shows.
+    pub async fn start_with_xds_token(xds: SocketAddr, proxy_port: u16, token: &str) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        let node_id = unique("envoy");
+        let grpc = "- envoy_grpc: { cluster_name: gatehouse_xds }";
+        let bootstrap = bootstrap_yaml(&node_id, "GRPC", xds.port()).replacen(
+            grpc,
+            &format!(
+                "{grpc}\n        initial_metadata:\n          - {{ key: authorization, value: \"Bearer {token}\" }}"
+            ),
+            1,
+        );
+        assert!(
+            bootstrap.contains("initial_metadata"),
+            "bootstrap template changed shape"
+        );
+        Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
     /// Starts Envoy with runtime overrides in its bootstrap (a node configured

@@ -27,13 +27,23 @@ struct AuthGateway {
 }
 
 async fn auth_gateway(env: &[(&str, &str)]) -> AuthGateway {
+    auth_gateway_with(env, None).await
+}
+
+/// With `xds_token`, the control plane requires it, and Envoy and ext-authz
+/// (given it in `env`) present it.
+async fn auth_gateway_with(env: &[(&str, &str)], xds_token: Option<&str>) -> AuthGateway {
     let proxy_port = free_port();
     let ext_port = free_port();
     let mut options = ControlPlaneOptions::new(proxy_port);
     options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
+    options.xds_token = xds_token.map(str::to_owned);
     let cp = ControlPlane::start(options).await;
     let ext = ExtAuthz::start(cp.xds, ext_port, env).await;
-    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let envoy = match xds_token {
+        Some(token) => Envoy::start_with_xds_token(cp.xds, proxy_port, token).await,
+        None => Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await,
+    };
     let upstream = Upstream::start("orders").await;
     cp.apply("/v1/services/orders", upstream.service("orders"))
         .await;
@@ -95,6 +105,19 @@ async fn keys_of(cp: &ControlPlane, consumer: &str) -> Value {
         .expect("json")
 }
 
+/// Waits until ext-authz has reported key `id` of `consumer` as used.
+async fn until_last_use_reported(cp: &ControlPlane, consumer: &str, id: &str) {
+    eventually(Duration::from_secs(5), "last use reported", || async {
+        keys_of(cp, consumer)
+            .await
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["id"] == id && k["last_used_at_ms"].is_i64())
+    })
+    .await;
+}
+
 async fn create_key(cp: &ControlPlane, consumer: &str, body: Value) -> (String, String) {
     let response = cp
         .post(&format!("/v1/consumers/{consumer}/keys"), body)
@@ -105,6 +128,55 @@ async fn create_key(cp: &ControlPlane, consumer: &str, body: Value) -> (String, 
         created["id"].as_str().expect("id").to_owned(),
         created["key"].as_str().expect("key").to_owned(),
     )
+}
+
+/// A control plane with an xDS token serves only clients that present it:
+/// Envoy and ext-authz get their configuration and report key use; anyone
+/// else is refused before a byte of configuration (key hashes, topology).
+#[tokio::test]
+async fn the_xds_port_serves_only_clients_that_present_its_token() {
+    use gatehouse_proto::discovery::{
+        DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    };
+
+    const TOKEN: &str = "an-xds-token-for-the-end-to-end-test-0123";
+    let g = auth_gateway_with(&[("GATEHOUSE_XDS_TOKEN", TOKEN)], Some(TOKEN)).await;
+    g.cp.apply("/v1/consumers/alice", json!({"plan": "pro"}))
+        .await;
+    g.cp.apply(
+        "/v1/routes/orders",
+        json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+               "auth": {"method": "api_key"}}),
+    )
+    .await;
+    let (id, key) = create_key(&g.cp, "alice", json!({})).await;
+    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 200).await;
+    until_last_use_reported(&g.cp, "alice", &id).await;
+    // ratelimit-service with the token gets its configuration (ready).
+    let flag = format!("--xds-token={TOKEN}");
+    let _limiter = gatehouse_e2e::Sidecar::ratelimit(g.cp.xds, 0, &[&flag]).await;
+
+    for presented in [None, Some("Bearer not-the-token"), Some(TOKEN)] {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", g.cp.xds))
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(tokio_stream::iter([DiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            ..Default::default()
+        }]));
+        if let Some(value) = presented {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("ascii"));
+        }
+        let status = match client.stream_aggregated_resources(request).await {
+            Ok(mut stream) => stream.get_mut().message().await.err(),
+            Err(status) => Some(status),
+        };
+        let status = status.expect("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{presented:?}");
+        assert!(!status.message().contains(TOKEN));
+    }
 }
 
 #[tokio::test]
@@ -225,15 +297,7 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
         200
     );
     // ext-authz reports use: the listing shows when each key was last used.
-    eventually(Duration::from_secs(5), "last use reported", || async {
-        keys_of(&g.cp, "alice")
-            .await
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|k| k["id"] == id.as_str() && k["last_used_at_ms"].is_i64())
-    })
-    .await;
+    until_last_use_reported(&g.cp, "alice", &id).await;
     let listed = keys_of(&g.cp, "alice").await;
     let old = listed
         .as_array()

@@ -6,6 +6,9 @@
 //! receiver keeps its last good state). The client reconnects with capped
 //! exponential backoff and resumes from the last accepted version, so a
 //! control-plane restart costs nothing but a fresh response.
+//!
+//! A control plane started with an xDS token refuses streams without it:
+//! [`XdsToken`] presents it as `authorization: Bearer …`.
 
 use std::time::Duration;
 
@@ -35,6 +38,77 @@ pub struct Subscription {
     pub node_id: String,
     pub node_cluster: String,
     pub type_url: String,
+    /// Presented on every stream when the control plane requires one.
+    pub token: Option<XdsToken>,
+}
+
+/// The shared secret a control plane may require of its xDS clients. Never
+/// printed: its `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct XdsToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl XdsToken {
+    /// Adds the token to a request's metadata.
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+    }
+}
+
+/// A service's `--xds-token` / `--xds-token-file` flags (flatten into its
+/// command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The token the control plane requires of xDS clients, if it requires
+    /// one (its GATEHOUSE_XDS_TOKEN).
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "xds_token_file"
+    )]
+    pub xds_token: Option<XdsToken>,
+
+    /// File holding the xDS token.
+    #[arg(long, env = "GATEHOUSE_XDS_TOKEN_FILE")]
+    pub xds_token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token from the flag (or environment variable) or the file.
+    pub fn token(self) -> Result<Option<XdsToken>, String> {
+        match (self.xds_token, self.xds_token_file) {
+            (Some(token), _) => Ok(Some(token)),
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read --xds-token-file {}: {e}", path.display()))?
+                .parse()
+                .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for XdsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for XdsToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let token = s.trim();
+        if token.is_empty() {
+            return Err("the xDS token is empty".into());
+        }
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the xDS token must be printable ASCII".to_owned())?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
 }
 
 /// Takes each response's resources; `Err` is sent back as a NACK.
@@ -125,8 +199,12 @@ async fn session(
     let _ = requests
         .send(request(subscription, accepted, "", None))
         .await;
+    let mut stream = tonic::Request::new(ReceiverStream::new(outgoing));
+    if let Some(token) = &subscription.token {
+        token.authorize(&mut stream);
+    }
     let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(outgoing))
+        .stream_aggregated_resources(stream)
         .await?
         .into_inner();
     loop {
@@ -178,5 +256,27 @@ fn request(
             details: Vec::new(),
         }),
         ..DiscoveryRequest::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XdsToken;
+
+    #[test]
+    fn a_token_goes_out_as_a_bearer_header_and_never_prints() {
+        let token: XdsToken = " s3cret-value \n".parse().expect("token");
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        let mut request = tonic::Request::new(());
+        token.authorize(&mut request);
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().ok()),
+            Some(Some("Bearer s3cret-value"))
+        );
+        assert!("".parse::<XdsToken>().is_err());
+        assert!("tab\tinside\u{7f}".parse::<XdsToken>().is_err());
     }
 }
