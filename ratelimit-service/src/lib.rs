@@ -84,7 +84,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let metrics = Metrics::default();
+    let metrics = Metrics::new(settings.store.redis_counters());
     let rules: SharedRules = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
     let subscription = Subscription {

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::store::RedisCounters;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -41,7 +43,31 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Metrics {
+    /// The service's metrics, with the Redis backend's counters if it has one.
+    pub fn new(redis: Option<RedisCounters>) -> Self {
         let mut registry = Registry::with_prefix("gatehouse_ratelimit");
+        if let Some(redis) = redis {
+            registry.register(
+                "redis_requests",
+                "Requests whose counters were decided in Redis",
+                redis.redis_requests,
+            );
+            registry.register(
+                "redis_script_calls",
+                "Script calls sent to Redis (one may carry several requests)",
+                redis.script_calls,
+            );
+            registry.register(
+                "lease_requests",
+                "Requests decided from hits leased from Redis, without a round trip",
+                redis.lease_requests,
+            );
+        }
         let decisions = Family::default();
         registry.register(
             "decisions",
@@ -102,9 +128,7 @@ impl Default for Metrics {
             ready,
         }
     }
-}
 
-impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -19,6 +19,17 @@ pub struct Item {
     pub shadow: bool,
 }
 
+/// How the Redis backend reached its decisions, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct RedisCounters {
+    /// Requests whose counters went to Redis.
+    pub redis_requests: prometheus_client::metrics::counter::Counter,
+    /// Script calls sent (one may carry several requests).
+    pub script_calls: prometheus_client::metrics::counter::Counter,
+    /// Requests decided from leased hits alone, without Redis.
+    pub lease_requests: prometheus_client::metrics::counter::Counter,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("counter store unavailable: {0}")]
@@ -77,6 +88,14 @@ impl Store {
                 redis.sweep();
                 grace.sweep();
             }
+        }
+    }
+
+    /// The Redis backend's counters (`None` in memory).
+    pub fn redis_counters(&self) -> Option<RedisCounters> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis { redis, .. } => Some(redis.counters()),
         }
     }
 

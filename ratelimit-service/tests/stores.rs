@@ -350,6 +350,16 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         stored, 1010,
         "Redis counted the leased hits, the 10 still held too"
     );
+    // What /metrics reports.
+    let counters = store.redis_counters().expect("Redis");
+    assert_eq!(counters.redis_requests.get(), 10);
+    assert_eq!(counters.lease_requests.get(), 990);
+    assert_eq!(counters.script_calls.get(), 10);
+    let metrics = gatehouse_ratelimit_service::metrics::Metrics::new(Some(counters)).render();
+    assert!(
+        metrics.contains("gatehouse_ratelimit_lease_requests_total 990"),
+        "{metrics}"
+    );
 
     // Another counter near its limit: nothing is leased.
     let tight = rules_near_limit();

@@ -31,7 +31,12 @@ pub(super) struct Batcher {
 
 impl Batcher {
     /// Starts batching on the current Tokio runtime.
-    pub fn start(connection: ConnectionManager, script: redis::Script, timeout: Duration) -> Self {
+    pub fn start(
+        connection: ConnectionManager,
+        script: redis::Script,
+        timeout: Duration,
+        calls: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let (queue, mut waiting) = mpsc::unbounded_channel::<Waiting>();
         let script = Arc::new(script);
         tokio::spawn(async move {
@@ -43,6 +48,7 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
+                calls.inc();
                 tokio::spawn(send(connection.clone(), script.clone(), timeout, batch));
             }
         });

@@ -37,7 +37,7 @@ use redis::{
 };
 use tracing::warn;
 
-use super::{Item, StoreError, batch::Batcher, lease::Leases, memory::now_ms};
+use super::{Item, RedisCounters, StoreError, batch::Batcher, lease::Leases, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
 
 /// How long Redis is skipped after a failure before it is tried again.
@@ -70,6 +70,7 @@ pub struct RedisStore {
     /// Sends the decisions of many requests as one call (single Redis);
     /// started on first use, on the runtime that serves.
     batcher: OnceLock<Batcher>,
+    counters: RedisCounters,
 }
 
 /// One counter as sent to a script.
@@ -146,6 +147,7 @@ impl RedisStore {
             known_over: Mutex::new(HashMap::new()),
             leases: Leases::new(0),
             batcher: OnceLock::new(),
+            counters: RedisCounters::default(),
         }
     }
 
@@ -236,6 +238,7 @@ impl RedisStore {
         script: &redis::Script,
         calls: &[Call<'_>],
     ) -> Result<Vec<i64>, StoreError> {
+        self.counters.script_calls.inc();
         let mut invocation = script.prepare_invoke();
         for call in calls {
             invocation.key(&call.item.key).arg(&call.args()[..]).arg(0);
@@ -328,6 +331,7 @@ impl RedisStore {
         }
         let asked: Vec<usize> = (0..items.len()).filter(|i| leased[*i].is_none()).collect();
         if asked.is_empty() {
+            self.counters.lease_requests.inc();
             return Ok(leased.into_iter().flatten().collect());
         }
         let calls: Vec<Call> = asked
@@ -338,6 +342,7 @@ impl RedisStore {
                 lease: self.leases.ask(&items[*i], now),
             })
             .collect();
+        self.counters.redis_requests.inc();
         let values = match self.decide(&calls, now).await {
             Ok(values) => values,
             Err(e) => {
@@ -394,7 +399,12 @@ impl RedisStore {
         let result = match &self.connection {
             Connection::Single(connection) => {
                 let batcher = self.batcher.get_or_init(|| {
-                    Batcher::start(connection.clone(), self.script.clone(), self.timeout)
+                    Batcher::start(
+                        connection.clone(),
+                        self.script.clone(),
+                        self.timeout,
+                        self.counters.script_calls.clone(),
+                    )
                 });
                 let counters = calls
                     .iter()
@@ -503,6 +513,11 @@ impl RedisStore {
         if known.len() < MAX_KNOWN_OVER {
             known.extend(over);
         }
+    }
+
+    /// How decisions were reached, for `/metrics`.
+    pub fn counters(&self) -> RedisCounters {
+        self.counters.clone()
     }
 
     /// Drops expired entries of the local over-limit cache and leases.
