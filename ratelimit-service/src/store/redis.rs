@@ -322,6 +322,9 @@ impl RedisStore {
         }
     }
 
+    /// Decides a request's counters: those a lease covers here, the rest in
+    /// Redis (with a lease asked for), all or nothing; a counter known to be
+    /// spent refuses at once.
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
         let (mut leased, spent) = self.leases.spend(items, now);
@@ -342,9 +345,11 @@ impl RedisStore {
                 lease: self.leases.ask(&items[*i], now),
             })
             .collect();
-        self.counters.redis_requests.inc();
         let values = match self.decide(&calls, now).await {
-            Ok(values) => values,
+            Ok(values) => {
+                self.counters.redis_requests.inc();
+                values
+            }
             Err(e) => {
                 for call in &calls {
                     self.leases.settle(call.item, call.lease, None, now);
