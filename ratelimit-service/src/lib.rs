@@ -101,6 +101,9 @@ pub async fn serve(
     ));
     let store = Arc::new(settings.store);
     let sweeper = tokio::spawn(sweep(store.clone(), stop.clone()));
+    let lender = store
+        .leasing()
+        .then(|| tokio::spawn(return_leases(store.clone(), stop.clone())));
     let routes = server::routes(LimitService {
         rules,
         store,
@@ -110,7 +113,22 @@ pub async fn serve(
     stop.cancel();
     let _ = xds.await;
     let _ = sweeper.await;
+    if let Some(lender) = lender {
+        let _ = lender.await;
+    }
     served
+}
+
+/// Gives unspent leased hits back to Redis once their loan is due.
+async fn return_leases(store: Arc<Store>, stop: CancellationToken) {
+    let every = Duration::from_millis(store::lease::LOAN_MS / 4);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        store.return_due_leases().await;
+    }
 }
 
 /// Drops expired in-memory counters every few seconds.

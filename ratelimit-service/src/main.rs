@@ -43,9 +43,9 @@ struct Args {
     /// Redis only: take up to this many hits of a window counter (fixed or
     /// sliding) from Redis ahead of use, at most an eighth of what the
     /// window has left, and spend them here without a Redis round trip.
-    /// Instances together still never admit more than the limit; hits leased
-    /// but unspent when the window ends are lost (at most this many per
-    /// instance and counter). 0, the default, asks Redis on every request.
+    /// Instances together still never admit more than the limit; hits
+    /// unspent after a second go back to Redis. 0, the default, asks Redis
+    /// on every request.
     #[arg(long, env = "GATEHOUSE_REDIS_LEASE_MAX", default_value_t = 0)]
     redis_lease_max: u64,
 

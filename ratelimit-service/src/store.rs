@@ -91,6 +91,18 @@ impl Store {
         }
     }
 
+    /// Gives leased hits that were not spent in time back to Redis.
+    pub async fn return_due_leases(&self) {
+        if let Store::Redis { redis, .. } = self {
+            redis.return_due_leases().await;
+        }
+    }
+
+    /// Whether the Redis backend leases hits (see `store/lease.rs`).
+    pub fn leasing(&self) -> bool {
+        matches!(self, Store::Redis { redis, .. } if redis.leasing())
+    }
+
     /// The Redis backend's counters (`None` in memory).
     pub fn redis_counters(&self) -> Option<RedisCounters> {
         match self {

@@ -7,12 +7,15 @@
 //! window has left (`decide.lua`), so the last hits of a window are still
 //! decided one by one in Redis. Leased hits are counted in Redis when they
 //! are handed out, so all instances together never admit more than the
-//! limit. What a lease costs: hits leased but not spent when the window ends
-//! are lost to everyone (at most `max` per instance and counter), and the
+//! limit. A lease is a loan of at most a second: hits still unspent then go
+//! back to Redis (`refund.lua`, only while the window lasts), so an instance
+//! whose traffic moved elsewhere does not keep them from the others. A lease
+//! also ends with its window, as measured from before the Redis call, so it
+//! never outlives the window it was counted in. What a lease costs: for up
+//! to a second, hits one instance holds are not available to the others (at
+//! most `max` per instance and counter; lost if the instance dies), and the
 //! `RateLimit-Remaining` an instance reports counts its own lease as left.
-//! A lease ends with its window, as measured from before the Redis call, so
-//! it never outlives the window it was counted in. Token buckets are always
-//! decided in Redis.
+//! Token buckets are always decided in Redis.
 
 use std::{
     collections::HashMap,
@@ -22,7 +25,7 @@ use std::{
 use gatehouse_proto::ratelimit::Algorithm;
 
 use super::Item;
-use crate::algorithm::{Counter, Outcome};
+use crate::algorithm::{Counter, Outcome, Rule};
 
 /// Bound on the counters an instance holds leases for.
 const MAX_LEASES: usize = 100_000;
@@ -30,6 +33,8 @@ const MAX_LEASES: usize = 100_000;
 /// that was abandoned (Envoy gave up on it): it no longer counts. Far above
 /// any Redis timeout.
 const STALE_ASK_MS: u64 = 1_000;
+/// How long leased hits may stay unspent before they go back to Redis.
+pub const LOAN_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Lease {
@@ -41,6 +46,10 @@ struct Lease {
     asked_ms: u64,
     /// Local unix ms at which the window ends (or earlier).
     expires_ms: u64,
+    /// Local unix ms at which unspent hits go back to Redis.
+    due_ms: u64,
+    /// The counter's rule, to give hits back.
+    rule: Rule,
     limit: u64,
     /// What Redis had left when the lease was handed out.
     remaining_elsewhere: u64,
@@ -65,6 +74,11 @@ impl Leases {
         }
     }
 
+    /// The most hits held per counter (0: leasing is off).
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
     /// How many extra hits to ask Redis for along with `item`: what this
     /// instance holds, and asks for in calls in flight, stays within the
     /// maximum. Every ask is settled with [`Leases::settle`].
@@ -81,6 +95,8 @@ impl Leases {
             asking: 0,
             asked_ms: 0,
             expires_ms: 0,
+            due_ms: 0,
+            rule: item.rule,
             limit: 0,
             remaining_elsewhere: 0,
         });
@@ -116,7 +132,7 @@ impl Leases {
             let Some(lease) = held.get_mut(&item.key) else {
                 continue;
             };
-            if lease.expires_ms <= now || lease.hits < item.hits {
+            if lease.expires_ms.min(lease.due_ms) <= now || lease.hits < item.hits {
                 continue;
             }
             lease.hits -= item.hits;
@@ -165,10 +181,39 @@ impl Leases {
             asking: old.asking,
             asked_ms: old.asked_ms,
             expires_ms: asked_at + outcome.reset_ms,
+            // Renewed while this instance keeps asking.
+            due_ms: asked_at + LOAN_MS,
+            rule: item.rule,
             limit: outcome.limit,
             remaining_elsewhere: outcome.remaining,
         };
         *old = merged(*old, new, item.rule.period_ms, asked_at);
+    }
+
+    /// Takes the unspent hits of loans that are due, as items to give back
+    /// to Redis (those of ended windows are simply dropped: their counter
+    /// has reset).
+    pub fn take_due(&self, now: u64) -> Vec<Item> {
+        if self.max == 0 {
+            return Vec::new();
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut due = Vec::new();
+        for (key, lease) in held.iter_mut() {
+            if lease.hits == 0 || lease.due_ms > now {
+                continue;
+            }
+            if lease.expires_ms > now {
+                due.push(Item {
+                    key: key.clone(),
+                    rule: lease.rule,
+                    hits: lease.hits,
+                    shadow: false,
+                });
+            }
+            lease.hits = 0;
+        }
+        due
     }
 
     /// Drops leases whose window has ended.
@@ -298,9 +343,26 @@ mod tests {
     fn a_lease_ends_with_its_window() {
         let leases = Leases::new(50);
         let a = item("a", Algorithm::FixedWindow, 1);
-        lease(&leases, &a, 5, 900, 5_000, 1_000);
-        assert!(leases.spend(std::slice::from_ref(&a), 5_999).0[0].is_some());
-        assert_eq!(leases.spend(&[a], 6_000).0, vec![None]);
+        lease(&leases, &a, 5, 900, 500, 1_000);
+        assert!(leases.spend(std::slice::from_ref(&a), 1_499).0[0].is_some());
+        assert_eq!(leases.spend(std::slice::from_ref(&a), 1_500).0, vec![None]);
+        // Its counter has reset: nothing to give back.
+        assert!(leases.take_due(2_000).is_empty());
+    }
+
+    #[test]
+    fn unspent_hits_fall_due_after_a_second_and_go_back_once() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        lease(&leases, &a, 5, 900, 50_000, 1_000);
+        assert!(leases.spend(std::slice::from_ref(&a), 1_999).0[0].is_some());
+        assert!(leases.take_due(1_999).is_empty(), "not due yet");
+        assert_eq!(leases.spend(std::slice::from_ref(&a), 2_000).0, vec![None]);
+        let due = leases.take_due(2_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].key.as_str(), due[0].hits), ("a", 4));
+        assert_eq!(due[0].rule, a.rule);
+        assert!(leases.take_due(2_500).is_empty(), "given back once");
     }
 
     #[test]

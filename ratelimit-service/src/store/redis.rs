@@ -520,6 +520,39 @@ impl RedisStore {
         }
     }
 
+    /// Whether leases are on (`with_leases` above 0).
+    pub fn leasing(&self) -> bool {
+        self.leases.max() > 0
+    }
+
+    /// Gives the unspent hits of leases past their loan back to Redis (see
+    /// `lease.rs`). A failure only leaves them unavailable until their
+    /// window ends.
+    pub async fn return_due_leases(&self) {
+        let due = self.leases.take_due(now_ms());
+        if due.is_empty() {
+            return;
+        }
+        let calls: Vec<Call> = due
+            .iter()
+            .map(|item| Call {
+                item,
+                hits: item.hits,
+                lease: 0,
+            })
+            .collect();
+        let groups: Vec<&[Call]> = match self.connection {
+            Connection::Single(_) => vec![&calls[..]],
+            // A script touches one slot: one call per counter.
+            Connection::Cluster { .. } => calls.chunks(1).collect(),
+        };
+        for group in groups {
+            if let Err(e) = self.invoke(&self.refund, group).await {
+                warn!(error = %e, "could not give unspent leased hits back to Redis");
+            }
+        }
+    }
+
     /// How decisions were reached, for `/metrics`.
     pub fn counters(&self) -> RedisCounters {
         self.counters.clone()
