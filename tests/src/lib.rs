@@ -93,7 +93,33 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 /// A port that was free a moment ago (for addresses a child process must bind).
+///
+/// Taken below the kernel's ephemeral range when there is room: a port from
+/// that range can be handed to any outgoing connection (parallel tests make
+/// many) before the child binds it. Here only another test picking the same
+/// port at the same moment can take it.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    const LOW: u16 = 20_000;
+    if ephemeral_low > LOW + 1_000 {
+        let span = u64::from(ephemeral_low - LOW);
+        // Each process starts somewhere else in the range.
+        let seed = u64::from(std::process::id()).wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::from(d.subsec_nanos()));
+        for _ in 0..span {
+            let offset = (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % span;
+            let port = LOW + offset as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
