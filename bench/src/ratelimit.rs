@@ -290,7 +290,8 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     let rl_addr = std::net::SocketAddr::from(([127, 0, 0, 1], rl_port));
     let (cp, envoy) = limited_gateway(rl_addr, &upstream).await;
     let url = format!("--redis-url={}", redis.url());
-    let limiter = gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url]).await;
+    let limiter =
+        gatehouse_e2e::Sidecar::ratelimit(cp.xds, rl_port, &[&url, "--redis-lease-max=0"]).await;
     let (noop, noop_process) = start_noop_rls(false).await;
     let (_noop_cp, noop_envoy) = limited_gateway(noop, &upstream).await;
     let (noop_headers, noop_headers_process) = start_noop_rls(true).await;
@@ -299,17 +300,12 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     let memory_addr = std::net::SocketAddr::from(([127, 0, 0, 1], memory_port));
     let (memory_cp, memory_envoy) = limited_gateway(memory_addr, &upstream).await;
     let memory = gatehouse_e2e::Sidecar::ratelimit(memory_cp.xds, memory_port, &[]).await;
-    // The same service on Redis with leases of up to 100 hits (opt-in),
+    // The same service on Redis with its default leases (up to 100 hits),
     // sharing the Redis.
     let leasing_port = gatehouse_e2e::free_port();
     let leasing_addr = std::net::SocketAddr::from(([127, 0, 0, 1], leasing_port));
     let (leasing_cp, leasing_envoy) = limited_gateway(leasing_addr, &upstream).await;
-    let leasing = gatehouse_e2e::Sidecar::ratelimit(
-        leasing_cp.xds,
-        leasing_port,
-        &[&url, "--redis-lease-max=100"],
-    )
-    .await;
+    let leasing = gatehouse_e2e::Sidecar::ratelimit(leasing_cp.xds, leasing_port, &[&url]).await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -331,8 +327,8 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     const FLOOR: &str = "Envoy + no-op RLS (floor)";
     const FLOOR_HEADERS: &str = "Envoy + no-op RLS with RateLimit headers";
     const MEMORY: &str = "Envoy + Gatehouse RLS in memory";
-    const REDIS: &str = "Envoy + Gatehouse RLS on Redis";
-    const REDIS_LEASING: &str = "Envoy + Gatehouse RLS on Redis, leases of 100";
+    const REDIS: &str = "Envoy + Gatehouse RLS on Redis, no leases (every request in Redis)";
+    const REDIS_LEASING: &str = "Envoy + Gatehouse RLS on Redis (default: leases of up to 100)";
     const LOCAL: &str = "Envoy local_ratelimit (static)";
     let variant = |name,
                    envoy: &gatehouse_e2e::Envoy,
@@ -414,9 +410,9 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
         .await;
     }
     let url = format!("--redis-url={}", redis.url());
-    let on_redis = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
-    let leasing =
-        gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url, "--redis-lease-max=100"]).await;
+    let on_redis =
+        gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url, "--redis-lease-max=0"]).await;
+    let leasing = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
     let in_memory = gatehouse_e2e::Sidecar::ratelimit(cp.xds, 0, &[]).await;
     let (noop, _noop_process) = start_noop_rls(false).await;
     // Side by side: the same load at a server that answers OK at once (the
@@ -426,8 +422,11 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
         for (what, addr) in [
             ("no-op RLS", noop),
             ("ratelimit-service in memory", in_memory.addr),
-            ("ratelimit-service on Redis", on_redis.addr),
-            ("ratelimit-service on Redis, leases of 100", leasing.addr),
+            ("ratelimit-service on Redis, no leases", on_redis.addr),
+            (
+                "ratelimit-service on Redis (default: leases of up to 100)",
+                leasing.addr,
+            ),
         ] {
             let latencies = grpc_closed_loop(addr, descriptors, seconds, concurrency).await;
             report(

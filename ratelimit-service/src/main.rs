@@ -40,13 +40,13 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_REDIS_TIMEOUT_MS", default_value_t = 5)]
     redis_timeout_ms: u64,
 
-    /// Redis only: take up to this many hits of a window counter (fixed or
-    /// sliding) from Redis ahead of use, at most an eighth of what the
+    /// Redis only: take up to this many hits of a busy window counter (fixed
+    /// or sliding) from Redis ahead of use, at most an eighth of what the
     /// window has left, and spend them here without a Redis round trip.
     /// Instances together still never admit more than the limit; hits
-    /// unspent after a second go back to Redis. 0, the default, asks Redis
-    /// on every request.
-    #[arg(long, env = "GATEHOUSE_REDIS_LEASE_MAX", default_value_t = 0)]
+    /// unspent after a second go back to Redis. 0 asks Redis on every
+    /// request.
+    #[arg(long, env = "GATEHOUSE_REDIS_LEASE_MAX", default_value_t = 100)]
     redis_lease_max: u64,
 
     /// Longest wait for in-flight decisions on shutdown.

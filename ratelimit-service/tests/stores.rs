@@ -321,9 +321,10 @@ async fn concurrent_requests_share_redis_calls_and_each_is_decided_on_its_own() 
     );
 }
 
-/// Far from its limit, a leasing instance asks Redis once per lease; its
-/// answers count its own lease as left; the last eighth of the window is
-/// decided request by request.
+/// Far from its limit, a leasing instance asks Redis once per lease, the
+/// leases growing with the counter's traffic; its answers count its own
+/// lease as left; the last eighth of the window is decided request by
+/// request, and a counter seen once is not leased at all.
 #[tokio::test]
 async fn a_leasing_instance_asks_redis_once_per_lease() {
     let server = RedisServer::start().await;
@@ -336,9 +337,11 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
     }
     let calls = evalsha_calls(&server).await - before;
+    // Leases of 0 (first seen), 1, 2, 4, …, 64, then 100: 236 requests in
+    // 9 calls, the other 764 in 8 calls of 101.
     assert_eq!(
-        calls, 10,
-        "1,000 requests: each call decides one and leases 100"
+        calls, 17,
+        "1,000 requests: each call decides one and leases up to 100"
     );
     let key = server.cli(&["KEYS", "gh:*"]).await;
     let stored: u64 = server
@@ -347,21 +350,21 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         .parse()
         .expect("count");
     assert_eq!(
-        stored, 1010,
-        "Redis counted the leased hits, the 10 still held too"
+        stored, 1044,
+        "Redis counted the leased hits, the 44 still held too"
     );
     // What /metrics reports.
     let counters = store.redis_counters().expect("Redis");
-    assert_eq!(counters.redis_requests.get(), 10);
-    assert_eq!(counters.lease_requests.get(), 990);
-    assert_eq!(counters.script_calls.get(), 10);
+    assert_eq!(counters.redis_requests.get(), 17);
+    assert_eq!(counters.lease_requests.get(), 983);
+    assert_eq!(counters.script_calls.get(), 17);
     let metrics = gatehouse_ratelimit_service::metrics::Metrics::new(Some(counters)).render();
     assert!(
-        metrics.contains("gatehouse_ratelimit_lease_requests_total 990"),
+        metrics.contains("gatehouse_ratelimit_lease_requests_total 983"),
         "{metrics}"
     );
 
-    // A second later the 10 unspent hits go back to Redis.
+    // A second later the 44 unspent hits go back to Redis.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     store.return_due_leases().await;
     let stored: u64 = server
@@ -378,6 +381,17 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         assert!(ok(&ask(&tight, &store, &[("q", "a")]).await));
     }
     assert_eq!(evalsha_calls(&server).await - before, 7);
+
+    // Counters seen once each (client IPs passing by): nothing leased.
+    for n in 0..20 {
+        assert!(ok(&ask(&rules, &store, &[("p", &format!("ip{n}"))]).await));
+    }
+    let keys = server.cli(&["KEYS", "gh:*ip*"]).await;
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 20, "{keys:?}");
+    for key in keys {
+        assert_eq!(server.cli(&["HGET", key, "c"]).await.trim(), "1", "{key}");
+    }
 }
 
 /// A limit of 7: an eighth of what is left is never a whole hit.

@@ -450,6 +450,10 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
     assert_ne!(counted.trim(), "0", "counters live in Redis");
 
     redis.kill().await;
+    // Hits leased before the outage (on by default) are spent without
+    // Redis until their loan falls due, a second at most; after that every
+    // decision needs Redis.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut open = Vec::new();
     for _ in 0..8 {
         open.push(get(&g.envoy, "/open", &[]).await.status);

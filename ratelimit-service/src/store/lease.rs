@@ -1,11 +1,15 @@
 //! Leases: hits of a window counter an instance took from Redis ahead of
-//! use and spends itself, so most requests need no Redis round trip
-//! (opt-in: `--redis-lease-max`; off by default).
+//! use and spends itself, so most requests of a busy counter need no Redis
+//! round trip (`--redis-lease-max`, 0 turns leasing off).
 //!
-//! When Redis admits a request it may hand out up to `max` more hits of each
-//! window counter the request touched, never more than an eighth of what the
+//! When Redis admits a request it may hand out more hits of each window
+//! counter the request touched, never more than an eighth of what the
 //! window has left (`decide.lua`), so the last hits of a window are still
-//! decided one by one in Redis. Leased hits are counted in Redis when they
+//! decided one by one in Redis. How many an instance asks for follows the
+//! counter's demand there, like TCP's slow start: nothing for a counter it
+//! has not seen within the last loan period (a client IP seen once never
+//! holds hits), then 1, 2, 4, … up to `max` while the counter stays busy,
+//! halved whenever a loan falls due with hits unspent. Leased hits are counted in Redis when they
 //! are handed out, so all instances together never admit more than the
 //! limit. A lease is a loan of at most a second: hits still unspent then go
 //! back to Redis (`refund.lua`, only while the window lasts), so an instance
@@ -53,6 +57,13 @@ struct Lease {
     limit: u64,
     /// What Redis had left when the lease was handed out.
     remaining_elsewhere: u64,
+    /// How many hits to hold: follows the counter's demand (slow start).
+    size: u64,
+    /// When this instance last decided a request of the counter (local
+    /// unix ms), from a lease or in Redis.
+    seen_ms: u64,
+    /// The lease was spent before its loan fell due: demand for more.
+    ran_out: bool,
 }
 
 /// The leases one instance holds.
@@ -99,16 +110,32 @@ impl Leases {
             rule: item.rule,
             limit: 0,
             remaining_elsewhere: 0,
+            size: 0,
+            seen_ms: 0,
+            ran_out: false,
         });
         if now >= lease.asked_ms + STALE_ASK_MS {
             lease.asking = 0;
         }
+        // Idle for a loan period (or never seen): hold nothing. Busy again:
+        // start at 1 and double each time a lease was spent in time.
+        lease.size = if now >= lease.seen_ms + LOAN_MS {
+            0
+        } else if lease.size == 0 {
+            1
+        } else if lease.ran_out {
+            (lease.size * 2).min(self.max)
+        } else {
+            lease.size
+        };
+        lease.ran_out = false;
+        lease.seen_ms = now;
         let holding = if lease.expires_ms > now {
             lease.hits
         } else {
             0
         };
-        let wanted = self.max.saturating_sub(holding + lease.asking);
+        let wanted = lease.size.saturating_sub(holding + lease.asking);
         if wanted > 0 {
             lease.asking += wanted;
             lease.asked_ms = now;
@@ -132,10 +159,16 @@ impl Leases {
             let Some(lease) = held.get_mut(&item.key) else {
                 continue;
             };
-            if lease.expires_ms.min(lease.due_ms) <= now || lease.hits < item.hits {
+            if lease.expires_ms.min(lease.due_ms) <= now {
+                continue;
+            }
+            if lease.hits < item.hits {
+                lease.ran_out = true;
                 continue;
             }
             lease.hits -= item.hits;
+            lease.ran_out = lease.hits == 0;
+            lease.seen_ms = now;
             spent.0.push((i, item.hits));
             outcomes[i] = Some(Outcome {
                 allowed: true,
@@ -186,6 +219,9 @@ impl Leases {
             rule: item.rule,
             limit: outcome.limit,
             remaining_elsewhere: outcome.remaining,
+            size: old.size,
+            seen_ms: old.seen_ms,
+            ran_out: false,
         };
         *old = merged(*old, new, item.rule.period_ms, asked_at);
     }
@@ -203,6 +239,8 @@ impl Leases {
             if lease.hits == 0 || lease.due_ms > now {
                 continue;
             }
+            // Asked for more than was used: ask for less.
+            lease.size /= 2;
             if lease.expires_ms > now {
                 due.push(Item {
                     key: key.clone(),
@@ -223,7 +261,9 @@ impl Leases {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, lease| {
-                lease.expires_ms > now || (lease.asking > 0 && now < lease.asked_ms + STALE_ASK_MS)
+                lease.expires_ms > now
+                    || now < lease.seen_ms + LOAN_MS
+                    || (lease.asking > 0 && now < lease.asked_ms + STALE_ASK_MS)
             });
     }
 }
@@ -272,8 +312,22 @@ mod tests {
         }
     }
 
-    /// Asks for a lease at `at` and settles it with `leased` hits.
+    /// Makes `item`'s counter as busy at `at` as it takes for the next ask
+    /// to be for the maximum (`asks_follow_the_counters_demand` shows
+    /// how it gets there).
+    fn warm(leases: &Leases, item: &Item, at: u64) {
+        let asked = leases.ask(item, at);
+        leases.settle(item, asked, None, at);
+        let mut held = leases.held.lock().expect("not poisoned");
+        if let Some(lease) = held.get_mut(&item.key) {
+            (lease.size, lease.seen_ms, lease.ran_out) = (leases.max, at, true);
+        }
+    }
+
+    /// Asks for a lease at `at` (on a busy counter) and settles it with
+    /// `leased` hits.
     fn lease(leases: &Leases, item: &Item, leased: u64, remaining: u64, reset_ms: u64, at: u64) {
+        warm(leases, item, at);
         let asked = leases.ask(item, at);
         assert!(asked >= leased);
         leases.settle(
@@ -296,14 +350,52 @@ mod tests {
     #[test]
     fn token_buckets_are_never_leased() {
         let leases = Leases::new(50);
-        assert_eq!(leases.ask(&item("a", Algorithm::TokenBucket, 1), 0), 0);
-        assert_eq!(leases.ask(&item("a", Algorithm::SlidingWindow, 1), 0), 50);
+        let bucket = item("a", Algorithm::TokenBucket, 1);
+        warm(&leases, &bucket, 0);
+        assert_eq!(leases.ask(&bucket, 0), 0);
+        let window = item("a", Algorithm::SlidingWindow, 1);
+        warm(&leases, &window, 0);
+        assert_eq!(leases.ask(&window, 0), 50);
+    }
+
+    #[test]
+    fn asks_follow_the_counters_demand() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        // Seen for the first time (a client IP passing by): nothing.
+        assert_eq!(leases.ask(&a, 1_000), 0);
+        leases.settle(&a, 0, None, 1_000);
+        // Busy: 1, then twice as much each time the lease runs out.
+        let mut now = 1_010;
+        for expected in [1, 2, 4, 8, 16, 32, 50, 50] {
+            let asked = leases.ask(&a, now);
+            assert_eq!(asked, expected, "at {now}");
+            leases.settle(&a, asked, Some((asked, &granted(900, 50_000))), now);
+            for _ in 0..asked {
+                assert!(leases.spend(std::slice::from_ref(&a), now).0[0].is_some());
+            }
+            now += 10;
+        }
+        // Idle for longer than a loan: nothing again.
+        assert_eq!(leases.ask(&a, now + LOAN_MS), 0);
+    }
+
+    #[test]
+    fn hits_unspent_when_the_loan_falls_due_halve_the_next_ask() {
+        let leases = Leases::new(64);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        lease(&leases, &a, 64, 900, 50_000, 1_000);
+        assert!(leases.spend(std::slice::from_ref(&a), 1_900).0[0].is_some());
+        assert_eq!(leases.take_due(2_000)[0].hits, 63);
+        // Still busy (seen at 1,900), but 64 hits were too many.
+        assert_eq!(leases.ask(&a, 2_000), 32);
     }
 
     #[test]
     fn held_and_asked_for_hits_stay_within_the_maximum() {
         let leases = Leases::new(50);
         let a = item("a", Algorithm::FixedWindow, 1);
+        warm(&leases, &a, 1_000);
         // Two calls in flight at once: the second asks for nothing.
         assert_eq!(leases.ask(&a, 1_000), 50);
         assert_eq!(leases.ask(&a, 1_000), 0);
@@ -312,6 +404,7 @@ mod tests {
         assert_eq!(leases.ask(&a, 1_001), 20, "30 held");
         leases.settle(&a, 20, None, 1_001);
         // Once the window is over, what was held counts for nothing.
+        warm(&leases, &a, 6_000);
         assert_eq!(leases.ask(&a, 6_000), 50);
     }
 
@@ -319,6 +412,7 @@ mod tests {
     fn an_ask_never_settled_stops_counting_after_a_while() {
         let leases = Leases::new(50);
         let a = item("a", Algorithm::FixedWindow, 1);
+        warm(&leases, &a, 1_000);
         // The request that asked was dropped before its answer.
         assert_eq!(leases.ask(&a, 1_000), 50);
         assert_eq!(leases.ask(&a, 1_999), 0);

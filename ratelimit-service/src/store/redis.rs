@@ -12,7 +12,7 @@
 //! Counters known to be over their limit are remembered locally until they
 //! reset, so a client hammering a spent limit is refused without a Redis
 //! round trip. With leasing on, window hits taken from Redis ahead of use
-//! decide most requests locally (`lease.rs`).
+//! decide most requests of a busy counter locally (`lease.rs`).
 //!
 //! On Redis Cluster a script may only touch keys of one slot. Every counter
 //! key carries a hash tag (its policy or plan and descriptor values), so a
@@ -151,9 +151,9 @@ impl RedisStore {
         }
     }
 
-    /// Takes up to `max` window hits per counter from Redis ahead of use and
-    /// spends them locally (see `lease.rs`); 0, the default, decides every
-    /// request in Redis.
+    /// Takes up to `max` window hits per busy counter from Redis ahead of
+    /// use and spends them locally (see `lease.rs`); 0, the default here
+    /// (the binary's is 100), decides every request in Redis.
     pub fn with_leases(mut self, max: u64) -> Self {
         self.leases = Leases::new(max);
         self
