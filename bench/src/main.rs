@@ -99,6 +99,11 @@ enum Command {
         rounds: usize,
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Only these variants, comma-separated: bare, floor,
+        /// floor-headers, memory, redis, leases, local (default: all).
+        /// Fewer variants put the slices compared closer together in time.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// (internal) The no-op rate limit service the benchmark compares with.
     #[command(hide = true)]
@@ -167,7 +172,8 @@ async fn run(command: Command) {
             seconds,
             rounds,
             connections,
-        } => ratelimit::through_envoy(seconds, rounds, connections).await,
+            only,
+        } => ratelimit::through_envoy(seconds, rounds, connections, &only).await,
         Command::Ratelimit {
             requests,
             seconds,

@@ -283,7 +283,10 @@ async fn limited_gateway(
 
 /// Through Envoy, side by side: no limit, a no-op RLS (the floor),
 /// Gatehouse on Redis, Envoy's `local_ratelimit`.
-pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
+/// `only` names the variants to run (`bare`, `floor`, `floor-headers`,
+/// `memory`, `redis`, `leases`, `local`); empty runs them all. Fewer
+/// variants put the slices compared closer together in time.
+pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: &[String]) {
     let upstream = gatehouse_e2e::Upstream::start("up").await;
     let redis = gatehouse_e2e::redis::RedisServer::start().await;
     let rl_port = gatehouse_e2e::free_port();
@@ -342,40 +345,59 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
             .chain(services.iter().copied())
             .collect(),
     };
-    let variants = [
-        variant(BARE, &envoy, "/bare", &[]),
-        variant(
-            FLOOR,
-            &noop_envoy,
-            "/limited",
-            &[("service", noop_process.id())],
+    let variants: Vec<_> = [
+        ("bare", variant(BARE, &envoy, "/bare", &[])),
+        (
+            "floor",
+            variant(
+                FLOOR,
+                &noop_envoy,
+                "/limited",
+                &[("service", noop_process.id())],
+            ),
         ),
-        variant(
-            FLOOR_HEADERS,
-            &noop_headers_envoy,
-            "/limited",
-            &[("service", noop_headers_process.id())],
+        (
+            "floor-headers",
+            variant(
+                FLOOR_HEADERS,
+                &noop_headers_envoy,
+                "/limited",
+                &[("service", noop_headers_process.id())],
+            ),
         ),
-        variant(
-            MEMORY,
-            &memory_envoy,
-            "/limited",
-            &[("service", memory.pid())],
+        (
+            "memory",
+            variant(
+                MEMORY,
+                &memory_envoy,
+                "/limited",
+                &[("service", memory.pid())],
+            ),
         ),
-        variant(
-            REDIS,
-            &envoy,
-            "/limited",
-            &[("service", limiter.pid()), ("redis", redis.pid())],
+        (
+            "redis",
+            variant(
+                REDIS,
+                &envoy,
+                "/limited",
+                &[("service", limiter.pid()), ("redis", redis.pid())],
+            ),
         ),
-        variant(
-            REDIS_LEASING,
-            &leasing_envoy,
-            "/limited",
-            &[("service", leasing.pid()), ("redis", redis.pid())],
+        (
+            "leases",
+            variant(
+                REDIS_LEASING,
+                &leasing_envoy,
+                "/limited",
+                &[("service", leasing.pid()), ("redis", redis.pid())],
+            ),
         ),
-        variant(LOCAL, &static_envoy, "/limited", &[]),
-    ];
+        ("local", variant(LOCAL, &static_envoy, "/limited", &[])),
+    ]
+    .into_iter()
+    .filter(|(key, _)| only.is_empty() || only.iter().any(|o| o == key))
+    .map(|(_, v)| v)
+    .collect();
     println!(
         "\nthrough Envoy (--concurrency 1), wrk -t1 -c{connections}, {rounds} rounds of {seconds} s per variant, interleaved:"
     );
@@ -386,6 +408,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32) {
     measured.print_ratio(MEMORY, FLOOR);
     measured.print_ratio(REDIS_LEASING, FLOOR);
     measured.print_ratio(REDIS, FLOOR_HEADERS);
+    measured.print_ratio(REDIS_LEASING, FLOOR_HEADERS);
     measured.print_ratio(MEMORY, FLOOR_HEADERS);
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
     measured.print_ratio(FLOOR, BARE);

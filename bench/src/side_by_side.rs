@@ -196,8 +196,14 @@ impl Rounds {
     }
 
     /// `numerator` as a share of `denominator`, round by round, and the
-    /// median of those shares.
+    /// median of those shares (nothing if either was not measured).
     pub fn print_ratio(&self, numerator: &str, denominator: &str) {
+        if ![numerator, denominator]
+            .iter()
+            .all(|name| self.names.iter().any(|n| n == name))
+        {
+            return;
+        }
         let shares = self.shares(numerator, denominator);
         let each: Vec<String> = shares.iter().map(|s| format!("{s:.0} %")).collect();
         println!(
