@@ -235,8 +235,8 @@ async fn in_process() {
     }
 }
 
-/// Open loop: requests start at `rate` per second whatever the latency; the
-/// latency of each is measured from when it was sent.
+/// gRPC `Check` in an open loop at `rate` per second (see
+/// [`crate::load::open_loop`]); every check must be allowed.
 async fn grpc_latency(
     addr: SocketAddr,
     request: CheckRequest,
@@ -251,29 +251,20 @@ async fn grpc_latency(
         .expect("connect to ext-authz");
     let client = AuthorizationClient::new(channel);
     let request = Arc::new(request);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let total = u64::from(rate) * seconds;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..total {
-        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+    crate::load::open_loop(rate, seconds, move |_| {
         let (mut client, request) = (client.clone(), request.clone());
-        tasks.spawn(async move {
-            let sent = Instant::now();
+        async move {
             let response = client.check((*request).clone()).await;
-            (sent.elapsed(), response.is_ok_and(|r| allowed(r.get_ref())))
-        });
-    }
-    let mut latencies = Vec::with_capacity(total as usize);
-    while let Some(Ok((latency, ok))) = tasks.join_next().await {
-        assert!(ok, "check refused during the benchmark");
-        latencies.push(latency);
-    }
-    latencies.sort_unstable();
-    latencies
+            assert!(
+                response.is_ok_and(|r| allowed(r.get_ref())),
+                "check refused during the benchmark"
+            );
+        }
+    })
+    .await
 }
 
-/// Open loop through Envoy at `rate` per second.
+/// Open loop through Envoy at `rate` per second; every request must get a 200.
 pub(crate) async fn http_latency(
     url: &str,
     headers: &[(String, String)],
@@ -281,33 +272,22 @@ pub(crate) async fn http_latency(
     seconds: u64,
 ) -> Vec<Duration> {
     let http = gatehouse_e2e::client();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let total = u64::from(rate) * seconds;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..total {
-        tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let mut request = http.get(url);
-        for (k, v) in headers {
+    let (url, headers) = (url.to_owned(), headers.to_vec());
+    crate::load::open_loop(rate, seconds, move |_| {
+        let mut request = http.get(&url);
+        for (k, v) in &headers {
             request = request.header(k, v);
         }
-        tasks.spawn(async move {
-            let sent = Instant::now();
+        async move {
             let status = request
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
                 .unwrap_or(0);
-            (sent.elapsed(), status)
-        });
-    }
-    let mut latencies = Vec::with_capacity(total as usize);
-    while let Some(Ok((latency, status))) = tasks.join_next().await {
-        assert_eq!(status, 200, "request failed during the benchmark");
-        latencies.push(latency);
-    }
-    latencies.sort_unstable();
-    latencies
+            assert_eq!(status, 200, "request failed during the benchmark");
+        }
+    })
+    .await
 }
 
 /// A no-op ext_authz server: allows everything without looking at the

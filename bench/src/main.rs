@@ -13,6 +13,7 @@
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
 
 mod auth;
+mod load;
 mod ratelimit;
 mod side_by_side;
 
@@ -82,12 +83,17 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
-    /// Rate limiting over gRPC, straight at ratelimit-service on Redis.
+    /// Rate limiting over gRPC, straight at ratelimit-service: closed loop
+    /// (throughput), then open loop (latency), beside a no-op RLS.
     RatelimitGrpc {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Concurrent callers in the closed loop.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Open-loop rate, decisions per second (the throughput target).
+        #[arg(long, default_value_t = 25_000)]
+        rate: u32,
     },
     /// Rate limiting through Envoy, beside a no-op RLS and local_ratelimit.
     RatelimitEnvoy {
@@ -167,7 +173,8 @@ async fn run(command: Command) {
         Command::RatelimitGrpc {
             seconds,
             concurrency,
-        } => ratelimit::grpc(seconds, concurrency).await,
+            rate,
+        } => ratelimit::grpc(seconds, concurrency, rate).await,
         Command::RatelimitEnvoy {
             seconds,
             rounds,

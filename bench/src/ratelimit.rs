@@ -118,7 +118,7 @@ async fn redis(seconds: u64, concurrency: usize) {
     for descriptors in [1, 3] {
         let batch = std::sync::Arc::new(batch(descriptors));
         let (rules, store, metrics) = (rules.clone(), store.clone(), Metrics::default());
-        let latencies = closed_loop(seconds, concurrency, move |i| {
+        let latencies = crate::load::closed_loop(seconds, concurrency, move |i| {
             let (rules, store, batch, metrics) =
                 (rules.clone(), store.clone(), batch.clone(), metrics.clone());
             async move {
@@ -412,12 +412,31 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     measured.print_ratio(MEMORY, FLOOR_HEADERS);
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
     measured.print_ratio(FLOOR, BARE);
+    if only.is_empty() || only.iter().any(|o| o == "leases") {
+        let metrics = leasing.metrics().await;
+        let count = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (requests, from_leases, script_calls) = (
+            count("gatehouse_ratelimit_redis_requests_total"),
+            count("gatehouse_ratelimit_lease_requests_total"),
+            count("gatehouse_ratelimit_redis_script_calls_total"),
+        );
+        println!(
+            "{REDIS_LEASING}: {:.1} % of requests decided from leases, {script_calls} script calls for {requests} requests decided in Redis",
+            100.0 * from_leases / (from_leases + requests).max(1.0)
+        );
+    }
     cp.assert_no_nacks().await;
 }
 
-/// gRPC load generator straight at ratelimit-service on Redis: closed loop,
-/// `concurrency` callers over one HTTP/2 connection (as Envoy does).
-pub async fn grpc(seconds: u64, concurrency: usize) {
+/// gRPC load straight at ratelimit-service, over one HTTP/2 connection (as
+/// Envoy does): a closed loop of `concurrency` callers for throughput, then
+/// an open loop at `rate` decisions per second for latency.
+pub async fn grpc(seconds: u64, concurrency: usize, rate: u32) {
     use serde_json::json;
 
     let redis = gatehouse_e2e::redis::RedisServer::start().await;
@@ -451,10 +470,19 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
                 leasing.addr,
             ),
         ] {
-            let latencies = grpc_closed_loop(addr, descriptors, seconds, concurrency).await;
+            let call = grpc_call(addr, descriptors).await;
+            let latencies = crate::load::closed_loop(seconds, concurrency, call.clone()).await;
             report(
                 &format!(
                     "gRPC ShouldRateLimit to {what}, {descriptors} descriptor(s), {concurrency} concurrent"
+                ),
+                &latencies,
+                seconds,
+            );
+            let latencies = crate::load::open_loop(rate, seconds, call).await;
+            report(
+                &format!(
+                    "gRPC ShouldRateLimit to {what}, {descriptors} descriptor(s), open loop at {rate}/s"
                 ),
                 &latencies,
                 seconds,
@@ -463,12 +491,16 @@ pub async fn grpc(seconds: u64, concurrency: usize) {
     }
 }
 
-async fn grpc_closed_loop(
+/// One `ShouldRateLimit` call over a fresh connection to `addr`: the i-th
+/// asks about the i-th request of a [`batch`], and must be answered OK.
+async fn grpc_call(
     addr: std::net::SocketAddr,
     descriptors: usize,
-    seconds: u64,
-    concurrency: usize,
-) -> Vec<std::time::Duration> {
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
     use gatehouse_proto::ratelimit_service::rate_limit_service_client::RateLimitServiceClient;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -479,49 +511,17 @@ async fn grpc_closed_loop(
         .expect("connect");
     let batch = std::sync::Arc::new(batch(descriptors));
     let client = RateLimitServiceClient::new(channel);
-    closed_loop(seconds, concurrency, move |i| {
+    move |i| {
         let (mut client, batch) = (client.clone(), batch.clone());
-        async move {
+        Box::pin(async move {
             let answer = client
                 .should_rate_limit(batch[i % batch.len()].clone())
                 .await
                 .expect("answer")
                 .into_inner();
             assert_eq!(answer.overall_code, Code::Ok as i32);
-        }
-    })
-    .await
-}
-
-/// Closed loop for `seconds`: `concurrency` callers each run `call(i)` back
-/// to back (i = caller, caller + concurrency, ...). Every call's latency, sorted.
-async fn closed_loop<F, Fut>(seconds: u64, concurrency: usize, call: F) -> Vec<std::time::Duration>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
-    let mut callers = tokio::task::JoinSet::new();
-    for caller in 0..concurrency {
-        let call = call.clone();
-        callers.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = caller;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                call(i).await;
-                latencies.push(started.elapsed());
-                i += concurrency;
-            }
-            latencies
-        });
+        })
     }
-    let mut latencies = Vec::new();
-    while let Some(Ok(mut part)) = callers.join_next().await {
-        latencies.append(&mut part);
-    }
-    latencies.sort_unstable();
-    latencies
 }
 
 fn report(what: &str, latencies: &[std::time::Duration], seconds: u64) {
