@@ -337,11 +337,13 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
     }
     let calls = evalsha_calls(&server).await - before;
-    // Leases of 0 (first seen), 1, 2, 4, …, 64, then 100: 236 requests in
-    // 9 calls, the other 764 in 8 calls of 101.
+    // The first two requests are decided in Redis (the counter unseen,
+    // then a lease of 1); the other 998 from leases, each renewed by the
+    // request that leaves a quarter: 2, 4, then topped up to 8, 16, …, 64
+    // and 100 (12 more calls of 75).
     assert_eq!(
-        calls, 17,
-        "1,000 requests: each call decides one and leases up to 100"
+        calls, 21,
+        "1,000 requests: 2 decided in Redis, 19 top-ups of no hits"
     );
     let key = server.cli(&["KEYS", "gh:*"]).await;
     let stored: u64 = server
@@ -350,21 +352,21 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
         .parse()
         .expect("count");
     assert_eq!(
-        stored, 1044,
-        "Redis counted the leased hits, the 44 still held too"
+        stored, 1098,
+        "Redis counted the leased hits, the 98 still held too"
     );
     // What /metrics reports.
     let counters = store.redis_counters().expect("Redis");
-    assert_eq!(counters.redis_requests.get(), 17);
-    assert_eq!(counters.lease_requests.get(), 983);
-    assert_eq!(counters.script_calls.get(), 17);
+    assert_eq!(counters.redis_requests.get(), 2);
+    assert_eq!(counters.lease_requests.get(), 998);
+    assert_eq!(counters.script_calls.get(), 21);
     let metrics = gatehouse_ratelimit_service::metrics::Metrics::new(Some(counters)).render();
     assert!(
-        metrics.contains("gatehouse_ratelimit_lease_requests_total 983"),
+        metrics.contains("gatehouse_ratelimit_lease_requests_total 998"),
         "{metrics}"
     );
 
-    // A second later the 44 unspent hits go back to Redis.
+    // A second later the 98 unspent hits go back to Redis.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     store.return_due_leases().await;
     let stored: u64 = server
@@ -392,6 +394,39 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
     for key in keys {
         assert_eq!(server.cli(&["HGET", key, "c"]).await.trim(), "1", "{key}");
     }
+}
+
+/// A renewal is asked for along with a request the lease already decided:
+/// when Redis is gone, the renewal fails and the request stands, so a
+/// fail-closed limit keeps admitting what this instance holds.
+#[tokio::test]
+async fn a_held_lease_decides_while_its_renewal_fails() {
+    let mut server = RedisServer::start().await;
+    let store = leasing_redis_store(&server, 50, 100).await;
+    let mut closed = policy("closed", 10_000, 3600, rl::Algorithm::FixedWindow);
+    closed.fail_open = false;
+    let rules = rules(vec![closed]);
+    // Until the lease is topped up to 100 (see above): 2 in Redis, then
+    // leases of 1, 2, 4, … renewed at a quarter; 100 held after 98.
+    for _ in 0..98 {
+        assert!(ok(&ask(&rules, &store, &[("closed", "a")]).await));
+    }
+    let counters = store.redis_counters().expect("Redis");
+    let from_leases = counters.lease_requests.get();
+    server.kill().await;
+    // 74 spent without a call; the 75th leaves a quarter and its renewal
+    // fails, as do those of the 25 after it, which spend the rest.
+    for n in 0..100 {
+        assert!(
+            ok(&ask(&rules, &store, &[("closed", "a")]).await),
+            "request {n} after Redis went away, from the lease"
+        );
+    }
+    assert_eq!(counters.lease_requests.get(), from_leases + 100);
+    assert!(
+        !ok(&ask(&rules, &store, &[("closed", "a")]).await),
+        "spent: fail closed"
+    );
 }
 
 /// A limit of 7: an eighth of what is left is never a whole hit.

@@ -9,7 +9,10 @@
 //! counter's demand there, like TCP's slow start: nothing for a counter it
 //! has not seen within the last loan period (a client IP seen once never
 //! holds hits), then 1, 2, 4, … up to `max` while the counter stays busy,
-//! halved whenever a loan falls due with hits unspent. Leased hits are counted in Redis when they
+//! halved whenever a loan falls due with hits unspent. A lease is renewed
+//! before it runs out: the request that leaves a quarter of it asks Redis
+//! for more (its own answer comes from the lease), and the hits left serve
+//! the requests that arrive meanwhile. Leased hits are counted in Redis when they
 //! are handed out, so all instances together never admit more than the
 //! limit. A lease is a loan of at most a second: hits still unspent then go
 //! back to Redis (`refund.lua`, only while the window lasts), so an instance
@@ -39,6 +42,9 @@ const MAX_LEASES: usize = 100_000;
 const STALE_ASK_MS: u64 = 1_000;
 /// How long leased hits may stay unspent before they go back to Redis.
 pub const LOAN_MS: u64 = 1_000;
+/// A lease is renewed once no more than this fraction of its size is left
+/// (a quarter): enough for the requests that arrive during the round trip.
+const RENEW_AT_FRACTION: u64 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Lease {
@@ -72,9 +78,21 @@ pub struct Leases {
     held: Mutex<HashMap<String, Lease>>,
 }
 
-/// Hits taken from leases for one request, so they can be given back.
+/// Hits taken from leases for one request, so they can be given back, and
+/// the leases it found due for renewal.
 #[derive(Debug, Default)]
-pub struct Spent(Vec<(usize, u64)>);
+pub struct Spent {
+    taken: Vec<(usize, u64)>,
+    renew: Vec<usize>,
+}
+
+impl Spent {
+    /// The items decided from a lease that is now nearly spent: the caller
+    /// asks Redis for more hits along with them ([`Leases::ask`]).
+    pub fn renewals(&self) -> &[usize] {
+        &self.renew
+    }
+}
 
 impl Leases {
     /// Leases of up to `max` hits per counter; 0 turns leasing off.
@@ -169,7 +187,15 @@ impl Leases {
             lease.hits -= item.hits;
             lease.ran_out = lease.hits == 0;
             lease.seen_ms = now;
-            spent.0.push((i, item.hits));
+            spent.taken.push((i, item.hits));
+            // Nearly spent and no ask in flight: renewed now, so the hits
+            // left serve the requests that come during the round trip.
+            let asking = lease.asking > 0 && now < lease.asked_ms + STALE_ASK_MS;
+            if lease.hits * RENEW_AT_FRACTION <= lease.size && !asking {
+                // Spent in time: the next ask doubles the size.
+                lease.ran_out = true;
+                spent.renew.push(i);
+            }
             outcomes[i] = Some(Outcome {
                 allowed: true,
                 limit: lease.limit,
@@ -183,11 +209,11 @@ impl Leases {
 
     /// Returns the hits of a request that was refused after all.
     pub fn give_back(&self, items: &[Item], spent: Spent) {
-        if spent.0.is_empty() {
+        if spent.taken.is_empty() {
             return;
         }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        for (i, hits) in spent.0 {
+        for (i, hits) in spent.taken {
             if let Some(lease) = held.get_mut(&items[i].key) {
                 lease.hits += hits;
             }
@@ -365,17 +391,24 @@ mod tests {
         // Seen for the first time (a client IP passing by): nothing.
         assert_eq!(leases.ask(&a, 1_000), 0);
         leases.settle(&a, 0, None, 1_000);
-        // Busy: 1, then twice as much each time the lease runs out.
+        // Busy: 1, then twice as much each time a lease is spent in time,
+        // renewed when a quarter is left (an ask tops up what is held).
         let mut now = 1_010;
-        for expected in [1, 2, 4, 8, 16, 32, 50, 50] {
+        let mut asks = Vec::new();
+        while asks.len() < 8 {
             let asked = leases.ask(&a, now);
-            assert_eq!(asked, expected, "at {now}");
+            asks.push(asked);
             leases.settle(&a, asked, Some((asked, &granted(900, 50_000))), now);
-            for _ in 0..asked {
-                assert!(leases.spend(std::slice::from_ref(&a), now).0[0].is_some());
-            }
             now += 10;
+            loop {
+                let (outcomes, spent) = leases.spend(std::slice::from_ref(&a), now);
+                assert!(outcomes[0].is_some(), "covered until renewed, at {now}");
+                if !spent.renewals().is_empty() {
+                    break;
+                }
+            }
         }
+        assert_eq!(asks, [1, 2, 4, 7, 14, 28, 42, 38]);
         // Idle for longer than a loan: nothing again.
         assert_eq!(leases.ask(&a, now + LOAN_MS), 0);
     }
@@ -406,6 +439,37 @@ mod tests {
         // Once the window is over, what was held counts for nothing.
         warm(&leases, &a, 6_000);
         assert_eq!(leases.ask(&a, 6_000), 50);
+    }
+
+    #[test]
+    fn a_nearly_spent_lease_is_renewed_while_its_last_hits_serve() {
+        let leases = Leases::new(8);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        let spend = |now| leases.spend(std::slice::from_ref(&a), now);
+        warm(&leases, &a, 1_000);
+        let asked = leases.ask(&a, 1_000);
+        leases.settle(&a, asked, Some((8, &granted(900, 50_000))), 1_000);
+        for _ in 0..5 {
+            let (outcomes, spent) = spend(1_001);
+            assert!(outcomes[0].is_some() && spent.renewals().is_empty());
+        }
+        // The request that leaves a quarter is decided here and renews it...
+        let (outcomes, spent) = spend(1_001);
+        assert!(outcomes[0].is_some());
+        assert_eq!(spent.renewals(), [0]);
+        let renewal = leases.ask(&a, 1_001);
+        assert_eq!(renewal, 6, "topped up to the size, 2 still held");
+        // ...and while its ask is in flight the two left are spent, once.
+        for _ in 0..2 {
+            let (outcomes, spent) = spend(1_002);
+            assert!(outcomes[0].is_some() && spent.renewals().is_empty());
+        }
+        assert_eq!(spend(1_002).0, vec![None]);
+        // Spent out before the renewal landed: asks for the rest of the size.
+        assert_eq!(leases.ask(&a, 1_002), 2, "6 asked for in flight");
+        leases.settle(&a, 2, None, 1_002);
+        leases.settle(&a, renewal, Some((6, &granted(890, 49_000))), 1_001);
+        assert!(spend(1_003).0[0].is_some());
     }
 
     #[test]

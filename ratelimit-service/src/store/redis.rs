@@ -324,7 +324,8 @@ impl RedisStore {
 
     /// Decides a request's counters: those a lease covers here, the rest in
     /// Redis (with a lease asked for), all or nothing; a counter known to be
-    /// spent refuses at once.
+    /// spent refuses at once. A lease this request leaves nearly spent is
+    /// topped up in the same call (a call of no hits, asking only).
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
         let (mut leased, spent) = self.leases.spend(items, now);
@@ -333,11 +334,7 @@ impl RedisStore {
             return Ok(outcomes);
         }
         let asked: Vec<usize> = (0..items.len()).filter(|i| leased[*i].is_none()).collect();
-        if asked.is_empty() {
-            self.counters.lease_requests.inc();
-            return Ok(leased.into_iter().flatten().collect());
-        }
-        let calls: Vec<Call> = asked
+        let mut calls: Vec<Call> = asked
             .iter()
             .map(|i| Call {
                 item: &items[*i],
@@ -345,24 +342,43 @@ impl RedisStore {
                 lease: self.leases.ask(&items[*i], now),
             })
             .collect();
+        let renewals: Vec<Call> = spent
+            .renewals()
+            .iter()
+            .map(|i| Call {
+                item: &items[*i],
+                hits: 0,
+                lease: self.leases.ask(&items[*i], now),
+            })
+            .filter(|call| call.lease > 0)
+            .collect();
+        if calls.is_empty() && renewals.is_empty() {
+            self.counters.lease_requests.inc();
+            return Ok(leased.into_iter().flatten().collect());
+        }
+        calls.extend(renewals);
         let values = match self.decide(&calls, now).await {
-            Ok(values) => {
-                self.counters.redis_requests.inc();
-                values
-            }
+            Ok(values) => values,
             Err(e) => {
                 for call in &calls {
                     self.leases.settle(call.item, call.lease, None, now);
                 }
-                self.leases.give_back(items, spent);
-                return Err(e);
+                if !asked.is_empty() {
+                    self.leases.give_back(items, spent);
+                    return Err(e);
+                }
+                // Decided from leases all the same; only the top-up failed.
+                self.counters.lease_requests.inc();
+                return Ok(leased.into_iter().flatten().collect());
             }
         };
+        if asked.is_empty() {
+            self.counters.lease_requests.inc();
+        } else {
+            self.counters.redis_requests.inc();
+        }
         let mut granted = Vec::new();
-        for (call, (i, v)) in calls
-            .iter()
-            .zip(asked.iter().zip(values.chunks(REPLY_WIDTH)))
-        {
+        for (n, (call, v)) in calls.iter().zip(values.chunks(REPLY_WIDTH)).enumerate() {
             let decided = Outcome {
                 allowed: v[0] == 1,
                 remaining: v[1].max(0) as u64,
@@ -373,11 +389,14 @@ impl RedisStore {
             };
             let lease = v[4].max(0) as u64;
             granted.push((call, lease, decided));
-            // This instance's own lease is left to it too.
-            leased[*i] = Some(Outcome {
-                remaining: decided.remaining + lease,
-                ..decided
-            });
+            // A renewal's request was decided by its lease already.
+            if let Some(i) = asked.get(n) {
+                // This instance's own lease is left to it too.
+                leased[*i] = Some(Outcome {
+                    remaining: decided.remaining + lease,
+                    ..decided
+                });
+            }
         }
         let outcomes: Vec<Outcome> = leased.into_iter().flatten().collect();
         let admitted = super::admits(items, &outcomes);
