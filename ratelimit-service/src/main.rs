@@ -40,9 +40,9 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_REDIS_TIMEOUT_MS", default_value_t = 5)]
     redis_timeout_ms: u64,
 
-    /// Redis only: take up to this many hits of a busy window counter (fixed
-    /// or sliding) from Redis ahead of use, at most an eighth of what the
-    /// window has left, and spend them here without a Redis round trip.
+    /// Redis only: take up to this many hits of a busy counter (a window's
+    /// count or a bucket's tokens) from Redis ahead of use, at most an eighth
+    /// of what it has left, and spend them here without a Redis round trip.
     /// Instances together still never admit more than the limit; hits
     /// unspent after a second go back to Redis. 0 asks Redis on every
     /// request.

@@ -4,14 +4,15 @@
 -- KEYS: the counters, a request's consecutive. ARGV, eight per key:
 -- algorithm (0 fixed window, 1 sliding window, 2 token bucket), requests,
 -- period_ms, burst, hits, shadow (1: counts, never blocks), lease (how many
--- more hits of a window counter the caller would like to take now and spend
+-- more hits of the counter the caller would like to take now and spend
 -- itself; 0 for none), request (the same for the counters of one request).
 -- Time comes from Redis (TIME), so gateways with skewed clocks agree, and
 -- every key has a TTL (set when a window counter starts a window, and on
 -- every token bucket write). Returns five integers per key: allowed (0/1),
 -- remaining, reset_ms, limit, leased. Mirrors src/algorithm.rs; a lease is
--- at most an eighth of what the window has left after this request, and
--- only granted if the whole request is admitted (see src/store/lease.rs).
+-- at most an eighth of what the window (or the bucket) has left after this
+-- request, and only granted if the whole request is admitted (see
+-- src/store/lease.rs).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local results = {}
@@ -43,7 +44,8 @@ while first <= #KEYS do
       allowed = tokens >= hits
       local left = tokens
       if allowed then
-        left = tokens - hits
+        leased = math.min(lease, math.floor((tokens - hits) / 8))
+        left = tokens - hits - leased
         reset = math.ceil((capacity - left) / rate)
       else
         reset = math.ceil((hits - tokens) / rate)

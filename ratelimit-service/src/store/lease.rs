@@ -1,10 +1,11 @@
-//! Leases: hits of a window counter an instance took from Redis ahead of
-//! use and spends itself, so most requests of a busy counter need no Redis
-//! round trip (`--redis-lease-max`, 0 turns leasing off).
+//! Leases: hits of a counter (a window's count or a bucket's tokens) an
+//! instance took from Redis ahead of use and spends itself, so most
+//! requests of a busy counter need no Redis round trip
+//! (`--redis-lease-max`, 0 turns leasing off).
 //!
-//! When Redis admits a request it may hand out more hits of each window
-//! counter the request touched, never more than an eighth of what the
-//! window has left (`decide.lua`), so the last hits of a window are still
+//! When Redis admits a request it may hand out more hits of each counter
+//! the request touched, never more than an eighth of what the window (or
+//! bucket) has left (`decide.lua`), so the last hits of a window are still
 //! decided one by one in Redis. How many an instance asks for follows the
 //! counter's demand there, like TCP's slow start: nothing for a counter it
 //! has not seen within the last loan period (a client IP seen once never
@@ -15,14 +16,15 @@
 //! the requests that arrive meanwhile. Leased hits are counted in Redis when they
 //! are handed out, so all instances together never admit more than the
 //! limit. A lease is a loan of at most a second: hits still unspent then go
-//! back to Redis (`refund.lua`, only while the window lasts), so an instance
-//! whose traffic moved elsewhere does not keep them from the others. A lease
-//! also ends with its window, as measured from before the Redis call, so it
-//! never outlives the window it was counted in. What a lease costs: for up
-//! to a second, hits one instance holds are not available to the others (at
-//! most `max` per instance and counter; lost if the instance dies), and the
+//! back to Redis (`refund.lua`: a window's only while it lasts, a bucket's
+//! capped at its capacity), so an instance whose traffic moved elsewhere
+//! does not keep them from the others. A window's lease also ends with its
+//! window, as measured from before the Redis call, so it never outlives the
+//! window it was counted in; a bucket's tokens, once taken, stay valid until
+//! spent or given back. What a lease costs: for up to a second, hits one
+//! instance holds are not available to the others (at most `max` per
+//! instance and counter; lost if the instance dies), and the
 //! `RateLimit-Remaining` an instance reports counts its own lease as left.
-//! Token buckets are always decided in Redis.
 
 use std::{
     collections::HashMap,
@@ -54,8 +56,12 @@ struct Lease {
     asking: u64,
     /// When the latest ask was made (local unix ms).
     asked_ms: u64,
-    /// Local unix ms at which the window ends (or earlier).
+    /// Local unix ms at which the hits stop being valid: the window's end
+    /// (or earlier); never for a bucket's tokens.
     expires_ms: u64,
+    /// Local unix ms at which the counter resets, for `RateLimit-Reset`:
+    /// the window's end, or when the bucket would be full.
+    resets_ms: u64,
     /// Local unix ms at which unspent hits go back to Redis.
     due_ms: u64,
     /// The counter's rule, to give hits back.
@@ -112,7 +118,7 @@ impl Leases {
     /// instance holds, and asks for in calls in flight, stays within the
     /// maximum. Every ask is settled with [`Leases::settle`].
     pub fn ask(&self, item: &Item, now: u64) -> u64 {
-        if self.max == 0 || item.rule.algorithm == Algorithm::TokenBucket {
+        if self.max == 0 {
             return 0;
         }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -124,6 +130,7 @@ impl Leases {
             asking: 0,
             asked_ms: 0,
             expires_ms: 0,
+            resets_ms: 0,
             due_ms: 0,
             rule: item.rule,
             limit: 0,
@@ -200,7 +207,7 @@ impl Leases {
                 allowed: true,
                 limit: lease.limit,
                 remaining: lease.remaining_elsewhere + lease.hits,
-                reset_ms: lease.expires_ms - now,
+                reset_ms: lease.resets_ms.saturating_sub(now),
                 next: Counter::NONE,
             });
         }
@@ -239,7 +246,12 @@ impl Leases {
             hits: leased,
             asking: old.asking,
             asked_ms: old.asked_ms,
-            expires_ms: asked_at + outcome.reset_ms,
+            expires_ms: if item.rule.algorithm == Algorithm::TokenBucket {
+                u64::MAX
+            } else {
+                asked_at + outcome.reset_ms
+            },
+            resets_ms: asked_at + outcome.reset_ms,
             // Renewed while this instance keeps asking.
             due_ms: asked_at + LOAN_MS,
             rule: item.rule,
@@ -280,14 +292,14 @@ impl Leases {
         due
     }
 
-    /// Drops leases whose window has ended.
+    /// Drops leases that hold nothing valid and whose counter is idle.
     pub fn sweep(&self) {
         let now = super::memory::now_ms();
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, lease| {
-                lease.expires_ms > now
+                (lease.hits > 0 && lease.expires_ms > now)
                     || now < lease.seen_ms + LOAN_MS
                     || (lease.asking > 0 && now < lease.asked_ms + STALE_ASK_MS)
             });
@@ -295,7 +307,8 @@ impl Leases {
 }
 
 /// A new lease, plus what is left of the old one if both are of the same
-/// window (their ends less than half a period apart).
+/// window (their ends less than half a period apart; a bucket's tokens
+/// always add up).
 fn merged(old: Lease, new: Lease, period_ms: u64, now: u64) -> Lease {
     let same_window =
         old.expires_ms > now && old.expires_ms.abs_diff(new.expires_ms) < period_ms / 2;
@@ -374,14 +387,24 @@ mod tests {
     }
 
     #[test]
-    fn token_buckets_are_never_leased() {
+    fn a_buckets_tokens_stay_valid_past_its_reset_and_go_back_when_due() {
         let leases = Leases::new(50);
         let bucket = item("a", Algorithm::TokenBucket, 1);
-        warm(&leases, &bucket, 0);
-        assert_eq!(leases.ask(&bucket, 0), 0);
-        let window = item("a", Algorithm::SlidingWindow, 1);
-        warm(&leases, &window, 0);
-        assert_eq!(leases.ask(&window, 0), 50);
+        warm(&leases, &bucket, 1_000);
+        assert_eq!(leases.ask(&bucket, 1_000), 50);
+        // Redis took 5 tokens more; the bucket would be full again in 600 ms.
+        leases.settle(&bucket, 50, Some((5, &granted(20, 600))), 1_000);
+        let (first, _) = leases.spend(std::slice::from_ref(&bucket), 1_100);
+        assert_eq!(first[0].map(|o| o.reset_ms), Some(500));
+        // Taken tokens do not expire with the refill.
+        let (late, _) = leases.spend(std::slice::from_ref(&bucket), 1_700);
+        assert_eq!(late[0].map(|o| o.reset_ms), Some(0));
+        let due = leases.take_due(2_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].hits, due[0].rule.algorithm),
+            (3, Algorithm::TokenBucket)
+        );
     }
 
     #[test]
