@@ -18,12 +18,14 @@ const PACING_SLOT: Duration = Duration::from_micros(200);
 /// from one slot after its scheduled time if it was released later than
 /// that: up to one slot of pacing is the generator's rounding, beyond it
 /// a stall (generator, server, VM), which shows in the figures instead of
-/// thinning the load, as with `oha --latency-correction`.
-/// Every call's latency, sorted.
-pub async fn open_loop<F, Fut>(rate: u32, seconds: u64, call: F) -> Vec<Duration>
+/// thinning the load, as with `oha --latency-correction`. A call's future
+/// answers whether it succeeded: past a server's capacity calls fail
+/// (queues overflow) rather than the run.
+/// Every call's latency, sorted, and how many calls failed.
+pub async fn open_loop<F, Fut>(rate: u32, seconds: u64, call: F) -> (Vec<Duration>, usize)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
 {
     let total = u64::from(rate) * seconds;
     let counted_from = move |started: Instant, i: u64, released: Instant| {
@@ -55,17 +57,19 @@ where
             let call = call.clone();
             let from = counted_from(started, i, released_at);
             calls.spawn(async move {
-                call(i as usize).await;
-                from.elapsed()
+                let succeeded = call(i as usize).await;
+                (from.elapsed(), succeeded)
             });
         }
     }
-    let mut latencies = Vec::with_capacity(total as usize);
+    let (mut latencies, mut failed) = (Vec::with_capacity(total as usize), 0);
     while let Some(joined) = calls.join_next().await {
-        latencies.push(joined.expect("a call failed"));
+        let (latency, succeeded) = joined.expect("a call panicked");
+        latencies.push(latency);
+        failed += usize::from(!succeeded);
     }
     latencies.sort_unstable();
-    latencies
+    (latencies, failed)
 }
 
 /// Closed loop for `seconds`: `concurrency` callers each run `call(i)` back
@@ -93,7 +97,7 @@ where
     }
     let mut latencies = Vec::new();
     while let Some(joined) = callers.join_next().await {
-        latencies.append(&mut joined.expect("a call failed"));
+        latencies.append(&mut joined.expect("a call panicked"));
     }
     latencies.sort_unstable();
     latencies
@@ -107,12 +111,15 @@ mod tests {
     async fn the_open_loop_makes_every_call_once() {
         let made = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = made.clone();
-        let latencies = open_loop(2_000, 1, move |i| {
+        let (latencies, failed) = open_loop(2_000, 1, move |i| {
             let seen = seen.clone();
-            async move { seen.lock().expect("not poisoned").push(i) }
+            async move {
+                seen.lock().expect("not poisoned").push(i);
+                i % 10 != 0
+            }
         })
         .await;
-        assert_eq!(latencies.len(), 2_000);
+        assert_eq!((latencies.len(), failed), (2_000, 200));
         let mut made = made.lock().expect("not poisoned").clone();
         made.sort_unstable();
         assert_eq!(made, (0..2_000).collect::<Vec<_>>());
