@@ -67,6 +67,11 @@ impl Metrics {
                 "Requests decided from hits leased from Redis, without a round trip",
                 redis.lease_requests,
             );
+            registry.register(
+                "lease_renewals_in_flight",
+                "Lease renewals sent to Redis and not answered yet",
+                redis.renewals_in_flight,
+            );
         }
         let decisions = Family::default();
         registry.register(

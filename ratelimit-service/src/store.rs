@@ -28,6 +28,8 @@ pub struct RedisCounters {
     pub script_calls: prometheus_client::metrics::counter::Counter,
     /// Requests decided from leased hits alone, without Redis.
     pub lease_requests: prometheus_client::metrics::counter::Counter,
+    /// Lease renewals sent and not answered yet.
+    pub renewals_in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

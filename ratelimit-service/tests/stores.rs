@@ -75,6 +75,23 @@ async fn ask(rules: &Rules, store: &Store, descriptors: &[(&str, &str)]) -> Rate
         .expect("decision")
 }
 
+/// [`ask`], then waits for the lease renewals it sent (in the background)
+/// to be answered, so that what the next request finds is deterministic.
+async fn ask_settled(
+    rules: &Rules,
+    store: &Store,
+    descriptors: &[(&str, &str)],
+) -> RateLimitResponse {
+    let answer = ask(rules, store, descriptors).await;
+    let counters = store.redis_counters().expect("Redis");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counters.renewals_in_flight.get() > 0 {
+        assert!(Instant::now() < deadline, "a renewal was never answered");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    answer
+}
+
 fn ok(response: &RateLimitResponse) -> bool {
     response.overall_code == Code::Ok as i32
 }
@@ -332,10 +349,10 @@ async fn a_leasing_instance_asks_redis_once_per_lease() {
     let store = leasing_redis_store(&server, 1000, 100).await;
     let rules = rules(vec![policy("p", 10_000, 3600, rl::Algorithm::FixedWindow)]);
     let before = evalsha_calls(&server).await;
-    let first = ask(&rules, &store, &[("p", "a")]).await;
+    let first = ask_settled(&rules, &store, &[("p", "a")]).await;
     assert_eq!(first.statuses[0].limit_remaining, 9_999);
     for _ in 0..999 {
-        assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
+        assert!(ok(&ask_settled(&rules, &store, &[("p", "a")]).await));
     }
     let calls = evalsha_calls(&server).await - before;
     // The first two requests are decided in Redis (the counter unseen,
@@ -410,7 +427,7 @@ async fn a_held_lease_decides_while_its_renewal_fails() {
     // Until the lease is topped up to 100 (see above): 2 in Redis, then
     // leases of 1, 2, 4, … renewed at a quarter; 100 held after 98.
     for _ in 0..98 {
-        assert!(ok(&ask(&rules, &store, &[("closed", "a")]).await));
+        assert!(ok(&ask_settled(&rules, &store, &[("closed", "a")]).await));
     }
     let counters = store.redis_counters().expect("Redis");
     let from_leases = counters.lease_requests.get();

@@ -57,13 +57,23 @@ impl Batcher {
 
     /// The script's reply for `counters` (five values per counter).
     pub async fn decide(&self, counters: Vec<Counter>) -> Result<Vec<i64>, StoreError> {
+        self.submit(counters).await
+    }
+
+    /// Queues `counters` now (so they join the next batch) and answers
+    /// with a future of the script's reply that borrows nothing.
+    pub fn submit(
+        &self,
+        counters: Vec<Counter>,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Waiting { counters, reply })
-            .map_err(|_| StoreError::Unavailable("Redis batcher stopped".into()))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("Redis batch dropped".into())))
+        let queued = self.queue.send(Waiting { counters, reply });
+        async move {
+            queued.map_err(|_| StoreError::Unavailable("Redis batcher stopped".into()))?;
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("Redis batch dropped".into())))
+        }
     }
 }
 

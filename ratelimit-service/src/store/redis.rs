@@ -63,10 +63,10 @@ pub struct RedisStore {
     refund: redis::Script,
     timeout: Duration,
     /// Unix ms until which Redis is not tried (after a failure).
-    skip_until_ms: AtomicU64,
+    skip_until_ms: Arc<AtomicU64>,
     /// Counter keys over their limit, until (unix ms) they reset.
     known_over: Mutex<HashMap<String, u64>>,
-    leases: Leases,
+    leases: Arc<Leases>,
     /// Sends the decisions of many requests as one call (single Redis);
     /// started on first use, on the runtime that serves.
     batcher: OnceLock<Batcher>,
@@ -143,9 +143,9 @@ impl RedisStore {
             script: redis::Script::new(include_str!("decide.lua")),
             refund: redis::Script::new(include_str!("refund.lua")),
             timeout,
-            skip_until_ms: AtomicU64::new(0),
+            skip_until_ms: Arc::default(),
             known_over: Mutex::new(HashMap::new()),
-            leases: Leases::new(0),
+            leases: Arc::new(Leases::new(0)),
             batcher: OnceLock::new(),
             counters: RedisCounters::default(),
         }
@@ -155,7 +155,7 @@ impl RedisStore {
     /// use and spends them locally (see `lease.rs`); 0, the default here
     /// (the binary's is 100), decides every request in Redis.
     pub fn with_leases(mut self, max: u64) -> Self {
-        self.leases = Leases::new(max);
+        self.leases = Arc::new(Leases::new(max));
         self
     }
 
@@ -325,7 +325,8 @@ impl RedisStore {
     /// Decides a request's counters: those a lease covers here, the rest in
     /// Redis (with a lease asked for), all or nothing; a counter known to be
     /// spent refuses at once. A lease this request leaves nearly spent is
-    /// topped up in the same call (a call of no hits, asking only).
+    /// topped up by a call of no hits, asking only: in the same call if the
+    /// request goes to Redis anyway, otherwise without waiting for it.
     pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
         let (mut leased, spent) = self.leases.spend(items, now);
@@ -352,42 +353,28 @@ impl RedisStore {
             })
             .filter(|call| call.lease > 0)
             .collect();
-        if calls.is_empty() && renewals.is_empty() {
+        if calls.is_empty() {
             self.counters.lease_requests.inc();
+            self.renew(&renewals, now).await;
             return Ok(leased.into_iter().flatten().collect());
         }
         calls.extend(renewals);
         let values = match self.decide(&calls, now).await {
-            Ok(values) => values,
+            Ok(values) => {
+                self.counters.redis_requests.inc();
+                values
+            }
             Err(e) => {
                 for call in &calls {
                     self.leases.settle(call.item, call.lease, None, now);
                 }
-                if !asked.is_empty() {
-                    self.leases.give_back(items, spent);
-                    return Err(e);
-                }
-                // Decided from leases all the same; only the top-up failed.
-                self.counters.lease_requests.inc();
-                return Ok(leased.into_iter().flatten().collect());
+                self.leases.give_back(items, spent);
+                return Err(e);
             }
         };
-        if asked.is_empty() {
-            self.counters.lease_requests.inc();
-        } else {
-            self.counters.redis_requests.inc();
-        }
         let mut granted = Vec::new();
         for (n, (call, v)) in calls.iter().zip(values.chunks(REPLY_WIDTH)).enumerate() {
-            let decided = Outcome {
-                allowed: v[0] == 1,
-                remaining: v[1].max(0) as u64,
-                reset_ms: v[2].max(0) as u64,
-                limit: v[3].max(0) as u64,
-                // The state lives in Redis.
-                next: Counter::NONE,
-            };
-            let lease = v[4].max(0) as u64;
+            let (decided, lease) = reply(v);
             granted.push((call, lease, decided));
             // A renewal's request was decided by its lease already.
             if let Some(i) = asked.get(n) {
@@ -412,6 +399,62 @@ impl RedisStore {
         Ok(outcomes)
     }
 
+    /// Tops up nearly spent leases for a request already answered from
+    /// them: on a single Redis in the background, so the request does not
+    /// wait for it; on a cluster before returning. A renewal that fails or
+    /// is refused hands out nothing.
+    async fn renew(&self, renewals: &[Call<'_>], now: u64) {
+        if renewals.is_empty() {
+            return;
+        }
+        let asked: Vec<(Item, u64)> = renewals.iter().map(|c| (c.item.clone(), c.lease)).collect();
+        let Connection::Single(connection) = &self.connection else {
+            let values = self.decide(renewals, now).await.ok();
+            settle_renewals(&self.leases, &asked, values.as_deref(), now);
+            return;
+        };
+        if now < self.skip_until_ms.load(Ordering::Relaxed) {
+            settle_renewals(&self.leases, &asked, None, now);
+            return;
+        }
+        let answer = self.batcher(connection).submit(
+            renewals
+                .iter()
+                .map(|c| (c.item.key.clone(), c.args()))
+                .collect(),
+        );
+        let (leases, skip_until_ms, in_flight) = (
+            self.leases.clone(),
+            self.skip_until_ms.clone(),
+            self.counters.renewals_in_flight.clone(),
+        );
+        in_flight.inc();
+        tokio::spawn(async move {
+            let values = answer
+                .await
+                .ok()
+                .filter(|v| v.len() == asked.len() * REPLY_WIDTH);
+            if values.is_none() {
+                skip_until_ms.store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
+            }
+            settle_renewals(&leases, &asked, values.as_deref(), now);
+            in_flight.dec();
+        });
+    }
+
+    /// The single Redis's batcher, started on first use on the runtime
+    /// that serves.
+    fn batcher(&self, connection: &ConnectionManager) -> &Batcher {
+        self.batcher.get_or_init(|| {
+            Batcher::start(
+                connection.clone(),
+                self.script.clone(),
+                self.timeout,
+                self.counters.script_calls.clone(),
+            )
+        })
+    }
+
     /// Asks Redis (the script's reply, `REPLY_WIDTH` values per call);
     /// leaves Redis alone for a moment after a failure.
     async fn decide(&self, calls: &[Call<'_>], now: u64) -> Result<Vec<i64>, StoreError> {
@@ -422,19 +465,11 @@ impl RedisStore {
         }
         let result = match &self.connection {
             Connection::Single(connection) => {
-                let batcher = self.batcher.get_or_init(|| {
-                    Batcher::start(
-                        connection.clone(),
-                        self.script.clone(),
-                        self.timeout,
-                        self.counters.script_calls.clone(),
-                    )
-                });
                 let counters = calls
                     .iter()
                     .map(|call| (call.item.key.clone(), call.args()))
                     .collect();
-                batcher.decide(counters).await
+                self.batcher(connection).decide(counters).await
             }
             Connection::Cluster { .. } => {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -599,6 +634,32 @@ fn hash_tag(key: &str) -> &str {
                 .map(|close| &rest[..close])
         })
         .unwrap_or(key)
+}
+
+/// An outcome as the script answered it (`REPLY_WIDTH` values), and the
+/// hits it leased.
+fn reply(v: &[i64]) -> (Outcome, u64) {
+    let decided = Outcome {
+        allowed: v[0] == 1,
+        remaining: v[1].max(0) as u64,
+        reset_ms: v[2].max(0) as u64,
+        limit: v[3].max(0) as u64,
+        // The state lives in Redis.
+        next: Counter::NONE,
+    };
+    (decided, v[4].max(0) as u64)
+}
+
+/// Settles renewals (item, hits asked) with the script's reply for them, or
+/// `None` if the call failed: a refused renewal hands out nothing.
+fn settle_renewals(leases: &Leases, asked: &[(Item, u64)], values: Option<&[i64]>, now: u64) {
+    for (n, (item, lease)) in asked.iter().enumerate() {
+        let granted = values
+            .map(|v| reply(&v[n * REPLY_WIDTH..(n + 1) * REPLY_WIDTH]))
+            .filter(|(decided, _)| decided.allowed);
+        let granted = granted.as_ref().map(|(decided, hits)| (*hits, decided));
+        leases.settle(item, *lease, granted, now);
+    }
 }
 
 #[cfg(test)]
