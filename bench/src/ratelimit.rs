@@ -413,24 +413,29 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
     measured.print_ratio(FLOOR, BARE);
     if only.is_empty() || only.iter().any(|o| o == "leases") {
-        let metrics = leasing.metrics().await;
-        let count = |name: &str| {
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let (requests, from_leases, script_calls) = (
-            count("gatehouse_ratelimit_redis_requests_total"),
-            count("gatehouse_ratelimit_lease_requests_total"),
-            count("gatehouse_ratelimit_redis_script_calls_total"),
-        );
-        println!(
-            "{REDIS_LEASING}: {:.1} % of requests decided from leases, {script_calls} script calls for {requests} requests decided in Redis",
-            100.0 * from_leases / (from_leases + requests).max(1.0)
-        );
+        print_lease_share(REDIS_LEASING, &leasing).await;
     }
     cp.assert_no_nacks().await;
+}
+
+/// How many of `service`'s requests so far were decided from leases.
+async fn print_lease_share(what: &str, service: &gatehouse_e2e::Sidecar) {
+    let metrics = service.metrics().await;
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (requests, from_leases, script_calls) = (
+        count("gatehouse_ratelimit_redis_requests_total"),
+        count("gatehouse_ratelimit_lease_requests_total"),
+        count("gatehouse_ratelimit_redis_script_calls_total"),
+    );
+    println!(
+        "{what}: {:.1} % of requests decided from leases, {script_calls} script calls for {requests} requests decided in Redis",
+        100.0 * from_leases / (from_leases + requests).max(1.0)
+    );
 }
 
 /// gRPC load straight at ratelimit-service, over one HTTP/2 connection (as
@@ -493,6 +498,11 @@ pub async fn grpc(seconds: u64, concurrency: usize, rate: u32) {
                 seconds,
             );
         }
+        print_lease_share(
+            &format!("ratelimit-service with leases, after the {descriptors}-descriptor runs"),
+            &leasing,
+        )
+        .await;
     }
 }
 
