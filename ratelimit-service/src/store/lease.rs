@@ -12,8 +12,9 @@
 //! holds hits), then 1, 2, 4, … up to `max` while the counter stays busy,
 //! halved whenever a loan falls due with hits unspent. A lease is renewed
 //! before it runs out: the request that leaves a quarter of it asks Redis
-//! for more (its own answer comes from the lease), and the hits left serve
-//! the requests that arrive meanwhile. Leased hits are counted in Redis when they
+//! for more (its own answer comes from the lease; `redis.rs` sends the ask
+//! without waiting for it), and the hits left serve the requests that
+//! arrive meanwhile. Leased hits are counted in Redis when they
 //! are handed out, so all instances together never admit more than the
 //! limit. A lease is a loan of at most a second: hits still unspent then go
 //! back to Redis (`refund.lua`: a window's only while it lasts, a bucket's
