@@ -119,12 +119,17 @@ pub async fn serve(
     served
 }
 
-/// Gives unspent leased hits back to Redis once their loan is due.
+/// Gives unspent leased hits back to Redis once their loan is due, and all
+/// of them when the service stops (after its last request), so a restart,
+/// such as a rolling deploy, keeps no hits from the other instances.
 async fn return_leases(store: Arc<Store>, stop: CancellationToken) {
     let every = Duration::from_millis(store::lease::LOAN_MS / 4);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                store.return_all_leases().await;
+                return;
+            }
             () = tokio::time::sleep(every) => {}
         }
         store.return_due_leases().await;

@@ -100,6 +100,14 @@ impl Store {
         }
     }
 
+    /// Gives every unspent leased hit back to Redis (the service is
+    /// stopping).
+    pub async fn return_all_leases(&self) {
+        if let Store::Redis { redis, .. } = self {
+            redis.return_all_leases().await;
+        }
+    }
+
     /// Whether the Redis backend leases hits (see `store/lease.rs`).
     pub fn leasing(&self) -> bool {
         matches!(self, Store::Redis { redis, .. } if redis.leasing())

@@ -479,13 +479,7 @@ impl ControlPlane {
 
     /// Sends SIGTERM and waits for the exit code (None: killed by a signal).
     pub async fn terminate(&mut self) -> Option<i32> {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        self.child.wait().await.ok().and_then(|s| s.code())
+        terminate(&mut self.child).await
     }
 
     /// Kills the process at once (as a crash would).
@@ -1051,6 +1045,23 @@ impl Sidecar {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Sends SIGTERM and waits for the exit code (None: killed by a signal).
+    pub async fn terminate(&mut self) -> Option<i32> {
+        terminate(&mut self.child).await
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for its exit code (None: killed by a
+/// signal).
+async fn terminate(child: &mut Child) -> Option<i32> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    child.wait().await.ok().and_then(|s| s.code())
 }
 
 impl Drop for Sidecar {

@@ -338,6 +338,63 @@ async fn plan_quotas_hold_on_routes_whose_jwts_envoy_verifies() {
     assert_eq!(upgraded.header("ratelimit-limit"), Some("100"));
 }
 
+/// A stopping instance gives back every hit it holds: after SIGTERM,
+/// Redis counts exactly the admitted requests, so a rolling restart keeps
+/// no quota from the other instances.
+#[tokio::test]
+async fn a_stopping_instance_gives_its_leased_hits_back() {
+    let redis = RedisServer::start().await;
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    cp.apply(
+        "/v1/rate-limit-policies/drained",
+        json!({"limit": {"requests": 100_000, "per": "hour"}, "global": true}),
+    )
+    .await;
+    // Not across an hour boundary (Redis runs on this machine's clock).
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64 % 3_600_000);
+    if into_hour > 3_600_000 - 5_000 {
+        tokio::time::sleep(Duration::from_millis(3_600_000 - into_hour + 200)).await;
+    }
+    let url = format!("--redis-url={}", redis.url());
+    let mut limiter = Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", limiter.addr))
+        .await
+        .expect("connect");
+    let request = RateLimitRequest {
+        domain: rl::DOMAIN.into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "policy".into(),
+                value: "drained".into(),
+            }],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    };
+    for _ in 0..200 {
+        let answer = client
+            .should_rate_limit(request.clone())
+            .await
+            .expect("answer")
+            .into_inner();
+        assert_eq!(answer.overall_code, Code::Ok as i32);
+    }
+    let count = || async {
+        let key = redis.cli(&["KEYS", "gh:*drained*"]).await;
+        redis
+            .cli(&["HGET", key.trim(), "c"])
+            .await
+            .trim()
+            .parse::<u64>()
+            .expect("a count")
+    };
+    assert!(count().await > 200, "the instance holds a lease");
+    assert_eq!(limiter.terminate().await, Some(0), "a clean stop");
+    assert_eq!(count().await, 200, "every unspent hit went back");
+}
+
 /// Three instances on skewed clocks, deciding every request in Redis and
 /// then with leases (`--redis-lease-max`): one limit either way.
 #[tokio::test]

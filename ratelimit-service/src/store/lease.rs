@@ -19,12 +19,13 @@
 //! limit. A lease is a loan of at most a second: hits still unspent then go
 //! back to Redis (`refund.lua`: a window's only while it lasts, a bucket's
 //! capped at its capacity), so an instance whose traffic moved elsewhere
-//! does not keep them from the others. A window's lease also ends with its
+//! does not keep them from the others; a stopping instance gives back all it
+//! holds ([`Leases::take_all`]). A window's lease also ends with its
 //! window, as measured from before the Redis call, so it never outlives the
 //! window it was counted in; a bucket's tokens, once taken, stay valid until
 //! spent or given back. What a lease costs: for up to a second, hits one
 //! instance holds are not available to the others (at most `max` per
-//! instance and counter; lost if the instance dies), and the
+//! instance and counter; lost if the instance is killed), and the
 //! `RateLimit-Remaining` an instance reports counts its own lease as left.
 
 use std::{
@@ -269,13 +270,23 @@ impl Leases {
     /// to Redis (those of ended windows are simply dropped: their counter
     /// has reset).
     pub fn take_due(&self, now: u64) -> Vec<Item> {
+        self.take(now, false)
+    }
+
+    /// Takes every unspent hit, due or not (the instance is stopping: what
+    /// it holds goes back so that no instance is kept from it).
+    pub fn take_all(&self, now: u64) -> Vec<Item> {
+        self.take(now, true)
+    }
+
+    fn take(&self, now: u64, all: bool) -> Vec<Item> {
         if self.max == 0 {
             return Vec::new();
         }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
         for (key, lease) in held.iter_mut() {
-            if lease.hits == 0 || lease.due_ms > now {
+            if lease.hits == 0 || (lease.due_ms > now && !all) {
                 continue;
             }
             // Asked for more than was used: ask for less.
@@ -545,6 +556,25 @@ mod tests {
         assert_eq!((due[0].key.as_str(), due[0].hits), ("a", 4));
         assert_eq!(due[0].rule, a.rule);
         assert!(leases.take_due(2_500).is_empty(), "given back once");
+    }
+
+    #[test]
+    fn stopping_takes_every_unspent_hit_due_or_not() {
+        let leases = Leases::new(50);
+        let a = item("a", Algorithm::FixedWindow, 1);
+        let b = item("b", Algorithm::TokenBucket, 1);
+        lease(&leases, &a, 5, 900, 50_000, 1_000);
+        lease(&leases, &b, 3, 20, 600, 1_000);
+        assert!(leases.spend(std::slice::from_ref(&a), 1_100).0[0].is_some());
+        assert!(leases.take_due(1_100).is_empty(), "not due yet");
+        let mut all: Vec<(String, u64)> = leases
+            .take_all(1_100)
+            .into_iter()
+            .map(|item| (item.key, item.hits))
+            .collect();
+        all.sort();
+        assert_eq!(all, [("a".to_owned(), 4), ("b".to_owned(), 3)]);
+        assert!(leases.take_all(1_100).is_empty(), "given back once");
     }
 
     #[test]

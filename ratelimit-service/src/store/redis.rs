@@ -583,11 +583,27 @@ impl RedisStore {
     /// `lease.rs`). A failure only leaves them unavailable until their
     /// window ends.
     pub async fn return_due_leases(&self) {
-        let due = self.leases.take_due(now_ms());
-        if due.is_empty() {
+        self.give_back_to_redis(self.leases.take_due(now_ms()))
+            .await;
+    }
+
+    /// Gives every unspent leased hit back to Redis, due or not: for a
+    /// stopping instance, once the renewals in flight (bounded by the Redis
+    /// timeout) have landed, so a restart strands none.
+    pub async fn return_all_leases(&self) {
+        let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_millis(50);
+        while self.counters.renewals_in_flight.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.give_back_to_redis(self.leases.take_all(now_ms()))
+            .await;
+    }
+
+    async fn give_back_to_redis(&self, unspent: Vec<Item>) {
+        if unspent.is_empty() {
             return;
         }
-        let calls: Vec<Call> = due
+        let calls: Vec<Call> = unspent
             .iter()
             .map(|item| Call {
                 item,
