@@ -552,15 +552,7 @@ async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
     )]));
     assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
     // DEBUG SLEEP blocks Redis without closing connections: it hangs.
-    let hang = tokio::spawn({
-        let port = server.port;
-        async move {
-            let _ = tokio::process::Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "2"])
-                .output()
-                .await;
-        }
-    });
+    let hang = server.hang(2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..5 {
         let started = Instant::now();
@@ -574,7 +566,7 @@ async fn a_hanging_redis_gets_degraded_answers_within_the_timeout() {
             "degraded answer took {took:?}"
         );
     }
-    let _ = hang.await;
+    hang.await.expect("Redis hung");
 }
 
 #[tokio::test]

@@ -51,6 +51,9 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // DEBUG SLEEP (`hang`) from loopback; Redis 7 refuses it otherwise.
+                "--enable-debug-command",
+                "local",
             ])
             .arg("--dir")
             .arg(&self.dir)
@@ -81,6 +84,32 @@ impl RedisServer {
     }
 
     /// Runs a command with `redis-cli` and returns its output.
+    /// Blocks the server for `seconds` without closing its connections (a
+    /// hanging Redis, not a refusing one): `DEBUG SLEEP`, whose reply the
+    /// returned task checks, so a test cannot pass without the hang.
+    pub fn hang(&self, seconds: u32) -> tokio::task::JoinHandle<()> {
+        let port = self.port;
+        tokio::spawn(async move {
+            let output = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "DEBUG",
+                    "SLEEP",
+                    &seconds.to_string(),
+                ])
+                .output()
+                .await
+                .expect("redis-cli");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                "OK",
+                "Redis did not hang: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        })
+    }
+
     pub async fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
