@@ -447,6 +447,51 @@ async fn a_held_lease_decides_while_its_renewal_fails() {
     );
 }
 
+/// The request that renews a lease is answered from it at once: with
+/// Redis hanging, a renewal that was waited for would take the whole Redis
+/// timeout (1.5 s here).
+#[tokio::test]
+async fn a_renewing_request_does_not_wait_for_its_renewal() {
+    let server = RedisServer::start().await;
+    let store = leasing_redis_store(&server, 1_500, 100).await;
+    let rules = rules(vec![policy("p", 10_000, 3600, rl::Algorithm::FixedWindow)]);
+    // 100 held after 98 (see `a_leasing_instance_asks_redis_once_per_lease`).
+    for _ in 0..98 {
+        assert!(ok(&ask_settled(&rules, &store, &[("p", "a")]).await));
+    }
+    let hang = server.hang(2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The 75th leaves a quarter and renews; every one is answered from the lease.
+    for n in 0..100 {
+        let started = Instant::now();
+        assert!(ok(&ask(&rules, &store, &[("p", "a")]).await));
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "request {n} waited {took:?}"
+        );
+    }
+    hang.await.expect("Redis hung");
+}
+
+/// Token buckets are leased like windows: far from empty, a busy bucket's
+/// requests are mostly decided without Redis.
+#[tokio::test]
+async fn a_busy_token_bucket_is_decided_from_leases() {
+    let server = RedisServer::start().await;
+    let store = leasing_redis_store(&server, 1000, 100).await;
+    let rules = rules(vec![policy("b", 10_000, 3600, rl::Algorithm::TokenBucket)]);
+    let before = evalsha_calls(&server).await;
+    for _ in 0..200 {
+        assert!(ok(&ask_settled(&rules, &store, &[("b", "a")]).await));
+    }
+    let calls = evalsha_calls(&server).await - before;
+    assert!(calls <= 12, "200 requests in {calls} script calls");
+    let counters = store.redis_counters().expect("Redis");
+    assert_eq!(counters.redis_requests.get(), 2, "the rest from leases");
+    assert_eq!(counters.lease_requests.get(), 198);
+}
+
 /// A limit of 7: an eighth of what is left is never a whole hit.
 fn rules_near_limit() -> Rules {
     rules(vec![policy("q", 7, 3600, rl::Algorithm::FixedWindow)])
