@@ -11,7 +11,7 @@ cd "$ROOT"
 ADMIN="127.0.0.1:8001"
 PROXY_PORT=8000
 DEMO_PORT="${GATEHOUSE_DEMO_PORT:-9000}"
-DATA_DIR="$ROOT/.gatehouse"
+DATA_DIR="${GATEHOUSE_DATA_DIR:-$ROOT/.gatehouse}"
 
 ensure_rust
 ensure_envoy
@@ -46,13 +46,17 @@ pids+=($!)
 pids+=($!)
 
 wait_for() { # url what
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 300); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { log "a process stopped while waiting for $2 (see $DATA_DIR)"; exit 1; }
+    done
     sleep 0.2
   done
   log "$2 did not come up"; exit 1
 }
-wait_for "http://$ADMIN/healthz" "control plane"
+# Ready: the store is prepared (writes succeed) and a snapshot is built.
+wait_for "http://$ADMIN/readyz" "control plane"
 curl -fsS -X PUT "http://$ADMIN/v1/services/demo" \
   -d "{\"endpoints\": [{\"host\": \"127.0.0.1\", \"port\": $DEMO_PORT}]}" >/dev/null
 curl -fsS -X PUT "http://$ADMIN/v1/routes/demo" \

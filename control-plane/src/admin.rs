@@ -22,6 +22,7 @@ use axum::{
     routing::get,
 };
 use serde_json::{Value, json};
+use std::time::Duration;
 
 use crate::{
     model::{
@@ -146,17 +147,35 @@ async fn count_requests(State(state): State<AdminState>, request: Request, next:
     response
 }
 
-/// The API answers 503 until the store is migrated (the control plane starts
-/// even while its database is down). Node status needs no store.
+/// How long a request made while the control plane is starting waits for
+/// the store to be ready before it is answered `503 starting`.
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Requests made while the store is being prepared (migrations) wait for it,
+/// at most [`STARTUP_WAIT`]; then they are answered `503 starting` with
+/// `Retry-After`, never "store unavailable". The control plane starts even
+/// while its database is down. Node status needs no store.
 async fn require_store(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/v1/") && !path.starts_with("/v1/status/") && !state.store.is_migrated() {
-        return ApiError::Unavailable.into_response();
+    if path.starts_with("/v1/")
+        && !path.starts_with("/v1/status/")
+        && !state.store.wait_migrated(STARTUP_WAIT).await
+    {
+        return ApiError::Starting.into_response();
     }
     next.run(request).await
 }
 
+/// 200 once writes will succeed and Envoy can be served: the store is
+/// migrated and reachable and a snapshot is built.
 async fn readyz(State(state): State<AdminState>) -> Response {
+    if !state.store.is_migrated() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: preparing the store",
+        )
+            .into_response();
+    }
     if let Err(e) = state.store.ping().await {
         tracing::debug!(error = %e, "not ready: store unreachable");
         return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();

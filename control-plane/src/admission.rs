@@ -28,8 +28,9 @@ use prost::Message;
 use tracing::{debug, info};
 
 use crate::{
+    model::ConfigState,
     model::FieldError,
-    store::{Admission, AdmissionError, ConfigState},
+    store::{Admission, AdmissionError},
     translate::{self, ProxySettings},
     xds::snapshot::{ResourceType, Snapshot, fnv1a},
 };

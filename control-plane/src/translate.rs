@@ -32,8 +32,8 @@ use gatehouse_proto::ratelimit as ratelimit_proto;
 pub use ratelimit::RateLimitSettings;
 
 use crate::{
+    model::ConfigState,
     model::{HeaderMatch, PathMatch, Protocol, Route, Service},
-    store::ConfigState,
     xds::snapshot::{ConsistencyError, Snapshot, SnapshotParts, XdsResource},
 };
 use gatehouse_proto::auth as auth_proto;

@@ -30,6 +30,14 @@ async fn api() -> Api {
 }
 
 async fn api_with(bootstrap: Option<&str>) -> Api {
+    let (api, store) = unmigrated(bootstrap);
+    store.migrate().await.unwrap();
+    api
+}
+
+/// An API over a store whose migrations have not run yet (a control plane
+/// that is still starting).
+fn unmigrated(bootstrap: Option<&str>) -> (Api, Store) {
     let dir = std::env::temp_dir().join(format!(
         "gatehouse_admin_{}_{}",
         std::process::id(),
@@ -40,16 +48,15 @@ async fn api_with(bootstrap: Option<&str>) -> Api {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::connect_lazy(&DatabaseUrl::sqlite_in(&dir)).unwrap();
-    store.migrate().await.unwrap();
     let rollout = Rollout::default();
     let app = admin::app(AdminState {
-        store,
+        store: store.clone(),
         nodes: NodeRegistry::default(),
         metrics: Metrics::default(),
         rollout: rollout.clone(),
         bootstrap_token: bootstrap.map(|t| admin::auth::Secret::new(t.into())),
     });
-    Api { app, rollout }
+    (Api { app, rollout }, store)
 }
 
 struct Reply {
@@ -180,6 +187,32 @@ async fn problems_name_fields_and_paths() {
         )
         .await;
     assert_eq!(bad_path_name.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// The first write of a fresh control plane can arrive before its store is
+/// prepared: it waits for the start-up instead of failing, and `/readyz`
+/// says "starting" meanwhile.
+#[tokio::test]
+async fn a_write_during_start_up_waits_for_the_store() {
+    let (api, store) = unmigrated(None);
+    let ready = api.call("GET", "/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body.as_str().unwrap_or_default().contains("starting"),
+        "{:?}",
+        ready.body
+    );
+    let write = api.call(
+        "PUT",
+        "/v1/services/demo",
+        Some(json!({"endpoints": [{"host": "127.0.0.1", "port": 9}]})),
+    );
+    let start_up = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store.migrate().await.unwrap();
+    };
+    let (write, ()) = tokio::join!(write, start_up);
+    assert_eq!(write.status, StatusCode::CREATED, "{:?}", write.body);
 }
 
 #[tokio::test]

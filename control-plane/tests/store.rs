@@ -9,10 +9,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use gatehouse_control_plane::{
-    model::{ConfigDocument, Endpoint, FieldError, Kind, Route, Service},
+    model::{ConfigDocument, ConfigState, Endpoint, FieldError, Kind, Route, Service},
     store::{
-        Admission, AdmissionError, ApplyOptions, ChangeOp, ConfigState, DatabaseUrl, Origin,
-        RejectedResource, Source, Store, StoreError,
+        Admission, AdmissionError, ApplyOptions, ChangeOp, DatabaseUrl, Origin, RejectedResource,
+        Source, Store, StoreError,
     },
 };
 use sqlx::Connection;

@@ -4,8 +4,9 @@
 
 use gatehouse_control_plane::{
     admission::EnvoyValidator,
+    model::ConfigState,
     model::{Route, Service},
-    store::{AdmissionError, ConfigState},
+    store::AdmissionError,
     translate::{self, ProxySettings},
 };
 use gatehouse_e2e::envoy_bin;

@@ -34,6 +34,8 @@ pub enum ApiError {
     PreconditionFailed(String),
     /// The store cannot be reached.
     Unavailable,
+    /// The control plane is still starting (the store is being prepared).
+    Starting,
     /// The pre-commit check could not run, so nothing was committed.
     CheckUnavailable(String),
     Internal,
@@ -123,6 +125,11 @@ impl ApiError {
                 "unavailable",
                 "Configuration store unavailable",
             ),
+            ApiError::Starting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "The control plane is starting",
+            ),
             ApiError::CheckUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "check-unavailable",
@@ -164,6 +171,9 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable => {
                 "the configuration store cannot be reached; nothing was changed".into()
             }
+            ApiError::Starting => {
+                "the configuration store is still being prepared; retry shortly (see /readyz); nothing was changed".into()
+            }
             ApiError::CheckUnavailable(reason) => {
                 format!("{reason}; nothing was changed")
             }
@@ -183,6 +193,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, ApiError::Starting | ApiError::Unavailable) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if let ApiError::Unauthenticated(_) = self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -19,11 +19,11 @@ use prost::Message;
 
 use super::{duration_ms, grpc_cluster};
 use crate::{
+    model::ConfigState,
     model::{
         Route,
         auth::{ApiKeyStatus, AuthMethod, FailureMode, SecretRef},
     },
-    store::ConfigState,
 };
 
 /// The cluster of ext-authz servers.

@@ -8,8 +8,8 @@ use gatehouse_proto::{core, tls, to_any};
 
 use super::{ProxySettings, http_connection_manager, listener_for};
 use crate::{
+    model::ConfigState,
     model::{Certificate, Gateway},
-    store::ConfigState,
     xds::snapshot::ConsistencyError,
 };
 

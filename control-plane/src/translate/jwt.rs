@@ -32,11 +32,11 @@ use gatehouse_proto::{
 
 use super::{duration_ms, socket_address};
 use crate::{
+    model::ConfigState,
     model::{
         JwtIssuer, Route,
         auth::{RouteAuth, VerifyIn},
     },
-    store::ConfigState,
     xds::snapshot::ConsistencyError,
 };
 

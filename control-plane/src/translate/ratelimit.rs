@@ -23,11 +23,11 @@ use super::{
     duration_ms, grpc_cluster,
 };
 use crate::{
+    model::ConfigState,
     model::{
         Route,
         ratelimit::{CountBy, Limit, RateLimitAlgorithm, StoreFailure},
     },
-    store::ConfigState,
 };
 
 pub const RATELIMIT_CLUSTER: &str = "gatehouse_ratelimit";

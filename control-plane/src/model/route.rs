@@ -1,0 +1,425 @@
+//! Routes: which requests match (path, method, host, headers), where they
+//! go (one service or a weighted split), and how the path is rewritten.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    FieldError, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource, RouteAuth, check_name,
+    check_re2_regex, is_dns_name, is_header_name,
+};
+
+/// A route: which requests it matches and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Who may call the route; absent means public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
+}
+
+/// Exactly one of the path matchers, plus optional method, host and header conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
+    pub path_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// The path condition of a route, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch<'a> {
+    Prefix(&'a str),
+    Exact(&'a str),
+    Regex(&'a str),
+}
+
+impl RouteMatch {
+    /// The single path matcher; `None` only for an invalid (unvalidated) route.
+    pub fn path(&self) -> Option<PathMatch<'_>> {
+        match (&self.path_prefix, &self.path_exact, &self.path_regex) {
+            (Some(p), None, None) => Some(PathMatch::Prefix(p)),
+            (None, Some(p), None) => Some(PathMatch::Exact(p)),
+            (None, None, Some(p)) => Some(PathMatch::Regex(p)),
+            _ => None,
+        }
+    }
+}
+
+/// A request header condition: exactly one of `exact`, `prefix`, `regex`, `present`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+}
+
+/// Where matched requests go: one service, or a weighted split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = NAME_PATTERN))]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedService {
+    #[schemars(regex(pattern = NAME_PATTERN))]
+    pub service: String,
+    pub weight: u32,
+}
+
+impl Destination {
+    /// Every service the destination names, in order.
+    pub fn services(&self) -> Vec<&str> {
+        match &self.service {
+            Some(service) => vec![service.as_str()],
+            None => self.weighted.iter().map(|w| w.service.as_str()).collect(),
+        }
+    }
+}
+
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// At most this many weighted destinations: keeps the total far below
+/// Envoy's 32-bit limit on the sum of weights.
+pub const MAX_WEIGHTED_SERVICES: usize = 100;
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl Resource for Route {
+    const KIND: Kind = Kind::Route;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name(&self.name, "name", &mut errors);
+        self.validate_match(&mut errors);
+        self.validate_destination(&mut errors);
+        self.validate_rewrite(&mut errors);
+        if let Some(auth) = &self.auth {
+            auth.validate(&mut errors);
+        }
+        if let Some(timeout) = self.timeout_ms
+            && timeout > MAX_TIMEOUT_MS
+        {
+            errors.push(FieldError::new(
+                "timeout_ms",
+                format!("must be at most {MAX_TIMEOUT_MS} (0 disables the timeout)"),
+            ));
+        }
+        errors
+    }
+
+    fn references(&self) -> Vec<Reference> {
+        let d = &self.destination;
+        match &d.service {
+            Some(service) => vec![Reference {
+                field: "destination.service".into(),
+                kind: Kind::Service,
+                name: service.clone(),
+            }],
+            None => d
+                .weighted
+                .iter()
+                .enumerate()
+                .map(|(i, w)| Reference {
+                    field: format!("destination.weighted[{i}].service"),
+                    kind: Kind::Service,
+                    name: w.service.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Route {
+    fn validate_match(&self, errors: &mut Vec<FieldError>) {
+        let m = &self.matches;
+        let set = [
+            ("match.path_prefix", &m.path_prefix),
+            ("match.path_exact", &m.path_exact),
+            ("match.path_regex", &m.path_regex),
+        ];
+        let given: Vec<_> = set.iter().filter(|(_, v)| v.is_some()).collect();
+        if given.len() != 1 {
+            errors.push(FieldError::new(
+                "match",
+                "exactly one of path_prefix, path_exact, path_regex is required",
+            ));
+        }
+        for (field, value) in given {
+            let Some(value) = value else { continue };
+            if *field == "match.path_regex" {
+                if let Err(e) = check_re2_regex(value) {
+                    errors.push(FieldError::new(*field, e));
+                }
+            } else if let Err(e) = check_path(value) {
+                errors.push(FieldError::new(*field, e));
+            }
+        }
+        let mut methods = BTreeSet::new();
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.as_str()) {
+                errors.push(FieldError::new(
+                    format!("match.methods[{i}]"),
+                    format!("must be one of {}", METHODS.join(", ")),
+                ));
+            } else if !methods.insert(method) {
+                errors.push(FieldError::new(
+                    format!("match.methods[{i}]"),
+                    "duplicate method",
+                ));
+            }
+        }
+        for (i, host) in m.hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if host.to_ascii_lowercase() != *host || !is_dns_name(bare) {
+                errors.push(FieldError::new(
+                    format!("match.hosts[{i}]"),
+                    "must be a lower-case DNS name, optionally starting with '*.'",
+                ));
+            }
+        }
+        for (i, header) in m.headers.iter().enumerate() {
+            let field = format!("match.headers[{i}]");
+            if !is_header_name(&header.name) {
+                errors.push(FieldError::new(
+                    format!("{field}.name"),
+                    "must be a lower-case HTTP header name",
+                ));
+            }
+            let conditions = [
+                header.exact.is_some(),
+                header.prefix.is_some(),
+                header.regex.is_some(),
+                header.present.is_some(),
+            ];
+            if conditions.iter().filter(|c| **c).count() != 1 {
+                errors.push(FieldError::new(
+                    field.clone(),
+                    "exactly one of exact, prefix, regex, present is required",
+                ));
+            }
+            if header.present == Some(false) {
+                errors.push(FieldError::new(
+                    format!("{field}.present"),
+                    "must be true (use invert for absence)",
+                ));
+            }
+            if let Some(regex) = &header.regex
+                && let Err(e) = check_re2_regex(regex)
+            {
+                errors.push(FieldError::new(format!("{field}.regex"), e));
+            }
+        }
+    }
+
+    fn validate_destination(&self, errors: &mut Vec<FieldError>) {
+        let d = &self.destination;
+        match (&d.service, d.weighted.is_empty()) {
+            (Some(service), true) => check_name(service, "destination.service", errors),
+            (None, false) => {
+                if d.weighted.len() > MAX_WEIGHTED_SERVICES {
+                    errors.push(FieldError::new(
+                        "destination.weighted",
+                        format!("at most {MAX_WEIGHTED_SERVICES} services"),
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                let mut total: u64 = 0;
+                for (i, w) in d.weighted.iter().enumerate() {
+                    check_name(
+                        &w.service,
+                        &format!("destination.weighted[{i}].service"),
+                        errors,
+                    );
+                    if w.weight > MAX_WEIGHT {
+                        errors.push(FieldError::new(
+                            format!("destination.weighted[{i}].weight"),
+                            format!("must be at most {MAX_WEIGHT}"),
+                        ));
+                    }
+                    if !seen.insert(&w.service) {
+                        errors.push(FieldError::new(
+                            format!("destination.weighted[{i}].service"),
+                            "service listed twice",
+                        ));
+                    }
+                    total += u64::from(w.weight);
+                }
+                if total == 0 {
+                    errors.push(FieldError::new(
+                        "destination.weighted",
+                        "weights must sum to more than 0",
+                    ));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                "destination",
+                "exactly one of service, weighted is required",
+            )),
+        }
+    }
+
+    fn validate_rewrite(&self, errors: &mut Vec<FieldError>) {
+        let is_prefix = self.matches.path_prefix.is_some();
+        if self.strip_prefix && !is_prefix {
+            errors.push(FieldError::new(
+                "strip_prefix",
+                "only applies to routes matching match.path_prefix",
+            ));
+        }
+        if let Some(rewrite) = &self.prefix_rewrite {
+            if self.strip_prefix {
+                errors.push(FieldError::new(
+                    "prefix_rewrite",
+                    "cannot be combined with strip_prefix",
+                ));
+            }
+            if self.matches.path_regex.is_some() {
+                errors.push(FieldError::new(
+                    "prefix_rewrite",
+                    "only applies to routes matching match.path_prefix or match.path_exact",
+                ));
+            }
+            if let Err(e) = check_path(rewrite) {
+                errors.push(FieldError::new("prefix_rewrite", e));
+            }
+        }
+    }
+}
+
+const MAX_PATH_LEN: usize = 1024;
+
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("must be at most {MAX_PATH_LEN} characters"));
+    }
+    if path.contains(['?', '#']) || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("must not contain '?', '#', spaces or control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(json: serde_json::Value) -> Route {
+        serde_json::from_value(json).expect("valid json")
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_route_has_no_errors() {
+        let r = route(serde_json::json!({
+            "name": "users",
+            "match": {"path_prefix": "/users", "methods": ["GET"], "hosts": ["api.example.com"],
+                      "headers": [{"name": "x-env", "exact": "canary"}]},
+            "destination": {"weighted": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]},
+            "strip_prefix": true,
+            "timeout_ms": 1500
+        }));
+        assert_eq!(r.validate(), vec![]);
+        let names: Vec<_> = r.references().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn route_errors_name_their_fields() {
+        let r = route(serde_json::json!({
+            "name": "Bad_Name",
+            "match": {"path_prefix": "users", "methods": ["FETCH"]},
+            "destination": {"weighted": [{"service": "a", "weight": 0}]},
+        }));
+        assert_eq!(
+            fields(r.validate()),
+            vec![
+                "name",
+                "match.path_prefix",
+                "match.methods[0]",
+                "destination.weighted"
+            ]
+        );
+    }
+
+    #[test]
+    fn weighted_destinations_are_capped() {
+        let weighted: Vec<_> = (0..=MAX_WEIGHTED_SERVICES)
+            .map(|i| serde_json::json!({"service": format!("s{i}"), "weight": MAX_WEIGHT}))
+            .collect();
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_prefix": "/"}, "destination": {"weighted": weighted}
+        }));
+        assert_eq!(fields(r.validate()), vec!["destination.weighted"]);
+    }
+
+    #[test]
+    fn exactly_one_path_matcher() {
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_prefix": "/a", "path_exact": "/a"},
+            "destination": {"service": "s"}
+        }));
+        assert_eq!(fields(r.validate()), vec!["match"]);
+    }
+
+    #[test]
+    fn rewrite_rules() {
+        let r = route(serde_json::json!({
+            "name": "r", "match": {"path_regex": "^/a$"}, "destination": {"service": "s"},
+            "strip_prefix": true, "prefix_rewrite": "/b"
+        }));
+        assert_eq!(
+            fields(r.validate()),
+            vec!["strip_prefix", "prefix_rewrite", "prefix_rewrite"]
+        );
+    }
+}

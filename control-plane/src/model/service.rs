@@ -1,0 +1,133 @@
+//! Upstream services: a named set of endpoints, the protocol spoken to them
+//! and how long a connection may take.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{FieldError, Kind, NAME_PATTERN, Resource, check_name, is_dns_name};
+
+/// Upstream protocol spoken to a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+    Grpc,
+}
+
+fn default_connect_timeout_ms() -> u32 {
+    5_000
+}
+
+/// An upstream service: a named set of endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// An IP address or a DNS name.
+    pub host: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl Endpoint {
+    /// IP endpoints are delivered by EDS; DNS names make the cluster STRICT_DNS.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
+
+impl Resource for Service {
+    const KIND: Kind = Kind::Service;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name(&self.name, "name", &mut errors);
+        let mut seen = BTreeSet::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}]");
+            if endpoint.ip().is_none() && !is_dns_name(&endpoint.host) {
+                errors.push(FieldError::new(
+                    format!("{field}.host"),
+                    "must be an IP address or a DNS name",
+                ));
+            }
+            if !(1..=65_535).contains(&endpoint.port) {
+                errors.push(FieldError::new(
+                    format!("{field}.port"),
+                    "must be between 1 and 65535",
+                ));
+            }
+            if let Some(weight) = endpoint.weight
+                && !(1..=MAX_ENDPOINT_WEIGHT).contains(&weight)
+            {
+                errors.push(FieldError::new(
+                    format!("{field}.weight"),
+                    format!("must be between 1 and {MAX_ENDPOINT_WEIGHT}"),
+                ));
+            }
+            if !seen.insert((endpoint.host.to_ascii_lowercase(), endpoint.port)) {
+                errors.push(FieldError::new(field, "duplicate endpoint"));
+            }
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.connect_timeout_ms) {
+            errors.push(FieldError::new(
+                "connect_timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn service_validation() {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "name": "svc",
+            "endpoints": [{"host": "10.0.0.1", "port": 0}, {"host": "bad host", "port": 80},
+                          {"host": "backend.internal", "port": 8080, "weight": 0}],
+            "protocol": "grpc"
+        }))
+        .expect("json");
+        assert_eq!(
+            fields(s.validate()),
+            vec![
+                "endpoints[0].port",
+                "endpoints[1].host",
+                "endpoints[2].weight"
+            ]
+        );
+    }
+}
