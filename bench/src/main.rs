@@ -398,7 +398,8 @@ async fn scale(routes: usize, services: usize) {
         let started = Instant::now();
         let state = store.load().await.expect("load");
         let loaded = started.elapsed();
-        let snapshot = translate::snapshot(&state, &ProxySettings::default()).expect("consistent");
+        let snapshot =
+            translate::snapshot(&state, &ProxySettings::default(), 0).expect("consistent");
         builds.push((loaded, started.elapsed()));
         drop(snapshot);
     }

@@ -28,6 +28,7 @@ use prost::Message;
 use tracing::{debug, info};
 
 use crate::{
+    clock::now_ms,
     model::ConfigState,
     model::FieldError,
     store::{Admission, AdmissionError},
@@ -56,7 +57,7 @@ impl Gate {
 impl Admission for Gate {
     fn admit<'a>(&'a self, state: &'a ConfigState) -> BoxFuture<'a, Result<(), AdmissionError>> {
         Box::pin(async move {
-            let snapshot = translate::snapshot(state, &self.proxy).map_err(|e| {
+            let snapshot = translate::snapshot(state, &self.proxy, now_ms()).map_err(|e| {
                 AdmissionError::Refused(vec![FieldError::new(
                     "config",
                     format!("does not translate into a consistent Envoy configuration: {e}"),

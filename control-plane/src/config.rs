@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser};
 
 use crate::{
-    admin::auth::{MIN_BOOTSTRAP_LEN, Secret},
+    secret::{MIN_BOOTSTRAP_LEN, Secret},
     store::DatabaseUrl,
     sync::SyncSettings,
     telemetry::LogFormat,

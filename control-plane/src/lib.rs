@@ -8,8 +8,10 @@
 
 pub mod admin;
 pub mod admission;
+pub mod clock;
 pub mod config;
 pub mod model;
+pub mod secret;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

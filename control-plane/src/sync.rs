@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    clock::now_ms,
     store::{Backend, NOTIFY_CHANNEL, Store, StoreError},
     telemetry::{Metrics, ResultLabel},
     translate::{self, ProxySettings},
@@ -155,7 +156,7 @@ async fn build(
     let started = Instant::now();
     let state = store.load().await?;
     let version = state.version;
-    let translated = translate::snapshot(&state, proxy);
+    let translated = translate::snapshot(&state, proxy, now_ms());
     metrics
         .snapshot_build_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -221,7 +222,7 @@ async fn last_good(
 ) -> Option<Arc<Snapshot>> {
     for version in (newest.saturating_sub(FALLBACK_DEPTH)..newest).rev() {
         let earlier = match store.state_at(version).await {
-            Ok((_, state)) => translate::snapshot(&state, proxy),
+            Ok((_, state)) => translate::snapshot(&state, proxy, now_ms()),
             Err(e) => {
                 warn!(version, error = %e, "cannot rebuild an earlier version");
                 return None;

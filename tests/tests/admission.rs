@@ -38,11 +38,12 @@ async fn envoy_refuses_what_it_would_nack_and_passes_the_rest() {
     let validator = EnvoyValidator::new(envoy_bin());
     let proxy = ProxySettings::default();
 
-    let good = translate::snapshot(&state("^/[0-9a-f]+$"), &proxy).expect("translates");
+    let good = translate::snapshot(&state("^/[0-9a-f]+$"), &proxy, 0).expect("translates");
     validator.validate(&good).await.expect("Envoy accepts it");
 
     // RE2 has no Unicode binary properties; Envoy refuses the route table.
-    let bad = translate::snapshot(&state(r"^/\p{ASCII_Hex_Digit}+$"), &proxy).expect("translates");
+    let bad =
+        translate::snapshot(&state(r"^/\p{ASCII_Hex_Digit}+$"), &proxy, 0).expect("translates");
     match validator.validate(&bad).await {
         Err(AdmissionError::Refused(errors)) => {
             let message = &errors[0].message;
@@ -59,7 +60,7 @@ async fn envoy_refuses_what_it_would_nack_and_passes_the_rest() {
 async fn a_validator_that_cannot_run_refuses_as_unavailable() {
     let validator = EnvoyValidator::new("/nonexistent/envoy".into());
     let snapshot =
-        translate::snapshot(&state("^/a$"), &ProxySettings::default()).expect("translates");
+        translate::snapshot(&state("^/a$"), &ProxySettings::default(), 0).expect("translates");
     assert!(matches!(
         validator.validate(&snapshot).await,
         Err(AdmissionError::Unavailable(_))

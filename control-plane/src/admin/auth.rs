@@ -6,8 +6,6 @@
 //! enforced once a bootstrap token is configured or any token exists; a
 //! loopback-only control plane with neither is open, for local development.
 
-use std::fmt;
-
 use axum::{
     extract::{Request, State},
     http::{HeaderValue, Method, header},
@@ -15,10 +13,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ACTOR_HEADER, AdminState, ApiError};
+pub use crate::secret::{
+    IssuedToken, MIN_BOOTSTRAP_LEN, Secret, TOKEN_PREFIX, hash, issue_admin_token as issue,
+};
 
 /// What a token may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,61 +46,6 @@ impl Role {
             _ => None,
         }
     }
-}
-
-/// Prefix of every token Gatehouse issues (recognisable in secret scanners).
-pub const TOKEN_PREFIX: &str = "ghadm_";
-/// Shortest bootstrap token accepted.
-pub const MIN_BOOTSTRAP_LEN: usize = 32;
-
-/// A secret that never reaches `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.trim().to_owned()))
-    }
-}
-
-/// A new token: the secret (shown once), its hash and display prefix.
-pub struct IssuedToken {
-    pub secret: Secret,
-    pub hash: String,
-    pub prefix: String,
-}
-
-pub fn issue() -> Result<IssuedToken, getrandom::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)?;
-    let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
-    let prefix = secret[..TOKEN_PREFIX.len() + 6].to_owned();
-    Ok(IssuedToken {
-        hash: hash(&secret),
-        prefix,
-        secret: Secret(secret),
-    })
-}
-
-pub fn hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// Who a request authenticated as.

@@ -201,8 +201,4 @@ pub(super) fn decode<R: Resource>(kind: Kind, name: &str, spec: &str) -> Result<
     })
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(super) use crate::clock::now_ms;

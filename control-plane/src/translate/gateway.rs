@@ -10,7 +10,7 @@ use super::{ProxySettings, http_connection_manager, listener_for};
 use crate::{
     model::ConfigState,
     model::{Certificate, Gateway},
-    xds::snapshot::ConsistencyError,
+    translate::TranslateError,
 };
 
 /// The listener name of a gateway (distinct from the default listener's).
@@ -56,7 +56,7 @@ pub fn tls_transport_socket(certificate: &Certificate) -> core::TransportSocket 
 
 /// No two listeners may bind the same port on overlapping addresses (a
 /// wildcard address overlaps every address of its family).
-pub fn check_addresses(state: &ConfigState, proxy: &ProxySettings) -> Result<(), ConsistencyError> {
+pub fn check_addresses(state: &ConfigState, proxy: &ProxySettings) -> Result<(), TranslateError> {
     let mut bound: Vec<(String, Option<IpAddr>, u32)> = vec![(
         super::HTTP_LISTENER.to_owned(),
         Some(proxy.listen.ip()),
@@ -75,7 +75,7 @@ pub fn check_addresses(state: &ConfigState, proxy: &ProxySettings) -> Result<(),
                 _ => true,
             };
             if *port == gateway.port && overlaps {
-                return Err(ConsistencyError::AddressInUse {
+                return Err(TranslateError::AddressInUse {
                     first: other.clone(),
                     second: name,
                     address: format!("{}:{}", gateway.address, gateway.port),
@@ -139,7 +139,7 @@ mod tests {
         );
         assert!(matches!(
             check_addresses(&state, &proxy),
-            Err(ConsistencyError::AddressInUse { .. })
+            Err(TranslateError::AddressInUse { .. })
         ));
         state.gateways.insert(
             "a".into(),

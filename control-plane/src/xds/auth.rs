@@ -6,7 +6,7 @@
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
-use crate::admin::auth::Secret;
+use crate::secret::Secret;
 
 /// The check tonic runs on every call to the xDS port.
 #[derive(Clone, Debug)]

@@ -134,17 +134,6 @@ pub enum ConsistencyError {
     MissingEndpoints(String),
     #[error("load assignment {0:?} has no cluster")]
     OrphanEndpoints(String),
-    #[error(
-        "route {0:?} verifies JWTs in Envoy (verify_in: envoy), but no issuer Envoy can use \
-         (one with jwks or jwks_uri) is configured"
-    )]
-    NoEnvoyIssuer(String),
-    #[error("listeners {first:?} and {second:?} both bind {address}")]
-    AddressInUse {
-        first: String,
-        second: String,
-        address: String,
-    },
 }
 
 /// Everything one Envoy needs, checked for consistency before it is served.

@@ -1,0 +1,170 @@
+//! The listeners: the default HTTP listener and the connection manager every
+//! listener runs (filters, access log, routes over RDS), TLS sockets.
+
+use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
+
+use super::{HTTP_ROUTES, ProxySettings, ads, auth, jwt, ratelimit, socket_address};
+
+/// Name of the default listener.
+pub const HTTP_LISTENER: &str = "gatehouse_http";
+
+pub fn http_listener(proxy: &ProxySettings) -> listener::Listener {
+    listener_for(
+        HTTP_LISTENER,
+        &proxy.listen.ip().to_string(),
+        u32::from(proxy.listen.port()),
+        http_connection_manager(proxy, "gatehouse"),
+        None,
+    )
+}
+
+/// The HTTP connection manager every listener runs: the default one and
+/// each gateway's, all on the same route configuration.
+pub fn http_connection_manager(
+    proxy: &ProxySettings,
+    stat_prefix: &str,
+) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: HTTP_ROUTES.into(),
+            },
+        )),
+        http_filters: [jwt::jwt_filter()]
+            .into_iter()
+            .chain(jwt::rbac_filters())
+            .chain(auth::ext_authz_filters(&proxy.ext_authz))
+            .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
+            .chain([hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                    &router::Router::default(),
+                ))),
+                ..Default::default()
+            }])
+            .collect(),
+        // An edge proxy: the peer address is the client; paths are normalised
+        // before matching so `/a/../b` and `//b` cannot dodge a route.
+        use_remote_address: Some(protobuf::BoolValue { value: true }),
+        xff_num_trusted_hops: proxy.xff_trusted_hops,
+        normalize_path: Some(protobuf::BoolValue { value: true }),
+        merge_slashes: true,
+        local_reply_config: Some(jwt::local_replies()),
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        access_log: proxy
+            .access_log_path
+            .iter()
+            .map(|p| access_log(p))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Envoy's TLS transport socket with `context` (a Downstream- or UpstreamTlsContext).
+pub fn tls_socket(context: protobuf::Any) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(context)),
+    }
+}
+
+/// A listener with one filter chain running `manager`, over TLS when given.
+pub fn listener_for(
+    name: &str,
+    address: &str,
+    port: u32,
+    manager: hcm::HttpConnectionManager,
+    transport_socket: Option<core::TransportSocket>,
+) -> listener::Listener {
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket_address(address, port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(&manager))),
+            }],
+            transport_socket,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One line per request; the response flags say why Envoy failed a request.
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% route=%ROUTE_NAME% upstream=%UPSTREAM_CLUSTER% %DURATION%ms\n";
+
+fn access_log(path: &str) -> accesslog::AccessLog {
+    use core::{data_source::Specifier, substitution_format_string::Format};
+    use file_access_log::file_access_log::AccessLogFormat;
+
+    let format = core::SubstitutionFormatString {
+        format: Some(Format::TextFormatSource(core::DataSource {
+            specifier: Some(Specifier::InlineString(ACCESS_LOG_FORMAT.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let file = file_access_log::FileAccessLog {
+        path: path.to_owned(),
+        access_log_format: Some(AccessLogFormat::LogFormat(format)),
+    };
+    accesslog::AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(to_any(
+            &file,
+        ))),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::translate::{ExtAuthzSettings, RateLimitSettings};
+
+    #[test]
+    fn listener_loads_routes_over_ads_and_logs_when_asked() {
+        let proxy = ProxySettings {
+            listen: "127.0.0.1:9000".parse().expect("addr"),
+            access_log_path: Some("/tmp/access.log".into()),
+            ext_authz: ExtAuthzSettings::default(),
+            ratelimit: RateLimitSettings::default(),
+            xff_trusted_hops: 0,
+        };
+        let l = http_listener(&proxy);
+        let Some(listener::filter::ConfigType::TypedConfig(any)) =
+            &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("typed config")
+        };
+        let manager = hcm::HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = &manager.route_specifier
+        else {
+            panic!("rds")
+        };
+        assert_eq!(rds.route_config_name, HTTP_ROUTES);
+        assert_eq!(
+            manager.http_filters.last().map(|f| f.name.as_str()),
+            Some("envoy.filters.http.router")
+        );
+        assert_eq!(manager.access_log.len(), 1);
+        let Some(core::address::Address::SocketAddress(bound)) = l.address.and_then(|a| a.address)
+        else {
+            panic!("socket address")
+        };
+        assert_eq!(bound.address, "127.0.0.1");
+        assert_eq!(
+            bound.port_specifier,
+            Some(core::socket_address::PortSpecifier::PortValue(9000))
+        );
+    }
+}
