@@ -149,7 +149,7 @@ async fn count_requests(State(state): State<AdminState>, request: Request, next:
 
 /// How long a request made while the control plane is starting waits for
 /// the store to be ready before it is answered `503 starting`.
-const STARTUP_WAIT: Duration = Duration::from_secs(10);
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Requests made while the store is being prepared (migrations) wait for it,
 /// at most [`STARTUP_WAIT`]; then they are answered `503 starting` with

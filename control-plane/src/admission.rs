@@ -31,7 +31,7 @@ use crate::{
     clock::now_ms,
     model::ConfigState,
     model::FieldError,
-    store::{Admission, AdmissionError},
+    store::{Admission, AdmissionError, Prepared},
     translate::{self, ProxySettings},
     xds::snapshot::{ResourceType, Snapshot, fnv1a},
 };
@@ -55,7 +55,12 @@ impl Gate {
 }
 
 impl Admission for Gate {
-    fn admit<'a>(&'a self, state: &'a ConfigState) -> BoxFuture<'a, Result<(), AdmissionError>> {
+    /// Hands back the snapshot it translated and checked: the sync loop
+    /// serves it once the change commits, without translating again.
+    fn admit<'a>(
+        &'a self,
+        state: &'a ConfigState,
+    ) -> BoxFuture<'a, Result<Option<Prepared>, AdmissionError>> {
         Box::pin(async move {
             let snapshot = translate::snapshot(state, &self.proxy, now_ms()).map_err(|e| {
                 AdmissionError::Refused(vec![FieldError::new(
@@ -63,10 +68,10 @@ impl Admission for Gate {
                     format!("does not translate into a consistent Envoy configuration: {e}"),
                 )])
             })?;
-            match &self.envoy {
-                Some(envoy) => envoy.validate(&snapshot).await,
-                None => Ok(()),
+            if let Some(envoy) = &self.envoy {
+                envoy.validate(&snapshot).await?;
             }
+            Ok(Some(Arc::new(snapshot) as Prepared))
         })
     }
 }

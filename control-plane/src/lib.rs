@@ -19,9 +19,9 @@ pub mod translate;
 pub mod usage;
 pub mod xds;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -29,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::{
     config::Config,
     store::{Store, StoreError},
-    sync::SyncSettings,
+    sync::{ConfigSource, SyncSettings},
     telemetry::Metrics,
     translate::ProxySettings,
     xds::{Rollout, XdsServer, status::NodeRegistry},
@@ -68,6 +68,8 @@ pub struct ControlPlane {
     admin: TcpListener,
     xds: TcpListener,
     store: Store,
+    /// What the sync loop reads: the store, unless a test swaps it.
+    source: Arc<dyn ConfigSource>,
     proxy: ProxySettings,
     sync: SyncSettings,
     metrics: Metrics,
@@ -111,6 +113,7 @@ impl ControlPlane {
         Ok(Self {
             admin: bind("admin", config.admin_addr).await?,
             xds: bind("xDS", config.xds_addr).await?,
+            source: Arc::new(store.clone()),
             store,
             proxy: config.proxy_settings(),
             sync: config.sync_settings(),
@@ -132,6 +135,14 @@ impl ControlPlane {
         &self.store
     }
 
+    /// What the sync loop reads instead of the store: for tests that break
+    /// the path from the store to Envoy.
+    #[doc(hidden)]
+    pub fn with_config_source(mut self, source: Arc<dyn ConfigSource>) -> Self {
+        self.source = source;
+        self
+    }
+
     /// Serves until `shutdown` resolves or a server fails, then drains for at
     /// most `grace`.
     pub async fn run(
@@ -140,19 +151,16 @@ impl ControlPlane {
         grace: Duration,
     ) -> Result<(), StartError> {
         let token = CancellationToken::new();
-        let (publish, snapshots) = watch::channel(None);
         let nodes = NodeRegistry::default();
-        let rollout = Rollout::default().with_store(self.store.clone());
-        let sync = tokio::spawn(sync::run(
-            self.store.clone(),
+        let rollout = Rollout::default().with_refusal_log(Arc::new(self.store.clone()));
+        let mut sync = tokio::spawn(sync::run(
+            self.source,
             self.proxy,
             self.sync,
-            publish,
             rollout.clone(),
             self.metrics.clone(),
             token.clone(),
         ));
-        let follow = tokio::spawn(rollout.clone().follow(snapshots, token.clone()));
         let admin_app = admin::app(admin::AdminState {
             store: self.store.clone(),
             nodes: nodes.clone(),
@@ -184,16 +192,20 @@ impl ControlPlane {
                     token.clone().cancelled_owned(),
                 ),
         );
+        // Any task that ends before shutdown stops the process: a control
+        // plane whose sync loop died would leave Envoy on a frozen config.
         let failure = tokio::select! {
             _ = shutdown => None,
+            r = &mut sync => Some(StartError::Serve("sync", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
             r = &mut admin => Some(StartError::Serve("admin", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
             r = &mut xds => Some(StartError::Serve("xDS", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
         };
         tracing::info!("shutting down");
         token.cancel();
         let drain = async {
-            let _ = sync.await;
-            let _ = follow.await;
+            if !sync.is_finished() {
+                let _ = sync.await;
+            }
             if !admin.is_finished() {
                 let _ = admin.await;
             }

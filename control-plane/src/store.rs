@@ -12,7 +12,7 @@
 //! [`history`] (versions, rollback), [`admin_tokens`], API keys, refusals,
 //! [`migrations`], and the SQL underneath in `rows`.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{any::Any, fmt, sync::Arc, time::Duration};
 
 use futures_core::future::BoxFuture;
 use serde::Serialize;
@@ -46,7 +46,35 @@ use rows::{
 /// What every change must pass before it commits: it sees the whole
 /// configuration as it would be (see `admission.rs`).
 pub trait Admission: Send + Sync + 'static {
-    fn admit<'a>(&'a self, state: &'a ConfigState) -> BoxFuture<'a, Result<(), AdmissionError>>;
+    /// Checks `state`; on success may hand back what it prepared from it
+    /// (the translated snapshot), which travels with the commit notice.
+    fn admit<'a>(
+        &'a self,
+        state: &'a ConfigState,
+    ) -> BoxFuture<'a, Result<Option<Prepared>, AdmissionError>>;
+}
+
+/// What an [`Admission`] prepared from the exact state it admitted. The
+/// store does not look inside; the sync loop takes the snapshot out, so a
+/// local commit is loaded and translated once, inside its transaction.
+pub type Prepared = Arc<dyn Any + Send + Sync>;
+
+/// A version committed through this process, with what its admission
+/// prepared. Only sent once the commit succeeded: a dry run or a failed
+/// commit never reaches the sync loop.
+#[derive(Clone, Default)]
+pub struct Committed {
+    pub version: u64,
+    pub prepared: Option<Prepared>,
+}
+
+impl fmt::Debug for Committed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Committed")
+            .field("version", &self.version)
+            .field("prepared", &self.prepared.is_some())
+            .finish()
+    }
 }
 
 /// The Postgres channel that carries committed config versions between replicas.
@@ -111,7 +139,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     url: DatabaseUrl,
-    committed: watch::Sender<u64>,
+    committed: watch::Sender<Committed>,
     /// Whether migrations have run: nothing else may touch the schema before.
     migrated: Arc<watch::Sender<bool>>,
     origin: Origin,
@@ -154,7 +182,7 @@ impl Store {
             pool,
             backend,
             url: url.clone(),
-            committed: watch::channel(0).0,
+            committed: watch::channel(Committed::default()).0,
             migrated: Arc::new(watch::channel(false).0),
             origin: Origin::default(),
             admission: None,
@@ -184,7 +212,7 @@ impl Store {
     }
 
     /// Versions committed through this process, as they commit.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> watch::Receiver<Committed> {
         self.committed.subscribe()
     }
 
@@ -388,9 +416,9 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Prepared>, StoreError> {
         let Some(admission) = &self.admission else {
-            return Ok(());
+            return Ok(None);
         };
         let mut state = load_from(tx).await?;
         state.version = version;
@@ -402,7 +430,7 @@ impl Store {
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
     ) -> Result<(), StoreError> {
-        self.admit(&mut tx, version).await?;
+        let prepared = self.admit(&mut tx, version).await?;
         sqlx::query(
             "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
         )
@@ -420,7 +448,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        self.committed.send_replace(version);
+        self.committed.send_replace(Committed { version, prepared });
         Ok(())
     }
 }

@@ -1,17 +1,26 @@
-//! Keeps the served snapshot in step with the store.
+//! Keeps the served snapshot in step with the store, handing each one
+//! straight to the [`Rollout`].
 //!
-//! Rebuilds on a local commit, on a Postgres `NOTIFY` from another replica,
-//! and when a periodic version check finds the store ahead (the safety net
-//! for missed notifications and for SQLite shared between processes).
-//! Triggers that arrive while a build runs coalesce into one more build.
-//! Until the store has been read once nothing is published, and a failed
-//! read or an inconsistent translation keeps the last good snapshot.
+//! A commit made through this process carries the snapshot its admission
+//! check translated inside the write transaction (see `admission.rs`), so
+//! it is served as is: one load and one translation per change. A commit
+//! by another replica (Postgres `NOTIFY`) or one found by the periodic
+//! version check (missed notifications, SQLite shared between processes)
+//! is loaded and translated here. Triggers that arrive while a build runs
+//! coalesce into one more build. Until the store has been read once nothing
+//! is served, and a failed read or an inconsistent translation keeps the
+//! last good snapshot.
+//!
+//! The loop only ends on shutdown: if it, or the notification listener it
+//! watches, stops otherwise, it returns an error and the process stops
+//! rather than leave Envoy on a frozen configuration.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures_core::future::BoxFuture;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -19,10 +28,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     clock::now_ms,
-    store::{Backend, NOTIFY_CHANNEL, Store, StoreError},
+    model::ConfigState,
+    store::{Backend, Committed, DatabaseUrl, NOTIFY_CHANNEL, RejectedResource, Store, StoreError},
     telemetry::{Metrics, ResultLabel},
     translate::{self, ProxySettings},
-    xds::{Rollout, Snapshot},
+    xds::{Rollout, Snapshot, rollout::RefusalLog},
 };
 
 /// How far back a restarted control plane looks for a version without
@@ -48,56 +58,148 @@ impl Default for SyncSettings {
     }
 }
 
-/// Runs until `shutdown`, publishing every consistent snapshot on `publish`.
+/// Why the sync loop stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("the store stopped announcing commits")]
+    CommitsClosed,
+    #[error("the Postgres notification listener stopped: {0}")]
+    Listener(String),
+}
+
+/// What the sync loop reads: the [`Store`], or in tests a stand-in.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// For logs; never carries credentials.
+    fn describe(&self) -> String;
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn load(&self) -> BoxFuture<'_, Result<ConfigState, StoreError>>;
+    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// The state at `version`, and the current version.
+    fn state_at(&self, version: u64) -> BoxFuture<'_, Result<(u64, ConfigState), StoreError>>;
+    fn rejections(&self) -> BoxFuture<'_, Result<Vec<RejectedResource>, StoreError>>;
+    fn rejection_count(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Commits made through this process, with what their admission prepared.
+    fn subscribe(&self) -> watch::Receiver<Committed>;
+    /// Where to `LISTEN` for other replicas' commits (Postgres only).
+    fn notifications(&self) -> Option<DatabaseUrl>;
+}
+
+impl ConfigSource for Store {
+    fn describe(&self) -> String {
+        self.url().to_string()
+    }
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(Store::migrate(self))
+    }
+    fn load(&self) -> BoxFuture<'_, Result<ConfigState, StoreError>> {
+        Box::pin(Store::load(self))
+    }
+    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(Store::version(self))
+    }
+    fn state_at(&self, version: u64) -> BoxFuture<'_, Result<(u64, ConfigState), StoreError>> {
+        Box::pin(Store::state_at(self, version))
+    }
+    fn rejections(&self) -> BoxFuture<'_, Result<Vec<RejectedResource>, StoreError>> {
+        Box::pin(Store::rejections(self))
+    }
+    fn rejection_count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(Store::rejection_count(self))
+    }
+    fn subscribe(&self) -> watch::Receiver<Committed> {
+        Store::subscribe(self)
+    }
+    fn notifications(&self) -> Option<DatabaseUrl> {
+        (self.backend() == Backend::Postgres).then(|| self.url().clone())
+    }
+}
+
+/// The rollout records what nodes refused in the store, so a restarted
+/// control plane and the other replicas keep the fleet off it too.
+impl RefusalLog for Store {
+    fn record(&self, refused: Vec<RejectedResource>) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_rejections(&refused).await {
+                warn!(error = %e, "cannot record a rejection; a restart would retry it");
+            }
+        });
+    }
+}
+
+/// Runs until `shutdown`, handing every consistent snapshot to `rollout`.
 pub async fn run(
-    store: Store,
+    source: Arc<dyn ConfigSource>,
     proxy: ProxySettings,
     settings: SyncSettings,
-    publish: watch::Sender<Option<Arc<Snapshot>>>,
     rollout: Rollout,
     metrics: Metrics,
     shutdown: CancellationToken,
-) {
+) -> Result<(), SyncError> {
+    let source = source.as_ref();
     let remote = Arc::new(Notify::new());
     let mut failures = FailureLog::default();
-    while let Err(e) = store.migrate().await {
+    while let Err(e) = source.migrate().await {
         failures.report("store not ready (migrations)", &e, &metrics);
         if sleep_or_shutdown(settings.poll_interval, &shutdown).await {
-            return;
+            return Ok(());
         }
     }
-    info!(store = %store.url(), "store ready");
+    info!(store = %source.describe(), "store ready");
     // How many refusals the store held when last read.
     let mut known_rejections = None;
-    learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
-    if store.backend() == Backend::Postgres {
-        tokio::spawn(listen_postgres(
-            store.clone(),
-            remote.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let mut local = store.subscribe();
+    learn_rejections(source, &proxy, &rollout, &mut known_rejections).await;
+    let mut listener = source
+        .notifications()
+        .map(|url| tokio::spawn(listen_postgres(url, remote.clone(), shutdown.clone())));
+    let mut local = source.subscribe();
     let mut poll = tokio::time::interval(settings.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut served: Option<u64> = None;
     // The newest version a build was attempted for, successful or not.
     let mut attempted: Option<u64> = None;
     let mut pending = true;
+    // Whether the next build must read the store (a change made elsewhere)
+    // rather than take what a local commit's admission prepared.
+    let mut needs_load = true;
     loop {
         if pending {
-            match build(&store, &proxy, &metrics).await {
+            let prepared = if needs_load {
+                None
+            } else {
+                prepared_snapshot(&mut local, attempted)
+            };
+            let built = match prepared {
+                Some(built) => {
+                    metrics
+                        .snapshot_builds
+                        .get_or_create(&ResultLabel { result: "admitted" })
+                        .inc();
+                    Ok(built)
+                }
+                None if needs_load || local_is_newer(&local, attempted) => {
+                    build(source, &proxy, &metrics).await
+                }
+                // Nothing newer than what was built.
+                None => Ok(Built {
+                    version: attempted.unwrap_or_default(),
+                    ready: None,
+                }),
+            };
+            match built {
                 Ok(snapshot) => {
                     failures.recovered();
                     pending = false;
+                    needs_load = false;
                     attempted = Some(snapshot.version);
                     if let Some(snapshot) = snapshot.ready {
                         if rollout.serving_suspect() && rollout.is_suspect(&snapshot) {
-                            let start = last_good(&store, &proxy, &rollout, snapshot.version)
+                            let start = last_good(source, &proxy, &rollout, snapshot.version)
                                 .await
                                 .unwrap_or_else(|| snapshot.clone());
                             rollout.fall_back_to(start);
                         }
-                        publish_snapshot(&publish, snapshot, &metrics);
+                        serve(&rollout, snapshot, &metrics, &mut served);
                     }
                 }
                 Err(e) => {
@@ -107,39 +209,82 @@ pub async fn run(
                         &metrics,
                     );
                     if sleep_or_shutdown(settings.poll_interval, &shutdown).await {
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             changed = local.changed() => {
-                if changed.is_err() { return; }
+                if changed.is_err() {
+                    return Err(SyncError::CommitsClosed);
+                }
                 pending = true;
             }
             _ = remote.notified() => {
                 // A commit or a refusal recorded by another replica.
                 pending = true;
-                learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
+                needs_load = true;
+                learn_rejections(source, &proxy, &rollout, &mut known_rejections).await;
             }
-            _ = poll.tick() => match (store.version().await, store.rejection_count().await) {
+            _ = poll.tick() => match (source.version().await, source.rejection_count().await) {
                 (Ok(version), Ok(rejections)) => {
-                    pending = attempted != Some(version);
+                    if attempted != Some(version) {
+                        pending = true;
+                        needs_load = true;
+                    }
                     if known_rejections != Some(rejections) {
-                        learn_rejections(&store, &proxy, &rollout, &mut known_rejections).await;
+                        learn_rejections(source, &proxy, &rollout, &mut known_rejections).await;
                     }
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     failures.report("store unreachable; keeping the last snapshot", &e, &metrics);
                 }
             },
+            stopped = async {
+                match listener.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                let why = match stopped {
+                    Ok(()) => "returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(SyncError::Listener(why));
+            }
         }
         if pending && sleep_or_shutdown(settings.debounce, &shutdown).await {
-            return;
+            return Ok(());
         }
     }
+}
+
+/// The snapshot a local commit newer than `attempted` carries, if its
+/// admission prepared one.
+fn prepared_snapshot(
+    local: &mut watch::Receiver<Committed>,
+    attempted: Option<u64>,
+) -> Option<Built> {
+    let committed = local.borrow_and_update().clone();
+    if attempted.is_some_and(|a| committed.version <= a) {
+        return None;
+    }
+    let snapshot = committed.prepared?.downcast::<Snapshot>().ok()?;
+    Some(Built {
+        version: committed.version,
+        ready: Some(snapshot),
+    })
+}
+
+/// Whether a local commit is newer than what was built.
+fn local_is_newer(local: &watch::Receiver<Committed>, attempted: Option<u64>) -> bool {
+    attempted.is_none_or(|a| local.borrow().version > a)
 }
 
 struct Built {
@@ -149,12 +294,12 @@ struct Built {
 }
 
 async fn build(
-    store: &Store,
+    source: &dyn ConfigSource,
     proxy: &ProxySettings,
     metrics: &Metrics,
 ) -> Result<Built, StoreError> {
     let started = Instant::now();
-    let state = store.load().await?;
+    let state = source.load().await?;
     let version = state.version;
     let translated = translate::snapshot(&state, proxy, now_ms());
     metrics
@@ -187,7 +332,7 @@ async fn build(
 /// then carries one and no earlier served snapshot is clean, the newest
 /// earlier version without any is rebuilt from history and served.
 async fn learn_rejections(
-    store: &Store,
+    store: &dyn ConfigSource,
     proxy: &ProxySettings,
     rollout: &Rollout,
     known: &mut Option<u64>,
@@ -215,7 +360,7 @@ async fn learn_rejections(
 /// node refused before the restart, or when another replica's node refused
 /// what is served.
 async fn last_good(
-    store: &Store,
+    store: &dyn ConfigSource,
     proxy: &ProxySettings,
     rollout: &Rollout,
     newest: u64,
@@ -241,31 +386,24 @@ async fn last_good(
     None
 }
 
-fn publish_snapshot(
-    publish: &watch::Sender<Option<Arc<Snapshot>>>,
-    snapshot: Arc<Snapshot>,
-    metrics: &Metrics,
-) {
+/// Hands `snapshot` to the rollout once per version.
+fn serve(rollout: &Rollout, snapshot: Arc<Snapshot>, metrics: &Metrics, served: &mut Option<u64>) {
     let version = snapshot.version;
-    let newer = publish.send_if_modified(|current| {
-        let newer = current.as_ref().is_none_or(|c| c.version != version);
-        if newer {
-            *current = Some(snapshot);
-        }
-        newer
-    });
-    if newer {
-        metrics.snapshot_version.set(version as i64);
-        info!(version, "serving snapshot");
+    if *served == Some(version) {
+        return;
     }
+    *served = Some(version);
+    rollout.offer(snapshot);
+    metrics.snapshot_version.set(version as i64);
+    info!(version, "serving snapshot");
 }
 
 /// Wakes the sync loop on every `NOTIFY` from another replica; reconnects forever.
-async fn listen_postgres(store: Store, notify: Arc<Notify>, shutdown: CancellationToken) {
+async fn listen_postgres(url: DatabaseUrl, notify: Arc<Notify>, shutdown: CancellationToken) {
     let mut failures = FailureLog::default();
     loop {
         let listener = async {
-            let mut listener = PgListener::connect(store.url().expose()).await?;
+            let mut listener = PgListener::connect(url.expose()).await?;
             listener.listen(NOTIFY_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use gatehouse_control_plane::{
     model::{ConfigDocument, ConfigState, Endpoint, FieldError, Kind, Route, Service},
     store::{
-        Admission, AdmissionError, ApplyOptions, ChangeOp, DatabaseUrl, Origin, RejectedResource,
-        Source, Store, StoreError,
+        Admission, AdmissionError, ApplyOptions, ChangeOp, DatabaseUrl, Origin, Prepared,
+        RejectedResource, Source, Store, StoreError,
     },
 };
 use sqlx::Connection;
@@ -562,7 +562,7 @@ impl Admission for RefuseNamedRoute {
     fn admit<'a>(
         &'a self,
         state: &'a ConfigState,
-    ) -> futures_core::future::BoxFuture<'a, Result<(), AdmissionError>> {
+    ) -> futures_core::future::BoxFuture<'a, Result<Option<Prepared>, AdmissionError>> {
         self.0.lock().unwrap().push(state.version);
         let refused = state.routes.contains_key("refused");
         Box::pin(async move {
@@ -572,7 +572,9 @@ impl Admission for RefuseNamedRoute {
                     "no such route",
                 )]))
             } else {
-                Ok(())
+                Ok(Some(
+                    std::sync::Arc::new(format!("prepared {}", state.version)) as Prepared,
+                ))
             }
         })
     }
@@ -581,6 +583,7 @@ impl Admission for RefuseNamedRoute {
 async fn every_change_passes_admission_before_commit(store: Store) {
     let check = std::sync::Arc::new(RefuseNamedRoute(Default::default()));
     let store = store.with_admission(check.clone());
+    let mut committed = store.subscribe();
     store.create(&service("a", 80)).await.unwrap();
     store.create(&route("r", &["a"])).await.unwrap();
     assert_eq!(
@@ -588,6 +591,11 @@ async fn every_change_passes_admission_before_commit(store: Store) {
         [1, 2],
         "each sees its own version"
     );
+    // What the check prepared travels with the commit notice.
+    let notice = committed.borrow_and_update().clone();
+    assert_eq!(notice.version, 2);
+    let prepared = notice.prepared.expect("prepared").downcast::<String>().ok();
+    assert_eq!(prepared.as_deref().map(String::as_str), Some("prepared 2"));
 
     // Single writes, applies, dry runs and rollbacks are all refused.
     let refused = |e: StoreError| matches!(e, StoreError::Admission(AdmissionError::Refused(_)));
@@ -608,6 +616,10 @@ async fn every_change_passes_admission_before_commit(store: Store) {
         "a dry run reports what the check says"
     );
     assert_eq!(store.version().await.unwrap(), 2, "nothing committed");
+    assert!(
+        !committed.has_changed().unwrap(),
+        "refusals and dry runs announce nothing"
+    );
     assert!(store.get::<Route>("refused").await.unwrap().is_none());
     assert_eq!(store.history(10, None).await.unwrap().len(), 2);
 }

@@ -533,6 +533,12 @@ async fn store_unreachable_at_start_never_empties_envoy() {
         503,
         "writes fail cleanly while the store is down"
     );
+    assert_eq!(
+        write.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let problem: serde_json::Value = write.json().await.expect("problem+json");
+    assert_eq!(problem["type"], "urn:gatehouse:problem:starting");
 
     // Over several poll intervals, Envoy keeps its listener and routes.
     let load = Load::start(g.envoy.url("/still-here"), 100, Duration::from_secs(30));

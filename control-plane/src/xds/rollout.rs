@@ -1,6 +1,6 @@
 //! What the fleet is served: the newest snapshot, unless a node rejected it.
 //!
-//! The sync loop publishes every consistent snapshot it builds; streams serve
+//! The sync loop offers every consistent snapshot it builds; streams serve
 //! what [`Rollout`] passes on. When a node NACKs, the resources that response
 //! changed for it become suspect, and no snapshot carrying any of them is
 //! served again: every node, including nodes that connect later, goes back to
@@ -22,11 +22,17 @@ use std::{
 
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::snapshot::{ResourceType, Snapshot};
-use crate::store::{RejectedResource, Store};
+use crate::store::RejectedResource;
+
+/// Where the rollout keeps what nodes refused, so that a restarted control
+/// plane and the other replicas keep the fleet off it too (the store).
+pub trait RefusalLog: Send + Sync + 'static {
+    /// Records refusals; must not block (the store writes in the background).
+    fn record(&self, refused: Vec<RejectedResource>);
+}
 
 /// Snapshots kept to fall back to (each holds the whole config: at 10,000
 /// routes a few MiB).
@@ -110,12 +116,20 @@ impl State {
 }
 
 /// Shared between the sync loop's output, the streams and the admin API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Rollout {
     state: Arc<Mutex<State>>,
     served: watch::Sender<Option<Arc<Snapshot>>>,
     /// Where refusals are recorded, if anywhere.
-    store: Option<Store>,
+    refusals: Option<Arc<dyn RefusalLog>>,
+}
+
+impl std::fmt::Debug for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollout")
+            .field("recorded", &self.refusals.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Rollout {
@@ -123,7 +137,7 @@ impl Default for Rollout {
         Self {
             state: Arc::default(),
             served: watch::channel(None).0,
-            store: None,
+            refusals: None,
         }
     }
 }
@@ -141,9 +155,9 @@ impl Rollout {
         self.served.subscribe()
     }
 
-    /// Records every refusal in `store` (see [`Rollout::restore`]).
-    pub fn with_store(mut self, store: Store) -> Self {
-        self.store = Some(store);
+    /// Records every refusal in `log` (see [`Rollout::learn`]).
+    pub fn with_refusal_log(mut self, log: Arc<dyn RefusalLog>) -> Self {
+        self.refusals = Some(log);
         self
     }
 
@@ -230,24 +244,6 @@ impl Rollout {
         f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Serves every snapshot `latest` publishes until `shutdown`.
-    pub async fn follow(
-        self,
-        mut latest: watch::Receiver<Option<Arc<Snapshot>>>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            let snapshot = latest.borrow_and_update().clone();
-            if let Some(snapshot) = snapshot {
-                self.offer(snapshot);
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = latest.changed() => if changed.is_err() { return },
-            }
-        }
-    }
-
     /// A newly built snapshot: served unless it carries a refused resource.
     pub fn offer(&self, snapshot: Arc<Snapshot>) {
         let serve = self.with(|s| {
@@ -283,7 +279,7 @@ impl Rollout {
         suspects: &[(String, String)],
         error_detail: &str,
     ) {
-        if let Some(store) = &self.store {
+        if let Some(log) = &self.refusals {
             let at_ms = i64::try_from(now_ms()).unwrap_or_default();
             let rejected: Vec<RejectedResource> = suspects
                 .iter()
@@ -297,12 +293,7 @@ impl Rollout {
                     at_ms,
                 })
                 .collect();
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.record_rejections(&rejected).await {
-                    warn!(error = %e, "cannot record a rejection; a restart would retry it");
-                }
-            });
+            log.record(rejected);
         }
         let fallback = self.with(|s| {
             for (name, content) in suspects {
