@@ -12,10 +12,10 @@ use gatehouse_proto::{
     ratelimit_service::{RateLimitRequest, rate_limit_response::Code},
 };
 use gatehouse_ratelimit_service::{
+    counters::{Counters, memory::MemoryStore},
     metrics::Metrics,
     rules::Rules,
     server::decide,
-    store::{Store, memory::MemoryStore},
 };
 
 fn descriptor(entries: &[(&str, String)]) -> RateLimitDescriptor {
@@ -81,7 +81,7 @@ fn batch(descriptors: usize) -> Vec<RateLimitRequest> {
 
 pub async fn run(requests: usize, seconds: u64, concurrency: usize) {
     let rules = rules();
-    let store = Store::Memory(MemoryStore::default());
+    let store = Counters::Memory(MemoryStore::default());
     let metrics = Metrics::default();
     for descriptors in [1, 3] {
         let batch = batch(descriptors);
@@ -108,8 +108,8 @@ pub async fn run(requests: usize, seconds: u64, concurrency: usize) {
 async fn redis(seconds: u64, concurrency: usize) {
     let server = gatehouse_e2e::redis::RedisServer::start().await;
     let rules = std::sync::Arc::new(rules());
-    let store = std::sync::Arc::new(Store::redis(
-        gatehouse_ratelimit_service::store::redis::RedisStore::new(
+    let store = std::sync::Arc::new(Counters::redis(
+        gatehouse_ratelimit_service::counters::redis::RedisStore::new(
             &server.url(),
             std::time::Duration::from_millis(1000),
         )

@@ -75,11 +75,12 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
 
+    /// Log format: text or json (filter with RUST_LOG).
     #[arg(
         long,
         env = "GATEHOUSE_LOG_FORMAT",
         value_enum,
-        default_value = "plain"
+        default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
 
@@ -192,7 +193,7 @@ impl Config {
     }
 
     /// The bootstrap admin token from the flag, the environment or the file.
-    pub fn bootstrap_token(&self) -> Result<Option<Secret>, String> {
+    pub fn bootstrap_token(&self) -> Result<Option<Secret>, ConfigError> {
         let token = secret(
             &self.admin_token,
             &self.admin_token_file,
@@ -200,18 +201,14 @@ impl Config {
             "the bootstrap admin token",
         )?;
         if token.is_none() && !self.admin_addr.ip().is_loopback() {
-            return Err(format!(
-                "refusing to serve the admin API on {} without authentication: set GATEHOUSE_ADMIN_TOKEN \
-                 or --admin-token-file, or bind to a loopback address",
-                self.admin_addr
-            ));
+            return Err(ConfigError::OpenAdmin(self.admin_addr));
         }
         Ok(token)
     }
 
     /// The token xDS clients must present, from the flag, the environment or
     /// the file; only printable ASCII, as it travels in gRPC metadata.
-    pub fn xds_token(&self) -> Result<Option<Secret>, String> {
+    pub fn xds_token(&self) -> Result<Option<Secret>, ConfigError> {
         let token = secret(
             &self.xds_token,
             &self.xds_token_file,
@@ -221,13 +218,13 @@ impl Config {
         if let Some(token) = &token
             && !token.expose().bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err("the xDS token must be printable ASCII without spaces".into());
+            return Err(ConfigError::XdsTokenNotAscii);
         }
         Ok(token)
     }
 
     /// The Envoy binary that validates changes before commit, if any.
-    pub fn envoy_validator(&self) -> Result<Option<PathBuf>, String> {
+    pub fn envoy_validator(&self) -> Result<Option<PathBuf>, ConfigError> {
         match self.validate_with_envoy.as_str() {
             "off" => Ok(None),
             "auto" => Ok(std::env::var_os("PATH").and_then(|paths| {
@@ -240,10 +237,7 @@ impl Config {
                 if path.is_file() {
                     Ok(Some(path))
                 } else {
-                    Err(format!(
-                        "--validate-with-envoy {}: no such file (use a path to envoy, auto or off)",
-                        path.display()
-                    ))
+                    Err(ConfigError::NoEnvoy(path))
                 }
             }
         }
@@ -254,19 +248,44 @@ impl Config {
     }
 }
 
+/// A configuration the control plane refuses to start with (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "refusing to serve the admin API on {0} without authentication: set GATEHOUSE_ADMIN_TOKEN \
+         or --admin-token-file, or bind to a loopback address"
+    )]
+    OpenAdmin(std::net::SocketAddr),
+    #[error("the xDS token must be printable ASCII without spaces")]
+    XdsTokenNotAscii,
+    #[error("--validate-with-envoy {}: no such file (use a path to envoy, auto or off)", .0.display())]
+    NoEnvoy(PathBuf),
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    SecretFile {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} must be at least {MIN_BOOTSTRAP_LEN} characters")]
+    ShortSecret(&'static str),
+}
+
 /// A secret from its flag (or environment variable) or its file, at least
 /// `MIN_BOOTSTRAP_LEN` characters.
 fn secret(
     value: &Option<Secret>,
     file: &Option<PathBuf>,
-    file_flag: &str,
-    what: &str,
-) -> Result<Option<Secret>, String> {
+    file_flag: &'static str,
+    what: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
     let token = match (value, file) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {file_flag} {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                flag: file_flag,
+                path: path.clone(),
+                source,
+            })?;
             Some(Secret::new(text.trim().to_owned()))
         }
         (None, None) => None,
@@ -274,9 +293,7 @@ fn secret(
     if let Some(token) = &token
         && token.expose().len() < MIN_BOOTSTRAP_LEN
     {
-        return Err(format!(
-            "{what} must be at least {MIN_BOOTSTRAP_LEN} characters"
-        ));
+        return Err(ConfigError::ShortSecret(what));
     }
     Ok(token)
 }
@@ -321,9 +338,8 @@ mod tests {
             !format!("{config:?}").contains(&long),
             "the token is redacted"
         );
-        assert_eq!(
-            parse(&[]).bootstrap_token(),
-            Ok(None),
+        assert!(
+            matches!(parse(&[]).bootstrap_token(), Ok(None)),
             "loopback without a token is open"
         );
     }
@@ -333,7 +349,7 @@ mod tests {
         let parse = |args: &[&str]| {
             Config::try_parse_from([&["gatehouse-control-plane"], args].concat()).expect("parses")
         };
-        assert_eq!(parse(&[]).xds_token().map(|t| t.is_some()), Ok(false));
+        assert!(matches!(parse(&[]).xds_token(), Ok(None)));
         assert!(parse(&["--xds-token", "short"]).xds_token().is_err());
         let spaced = format!("{} {}", "x".repeat(20), "y".repeat(20));
         assert!(parse(&["--xds-token", &spaced]).xds_token().is_err());

@@ -45,8 +45,8 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigError),
     #[error("cannot create data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("{0} server failed: {1}")]
@@ -82,8 +82,8 @@ impl ControlPlane {
     /// control plane whose database is down starts, and serves nothing to
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let bootstrap_token = config.bootstrap_token().map_err(StartError::Invalid)?;
-        let xds_token = config.xds_token().map_err(StartError::Invalid)?;
+        let bootstrap_token = config.bootstrap_token()?;
+        let xds_token = config.xds_token()?;
         if xds_token.is_none() && !config.xds_addr.ip().is_loopback() {
             tracing::warn!(
                 addr = %config.xds_addr,
@@ -94,7 +94,7 @@ impl ControlPlane {
             std::fs::create_dir_all(&config.store.data_dir)
                 .map_err(|e| StartError::DataDir(config.store.data_dir.clone(), e))?;
         }
-        let envoy = config.envoy_validator().map_err(StartError::Invalid)?;
+        let envoy = config.envoy_validator()?;
         match &envoy {
             Some(path) => {
                 tracing::info!(envoy = %path.display(), "changes are validated by Envoy before commit")

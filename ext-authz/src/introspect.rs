@@ -25,9 +25,20 @@ pub struct Introspected {
     pub cache_until_ms: i64,
 }
 
+/// Why an introspection call gave no answer (the token is then refused).
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectError {
+    #[error("client secret: {0}")]
+    Secret(#[from] secret::SecretError),
+    #[error(transparent)]
+    Fetch(#[from] crate::FetchError),
+    #[error("response is not a JSON object")]
+    NotJson,
+}
+
 pub struct Provider {
     pub config: auth::IntrospectionProvider,
-    secret: Result<secret::Secret, String>,
+    secret: Result<secret::Secret, secret::SecretError>,
     http: reqwest::Client,
     cache: Mutex<HashMap<[u8; 32], Introspected>>,
     metrics: Metrics,
@@ -42,7 +53,7 @@ impl Provider {
         let secret = config
             .client_secret
             .as_ref()
-            .ok_or_else(|| "no client secret configured".to_owned())
+            .ok_or(secret::SecretError::NotConfigured)
             .and_then(secret::resolve);
         if let Err(e) = &secret {
             warn!(provider = %config.name, error = %e, "introspection provider cannot authenticate");
@@ -93,7 +104,7 @@ impl Provider {
         Some(answer)
     }
 
-    async fn call(&self, token: &str, now: i64) -> Result<Option<Introspected>, String> {
+    async fn call(&self, token: &str, now: i64) -> Result<Option<Introspected>, IntrospectError> {
         let secret = self.secret.as_ref().map_err(Clone::clone)?;
         let request = self
             .http
@@ -104,8 +115,8 @@ impl Provider {
                 self.config.timeout_ms.max(1),
             )));
         let body = crate::fetch_bounded(request, MAX_RESPONSE_BYTES).await?;
-        let fields: Map<String, Value> = serde_json::from_slice(&body)
-            .map_err(|_| "response is not a JSON object".to_owned())?;
+        let fields: Map<String, Value> =
+            serde_json::from_slice(&body).map_err(|_| IntrospectError::NotJson)?;
         Ok(self.interpret(&fields, now))
     }
 

@@ -312,15 +312,26 @@ async fn periodic_refresh(issuer: std::sync::Weak<Issuer>, stop: CancellationTok
     }
 }
 
-async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<KeySet, String> {
+/// Why a JWKS gives no keys.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error(transparent)]
+    Fetch(#[from] crate::FetchError),
+    #[error("not a JWKS: {0}")]
+    NotJwks(serde_json::Error),
+    #[error("no usable public signature key")]
+    NoUsableKey,
+}
+
+async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError> {
     let body =
         crate::fetch_bounded(http.get(uri).timeout(JWKS_FETCH_TIMEOUT), MAX_JWKS_BYTES).await?;
     parse_jwks(&body)
 }
 
 /// Parses a JWKS, keeping the public signature keys it can use.
-fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(JwksError::NotJwks)?;
     let mut keys = KeySet::default();
     for jwk in &set.keys {
         if let Some(key) = key_from_jwk(jwk) {
@@ -333,7 +344,7 @@ fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
         }
     }
     if keys.by_kid.is_empty() && keys.unnamed.is_empty() {
-        return Err("no usable public signature key".into());
+        return Err(JwksError::NoUsableKey);
     }
     Ok(keys)
 }

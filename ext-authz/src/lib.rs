@@ -50,28 +50,41 @@ pub struct Settings {
     pub usage_report_interval: Duration,
 }
 
+/// Why a JWKS or introspection call failed; never carries the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed: {0}")]
+    Request(reqwest::Error),
+    #[error("status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("body: {0}")]
+    Body(reqwest::Error),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+}
+
 /// Sends `request` and reads a successful response's body, refusing more
 /// than `max_bytes` (for JWKS and introspection). Errors never carry the URL.
 pub async fn fetch_bounded(
     request: reqwest::RequestBuilder,
     max_bytes: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, FetchError> {
     let mut response = request
         .send()
         .await
-        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        .map_err(|e| FetchError::Request(e.without_url()))?;
     if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+        return Err(FetchError::Status(response.status()));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("body: {}", e.without_url()))?
+        .map_err(|e| FetchError::Body(e.without_url()))?
     {
         body.extend_from_slice(&chunk);
         if body.len() > max_bytes {
-            return Err(format!("response larger than {max_bytes} bytes"));
+            return Err(FetchError::TooLarge(max_bytes));
         }
     }
     Ok(body)
@@ -88,14 +101,18 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Turns ADS responses into the shared state: exactly one `AuthConfig`.
+/// Turns ADS responses into the shared state: exactly one `AuthConfig`;
+/// one that does not decode is refused with the reason, and the state in
+/// force stays.
 fn receiver(
     state: SharedState,
     http: reqwest::Client,
     metrics: Metrics,
-) -> impl FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static {
-    move |version, resources| {
-        let result = decode(&resources).map(|config| {
+) -> impl FnMut(&str, Vec<Any>) -> Result<(), gatehouse_xds_client::Refusal> + Send + 'static {
+    let outcomes = metrics.clone();
+    gatehouse_service_kit::snapshot::receiver(
+        auth::TYPE_URL,
+        move |version, config: auth::AuthConfig| {
             let previous = state.load_full();
             let built = AuthState::build(version, config, previous.as_deref(), &http, &metrics);
             info!(
@@ -106,19 +123,19 @@ fn receiver(
                 "authentication state updated"
             );
             state.store(Some(Arc::new(built)));
-            metrics.ready.set(1);
-        });
-        let label = if result.is_ok() { "ok" } else { "rejected" };
-        metrics
-            .config_updates
-            .get_or_create(&ResultLabel { result: label })
-            .inc();
-        result
-    }
-}
-
-fn decode(resources: &[Any]) -> Result<auth::AuthConfig, String> {
-    gatehouse_service_kit::single_resource(resources, auth::TYPE_URL)
+            Ok::<_, std::convert::Infallible>(())
+        },
+        move |ok| {
+            let result = if ok { "ok" } else { "rejected" };
+            outcomes
+                .config_updates
+                .get_or_create(&ResultLabel { result })
+                .inc();
+            if ok {
+                outcomes.ready.set(1);
+            }
+        },
+    )
 }
 
 fn settings_usage(

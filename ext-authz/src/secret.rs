@@ -23,20 +23,41 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Reads the secret; the error names where it looked, never what it found.
-pub fn resolve(reference: &SecretRef) -> Result<Secret, String> {
+/// Why a secret cannot be read: names where it looked, never what it found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("cannot read {path}: {kind}")]
+    Unreadable {
+        path: String,
+        kind: std::io::ErrorKind,
+    },
+    #[error("no source given")]
+    NoSource,
+    #[error("no client secret configured")]
+    NotConfigured,
+    #[error("the secret is empty")]
+    Empty,
+}
+
+/// Reads the secret.
+pub fn resolve(reference: &SecretRef) -> Result<Secret, SecretError> {
     let value = match &reference.source {
         Some(Source::Env(name)) => {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+            std::env::var(name).map_err(|_| SecretError::Unset(name.clone()))?
         }
         Some(Source::File(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {path}: {}", e.kind()))?
+            .map_err(|e| SecretError::Unreadable {
+                path: path.clone(),
+                kind: e.kind(),
+            })?
             .trim_end_matches(['\r', '\n'])
             .to_owned(),
-        None => return Err("no source given".into()),
+        None => return Err(SecretError::NoSource),
     };
     if value.is_empty() {
-        return Err("the secret is empty".into());
+        return Err(SecretError::Empty);
     }
     Ok(Secret(value))
 }

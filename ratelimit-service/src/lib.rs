@@ -3,19 +3,21 @@
 //!
 //! The control plane streams the policies and plans over ADS as one
 //! `RateLimitConfig` resource; Envoy sends, per request, the descriptors
-//! the control plane put on the route. Counters live in a [`store`]: in
-//! memory (the embedded default, one instance).
+//! the control plane put on the route. Counters live in [`counters`]: in
+//! memory (the embedded default, one instance) or in Redis, shared by every
+//! instance (each request decided atomically by one script; busy counters'
+//! hits leased ahead of use).
 //!
 //! - [`algorithm`]: fixed window, sliding window, token bucket
 //! - [`rules`]: the configuration in force; descriptors → counters
-//! - [`store`]: counter storage, atomic per request
+//! - [`counters`]: counter storage (memory, Redis), atomic per request
 //! - [`server`]: the gRPC service, response headers, HTTP endpoints
 
 pub mod algorithm;
+pub mod counters;
 pub mod metrics;
 pub mod rules;
 pub mod server;
-pub mod store;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -27,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
+    counters::Counters,
     metrics::{Metrics, ResultLabel},
     rules::Rules,
     server::{LimitService, SharedRules},
-    store::Store,
 };
 
 pub struct Settings {
@@ -39,42 +41,39 @@ pub struct Settings {
     pub node_id: String,
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
-    pub store: Store,
+    pub counters: Counters,
 }
 
+/// Turns ADS responses into the rules in force: exactly one
+/// `RateLimitConfig`; one that does not decode or build is refused with the
+/// reason, and the rules in force stay.
 fn receiver(
     rules: SharedRules,
     metrics: Metrics,
-) -> impl FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static {
-    move |version, resources| {
-        let result = decode(&resources).and_then(|config| Rules::build(version, config));
-        let label = match result {
-            Ok(built) => {
-                info!(
-                    version,
-                    policies = built.policy_count(),
-                    "rate limits updated"
-                );
-                rules.store(Some(Arc::new(built)));
+) -> impl FnMut(&str, Vec<Any>) -> Result<(), gatehouse_xds_client::Refusal> + Send + 'static {
+    gatehouse_service_kit::snapshot::receiver(
+        rl::TYPE_URL,
+        move |version, config: rl::RateLimitConfig| {
+            let built = Rules::build(version, config)?;
+            info!(
+                version,
+                policies = built.policy_count(),
+                "rate limits updated"
+            );
+            rules.store(Some(Arc::new(built)));
+            Ok::<_, rules::RulesError>(())
+        },
+        move |ok| {
+            let result = if ok { "ok" } else { "rejected" };
+            metrics
+                .config_updates
+                .get_or_create(&ResultLabel { result })
+                .inc();
+            if ok {
                 metrics.ready.set(1);
-                "ok"
             }
-            Err(_) => "rejected",
-        };
-        metrics
-            .config_updates
-            .get_or_create(&ResultLabel { result: label })
-            .inc();
-        if label == "ok" {
-            Ok(())
-        } else {
-            Err("invalid RateLimitConfig".to_owned())
-        }
-    }
-}
-
-fn decode(resources: &[Any]) -> Result<rl::RateLimitConfig, String> {
-    gatehouse_service_kit::single_resource(resources, rl::TYPE_URL)
+        },
+    )
 }
 
 /// Subscribes to the control plane and serves on a pre-bound listener until
@@ -84,7 +83,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let metrics = Metrics::new(settings.store.redis_counters());
+    let metrics = Metrics::new(settings.counters.redis_counters());
     let rules: SharedRules = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
     let subscription = Subscription {
@@ -99,7 +98,7 @@ pub async fn serve(
         receiver(rules.clone(), metrics.clone()),
         stop.clone(),
     ));
-    let store = Arc::new(settings.store);
+    let store = Arc::new(settings.counters);
     let sweeper = tokio::spawn(sweep(store.clone(), stop.clone()));
     let lender = store
         .leasing()
@@ -122,8 +121,8 @@ pub async fn serve(
 /// Gives unspent leased hits back to Redis once their loan is due, and all
 /// of them when the service stops (after its last request), so a restart,
 /// such as a rolling deploy, keeps no hits from the other instances.
-async fn return_leases(store: Arc<Store>, stop: CancellationToken) {
-    let every = Duration::from_millis(store::lease::LOAN_MS / 4);
+async fn return_leases(store: Arc<Counters>, stop: CancellationToken) {
+    let every = Duration::from_millis(counters::lease::LOAN_MS / 4);
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -137,7 +136,7 @@ async fn return_leases(store: Arc<Store>, stop: CancellationToken) {
 }
 
 /// Drops expired in-memory counters every few seconds.
-async fn sweep(store: Arc<Store>, stop: CancellationToken) {
+async fn sweep(store: Arc<Counters>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

@@ -1,30 +1,17 @@
-use std::{net::SocketAddr, time::Duration};
+//! `gatehouse-ratelimit`: parses its flags, then runs the service.
+
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use gatehouse_ratelimit_service::store::{Store, memory::MemoryStore, redis::RedisStore};
+use gatehouse_ratelimit_service::counters::{Counters, memory::MemoryStore, redis::RedisStore};
+use gatehouse_service_kit::{CommonArgs, Defaults, StartError, Started};
 
 /// Gatehouse ratelimit-service: Envoy's rate limit (envoy.service.ratelimit.v3) gRPC server.
 #[derive(Parser)]
 #[command(name = "gatehouse-ratelimit", version)]
 struct Args {
-    /// Address for gRPC ShouldRateLimit and the HTTP /healthz, /readyz and /metrics.
-    #[arg(long, env = "GATEHOUSE_LISTEN_ADDR", default_value = "127.0.0.1:18002")]
-    listen_addr: SocketAddr,
-
-    /// The control plane's xDS address.
-    #[arg(
-        long,
-        env = "GATEHOUSE_XDS_URL",
-        default_value = "http://127.0.0.1:18000"
-    )]
-    xds_url: String,
-
-    /// Node id reported to the control plane (shown in its status).
-    #[arg(long, env = "GATEHOUSE_NODE_ID", default_value = "ratelimit")]
-    node_id: String,
-
     #[command(flatten)]
-    xds_token: gatehouse_xds_client::TokenArgs,
+    common: CommonArgs,
 
     /// Redis for counters shared by every instance (redis://…); without it,
     /// counters are in memory (one instance).
@@ -48,75 +35,67 @@ struct Args {
     /// request.
     #[arg(long, env = "GATEHOUSE_REDIS_LEASE_MAX", default_value_t = 100)]
     redis_lease_max: u64,
-
-    /// Longest wait for in-flight decisions on shutdown.
-    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
-    shutdown_grace_ms: u64,
-
-    /// Threads deciding: 1 (the default) runs everything on one thread, the
-    /// least CPU per decision (each costs microseconds, the rest is waiting
-    /// on Redis), leaving the other cores to Envoy; more is a work-stealing
-    /// pool of that many threads; 0 is one per CPU.
-    #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1)]
-    worker_threads: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    gatehouse_service_kit::runtime(args.worker_threads)?.block_on(serve(args))
-}
+/// One thread by default: each decision costs microseconds and the rest is
+/// waiting on Redis, so one thread spends the least CPU per decision and
+/// leaves the other cores to Envoy.
+const DEFAULTS: Defaults = Defaults {
+    listen_addr: "127.0.0.1:18002",
+    node_id: "ratelimit",
+    worker_threads: "1",
+};
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    gatehouse_service_kit::init_logging();
-    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        addr = %listener.local_addr()?,
-        worker_threads = args.worker_threads,
-        redis_lease_max = args.redis_lease_max,
-        xds = %args.xds_url,
-        store = match (&args.redis_url, args.redis_cluster) {
-            (None, _) => "memory",
-            (Some(_), false) => "redis",
-            (Some(_), true) => "redis cluster",
-        },
-        "listening"
-    );
-    let settings = gatehouse_ratelimit_service::Settings {
-        xds_endpoint: args.xds_url,
-        node_id: args.node_id,
-        xds_token: args.xds_token.token().map_err(anyhow::Error::msg)?,
-        store: match &args.redis_url {
+fn main() -> ExitCode {
+    let args: Args = gatehouse_service_kit::config::parse(&DEFAULTS);
+    let Args {
+        common,
+        redis_url,
+        redis_cluster,
+        redis_timeout_ms,
+        redis_lease_max,
+    } = args;
+    gatehouse_service_kit::run::main(common, move |started: Started| async move {
+        let counters = match &redis_url {
+            None => Counters::Memory(MemoryStore::default()),
             Some(url) => {
-                let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
-                let redis = if args.redis_cluster {
+                let timeout = Duration::from_millis(redis_timeout_ms.max(1));
+                let redis = if redis_cluster {
                     let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
-                    RedisStore::cluster(&seeds, timeout)?
+                    RedisStore::cluster(&seeds, timeout)
                 } else {
-                    RedisStore::new(url, timeout)?
+                    RedisStore::new(url, timeout)
                 }
-                .with_leases(args.redis_lease_max);
+                .map_err(|e| StartError::Config(format!("--redis-url: {e}")))?
+                .with_leases(redis_lease_max);
                 if let Err(e) = redis.warm_up(Duration::from_secs(2)).await {
                     tracing::warn!(error = %e, "Redis not ready at start: deciding degraded until it is");
                 }
-                Store::redis(redis)
+                Counters::redis(redis)
             }
-            None => Store::Memory(MemoryStore::default()),
-        },
-    };
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
-    gatehouse_service_kit::run_until_signal(
-        |stop| {
-            tokio::spawn(gatehouse_ratelimit_service::serve(
-                listener,
-                settings,
-                async {
-                    let _ = stop.await;
-                },
-            ))
-        },
-        grace,
-    )
-    .await?;
-    Ok(())
+        };
+        tracing::info!(
+            counters = match (&redis_url, redis_cluster) {
+                (None, _) => "memory",
+                (Some(_), false) => "redis",
+                (Some(_), true) => "redis cluster",
+            },
+            redis_lease_max,
+            "counters"
+        );
+        let settings = gatehouse_ratelimit_service::Settings {
+            xds_endpoint: started.xds_url,
+            node_id: started.node_id,
+            xds_token: started.xds_token,
+            counters,
+        };
+        let stop = started.stop;
+        Ok(tokio::spawn(gatehouse_ratelimit_service::serve(
+            started.listener,
+            settings,
+            async {
+                let _ = stop.await;
+            },
+        )))
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::store::RedisCounters;
+use crate::counters::RedisCounters;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},

@@ -8,7 +8,7 @@ use gatehouse_proto::{
     ratelimit_common::RateLimitDescriptor,
 };
 
-use crate::{algorithm::Rule, store::Item};
+use crate::{algorithm::Rule, counters::Item};
 
 /// What a counter belongs to, for responses, metrics and hit logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +52,18 @@ fn rule(algorithm: i32, limit: &rl::Limit, burst: u64) -> Rule {
     }
 }
 
+/// Why a `RateLimitConfig` cannot be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("policy {0:?} has no limit")]
+    NoLimit(String),
+}
+
 impl Rules {
-    pub fn build(version: &str, config: rl::RateLimitConfig) -> Result<Rules, String> {
+    pub fn build(version: &str, config: rl::RateLimitConfig) -> Result<Rules, RulesError> {
         let mut policies = HashMap::new();
         for p in config.policies {
-            let limit = p
-                .limit
-                .ok_or_else(|| format!("policy {} has no limit", p.name))?;
+            let limit = p.limit.ok_or_else(|| RulesError::NoLimit(p.name.clone()))?;
             policies.insert(
                 p.name,
                 PolicyRule {

@@ -22,9 +22,9 @@ use tracing::info;
 
 use crate::{
     algorithm::Outcome,
+    counters::{Counters, Item, admits},
     metrics::{DecisionLabels, Metrics, ResultLabel},
     rules::{Origin, Rules},
-    store::{Item, Store, admits},
 };
 
 pub type SharedRules = Arc<ArcSwapOption<Rules>>;
@@ -32,7 +32,7 @@ pub type SharedRules = Arc<ArcSwapOption<Rules>>;
 #[derive(Clone)]
 pub struct LimitService {
     pub rules: SharedRules,
-    pub store: Arc<Store>,
+    pub store: Arc<Counters>,
     pub metrics: Metrics,
 }
 
@@ -58,7 +58,7 @@ impl RateLimitService for LimitService {
 /// Decides one request: every counter it touches, atomically.
 pub async fn decide(
     rules: &Rules,
-    store: &Store,
+    store: &Counters,
     request: &RateLimitRequest,
     metrics: &Metrics,
 ) -> Result<RateLimitResponse, tonic::Status> {
@@ -143,10 +143,10 @@ pub async fn decide(
 /// fail-open limits count against the local in-memory safety net,
 /// fail-closed ones refuse. Logged at most once per interval.
 fn degraded(
-    store: &Store,
+    store: &Counters,
     items: &[Item],
     origins: &[Origin],
-    error: &crate::store::StoreError,
+    error: &crate::counters::CounterError,
     metrics: &Metrics,
 ) -> Vec<Outcome> {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +155,7 @@ fn degraded(
 
     metrics.store_errors.inc();
     metrics.degraded_decisions.inc();
-    let now = crate::store::memory::now_ms();
+    let now = crate::counters::memory::now_ms();
     let last = LAST_LOG_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= LOG_EVERY_MS
         && LAST_LOG_MS

@@ -1,12 +1,19 @@
-//! What Gatehouse's own services share: one port for gRPC and the HTTP
-//! endpoints (`/healthz`, `/readyz`, `/metrics`), decoding the single
-//! resource each receives over ADS, logging setup, and a shutdown bounded
-//! by a deadline.
+//! What Gatehouse's own services share: the common flags and exit 64 on an
+//! invalid configuration ([`config`]), the runtime, start-up and a shutdown
+//! bounded by a deadline ([`run`]), one port for gRPC and the HTTP endpoints
+//! (`/healthz`, `/readyz`, `/metrics`), and the receiver for the single
+//! resource each service gets over ADS ([`snapshot`]).
 
-use std::{future::Future, sync::Arc, time::Duration};
+pub mod config;
+pub mod run;
+pub mod snapshot;
+
+pub use config::{CommonArgs, Defaults, LogFormat, init_logging};
+pub use run::{Server, StartError, Started};
+
+use std::{future::Future, sync::Arc};
 
 use axum::{http::StatusCode, response::IntoResponse, routing::get};
-use gatehouse_proto::protobuf::Any;
 use tokio::net::TcpListener;
 
 /// `/healthz`, `/readyz` (503 until `ready`) and `/metrics` (`render`).
@@ -64,23 +71,6 @@ pub async fn serve(
         .await
 }
 
-/// The one resource of `M` an ADS response must carry.
-pub fn single_resource<M: prost::Message + Default>(
-    resources: &[Any],
-    type_url: &str,
-) -> Result<M, String> {
-    let [resource] = resources else {
-        return Err(format!(
-            "expected exactly one {type_url} resource, got {}",
-            resources.len()
-        ));
-    };
-    if resource.type_url != type_url {
-        return Err(format!("unexpected resource type {}", resource.type_url));
-    }
-    M::decode(resource.value.as_slice()).map_err(|e| format!("undecodable {type_url}: {e}"))
-}
-
 /// The Tokio runtime a service runs on, from `--worker-threads`.
 ///
 /// `1` is a single-threaded runtime: every task (each Envoy connection, the
@@ -101,37 +91,6 @@ pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime
         }
     };
     builder.enable_all().build()
-}
-
-/// Logging from `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
-
-/// Runs `server` until Ctrl-C or SIGTERM, then gives it at most `grace` to
-/// finish what is in flight.
-pub async fn run_until_signal<E>(
-    server: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<Result<(), E>>,
-    grace: Duration,
-) -> Result<(), E> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = server(stop_rx);
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(grace, handle).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => {
-            tracing::error!(error = %join, "server task failed");
-            Ok(())
-        }
-        Err(_) => {
-            tracing::warn!("shutdown deadline passed; exiting with requests in flight");
-            Ok(())
-        }
-    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -75,13 +75,30 @@ pub struct TokenArgs {
     pub xds_token_file: Option<std::path::PathBuf>,
 }
 
+/// Why an xDS token cannot be used; never shows the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the xDS token is empty")]
+    Empty,
+    #[error("the xDS token must be printable ASCII")]
+    NotAscii,
+    #[error("cannot read --xds-token-file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl TokenArgs {
     /// The token from the flag (or environment variable) or the file.
-    pub fn token(self) -> Result<Option<XdsToken>, String> {
-        match (self.xds_token, self.xds_token_file) {
-            (Some(token), _) => Ok(Some(token)),
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read --xds-token-file {}: {e}", path.display()))?
+    pub fn token(&self) -> Result<Option<XdsToken>, TokenError> {
+        match (&self.xds_token, &self.xds_token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| TokenError::File {
+                    path: path.clone(),
+                    source,
+                })?
                 .parse()
                 .map(Some),
             (None, None) => Ok(None),
@@ -96,31 +113,34 @@ impl std::fmt::Debug for XdsToken {
 }
 
 impl std::str::FromStr for XdsToken {
-    type Err = String;
+    type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let token = s.trim();
         if token.is_empty() {
-            return Err("the xDS token is empty".into());
+            return Err(TokenError::Empty);
         }
         let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
             format!("Bearer {token}")
                 .parse()
-                .map_err(|_| "the xDS token must be printable ASCII".to_owned())?;
+                .map_err(|_| TokenError::NotAscii)?;
         value.set_sensitive(true);
         Ok(Self(value))
     }
 }
 
+/// Why a receiver refused a response; sent back as the NACK's error detail.
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
+
 /// Takes each response's resources; `Err` is sent back as a NACK.
 pub trait Receiver: Send + 'static {
-    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), String>;
+    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), Refusal>;
 }
 
 impl<F> Receiver for F
 where
-    F: FnMut(&str, Vec<Any>) -> Result<(), String> + Send + 'static,
+    F: FnMut(&str, Vec<Any>) -> Result<(), Refusal> + Send + 'static,
 {
-    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    fn receive(&mut self, version: &str, resources: Vec<Any>) -> Result<(), Refusal> {
         self(version, resources)
     }
 }
@@ -226,7 +246,12 @@ async fn session(
             }
             Err(detail) => {
                 warn!(version = %response.version_info, error = %detail, "rejected xDS update; keeping the last accepted state");
-                request(subscription, accepted, &response.nonce, Some(detail))
+                request(
+                    subscription,
+                    accepted,
+                    &response.nonce,
+                    Some(detail.to_string()),
+                )
             }
         };
         if requests.send(reply).await.is_err() {

@@ -15,10 +15,10 @@ use gatehouse_proto::{
     ratelimit_service::{RateLimitRequest, RateLimitResponse, rate_limit_response::Code},
 };
 use gatehouse_ratelimit_service::{
+    counters::{Counters, memory::MemoryStore, redis::RedisStore},
     metrics::Metrics,
     rules::Rules,
     server::decide,
-    store::{Store, memory::MemoryStore, redis::RedisStore},
 };
 
 fn policy(name: &str, requests: u64, period_seconds: u64, algorithm: rl::Algorithm) -> rl::Policy {
@@ -69,7 +69,7 @@ fn request(descriptors: &[(&str, &str)]) -> RateLimitRequest {
     }
 }
 
-async fn ask(rules: &Rules, store: &Store, descriptors: &[(&str, &str)]) -> RateLimitResponse {
+async fn ask(rules: &Rules, store: &Counters, descriptors: &[(&str, &str)]) -> RateLimitResponse {
     decide(rules, store, &request(descriptors), &Metrics::default())
         .await
         .expect("decision")
@@ -79,7 +79,7 @@ async fn ask(rules: &Rules, store: &Store, descriptors: &[(&str, &str)]) -> Rate
 /// to be answered, so that what the next request finds is deterministic.
 async fn ask_settled(
     rules: &Rules,
-    store: &Store,
+    store: &Counters,
     descriptors: &[(&str, &str)],
 ) -> RateLimitResponse {
     let answer = ask(rules, store, descriptors).await;
@@ -97,12 +97,12 @@ fn ok(response: &RateLimitResponse) -> bool {
 }
 
 /// A Redis store, warmed up as the service does at start.
-async fn redis_store(server: &RedisServer, timeout_ms: u64) -> Store {
+async fn redis_store(server: &RedisServer, timeout_ms: u64) -> Counters {
     leasing_redis_store(server, timeout_ms, 0).await
 }
 
 /// A Redis store that leases up to `lease_max` window hits ahead of use.
-async fn leasing_redis_store(server: &RedisServer, timeout_ms: u64, lease_max: u64) -> Store {
+async fn leasing_redis_store(server: &RedisServer, timeout_ms: u64, lease_max: u64) -> Counters {
     let redis = RedisStore::new(&server.url(), Duration::from_millis(timeout_ms))
         .expect("client")
         .with_leases(lease_max);
@@ -110,7 +110,7 @@ async fn leasing_redis_store(server: &RedisServer, timeout_ms: u64, lease_max: u
         .warm_up(Duration::from_secs(5))
         .await
         .expect("Redis is up");
-    Store::redis(redis)
+    Counters::redis(redis)
 }
 
 /// Runs each test body on both backends (Redis with and without leases,
@@ -121,7 +121,7 @@ macro_rules! both_backends {
             use super::*;
             $(#[tokio::test]
             async fn $name() {
-                let $store = Store::Memory(MemoryStore::default());
+                let $store = Counters::Memory(MemoryStore::default());
                 $body
             })*
         }
@@ -151,7 +151,7 @@ macro_rules! both_backends {
 }
 
 /// A store on a three-node Redis Cluster, once its connection is up.
-async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64, lease_max: u64) -> Store {
+async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64, lease_max: u64) -> Counters {
     let urls = cluster.urls();
     let seeds: Vec<&str> = urls.split(',').collect();
     let redis = RedisStore::cluster(&seeds, Duration::from_millis(timeout_ms))
@@ -165,7 +165,7 @@ async fn cluster_store(cluster: &RedisCluster, timeout_ms: u64, lease_max: u64) 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Store::redis(redis)
+    Counters::redis(redis)
 }
 
 both_backends! {
@@ -239,12 +239,12 @@ async fn three_instances_sharing_redis_allow_exactly_the_limit() {
     ] {
         let rules = Arc::new(rules(vec![policy("shared", 1000, period, algorithm)]));
         // Not across a window boundary (Redis runs on this machine's clock).
-        let into_window = gatehouse_ratelimit_service::store::memory::now_ms() % (period * 1000);
+        let into_window = gatehouse_ratelimit_service::counters::memory::now_ms() % (period * 1000);
         if into_window > period * 1000 - 3000 {
             tokio::time::sleep(Duration::from_millis(period * 1000 - into_window + 100)).await;
         }
         let consumer = format!("{algorithm:?}-{lease_max}");
-        let mut stores: Vec<Arc<Store>> = Vec::new();
+        let mut stores: Vec<Arc<Counters>> = Vec::new();
         for _ in 0..3 {
             stores.push(Arc::new(
                 leasing_redis_store(&server, 1000, lease_max).await,
@@ -262,7 +262,7 @@ async fn three_instances_sharing_redis_allow_exactly_the_limit() {
 /// `descriptors`: how many were admitted.
 async fn admitted_of_1400(
     rules: &Arc<Rules>,
-    stores: &[Arc<Store>],
+    stores: &[Arc<Counters>],
     descriptors: &[(&str, &str)],
 ) -> u32 {
     let descriptors: Arc<Vec<(String, String)>> = Arc::new(
@@ -644,7 +644,7 @@ async fn three_instances_on_a_redis_cluster_allow_exactly_the_limit_across_slots
         policy("shared", 1000, 3600, rl::Algorithm::FixedWindow),
         policy("wide", 100_000, 3600, rl::Algorithm::FixedWindow),
     ]));
-    let into_hour = gatehouse_ratelimit_service::store::memory::now_ms() % 3_600_000;
+    let into_hour = gatehouse_ratelimit_service::counters::memory::now_ms() % 3_600_000;
     if into_hour > 3_600_000 - 10_000 {
         tokio::time::sleep(Duration::from_millis(3_600_000 - into_hour + 100)).await;
     }

@@ -37,7 +37,7 @@ use redis::{
 };
 use tracing::warn;
 
-use super::{Item, RedisCounters, StoreError, batch::Batcher, lease::Leases, memory::now_ms};
+use super::{CounterError, Item, RedisCounters, batch::Batcher, lease::Leases, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
 
 /// How long Redis is skipped after a failure before it is tried again.
@@ -101,29 +101,30 @@ impl Call<'_> {
 impl RedisStore {
     /// Prepares the client; the connection is made on first use, so the
     /// service starts (and serves degraded decisions) while Redis is down.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {}", e.category())))?;
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, CounterError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            CounterError::Unavailable(format!("invalid Redis URL: {}", e.category()))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.category().to_owned()))?;
+            .map_err(|e| CounterError::Unavailable(e.category().to_owned()))?;
         Ok(Self::with(Connection::Single(connection), timeout))
     }
 
     /// A Redis Cluster client from seed node URLs; it connects in the
     /// background (call from within a Tokio runtime).
-    pub fn cluster(urls: &[&str], timeout: Duration) -> Result<Self, StoreError> {
+    pub fn cluster(urls: &[&str], timeout: Duration) -> Result<Self, CounterError> {
         let client = ClusterClient::builder(urls.iter().copied())
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(timeout.max(Duration::from_millis(50)))
             .retries(1)
             .build()
             .map_err(|e| {
-                StoreError::Unavailable(format!("invalid Redis Cluster URLs: {}", e.category()))
+                CounterError::Unavailable(format!("invalid Redis Cluster URLs: {}", e.category()))
             })?;
         let store = Self::with(
             Connection::Cluster {
@@ -163,7 +164,7 @@ impl RedisStore {
     /// decision is not the one paying for it (and timing out into degraded
     /// mode). Bounded by `deadline`; Redis being down is not an error here:
     /// the service starts anyway and decides degraded until it is back.
-    pub async fn warm_up(&self, deadline: Duration) -> Result<(), StoreError> {
+    pub async fn warm_up(&self, deadline: Duration) -> Result<(), CounterError> {
         let Connection::Single(connection) = &self.connection else {
             return Ok(());
         };
@@ -184,7 +185,7 @@ impl RedisStore {
         };
         tokio::time::timeout(deadline, load)
             .await
-            .map_err(|_| StoreError::Unavailable(format!("not ready within {deadline:?}")))
+            .map_err(|_| CounterError::Unavailable(format!("not ready within {deadline:?}")))
     }
 
     /// Whether a connection is up (a cluster connects in the background).
@@ -237,7 +238,7 @@ impl RedisStore {
         &self,
         script: &redis::Script,
         calls: &[Call<'_>],
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<i64>, CounterError> {
         self.counters.script_calls.inc();
         let mut invocation = script.prepare_invoke();
         for call in calls {
@@ -258,8 +259,8 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.category().to_owned())),
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Ok(Err(e)) => Err(CounterError::Unavailable(e.category().to_owned())),
+            Err(_) => Err(CounterError::Unavailable(format!(
                 "no answer within {:?}",
                 self.timeout
             ))),
@@ -270,7 +271,7 @@ impl RedisStore {
     async fn check_across_slots(
         &self,
         groups: Vec<Vec<Call<'_>>>,
-    ) -> Result<Vec<Vec<i64>>, StoreError> {
+    ) -> Result<Vec<Vec<i64>>, CounterError> {
         let answers = futures_util::future::join_all(
             groups.iter().map(|group| self.invoke(&self.script, group)),
         )
@@ -282,7 +283,7 @@ impl RedisStore {
         for (group, answer) in groups.iter().zip(answers) {
             match answer {
                 Ok(v) if v.len() != group.len() * REPLY_WIDTH => {
-                    failure = Some(StoreError::Unavailable("unexpected script reply".into()));
+                    failure = Some(CounterError::Unavailable("unexpected script reply".into()));
                 }
                 Ok(v) => {
                     let admitted = group
@@ -327,7 +328,7 @@ impl RedisStore {
     /// spent refuses at once. A lease this request leaves nearly spent is
     /// topped up by a call of no hits, asking only: in the same call if the
     /// request goes to Redis anyway, otherwise without waiting for it.
-    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, CounterError> {
         let now = now_ms();
         let (mut leased, spent) = self.leases.spend(items, now);
         if let Some(outcomes) = self.known_refusal(items, &leased, now) {
@@ -457,9 +458,9 @@ impl RedisStore {
 
     /// Asks Redis (the script's reply, `REPLY_WIDTH` values per call);
     /// leaves Redis alone for a moment after a failure.
-    async fn decide(&self, calls: &[Call<'_>], now: u64) -> Result<Vec<i64>, StoreError> {
+    async fn decide(&self, calls: &[Call<'_>], now: u64) -> Result<Vec<i64>, CounterError> {
         if now < self.skip_until_ms.load(Ordering::Relaxed) {
-            return Err(StoreError::Unavailable(
+            return Err(CounterError::Unavailable(
                 "backing off after a failure".into(),
             ));
         }
@@ -497,7 +498,7 @@ impl RedisStore {
                 if values.len() == calls.len() * REPLY_WIDTH {
                     Ok(values)
                 } else {
-                    Err(StoreError::Unavailable("unexpected script reply".into()))
+                    Err(CounterError::Unavailable("unexpected script reply".into()))
                 }
             })
             .inspect_err(|_| {

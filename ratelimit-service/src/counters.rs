@@ -33,7 +33,7 @@ pub struct RedisCounters {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
+pub enum CounterError {
     #[error("counter store unavailable: {0}")]
     Unavailable(String),
 }
@@ -47,7 +47,7 @@ pub fn admits(items: &[Item], outcomes: &[Outcome]) -> bool {
 }
 
 /// The configured backend.
-pub enum Store {
+pub enum Counters {
     Memory(memory::MemoryStore),
     /// Shared counters in Redis, with an in-memory safety net for
     /// fail-open limits while Redis is unreachable ("grace mode").
@@ -57,36 +57,36 @@ pub enum Store {
     },
 }
 
-impl Store {
+impl Counters {
     /// Counters in `redis`, with a fresh local safety net.
     pub fn redis(redis: redis::RedisStore) -> Self {
-        Store::Redis {
+        Counters::Redis {
             redis: Box::new(redis),
             grace: memory::MemoryStore::default(),
         }
     }
 
-    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn check(&self, items: &[Item]) -> Result<Vec<Outcome>, CounterError> {
         match self {
-            Store::Memory(store) => Ok(store.check(items)),
-            Store::Redis { redis, .. } => redis.check(items).await,
+            Counters::Memory(store) => Ok(store.check(items)),
+            Counters::Redis { redis, .. } => redis.check(items).await,
         }
     }
 
     /// Decides with the local safety net only (degraded mode).
     pub fn grace(&self, items: &[Item]) -> Vec<Outcome> {
         match self {
-            Store::Memory(store) | Store::Redis { grace: store, .. } => store.check(items),
+            Counters::Memory(store) | Counters::Redis { grace: store, .. } => store.check(items),
         }
     }
 
     /// Drops expired in-memory counters.
     pub fn sweep(&self) {
         match self {
-            Store::Memory(store) => {
+            Counters::Memory(store) => {
                 store.sweep();
             }
-            Store::Redis { redis, grace } => {
+            Counters::Redis { redis, grace } => {
                 redis.sweep();
                 grace.sweep();
             }
@@ -95,7 +95,7 @@ impl Store {
 
     /// Gives leased hits that were not spent in time back to Redis.
     pub async fn return_due_leases(&self) {
-        if let Store::Redis { redis, .. } = self {
+        if let Counters::Redis { redis, .. } = self {
             redis.return_due_leases().await;
         }
     }
@@ -103,28 +103,28 @@ impl Store {
     /// Gives every unspent leased hit back to Redis (the service is
     /// stopping).
     pub async fn return_all_leases(&self) {
-        if let Store::Redis { redis, .. } = self {
+        if let Counters::Redis { redis, .. } = self {
             redis.return_all_leases().await;
         }
     }
 
     /// Whether the Redis backend leases hits (see `store/lease.rs`).
     pub fn leasing(&self) -> bool {
-        matches!(self, Store::Redis { redis, .. } if redis.leasing())
+        matches!(self, Counters::Redis { redis, .. } if redis.leasing())
     }
 
     /// The Redis backend's counters (`None` in memory).
     pub fn redis_counters(&self) -> Option<RedisCounters> {
         match self {
-            Store::Memory(_) => None,
-            Store::Redis { redis, .. } => Some(redis.counters()),
+            Counters::Memory(_) => None,
+            Counters::Redis { redis, .. } => Some(redis.counters()),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Store::Memory(_) => "memory",
-            Store::Redis { .. } => "redis",
+            Counters::Memory(_) => "memory",
+            Counters::Redis { .. } => "redis",
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::CounterError;
 
 /// One counter as the script takes it: its key and its first seven
 /// arguments (the eighth, the request it belongs to, is added per batch).
@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 128;
 
 struct Waiting {
     counters: Vec<Counter>,
-    reply: oneshot::Sender<Result<Vec<i64>, StoreError>>,
+    reply: oneshot::Sender<Result<Vec<i64>, CounterError>>,
 }
 
 pub(super) struct Batcher {
@@ -56,7 +56,7 @@ impl Batcher {
     }
 
     /// The script's reply for `counters` (five values per counter).
-    pub async fn decide(&self, counters: Vec<Counter>) -> Result<Vec<i64>, StoreError> {
+    pub async fn decide(&self, counters: Vec<Counter>) -> Result<Vec<i64>, CounterError> {
         self.submit(counters).await
     }
 
@@ -65,14 +65,14 @@ impl Batcher {
     pub fn submit(
         &self,
         counters: Vec<Counter>,
-    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<i64>, CounterError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue.send(Waiting { counters, reply });
         async move {
-            queued.map_err(|_| StoreError::Unavailable("Redis batcher stopped".into()))?;
+            queued.map_err(|_| CounterError::Unavailable("Redis batcher stopped".into()))?;
             answer
                 .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("Redis batch dropped".into())))
+                .unwrap_or_else(|_| Err(CounterError::Unavailable("Redis batch dropped".into())))
         }
     }
 }
@@ -97,9 +97,9 @@ async fn send(
     let counters: usize = batch.iter().map(|w| w.counters.len()).sum();
     let reply = match tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await
     {
-        Ok(Ok(values)) => Ok::<Vec<i64>, StoreError>(values),
-        Ok(Err(e)) => Err(StoreError::Unavailable(e.category().to_owned())),
-        Err(_) => Err(StoreError::Unavailable(format!(
+        Ok(Ok(values)) => Ok::<Vec<i64>, CounterError>(values),
+        Ok(Err(e)) => Err(CounterError::Unavailable(e.category().to_owned())),
+        Err(_) => Err(CounterError::Unavailable(format!(
             "no answer within {timeout:?}"
         ))),
     }
@@ -107,7 +107,7 @@ async fn send(
         if values.len() == counters * super::redis::REPLY_WIDTH {
             Ok(values)
         } else {
-            Err(StoreError::Unavailable("unexpected script reply".into()))
+            Err(CounterError::Unavailable("unexpected script reply".into()))
         }
     });
     match reply {
