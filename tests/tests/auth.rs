@@ -10,91 +10,25 @@ use std::{
 };
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Upstream, XdsVariant, client, eventually,
+    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Stack, Upstream, XdsVariant, eventually,
     free_port,
     tokens::{TestKey, claims, jwks},
 };
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-const CONVERGE: Duration = Duration::from_secs(10);
-
-struct AuthGateway {
-    cp: ControlPlane,
-    envoy: Envoy,
-    ext: ExtAuthz,
-    _upstream: Upstream,
+/// ext-authz (with `env`), Envoy, the `orders` upstream and a public route.
+async fn auth_gateway(env: &[(&str, &str)]) -> Stack {
+    public_route(Stack::new().ext_authz(env).orders().start().await).await
 }
 
-async fn auth_gateway(env: &[(&str, &str)]) -> AuthGateway {
-    auth_gateway_with(env, None).await
-}
-
-/// With `xds_token`, the control plane requires it, and Envoy and ext-authz
-/// (given it in `env`) present it.
-async fn auth_gateway_with(env: &[(&str, &str)], xds_token: Option<&str>) -> AuthGateway {
-    let proxy_port = free_port();
-    let ext_port = free_port();
-    let mut options = ControlPlaneOptions::new(proxy_port);
-    options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
-    options.xds_token = xds_token.map(str::to_owned);
-    let cp = ControlPlane::start(options).await;
-    let ext = ExtAuthz::start(cp.xds, ext_port, env).await;
-    let envoy = match xds_token {
-        Some(token) => Envoy::start_with_xds_token(cp.xds, proxy_port, token).await,
-        None => Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await,
-    };
-    let upstream = Upstream::start("orders").await;
-    cp.apply("/v1/services/orders", upstream.service("orders"))
-        .await;
-    cp.apply(
+async fn public_route(g: Stack) -> Stack {
+    g.cp.apply(
         "/v1/routes/public",
         json!({"match": {"path_prefix": "/public"}, "destination": {"service": "orders"}}),
     )
     .await;
-    AuthGateway {
-        cp,
-        envoy,
-        ext,
-        _upstream: upstream,
-    }
-}
-
-/// Response through Envoy: status, headers, body (the upstream echoes the
-/// request's headers and query as JSON).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.body["headers"][name].as_str()
-    }
-}
-
-async fn send(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = client().get(envoy.url(path));
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("proxy reachable");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn until_status(envoy: &Envoy, path: &str, headers: &[(&str, &str)], status: u16) {
-    eventually(CONVERGE, &format!("GET {path} → {status}"), || async {
-        send(envoy, path, headers).await.status == status
-    })
-    .await;
+    g
 }
 
 async fn keys_of(cp: &ControlPlane, consumer: &str) -> Value {
@@ -140,7 +74,15 @@ async fn the_xds_port_serves_only_clients_that_present_its_token() {
     };
 
     const TOKEN: &str = "an-xds-token-for-the-end-to-end-test-0123";
-    let g = auth_gateway_with(&[("GATEHOUSE_XDS_TOKEN", TOKEN)], Some(TOKEN)).await;
+    let g = public_route(
+        Stack::new()
+            .ext_authz(&[])
+            .xds_token(TOKEN)
+            .orders()
+            .start()
+            .await,
+    )
+    .await;
     g.cp.apply("/v1/consumers/alice", json!({"plan": "pro"}))
         .await;
     g.cp.apply(
@@ -150,7 +92,9 @@ async fn the_xds_port_serves_only_clients_that_present_its_token() {
     )
     .await;
     let (id, key) = create_key(&g.cp, "alice", json!({})).await;
-    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 200).await;
+    g.envoy
+        .until_answer("/orders/1", &[("x-api-key", &key)], 200)
+        .await;
     until_last_use_reported(&g.cp, "alice", &id).await;
     // ratelimit-service with the token gets its configuration (ready).
     let flag = format!("--xds-token={TOKEN}");
@@ -201,25 +145,28 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
     .await;
     let (id, key) = create_key(&g.cp, "alice", json!({"scopes": ["orders:read"]})).await;
     assert!(key.starts_with(&format!("gk_{id}_")));
-    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 200).await;
+    g.envoy
+        .until_answer("/orders/1", &[("x-api-key", &key)], 200)
+        .await;
 
     // No key: 401 with a challenge and a stable error code, no upstream call.
-    let missing = send(&g.envoy, "/orders/1", &[]).await;
+    let missing = g.envoy.send("/orders/1", &[]).await;
     assert_eq!(missing.status, 401);
     assert_eq!(missing.body["error"], "missing_credentials");
     assert!(missing.headers.contains_key("www-authenticate"));
 
     // Valid key: identity headers upstream, the key and spoofed headers gone.
-    let ok = send(
-        &g.envoy,
-        "/orders/1",
-        &[
-            ("x-api-key", &key),
-            ("x-gatehouse-consumer", "mallory"),
-            ("x-gatehouse-role", "root"),
-        ],
-    )
-    .await;
+    let ok = g
+        .envoy
+        .send(
+            "/orders/1",
+            &[
+                ("x-api-key", &key),
+                ("x-gatehouse-consumer", "mallory"),
+                ("x-gatehouse-role", "root"),
+            ],
+        )
+        .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("alice"));
     assert_eq!(ok.upstream_header("x-gatehouse-plan"), Some("pro"));
@@ -231,34 +178,39 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
     );
 
     // The key in the query works, and is removed before the upstream.
-    let query = send(&g.envoy, &format!("/orders/1?page=2&api_key={key}"), &[]).await;
+    let query = g
+        .envoy
+        .send(&format!("/orders/1?page=2&api_key={key}"), &[])
+        .await;
     assert_eq!(query.status, 200);
     assert_eq!(query.body["query"], "page=2");
 
     // Public routes never see client-sent identity headers either.
-    let public = send(&g.envoy, "/public", &[("x-gatehouse-consumer", "mallory")]).await;
+    let public = g
+        .envoy
+        .send("/public", &[("x-gatehouse-consumer", "mallory")])
+        .await;
     assert_eq!(public.status, 200);
     assert_eq!(public.upstream_header("x-gatehouse-consumer"), None);
 
     // Wrong secret, both places, missing role: refused.
     let forged = format!("{}{}", &key[..16], "0".repeat(64));
     assert_eq!(
-        send(&g.envoy, "/orders/1", &[("x-api-key", &forged)])
+        g.envoy
+            .send("/orders/1", &[("x-api-key", &forged)])
             .await
             .status,
         401
     );
-    let both = send(
-        &g.envoy,
-        &format!("/orders/1?api_key={key}"),
-        &[("x-api-key", &key)],
-    )
-    .await;
+    let both = g
+        .envoy
+        .send(&format!("/orders/1?api_key={key}"), &[("x-api-key", &key)])
+        .await;
     assert_eq!(
         (both.status, both.body["error"].as_str()),
         (401, Some("ambiguous_credentials"))
     );
-    let role = send(&g.envoy, "/admin", &[("x-api-key", &key)]).await;
+    let role = g.envoy.send("/admin", &[("x-api-key", &key)]).await;
     assert_eq!(
         (role.status, role.body["error"].as_str()),
         (403, Some("insufficient_role"))
@@ -266,8 +218,10 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
 
     // Scope mismatch: a key without orders:read.
     let (_, unscoped) = create_key(&g.cp, "alice", json!({"scopes": ["billing:read"]})).await;
-    until_status(&g.envoy, "/admin", &[("x-api-key", &unscoped)], 403).await;
-    let scope = send(&g.envoy, "/orders/1", &[("x-api-key", &unscoped)]).await;
+    g.envoy
+        .until_answer("/admin", &[("x-api-key", &unscoped)], 403)
+        .await;
+    let scope = g.envoy.send("/orders/1", &[("x-api-key", &unscoped)]).await;
     assert_eq!(
         (scope.status, scope.body["error"].as_str()),
         (403, Some("insufficient_scope"))
@@ -289,9 +243,12 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
         json!(["orders:read"]),
         "scopes carried over"
     );
-    until_status(&g.envoy, "/orders/1", &[("x-api-key", &new_key)], 200).await;
+    g.envoy
+        .until_answer("/orders/1", &[("x-api-key", &new_key)], 200)
+        .await;
     assert_eq!(
-        send(&g.envoy, "/orders/1", &[("x-api-key", &key)])
+        g.envoy
+            .send("/orders/1", &[("x-api-key", &key)])
             .await
             .status,
         200
@@ -311,9 +268,12 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
         "no secret in listings"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    until_status(&g.envoy, "/orders/1", &[("x-api-key", &key)], 401).await;
+    g.envoy
+        .until_answer("/orders/1", &[("x-api-key", &key)], 401)
+        .await;
     assert_eq!(
-        send(&g.envoy, "/orders/1", &[("x-api-key", &new_key)])
+        g.envoy
+            .send("/orders/1", &[("x-api-key", &new_key)])
             .await
             .status,
         200
@@ -332,7 +292,8 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
         Duration::from_secs(1),
         "revoked key refused within 1 s",
         || async {
-            send(&g.envoy, "/orders/1", &[("x-api-key", &new_key)])
+            g.envoy
+                .send("/orders/1", &[("x-api-key", &new_key)])
                 .await
                 .status
                 == 401
@@ -342,7 +303,7 @@ async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
     eprintln!("revocation effective after {:?}", started.elapsed());
 
     g.cp.assert_no_nacks().await;
-    let metrics = g.ext.metrics().await;
+    let metrics = g.ext_authz().metrics().await;
     assert!(metrics.contains(
         "gatehouse_ext_authz_decisions_total{result=\"allow\",method=\"api_key\",code=\"ok\"}"
     ));
@@ -396,36 +357,34 @@ async fn jwts_from_a_rotating_jwks_through_envoy() {
     c["email"] = json!("dave@example.com");
     let bearer = |token: String| format!("Bearer {token}");
     let rs = bearer(old.sign(&c));
-    until_status(&g.envoy, "/orders", &[("authorization", &rs)], 200).await;
-    let ok = send(
-        &g.envoy,
-        "/orders",
-        &[("authorization", &rs), ("x-user-email", "ceo@example.com")],
-    )
-    .await;
+    g.envoy
+        .until_answer("/orders", &[("authorization", &rs)], 200)
+        .await;
+    let ok = g
+        .envoy
+        .send(
+            "/orders",
+            &[("authorization", &rs), ("x-user-email", "ceo@example.com")],
+        )
+        .await;
     assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("dave"));
     assert_eq!(ok.upstream_header("x-gatehouse-plan"), Some("enterprise"));
     assert_eq!(ok.upstream_header("x-user-email"), Some("dave@example.com"));
     assert_eq!(ok.upstream_header("authorization"), None, "token stripped");
     assert_eq!(
-        send(
-            &g.envoy,
-            "/orders",
-            &[("authorization", &bearer(ec.sign(&c)))]
-        )
-        .await
-        .status,
+        g.envoy
+            .send("/orders", &[("authorization", &bearer(ec.sign(&c)))])
+            .await
+            .status,
         200
     );
 
     let mut narrow = c.clone();
     narrow["scope"] = json!("billing:read");
-    let denied = send(
-        &g.envoy,
-        "/orders",
-        &[("authorization", &bearer(old.sign(&narrow)))],
-    )
-    .await;
+    let denied = g
+        .envoy
+        .send("/orders", &[("authorization", &bearer(old.sign(&narrow)))])
+        .await;
     assert_eq!(denied.status, 403);
     let challenge = denied.headers["www-authenticate"].to_str().unwrap();
     assert!(challenge.contains("insufficient_scope"), "{challenge}");
@@ -435,7 +394,8 @@ async fn jwts_from_a_rotating_jwks_through_envoy() {
         bearer(old.sign(&e))
     };
     assert_eq!(
-        send(&g.envoy, "/orders", &[("authorization", &expired)])
+        g.envoy
+            .send("/orders", &[("authorization", &expired)])
             .await
             .status,
         401
@@ -446,14 +406,17 @@ async fn jwts_from_a_rotating_jwks_through_envoy() {
     *keys.lock().unwrap() = jwks(&[&new, &ec]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh = bearer(new.sign(&c));
-    until_status(&g.envoy, "/orders", &[("authorization", &fresh)], 200).await;
+    g.envoy
+        .until_answer("/orders", &[("authorization", &fresh)], 200)
+        .await;
     let stale = bearer(old.sign(&{
         let mut s = c.clone();
         s["jti"] = json!("never-seen");
         s
     }));
     assert_eq!(
-        send(&g.envoy, "/orders", &[("authorization", &stale)])
+        g.envoy
+            .send("/orders", &[("authorization", &stale)])
             .await
             .status,
         401
@@ -500,30 +463,21 @@ async fn opaque_tokens_are_introspected_through_envoy() {
                "auth": {"method": "introspection", "scopes": ["orders:read"]}}),
     )
     .await;
-    until_status(
-        &g.envoy,
-        "/orders",
-        &[("authorization", "Bearer opaque-good")],
-        200,
-    )
-    .await;
-    let ok = send(
-        &g.envoy,
-        "/orders",
-        &[("authorization", "Bearer opaque-good")],
-    )
-    .await;
+    g.envoy
+        .until_answer("/orders", &[("authorization", "Bearer opaque-good")], 200)
+        .await;
+    let ok = g
+        .envoy
+        .send("/orders", &[("authorization", "Bearer opaque-good")])
+        .await;
     assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("erin"));
     let before = calls.load(std::sync::atomic::Ordering::SeqCst);
     for _ in 0..20 {
         assert_eq!(
-            send(
-                &g.envoy,
-                "/orders",
-                &[("authorization", "Bearer opaque-good")]
-            )
-            .await
-            .status,
+            g.envoy
+                .send("/orders", &[("authorization", "Bearer opaque-good")])
+                .await
+                .status,
             200
         );
     }
@@ -533,13 +487,10 @@ async fn opaque_tokens_are_introspected_through_envoy() {
         "active answers are cached"
     );
     assert_eq!(
-        send(
-            &g.envoy,
-            "/orders",
-            &[("authorization", "Bearer opaque-revoked")]
-        )
-        .await
-        .status,
+        g.envoy
+            .send("/orders", &[("authorization", "Bearer opaque-revoked")])
+            .await
+            .status,
         401
     );
     let exported: Value = g.cp.get("/v1/config").await.json().await.expect("json");
@@ -568,39 +519,39 @@ async fn decisions_survive_the_control_plane_and_fail_closed_without_ext_authz()
     )
     .await;
     let (_, key) = create_key(&g.cp, "alice", json!({})).await;
-    until_status(&g.envoy, "/orders", &[("x-api-key", &key)], 200).await;
-    until_status(&g.envoy, "/catalog", &[], 401).await;
+    g.envoy
+        .until_answer("/orders", &[("x-api-key", &key)], 200)
+        .await;
+    g.envoy.until_answer("/catalog", &[], 401).await;
 
     // The control plane goes away: Envoy and ext-authz keep their last
     // configuration, and decisions go on unchanged.
     g.cp.kill().await;
     for _ in 0..10 {
         assert_eq!(
-            send(&g.envoy, "/orders", &[("x-api-key", &key)])
-                .await
-                .status,
+            g.envoy.send("/orders", &[("x-api-key", &key)]).await.status,
             200
         );
-        assert_eq!(send(&g.envoy, "/orders", &[]).await.status, 401);
+        assert_eq!(g.envoy.send("/orders", &[]).await.status, 401);
     }
 
-    g.ext.kill().await;
+    g.ext_authz_mut().kill().await;
     // Every protected, fail-closed request gets the configured error status,
     // with or without a valid key; nothing reaches the upstream.
     for headers in [vec![], vec![("x-api-key", key.as_str())]] {
         for _ in 0..10 {
-            let answer = send(&g.envoy, "/orders", &headers).await;
+            let answer = g.envoy.send("/orders", &headers).await;
             assert_eq!(answer.status, 503, "fail closed");
         }
     }
     // Fail-open routes let requests through, marked; public routes are untouched.
-    let open = send(&g.envoy, "/catalog", &[]).await;
+    let open = g.envoy.send("/catalog", &[]).await;
     assert_eq!(open.status, 200);
     assert_eq!(
         open.upstream_header("x-envoy-auth-failure-mode-allowed"),
         Some("true")
     );
-    assert_eq!(send(&g.envoy, "/public", &[]).await.status, 200);
+    assert_eq!(g.envoy.send("/public", &[]).await.status, 200);
 }
 
 /// `verify_in: envoy`: Envoy's own `jwt_authn` verifies the token, with no
@@ -632,9 +583,12 @@ async fn issuer_key_changes_reach_envoy_without_touching_the_listener() {
     .await;
     let bearer = |key: &TestKey| format!("Bearer {}", key.sign(&claims(ISS, AUD, "erin")));
     let (old_token, new_token) = (bearer(&old), bearer(&new));
-    until_status(&envoy, "/orders", &[("authorization", &old_token)], 200).await;
+    envoy
+        .until_answer("/orders", &[("authorization", &old_token)], 200)
+        .await;
     assert_eq!(
-        send(&envoy, "/orders", &[("authorization", &new_token)])
+        envoy
+            .send("/orders", &[("authorization", &new_token)])
             .await
             .status,
         401
@@ -644,12 +598,17 @@ async fn issuer_key_changes_reach_envoy_without_touching_the_listener() {
 
     // Rotation: the new key is added, then the old one removed.
     cp.apply("/v1/jwt-issuers/idp", issuer(&[&old, &new])).await;
-    until_status(&envoy, "/orders", &[("authorization", &new_token)], 200).await;
+    envoy
+        .until_answer("/orders", &[("authorization", &new_token)], 200)
+        .await;
     let version = cp.apply("/v1/jwt-issuers/idp", issuer(&[&new])).await;
     cp.until_converged(version).await;
-    until_status(&envoy, "/orders", &[("authorization", &old_token)], 401).await;
+    envoy
+        .until_answer("/orders", &[("authorization", &old_token)], 401)
+        .await;
     assert_eq!(
-        send(&envoy, "/orders", &[("authorization", &new_token)])
+        envoy
+            .send("/orders", &[("authorization", &new_token)])
             .await
             .status,
         200
@@ -724,28 +683,32 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     c["email"] = json!("dave@example.com");
     let bearer = |token: String| format!("Bearer {token}");
     let good = bearer(old.sign(&c));
-    until_status(&envoy, "/orders", &[("authorization", &good)], 200).await;
-    until_status(&envoy, "/slow", &[("authorization", &good)], 200).await;
+    envoy
+        .until_answer("/orders", &[("authorization", &good)], 200)
+        .await;
+    envoy
+        .until_answer("/slow", &[("authorization", &good)], 200)
+        .await;
 
     // Allowed: identity headers from the token replace the client's; the
     // plan (consumer records live in ext-authz) is not set, nor spoofable.
-    let ok = send(
-        &envoy,
-        "/orders",
-        &[
-            ("authorization", &good),
-            ("x-gatehouse-consumer", "admin"),
-            ("x-gatehouse-plan", "enterprise"),
-            ("x-user-email", "ceo@example.com"),
-        ],
-    )
-    .await;
+    let ok = envoy
+        .send(
+            "/orders",
+            &[
+                ("authorization", &good),
+                ("x-gatehouse-consumer", "admin"),
+                ("x-gatehouse-plan", "enterprise"),
+                ("x-user-email", "ceo@example.com"),
+            ],
+        )
+        .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.upstream_header("x-gatehouse-consumer"), Some("dave"));
     assert_eq!(ok.upstream_header("x-user-email"), Some("dave@example.com"));
     assert_eq!(ok.upstream_header("x-gatehouse-plan"), None);
     assert_eq!(ok.upstream_header("authorization"), None, "token stripped");
-    let kept = send(&envoy, "/audit", &[("authorization", &good)]).await;
+    let kept = envoy.send("/audit", &[("authorization", &good)]).await;
     assert_eq!(kept.upstream_header("authorization"), Some(good.as_str()));
     for token in [ec.sign(&c), {
         let mut p = c.clone();
@@ -755,7 +718,8 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
         partner.sign(&p)
     }] {
         assert_eq!(
-            send(&envoy, "/orders", &[("authorization", &bearer(token))])
+            envoy
+                .send("/orders", &[("authorization", &bearer(token))])
                 .await
                 .status,
             200
@@ -763,7 +727,9 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     }
 
     // Denials in ext-authz's shape.
-    let missing = send(&envoy, "/orders", &[("x-gatehouse-consumer", "dave")]).await;
+    let missing = envoy
+        .send("/orders", &[("x-gatehouse-consumer", "dave")])
+        .await;
     assert_eq!(missing.status, 401);
     assert_eq!(missing.body["error"], "missing_credentials");
     assert_eq!(
@@ -772,12 +738,9 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     );
     let mut narrow = c.clone();
     narrow["scope"] = json!("billing:read");
-    let denied = send(
-        &envoy,
-        "/orders",
-        &[("authorization", &bearer(old.sign(&narrow)))],
-    )
-    .await;
+    let denied = envoy
+        .send("/orders", &[("authorization", &bearer(old.sign(&narrow)))])
+        .await;
     assert_eq!(denied.status, 403);
     assert_eq!(denied.body["error"], "insufficient_scope");
     assert_eq!(
@@ -869,7 +832,9 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
         ("invalid base64", "!!!.???.***".to_owned()),
     ];
     for (what, token) in hostile {
-        let answer = send(&envoy, "/orders", &[("authorization", &bearer(token))]).await;
+        let answer = envoy
+            .send("/orders", &[("authorization", &bearer(token))])
+            .await;
         assert_eq!(answer.status, 401, "{what}");
         assert_eq!(answer.body["error"], "invalid_token", "{what}");
         assert_eq!(
@@ -883,13 +848,15 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     // answer, while routes that need it fail closed.
     ext.kill().await;
     assert_eq!(
-        send(&envoy, "/orders", &[("authorization", &good)])
+        envoy
+            .send("/orders", &[("authorization", &good)])
             .await
             .status,
         200
     );
     assert_eq!(
-        send(&envoy, "/slow", &[("authorization", &good)])
+        envoy
+            .send("/slow", &[("authorization", &good)])
             .await
             .status,
         503
@@ -899,7 +866,8 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     *keys.lock().unwrap() = jwks(&[&new, &ec]);
     let fresh = bearer(new.sign(&c));
     eventually(Duration::from_secs(20), "the rotated key", || async {
-        send(&envoy, "/orders", &[("authorization", &fresh)])
+        envoy
+            .send("/orders", &[("authorization", &fresh)])
             .await
             .status
             == 200
@@ -907,7 +875,8 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
     .await;
     let stale = bearer(with("jti", json!("never-seen")));
     assert_eq!(
-        send(&envoy, "/orders", &[("authorization", &stale)])
+        envoy
+            .send("/orders", &[("authorization", &stale)])
             .await
             .status,
         401

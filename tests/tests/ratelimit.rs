@@ -1,11 +1,10 @@
 //! Rate limiting end to end: admin API → control plane → (Envoy, ext-authz,
 //! ratelimit-service) → real upstream, with the in-memory counter store.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Sidecar, Upstream, XdsVariant, client,
-    eventually, free_port, redis::RedisServer,
+    ControlPlane, ControlPlaneOptions, Sidecar, Stack, eventually, free_port, redis::RedisServer,
 };
 use gatehouse_proto::{
     ratelimit as rl,
@@ -17,39 +16,19 @@ use gatehouse_proto::{
 };
 use serde_json::{Value, json};
 
-struct LimitedGateway {
-    cp: ControlPlane,
-    envoy: Envoy,
-    _ext: ExtAuthz,
-    limiter: Sidecar,
-    _upstream: Upstream,
-}
-
-async fn limited_gateway() -> LimitedGateway {
+async fn limited_gateway() -> Stack {
     limited_gateway_with(&[]).await
 }
 
-/// The gateway with extra ratelimit-service flags (a Redis URL, say).
-async fn limited_gateway_with(limiter_args: &[&str]) -> LimitedGateway {
-    let proxy_port = free_port();
-    let (ext_port, rl_port) = (free_port(), free_port());
-    let mut options = ControlPlaneOptions::new(proxy_port);
-    options.ext_authz_addr = Some(SocketAddr::from(([127, 0, 0, 1], ext_port)));
-    options.ratelimit_addr = Some(SocketAddr::from(([127, 0, 0, 1], rl_port)));
-    let cp = ControlPlane::start(options).await;
-    let ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
-    let limiter = Sidecar::ratelimit(cp.xds, rl_port, limiter_args).await;
-    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
-    let upstream = Upstream::start("orders").await;
-    cp.apply("/v1/services/orders", upstream.service("orders"))
-        .await;
-    LimitedGateway {
-        cp,
-        envoy,
-        _ext: ext,
-        limiter,
-        _upstream: upstream,
-    }
+/// ext-authz, ratelimit-service (with extra flags: a Redis URL, say), Envoy
+/// and the `orders` upstream.
+async fn limited_gateway_with(limiter_args: &[&str]) -> Stack {
+    Stack::new()
+        .ext_authz(&[])
+        .ratelimit(limiter_args)
+        .orders()
+        .start()
+        .await
 }
 
 async fn key_for(cp: &ControlPlane, consumer: &str, plan: Option<&str>) -> String {
@@ -67,46 +46,12 @@ async fn key_for(cp: &ControlPlane, consumer: &str, plan: Option<&str>) -> Strin
     created["key"].as_str().expect("key").to_owned()
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = client().get(envoy.url(path));
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("proxy reachable");
-    Answer {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-    }
-}
-
-/// Waits until the route answers 200 (config delivered everywhere), without
-/// spending quota: the policy is applied only after this.
-async fn until_ok(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("{path} → 200"),
-        || async { get(envoy, path, headers).await.status == 200 },
-    )
-    .await;
-}
-
-async fn until_limited(g: &LimitedGateway, version: u64) {
+async fn until_limited(g: &Stack, version: u64) {
     g.cp.until_converged(version).await;
 }
 
 /// Plans `free` (2 per minute) and `pro` (100 per minute), in force everywhere.
-async fn free_and_pro_plans(g: &LimitedGateway) {
+async fn free_and_pro_plans(g: &Stack) {
     g.cp.apply(
         "/v1/plans/pro",
         json!({"limits": [{"requests": 100, "per": "minute"}]}),
@@ -132,7 +77,9 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
                "auth": {"method": "api_key"}}),
     )
     .await;
-    until_ok(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+    g.envoy
+        .until_answer("/orders", &[("x-api-key", &alice)], 200)
+        .await;
     let version = g
         .cp
         .apply(
@@ -143,13 +90,13 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
     until_limited(&g, version).await;
 
     for remaining in ["2", "1", "0"] {
-        let ok = get(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+        let ok = g.envoy.send("/orders", &[("x-api-key", &alice)]).await;
         assert_eq!(ok.status, 200);
         assert_eq!(ok.header("ratelimit-limit"), Some("3"));
         assert_eq!(ok.header("ratelimit-remaining"), Some(remaining));
         assert!(ok.header("ratelimit-reset").is_some());
     }
-    let limited = get(&g.envoy, "/orders", &[("x-api-key", &alice)]).await;
+    let limited = g.envoy.send("/orders", &[("x-api-key", &alice)]).await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
     let retry: u64 = limited
@@ -160,9 +107,7 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
     assert!((1..=60).contains(&retry), "{retry}");
     // Another consumer has a counter of its own.
     assert_eq!(
-        get(&g.envoy, "/orders", &[("x-api-key", &bob)])
-            .await
-            .status,
+        g.envoy.send("/orders", &[("x-api-key", &bob)]).await.status,
         200
     );
 
@@ -181,16 +126,17 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
         )
         .await;
     until_limited(&g, version).await;
-    let catalog = get(&g.envoy, "/catalog", &[("x-api-key", &alice)]).await;
+    let catalog = g.envoy.send("/catalog", &[("x-api-key", &alice)]).await;
     assert_eq!(catalog.status, 429, "alice's quota is spent on catalog too");
     assert_eq!(
-        get(&g.envoy, "/catalog", &[("x-api-key", &bob)])
+        g.envoy
+            .send("/catalog", &[("x-api-key", &bob)])
             .await
             .status,
         200
     );
     g.cp.assert_no_nacks().await;
-    let metrics = g.limiter.metrics().await;
+    let metrics = g.limiter().metrics().await;
     assert!(
         metrics.contains("gatehouse_ratelimit_decisions_total{result=\"over_limit\",limit=\"policy:per-consumer\"} 2"),
         "{metrics}"
@@ -205,7 +151,7 @@ async fn per_ip_limits_hold_on_public_routes_whatever_x_forwarded_for_says() {
         json!({"match": {"path_prefix": "/public"}, "destination": {"service": "orders"}}),
     )
     .await;
-    until_ok(&g.envoy, "/public", &[]).await;
+    g.envoy.until_answer("/public", &[], 200).await;
     let version = g
         .cp
         .apply(
@@ -215,11 +161,14 @@ async fn per_ip_limits_hold_on_public_routes_whatever_x_forwarded_for_says() {
         )
         .await;
     until_limited(&g, version).await;
-    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 200);
-    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 200);
-    assert_eq!(get(&g.envoy, "/public", &[]).await.status, 429);
+    assert_eq!(g.envoy.send("/public", &[]).await.status, 200);
+    assert_eq!(g.envoy.send("/public", &[]).await.status, 200);
+    assert_eq!(g.envoy.send("/public", &[]).await.status, 429);
     for spoofed in ["203.0.113.7", "198.51.100.1, 203.0.113.9"] {
-        let answer = get(&g.envoy, "/public", &[("x-forwarded-for", spoofed)]).await;
+        let answer = g
+            .envoy
+            .send("/public", &[("x-forwarded-for", spoofed)])
+            .await;
         assert_eq!(
             answer.status, 429,
             "X-Forwarded-For {spoofed} escaped the limit"
@@ -238,7 +187,9 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
                "auth": {"method": "api_key"}}),
     )
     .await;
-    until_ok(&g.envoy, "/orders", &[("x-api-key", &free)]).await;
+    g.envoy
+        .until_answer("/orders", &[("x-api-key", &free)], 200)
+        .await;
     g.cp.apply(
         "/v1/rate-limit-policies/watch",
         json!({"limit": {"requests": 1, "per": "minute"}, "by": ["consumer"], "global": true, "shadow": true}),
@@ -246,19 +197,22 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
     .await;
     free_and_pro_plans(&g).await;
     assert_eq!(
-        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+        g.envoy
+            .send("/orders", &[("x-api-key", &free)])
             .await
             .status,
         200
     );
     assert_eq!(
-        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+        g.envoy
+            .send("/orders", &[("x-api-key", &free)])
             .await
             .status,
         200
     );
     assert_eq!(
-        get(&g.envoy, "/orders", &[("x-api-key", &free)])
+        g.envoy
+            .send("/orders", &[("x-api-key", &free)])
             .await
             .status,
         429,
@@ -267,13 +221,11 @@ async fn plans_set_quotas_and_shadow_policies_never_block() {
     for _ in 0..5 {
         // The shadow policy (1/min) is exceeded but never blocks.
         assert_eq!(
-            get(&g.envoy, "/orders", &[("x-api-key", &pro)])
-                .await
-                .status,
+            g.envoy.send("/orders", &[("x-api-key", &pro)]).await.status,
             200
         );
     }
-    let metrics = g.limiter.metrics().await;
+    let metrics = g.limiter().metrics().await;
     assert!(
         metrics.contains("result=\"shadow_over_limit\",limit=\"policy:watch\""),
         "{metrics}"
@@ -305,24 +257,28 @@ async fn plan_quotas_hold_on_routes_whose_jwts_envoy_verifies() {
     .await;
     let erin = format!("Bearer {}", key.sign(&claims(ISS, AUD, "erin")));
     let stranger = format!("Bearer {}", key.sign(&claims(ISS, AUD, "frank")));
-    until_ok(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    g.envoy
+        .until_answer("/orders", &[("authorization", &erin)], 200)
+        .await;
     free_and_pro_plans(&g).await;
     for _ in 0..2 {
         assert_eq!(
-            get(&g.envoy, "/orders", &[("authorization", &erin)])
+            g.envoy
+                .send("/orders", &[("authorization", &erin)])
                 .await
                 .status,
             200
         );
     }
-    let limited = get(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    let limited = g.envoy.send("/orders", &[("authorization", &erin)]).await;
     assert_eq!(limited.status, 429, "free plan: 2/min");
     assert_eq!(limited.header("ratelimit-limit"), Some("2"));
     assert!(limited.header("retry-after").is_some());
     // A consumer nobody registered has no plan, hence no plan quota.
     for _ in 0..3 {
         assert_eq!(
-            get(&g.envoy, "/orders", &[("authorization", &stranger)])
+            g.envoy
+                .send("/orders", &[("authorization", &stranger)])
                 .await
                 .status,
             200
@@ -333,7 +289,7 @@ async fn plan_quotas_hold_on_routes_whose_jwts_envoy_verifies() {
         g.cp.apply("/v1/consumers/erin", json!({"plan": "pro"}))
             .await;
     until_limited(&g, version).await;
-    let upgraded = get(&g.envoy, "/orders", &[("authorization", &erin)]).await;
+    let upgraded = g.envoy.send("/orders", &[("authorization", &erin)]).await;
     assert_eq!(upgraded.status, 200);
     assert_eq!(upgraded.header("ratelimit-limit"), Some("100"));
 }
@@ -486,7 +442,7 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
         )
         .await;
     }
-    until_ok(&g.envoy, "/closed", &[]).await;
+    g.envoy.until_answer("/closed", &[], 200).await;
     g.cp.apply(
         "/v1/rate-limit-policies/open",
         json!({"limit": {"requests": 5, "per": "hour"}, "routes": ["open"],
@@ -501,8 +457,8 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
         )
         .await;
     until_limited(&g, version).await;
-    assert_eq!(get(&g.envoy, "/open", &[]).await.status, 200);
-    assert_eq!(get(&g.envoy, "/closed", &[]).await.status, 200);
+    assert_eq!(g.envoy.send("/open", &[]).await.status, 200);
+    assert_eq!(g.envoy.send("/closed", &[]).await.status, 200);
     let counted = redis.cli(&["DBSIZE"]).await;
     assert_ne!(counted.trim(), "0", "counters live in Redis");
 
@@ -513,7 +469,7 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut open = Vec::new();
     for _ in 0..8 {
-        open.push(get(&g.envoy, "/open", &[]).await.status);
+        open.push(g.envoy.send("/open", &[]).await.status);
     }
     assert_eq!(open[0], 200, "fail-open keeps serving: {open:?}");
     assert!(
@@ -522,12 +478,12 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
     );
     for _ in 0..3 {
         assert_eq!(
-            get(&g.envoy, "/closed", &[]).await.status,
+            g.envoy.send("/closed", &[]).await.status,
             429,
             "fail-closed refuses"
         );
     }
-    let metrics = g.limiter.metrics().await;
+    let metrics = g.limiter().metrics().await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("gatehouse_ratelimit_degraded_decisions_total") && !l.ends_with(" 0")
@@ -539,11 +495,11 @@ async fn redis_outage_through_envoy_fails_open_or_closed_per_policy_and_recovers
     eventually(
         Duration::from_secs(10),
         "recovery once Redis is back",
-        || async { get(&g.envoy, "/closed", &[]).await.status == 200 },
+        || async { g.envoy.send("/closed", &[]).await.status == 200 },
     )
     .await;
     assert_eq!(
-        get(&g.envoy, "/open", &[]).await.status,
+        g.envoy.send("/open", &[]).await.status,
         200,
         "a fresh Redis has fresh counters"
     );

@@ -4,38 +4,32 @@
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, client, eventually, free_port,
-    load::Load, postgres_database, probe, scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Stack, Upstream, XdsVariant, client, eventually,
+    free_port, load::Load, postgres_database, probe,
 };
 use serde_json::{Value, json};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
-struct Gateway {
-    cp: ControlPlane,
-    envoy: Envoy,
-}
-
-async fn gateway(variant: XdsVariant) -> Gateway {
+/// A control plane and an Envoy (with an access log) speaking `variant`.
+async fn gateway(variant: XdsVariant) -> Stack {
     gateway_with(variant, |_| {}).await
 }
 
 async fn gateway_with(
     variant: XdsVariant,
-    tweak: impl FnOnce(&mut ControlPlaneOptions),
-) -> Gateway {
-    let proxy_port = free_port();
-    let access_log = scratch_dir("gatehouse_access").join("access.log");
-    let mut options = ControlPlaneOptions::new(proxy_port);
-    options.access_log = Some(access_log.clone());
-    tweak(&mut options);
-    let cp = ControlPlane::start(options).await;
-    let envoy = Envoy::start_with_access_log(cp.xds, proxy_port, variant, Some(access_log)).await;
-    Gateway { cp, envoy }
+    tweak: impl FnOnce(&mut ControlPlaneOptions) + Send + 'static,
+) -> Stack {
+    Stack::new()
+        .variant(variant)
+        .access_log()
+        .configure(tweak)
+        .start()
+        .await
 }
 
 /// Waits until `path` through Envoy answers `status` (from `upstream` if given).
-async fn until_served(g: &Gateway, path: &str, status: u16, upstream: Option<&str>) {
+async fn until_served(g: &Stack, path: &str, status: u16, upstream: Option<&str>) {
     let http = client();
     let url = g.envoy.url(path);
     eventually(
@@ -484,7 +478,13 @@ async fn replicas_sharing_postgres_serve_the_same_config() {
     let writer = ControlPlane::start(options.clone()).await;
     let server = ControlPlane::start(options).await;
     let envoy = Envoy::start(server.xds, proxy_port, XdsVariant::Delta).await;
-    let g = Gateway { cp: server, envoy };
+    let g = Stack {
+        cp: server,
+        envoy,
+        ext: None,
+        limiter: None,
+        orders: None,
+    };
 
     let up = Upstream::start("up").await;
     let version = writer.route_all_to(&up).await;
