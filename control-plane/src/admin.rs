@@ -8,14 +8,16 @@
 //! [`auth`]; the OpenAPI document is in [`openapi`].
 
 pub mod auth;
+mod config;
 pub(crate) mod keys;
 pub mod openapi;
 pub mod problem;
+mod tokens;
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, Request, State, rejection::QueryRejection},
+    extract::{Path, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -26,10 +28,10 @@ use std::time::Duration;
 
 use crate::{
     model::{
-        Certificate, ConfigDocument, Consumer, FieldError, Gateway, IntrospectionProvider,
-        JwtIssuer, Plan, RateLimitPolicy, Resource, Route, Service,
+        Certificate, Consumer, FieldError, Gateway, IntrospectionProvider, JwtIssuer, Plan,
+        RateLimitPolicy, Resource, Route, Service,
     },
-    store::{ApplyOptions, Origin, Source, Store},
+    store::{Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
     xds::{Rollout, status::NodeRegistry},
 };
@@ -89,16 +91,22 @@ pub fn app(state: AdminState) -> Router {
             "/v1/config/schema.json",
             get(|| async { Json(openapi::document_schema()) }),
         )
-        .route("/v1/config", get(export_config).put(apply_config))
-        .route("/v1/config/version", get(config_version))
-        .route("/v1/config/versions", get(versions))
-        .route("/v1/config/versions/{version}", get(version_record))
-        .route("/v1/config/rollback", axum::routing::post(rollback))
+        .route(
+            "/v1/config",
+            get(config::export_config).put(config::apply_config),
+        )
+        .route("/v1/config/version", get(config::config_version))
+        .route("/v1/config/versions", get(config::versions))
+        .route("/v1/config/versions/{version}", get(config::version_record))
+        .route("/v1/config/rollback", axum::routing::post(config::rollback))
         .route("/v1/status/nodes", get(nodes))
-        .route("/v1/admin-tokens", get(list_tokens).post(create_token))
+        .route(
+            "/v1/admin-tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
         .route(
             "/v1/admin-tokens/{name}",
-            axum::routing::delete(revoke_token),
+            axum::routing::delete(tokens::revoke_token),
         )
         .merge(resource_routes::<Service>())
         .merge(resource_routes::<Route>())
@@ -197,14 +205,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn config_version(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let version = state.store.version().await?;
-    let served = state.rollout.status().served_version;
-    Ok(Json(
-        json!({ "version": version, "served_version": served }),
-    ))
-}
-
 /// The fleet's rollout (newest and served version, rejections) and every
 /// connected node with what it acknowledged.
 async fn nodes(State(state): State<AdminState>) -> Json<Value> {
@@ -216,180 +216,6 @@ async fn nodes(State(state): State<AdminState>) -> Json<Value> {
         "rejections": rollout.rejections,
         "nodes": state.nodes.nodes(),
     }))
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplyQuery {
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default)]
-    prune: bool,
-    /// Apply only if the configuration is still at this version.
-    if_version: Option<u64>,
-}
-
-/// Applies a whole document atomically (see [`Store::apply`]).
-async fn apply_config(
-    State(state): State<AdminState>,
-    query: Result<Query<ApplyQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let if_match = if_match(&headers)?;
-    let document: ConfigDocument = decode_json(&body)?;
-    let errors = document.validate();
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let options = ApplyOptions {
-        prune: query.prune,
-        dry_run: query.dry_run,
-        if_version: query.if_version.or(if_match),
-    };
-    let applied = writer(&state, &headers, Source::Apply)?
-        .apply(&document, options)
-        .await?;
-    Ok((
-        [(VERSION_HEADER, version_header(applied.version))],
-        Json(applied),
-    )
-        .into_response())
-}
-
-/// The whole configuration in the format `PUT /v1/config` takes.
-async fn export_config(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let (version, document) = state.store.export().await?;
-    let etag = HeaderValue::from_str(&format!("\"{version}\""))
-        .unwrap_or(HeaderValue::from_static("\"0\""));
-    Ok((
-        [
-            (VERSION_HEADER, version_header(version)),
-            (header::ETAG, etag),
-        ],
-        Json(document),
-    )
-        .into_response())
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    #[serde(default = "default_history_limit")]
-    limit: u32,
-    /// Only versions older than this (for paging).
-    before: Option<u64>,
-}
-
-fn default_history_limit() -> u32 {
-    50
-}
-
-async fn versions(
-    State(state): State<AdminState>,
-    query: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let history = state
-        .store
-        .history(query.limit.clamp(1, 1000), query.before)
-        .await?;
-    Ok(Json(history).into_response())
-}
-
-async fn version_record(
-    State(state): State<AdminState>,
-    Path(version): Path<u64>,
-) -> Result<Response, ApiError> {
-    Ok(Json(state.store.version_record(version).await?).into_response())
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    name: String,
-    role: auth::Role,
-}
-
-async fn create_token(State(state): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: NewToken = decode_json(&body)?;
-    let mut errors = Vec::new();
-    crate::model::check_name(&request.name, "name", &mut errors);
-    if request.name == "bootstrap" {
-        errors.push(FieldError::new("name", "\"bootstrap\" is reserved"));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let issued = auth::issue().map_err(|e| {
-        tracing::error!(error = %e, "no randomness for a token");
-        ApiError::Internal
-    })?;
-    let record = state
-        .store
-        .create_admin_token(
-            &request.name,
-            request.role.as_str(),
-            &issued.hash,
-            &issued.prefix,
-        )
-        .await?;
-    let mut body = serde_json::to_value(&record).unwrap_or_default();
-    // The only time the secret is ever shown.
-    body["token"] = Value::String(issued.secret.expose().to_owned());
-    Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-async fn list_tokens(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    Ok(Json(state.store.list_admin_tokens().await?).into_response())
-}
-
-async fn revoke_token(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    if !crate::model::is_dns_label(&name) {
-        return Err(ApiError::Missing(format!(
-            "admin token {name:?} does not exist"
-        )));
-    }
-    if state.store.delete_admin_token(&name).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::Missing(format!(
-            "admin token {name:?} does not exist"
-        )))
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    to: u64,
-}
-
-/// Restores an earlier version's configuration as a new version.
-async fn rollback(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let request: RollbackRequest = decode_json(&body)?;
-    let applied = writer(&state, &headers, Source::Rollback)?
-        .rollback(request.to)
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NoSuchVersion(_) => {
-                ApiError::Validation(vec![FieldError::new("to", e.to_string())])
-            }
-            e => e.into(),
-        })?;
-    Ok((
-        [(VERSION_HEADER, version_header(applied.version))],
-        Json(applied),
-    )
-        .into_response())
 }
 
 async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {

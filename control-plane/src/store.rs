@@ -409,9 +409,9 @@ impl Store {
         Ok((state.version, state.into_document()))
     }
 
-    /// Announces the version to other replicas and commits.
     /// Runs the admission check on the configuration as the transaction
-    /// leaves it (its version is the one being written).
+    /// leaves it (its version is the one being written); returns what the
+    /// check prepared from it.
     async fn admit(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -425,6 +425,9 @@ impl Store {
         Ok(admission.admit(&state).await?)
     }
 
+    /// Admits the change, records the version (who, how), announces it to
+    /// other replicas (`NOTIFY`, sent on commit) and commits; then tells
+    /// this process's sync loop, with what the admission prepared.
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,

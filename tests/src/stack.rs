@@ -28,6 +28,7 @@ pub struct StackBuilder {
     xds_token: Option<String>,
     access_log: bool,
     orders: bool,
+    routes: Vec<(String, String, String)>,
     tweaks: Vec<Tweak>,
 }
 
@@ -69,6 +70,13 @@ impl StackBuilder {
     /// Starts an upstream named `orders` and registers it as service `orders`.
     pub fn orders(mut self) -> Self {
         self.orders = true;
+        self
+    }
+
+    /// Adds route `name` sending `path_prefix` to `service` once started.
+    pub fn route(mut self, name: &str, path_prefix: &str, service: &str) -> Self {
+        self.routes
+            .push((name.to_owned(), path_prefix.to_owned(), service.to_owned()));
         self
     }
 
@@ -134,6 +142,16 @@ impl StackBuilder {
         } else {
             None
         };
+        for (name, prefix, service) in &self.routes {
+            cp.apply(
+                &format!("/v1/routes/{name}"),
+                serde_json::json!({
+                    "match": {"path_prefix": prefix},
+                    "destination": {"service": service},
+                }),
+            )
+            .await;
+        }
         Stack {
             cp,
             envoy,

@@ -13,7 +13,6 @@ use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 /// Name of the route configuration every listener loads over RDS.
 pub const HTTP_ROUTES: &str = "gatehouse_http";
 
-/// Routes grouped into virtual hosts and ordered most specific first.
 /// What translating a route needs from the rest of the configuration.
 pub struct RouteContext<'a> {
     /// Identity headers a client could spoof on public routes.
@@ -21,6 +20,7 @@ pub struct RouteContext<'a> {
     pub state: &'a ConfigState,
 }
 
+/// Routes grouped into virtual hosts and ordered most specific first.
 pub fn route_configuration(routes: &[&Route], context: &RouteContext) -> route::RouteConfiguration {
     let mut by_host: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
     let mut wildcard = Vec::new();
