@@ -196,9 +196,9 @@ impl ControlPlane {
         // plane whose sync loop died would leave Envoy on a frozen config.
         let failure = tokio::select! {
             _ = shutdown => None,
-            r = &mut sync => Some(StartError::Serve("sync", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
-            r = &mut admin => Some(StartError::Serve("admin", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
-            r = &mut xds => Some(StartError::Serve("xDS", describe(r.map(|r| r.map_err(|e| e.to_string()))))),
+            r = &mut sync => Some(StartError::Serve("sync", describe(r))),
+            r = &mut admin => Some(StartError::Serve("admin", describe(r))),
+            r = &mut xds => Some(StartError::Serve("xDS", describe(r))),
         };
         tracing::info!("shutting down");
         token.cancel();
@@ -223,10 +223,11 @@ impl ControlPlane {
     }
 }
 
-fn describe(result: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+/// Why a task that should have run until shutdown ended.
+fn describe<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::task::JoinError>) -> String {
     match result {
         Ok(Ok(())) => "stopped unexpectedly".into(),
-        Ok(Err(e)) => e,
+        Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     }
 }

@@ -156,7 +156,7 @@ pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), gatehouse_service_kit::ServeError> {
     let metrics = Metrics::default();
     let state: SharedState = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
@@ -183,9 +183,15 @@ pub async fn serve(
         stop.clone(),
     ));
     let routes = server::routes(AuthzService { state, metrics });
-    let served = gatehouse_service_kit::serve(listener, routes, shutdown).await;
-    stop.cancel();
-    let _ = xds.await;
-    let _ = reporter.await;
-    served
+    gatehouse_service_kit::serve_watched(
+        listener,
+        routes,
+        shutdown,
+        stop,
+        vec![
+            ("the xDS subscription", xds),
+            ("key usage reporting", reporter),
+        ],
+    )
+    .await
 }

@@ -82,7 +82,7 @@ pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), gatehouse_service_kit::ServeError> {
     let metrics = Metrics::new(settings.counters.redis_counters());
     let rules: SharedRules = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
@@ -108,14 +108,12 @@ pub async fn serve(
         store,
         metrics,
     });
-    let served = gatehouse_service_kit::serve(listener, routes, shutdown).await;
-    stop.cancel();
-    let _ = xds.await;
-    let _ = sweeper.await;
-    if let Some(lender) = lender {
-        let _ = lender.await;
-    }
-    served
+    let mut tasks = vec![
+        ("the xDS subscription", xds),
+        ("the counter sweeper", sweeper),
+    ];
+    tasks.extend(lender.map(|lender| ("lease returns", lender)));
+    gatehouse_service_kit::serve_watched(listener, routes, shutdown, stop, tasks).await
 }
 
 /// Gives unspent leased hits back to Redis once their loan is due, and all

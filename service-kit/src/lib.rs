@@ -56,6 +56,62 @@ pub fn endpoints(
         )
 }
 
+/// Why a service stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// A long-lived background task (the xDS subscription, say) ended while
+    /// the service was serving: it stops rather than serve a frozen state.
+    #[error("{task} stopped while serving: {why}")]
+    TaskEnded { task: &'static str, why: String },
+}
+
+/// Serves like [`serve`], watching the service's long-lived `tasks`: if one
+/// ends before `shutdown`, serving stops and the error names it. After
+/// serving, `stop` is cancelled and every task is awaited.
+pub async fn serve_watched(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+) -> Result<(), ServeError> {
+    let mut watched = tokio::task::JoinSet::new();
+    for (name, task) in tasks {
+        watched.spawn(async move { (name, task.await) });
+    }
+    let halt = tokio_util::sync::CancellationToken::new();
+    let halted = halt.clone();
+    let server = serve(listener, routes, async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = halted.cancelled() => {}
+        }
+    });
+    tokio::pin!(server);
+    let mut ended = None;
+    let served = tokio::select! {
+        served = &mut server => served,
+        Some(joined) = watched.join_next() => {
+            ended = Some(match joined {
+                Ok((task, Ok(()))) => (task, "returned".to_owned()),
+                Ok((task, Err(e))) => (task, e.to_string()),
+                Err(e) => ("a task", e.to_string()),
+            });
+            halt.cancel();
+            server.await
+        }
+    };
+    stop.cancel();
+    while watched.join_next().await.is_some() {}
+    if let Some((task, why)) = ended {
+        tracing::error!(task, error = %why, "a background task stopped; stopping");
+        return Err(ServeError::TaskEnded { task, why });
+    }
+    Ok(served?)
+}
+
 /// Serves gRPC and HTTP/1 (the endpoints) on a pre-bound listener until
 /// `shutdown` resolves.
 pub async fn serve(
@@ -111,9 +167,65 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::runtime::RuntimeFlavor;
 
-    use super::runtime;
+    use super::{ServeError, runtime, serve_watched};
+
+    fn routes() -> tonic::service::Routes {
+        tonic::service::Routes::from(super::endpoints(|| true, String::new))
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_ends_stops_serving() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let waits = stop.clone();
+        let patient = tokio::spawn(async move { waits.cancelled().await });
+        let dies = tokio::spawn(async { panic!("the subscription broke") });
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve_watched(
+                listener,
+                routes(),
+                std::future::pending(),
+                stop.clone(),
+                vec![("patient", patient), ("the xDS subscription", dies)],
+            ),
+        )
+        .await
+        .expect("stops by itself");
+        match served {
+            Err(ServeError::TaskEnded { task, why }) => {
+                assert_eq!(task, "the xDS subscription");
+                assert!(why.contains("panicked"), "{why}");
+            }
+            other => panic!("expected the task's end, got {other:?}"),
+        }
+        assert!(stop.is_cancelled(), "the other tasks were told to stop");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_the_tasks_and_is_no_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let waits = stop.clone();
+        let task = tokio::spawn(async move { waits.cancelled().await });
+        let served = serve_watched(
+            listener,
+            routes(),
+            tokio::time::sleep(Duration::from_millis(50)),
+            stop,
+            vec![("task", task)],
+        )
+        .await;
+        assert!(served.is_ok(), "{served:?}");
+    }
 
     #[test]
     fn worker_threads_choose_the_runtime() {

@@ -34,7 +34,7 @@ pub enum StartError {
 }
 
 /// The running server: its task, ending when it has drained after `stop`.
-pub type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+pub type Server = JoinHandle<Result<(), crate::ServeError>>;
 
 /// Runs a service: `start` builds it from `common` and its own flags, and
 /// returns the server task.
