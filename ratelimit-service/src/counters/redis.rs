@@ -35,10 +35,14 @@ use redis::{
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
 };
-use tracing::warn;
 
 use super::{CounterError, Item, RedisCounters, batch::Batcher, lease::Leases, memory::now_ms};
 use crate::algorithm::{Counter, Outcome};
+
+mod cluster;
+mod leasing;
+
+use cluster::hash_tag;
 
 /// How long Redis is skipped after a failure before it is tried again.
 const BACKOFF_MS: u64 = 500;
@@ -199,40 +203,6 @@ impl RedisStore {
         }
     }
 
-    /// The cluster connection, or `None` while (re)connecting in the background.
-    fn cluster_connection(&self) -> Option<ClusterConnection> {
-        let Connection::Cluster {
-            client,
-            connection,
-            connecting,
-        } = &self.connection
-        else {
-            return None;
-        };
-        if let Some(c) = connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Some(c);
-        }
-        if !connecting.swap(true, Ordering::AcqRel) {
-            let (client, slot, flag) = (
-                ClusterClient::clone(client),
-                connection.clone(),
-                connecting.clone(),
-            );
-            tokio::spawn(async move {
-                match client.get_async_connection().await {
-                    Ok(c) => *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(c),
-                    Err(e) => warn!(error = e.category(), "cannot connect to Redis Cluster yet"),
-                }
-                flag.store(false, Ordering::Release);
-            });
-        }
-        None
-    }
-
     /// Runs `script` on `calls` (all of one slot on a cluster).
     async fn invoke(
         &self,
@@ -264,62 +234,6 @@ impl RedisStore {
                 "no answer within {:?}",
                 self.timeout
             ))),
-        }
-    }
-
-    /// Decides counters spread over several cluster slots (see the module doc).
-    async fn check_across_slots(
-        &self,
-        groups: Vec<Vec<Call<'_>>>,
-    ) -> Result<Vec<Vec<i64>>, CounterError> {
-        let answers = futures_util::future::join_all(
-            groups.iter().map(|group| self.invoke(&self.script, group)),
-        )
-        .await;
-        let mut counted = Vec::new();
-        let mut refused = false;
-        let mut failure = None;
-        let mut values = Vec::new();
-        for (group, answer) in groups.iter().zip(answers) {
-            match answer {
-                Ok(v) if v.len() != group.len() * REPLY_WIDTH => {
-                    failure = Some(CounterError::Unavailable("unexpected script reply".into()));
-                }
-                Ok(v) => {
-                    let admitted = group
-                        .iter()
-                        .zip(v.chunks(REPLY_WIDTH))
-                        .all(|(call, r)| call.item.shadow || r[0] == 1);
-                    if admitted {
-                        // Give back the hits taken, leased ones included.
-                        let taken: Vec<Call> = group
-                            .iter()
-                            .zip(v.chunks(REPLY_WIDTH))
-                            .map(|(call, r)| Call {
-                                item: call.item,
-                                hits: call.hits + r[4].max(0) as u64,
-                                lease: 0,
-                            })
-                            .collect();
-                        counted.push(taken);
-                    } else {
-                        refused = true;
-                    }
-                    values.push(v);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if refused || failure.is_some() {
-            for group in counted {
-                if let Err(e) = self.invoke(&self.refund, &group).await {
-                    warn!(error = %e, "could not give back the hits of a refused request");
-                }
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(values),
         }
     }
 
@@ -398,49 +312,6 @@ impl RedisStore {
         }
         self.remember_refusals(items, &outcomes, now);
         Ok(outcomes)
-    }
-
-    /// Tops up nearly spent leases for a request already answered from
-    /// them: on a single Redis in the background, so the request does not
-    /// wait for it; on a cluster before returning. A renewal that fails or
-    /// is refused hands out nothing.
-    async fn renew(&self, renewals: &[Call<'_>], now: u64) {
-        if renewals.is_empty() {
-            return;
-        }
-        let asked: Vec<(Item, u64)> = renewals.iter().map(|c| (c.item.clone(), c.lease)).collect();
-        let Connection::Single(connection) = &self.connection else {
-            let values = self.decide(renewals, now).await.ok();
-            settle_renewals(&self.leases, &asked, values.as_deref(), now);
-            return;
-        };
-        if now < self.skip_until_ms.load(Ordering::Relaxed) {
-            settle_renewals(&self.leases, &asked, None, now);
-            return;
-        }
-        let answer = self.batcher(connection).submit(
-            renewals
-                .iter()
-                .map(|c| (c.item.key.clone(), c.args()))
-                .collect(),
-        );
-        let (leases, skip_until_ms, in_flight) = (
-            self.leases.clone(),
-            self.skip_until_ms.clone(),
-            self.counters.renewals_in_flight.clone(),
-        );
-        in_flight.inc();
-        tokio::spawn(async move {
-            let values = answer
-                .await
-                .ok()
-                .filter(|v| v.len() == asked.len() * REPLY_WIDTH);
-            if values.is_none() {
-                skip_until_ms.store(now_ms() + BACKOFF_MS, Ordering::Relaxed);
-            }
-            settle_renewals(&leases, &asked, values.as_deref(), now);
-            in_flight.dec();
-        });
     }
 
     /// The single Redis's batcher, started on first use on the runtime
@@ -575,55 +446,6 @@ impl RedisStore {
         }
     }
 
-    /// Whether leases are on (`with_leases` above 0).
-    pub fn leasing(&self) -> bool {
-        self.leases.max() > 0
-    }
-
-    /// Gives the unspent hits of leases past their loan back to Redis (see
-    /// `lease.rs`). A failure only leaves them unavailable until their
-    /// window ends.
-    pub async fn return_due_leases(&self) {
-        self.give_back_to_redis(self.leases.take_due(now_ms()))
-            .await;
-    }
-
-    /// Gives every unspent leased hit back to Redis, due or not: for a
-    /// stopping instance, once the renewals in flight (bounded by the Redis
-    /// timeout) have landed, so a restart strands none.
-    pub async fn return_all_leases(&self) {
-        let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_millis(50);
-        while self.counters.renewals_in_flight.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.give_back_to_redis(self.leases.take_all(now_ms()))
-            .await;
-    }
-
-    async fn give_back_to_redis(&self, unspent: Vec<Item>) {
-        if unspent.is_empty() {
-            return;
-        }
-        let calls: Vec<Call> = unspent
-            .iter()
-            .map(|item| Call {
-                item,
-                hits: item.hits,
-                lease: 0,
-            })
-            .collect();
-        let groups: Vec<&[Call]> = match self.connection {
-            Connection::Single(_) => vec![&calls[..]],
-            // A script touches one slot: one call per counter.
-            Connection::Cluster { .. } => calls.chunks(1).collect(),
-        };
-        for group in groups {
-            if let Err(e) = self.invoke(&self.refund, group).await {
-                warn!(error = %e, "could not give unspent leased hits back to Redis");
-            }
-        }
-    }
-
     /// How decisions were reached, for `/metrics`.
     pub fn counters(&self) -> RedisCounters {
         self.counters.clone()
@@ -640,19 +462,6 @@ impl RedisStore {
     }
 }
 
-/// The part of a key Redis Cluster hashes: between the first `{` and the
-/// next `}` (the whole key without one).
-fn hash_tag(key: &str) -> &str {
-    key.find('{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.find('}')
-                .filter(|close| *close > 0)
-                .map(|close| &rest[..close])
-        })
-        .unwrap_or(key)
-}
-
 /// An outcome as the script answered it (`REPLY_WIDTH` values), and the
 /// hits it leased.
 fn reply(v: &[i64]) -> (Outcome, u64) {
@@ -665,29 +474,4 @@ fn reply(v: &[i64]) -> (Outcome, u64) {
         next: Counter::NONE,
     };
     (decided, v[4].max(0) as u64)
-}
-
-/// Settles renewals (item, hits asked) with the script's reply for them, or
-/// `None` if the call failed: a refused renewal hands out nothing.
-fn settle_renewals(leases: &Leases, asked: &[(Item, u64)], values: Option<&[i64]>, now: u64) {
-    for (n, (item, lease)) in asked.iter().enumerate() {
-        let granted = values
-            .map(|v| reply(&v[n * REPLY_WIDTH..(n + 1) * REPLY_WIDTH]))
-            .filter(|(decided, _)| decided.allowed);
-        let granted = granted.as_ref().map(|(decided, hits)| (*hits, decided));
-        leases.settle(item, *lease, granted, now);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hash_tags_are_what_redis_cluster_hashes() {
-        assert_eq!(
-            super::hash_tag("gh:policy:{p|consumer=a}:w"),
-            "p|consumer=a"
-        );
-        assert_eq!(super::hash_tag("no-tag"), "no-tag");
-        assert_eq!(super::hash_tag("empty{}tag"), "empty{}tag");
-    }
 }
