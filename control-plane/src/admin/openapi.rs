@@ -38,13 +38,20 @@ fn problem_responses(codes: &[u16]) -> Map<String, Value> {
     codes
         .iter()
         .map(|code| {
-            (
-                code.to_string(),
-                json!({
-                    "description": "An RFC 7807 problem",
-                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-                }),
-            )
+            let mut response = json!({
+                "description": "An RFC 7807 problem",
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            });
+            if *code == 503 {
+                // `starting` (the store is being prepared) or `unavailable`.
+                response["description"] =
+                    json!("An RFC 7807 problem: the control plane is starting or its store is unreachable");
+                response["headers"] = json!({"Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer"}
+                }});
+            }
+            (code.to_string(), response)
         })
         .collect()
 }
