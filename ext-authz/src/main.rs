@@ -23,11 +23,7 @@ struct Args {
 
 /// A pool of one thread per CPU by default, so a token whose signature is
 /// being verified (hundreds of microseconds) does not hold up other checks.
-const DEFAULTS: Defaults = Defaults {
-    listen_addr: "127.0.0.1:18001",
-    node_id: "ext-authz",
-    worker_threads: "0",
-};
+const DEFAULTS: Defaults = Defaults::new("127.0.0.1:18001", "ext-authz", "0");
 
 fn main() -> ExitCode {
     let args: Args = gatehouse_service_kit::config::parse(&DEFAULTS);
@@ -39,13 +35,11 @@ fn main() -> ExitCode {
             xds_token: started.xds_token,
             usage_report_interval: interval,
         };
-        let stop = started.stop;
+        let shutdown = started.stop.cancelled_owned();
         Ok(tokio::spawn(gatehouse_ext_authz::serve(
             started.listener,
             settings,
-            async {
-                let _ = stop.await;
-            },
+            shutdown,
         )))
     })
 }

@@ -40,11 +40,7 @@ struct Args {
 /// One thread by default: each decision costs microseconds and the rest is
 /// waiting on Redis, so one thread spends the least CPU per decision and
 /// leaves the other cores to Envoy.
-const DEFAULTS: Defaults = Defaults {
-    listen_addr: "127.0.0.1:18002",
-    node_id: "ratelimit",
-    worker_threads: "1",
-};
+const DEFAULTS: Defaults = Defaults::new("127.0.0.1:18002", "ratelimit", "1");
 
 fn main() -> ExitCode {
     let args: Args = gatehouse_service_kit::config::parse(&DEFAULTS);
@@ -89,13 +85,8 @@ fn main() -> ExitCode {
             xds_token: started.xds_token,
             counters,
         };
-        let stop = started.stop;
-        Ok(tokio::spawn(gatehouse_ratelimit_service::serve(
-            started.listener,
-            settings,
-            async {
-                let _ = stop.await;
-            },
-        )))
+        let shutdown = started.stop.cancelled_owned();
+        let server = gatehouse_ratelimit_service::serve(started.listener, settings, shutdown);
+        Ok(tokio::spawn(server))
     })
 }

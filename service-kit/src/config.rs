@@ -89,6 +89,21 @@ pub struct Defaults {
     pub worker_threads: &'static str,
 }
 
+impl Defaults {
+    /// Listen address, node id, worker threads.
+    pub const fn new(
+        listen_addr: &'static str,
+        node_id: &'static str,
+        worker_threads: &'static str,
+    ) -> Self {
+        Self {
+            listen_addr,
+            node_id,
+            worker_threads,
+        }
+    }
+}
+
 /// Parses the command line and environment into `A` with `defaults`. Help
 /// and version print and exit 0; anything invalid prints one line naming the
 /// flag and exits 64 (EX_USAGE).

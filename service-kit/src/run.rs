@@ -7,7 +7,8 @@
 use std::{future::Future, process::ExitCode, time::Duration};
 
 use gatehouse_xds_client::XdsToken;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommonArgs, init_logging};
 
@@ -18,8 +19,9 @@ pub struct Started {
     pub xds_url: String,
     pub node_id: String,
     pub xds_token: Option<XdsToken>,
-    /// Resolves when the service should stop taking requests.
-    pub stop: oneshot::Receiver<()>,
+    /// Cancelled when the service should stop taking requests
+    /// (`stop.cancelled_owned()` is the server's shutdown future).
+    pub stop: CancellationToken,
 }
 
 /// Why a service did not start.
@@ -73,13 +75,13 @@ where
         }
     };
     let addr = listener.local_addr().map_or(common.listen_addr, |a| a);
-    let (stop_tx, stop) = oneshot::channel();
+    let stop = CancellationToken::new();
     let started = Started {
         listener,
         xds_url: common.xds_url.clone(),
         node_id: common.node_id.clone(),
         xds_token,
-        stop,
+        stop: stop.clone(),
     };
     let server = match start(started).await {
         Ok(server) => server,
@@ -93,7 +95,7 @@ where
         node = %common.node_id,
         "listening"
     );
-    watch(server, stop_tx, common.shutdown_grace()).await
+    watch(server, stop, common.shutdown_grace()).await
 }
 
 fn failed(e: StartError) -> ExitCode {
@@ -106,7 +108,7 @@ fn failed(e: StartError) -> ExitCode {
 
 /// Serves until a signal (then drains for at most `grace`) or until the
 /// server stops by itself, which is a failure.
-async fn watch(mut server: Server, stop: oneshot::Sender<()>, grace: Duration) -> ExitCode {
+async fn watch(mut server: Server, stop: CancellationToken, grace: Duration) -> ExitCode {
     tokio::select! {
         () = crate::shutdown_signal() => {}
         ended = &mut server => {
@@ -120,7 +122,7 @@ async fn watch(mut server: Server, stop: oneshot::Sender<()>, grace: Duration) -
         }
     }
     tracing::info!("shutting down");
-    let _ = stop.send(());
+    stop.cancel();
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
         Ok(Ok(Err(e))) => {

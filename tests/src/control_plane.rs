@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::process::Child;
 
 use crate::process::{
-    client, envoy_bin, eventually, gatehouse_bin, scratch_dir, spawn, tail, terminate, unique,
+    client, envoy_bin, eventually, gatehouse_bin, print_tail, scratch_dir, spawn, terminate, unique,
 };
 use crate::upstream::Upstream;
 
@@ -315,11 +315,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "----- control plane {} log (tail) -----\n{}",
-                self.admin,
-                tail(&self.log, 60)
-            );
+            print_tail(&format!("control plane {}", self.admin), &self.log, 60);
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio::process::Child;
 
 use crate::{
     process::{
-        blocking_get, client, envoy_bin, eventually, scratch_dir, spawn, tail, unique,
+        blocking_get, client, envoy_bin, eventually, print_tail, scratch_dir, spawn, unique,
         workspace_root,
     },
     upstream::probe,
@@ -323,11 +323,7 @@ fn regex_escape(s: &str) -> String {
 impl Drop for Envoy {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "----- envoy {} log (tail) -----\n{}",
-                self.node_id,
-                tail(&self.log, 40)
-            );
+            print_tail(&format!("envoy {}", self.node_id), &self.log, 40);
             if let Some(access) = &self.access_log {
                 eprintln!("----- envoy access log (non-200, tail) -----");
                 let text = std::fs::read_to_string(access).unwrap_or_default();

@@ -140,6 +140,11 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Prints the last `lines` of a process's log under a heading.
+pub(crate) fn print_tail(what: &str, path: &Path, lines: usize) {
+    eprintln!("----- {what} log (tail) -----\n{}", tail(path, lines));
+}
+
 pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 use tokio::process::{Child, Command};
 
 use crate::process::{
-    client, eventually, free_port, gatehouse_bin, scratch_dir, tail, terminate, unique,
+    client, eventually, free_port, gatehouse_bin, print_tail, scratch_dir, terminate, unique,
 };
 
 /// libfaketime (Debian's `faketime` package).
@@ -131,11 +131,7 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "----- {} (tail) -----\n{}",
-                self.log.display(),
-                tail(&self.log, 40)
-            );
+            print_tail(&self.log.display().to_string(), &self.log, 40);
         }
         let _ = self.child.start_kill();
     }
