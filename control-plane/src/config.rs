@@ -67,7 +67,8 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub poll_interval_ms: u64,
 
-    /// Quiet period after a change before a snapshot is built, so bursts coalesce.
+    /// Least time between two snapshot builds: a change after a quiet spell
+    /// is built at once, the changes of a burst coalesce into one more build.
     #[arg(long, env = "GATEHOUSE_DEBOUNCE_MS", default_value_t = 5)]
     pub debounce_ms: u64,
 

@@ -6,8 +6,9 @@
 //! it is served as is: one load and one translation per change. A commit
 //! by another replica (Postgres `NOTIFY`) or one found by the periodic
 //! version check (missed notifications, SQLite shared between processes)
-//! is loaded and translated here. Triggers that arrive while a build runs
-//! coalesce into one more build. Until the store has been read once nothing
+//! is loaded and translated here. A change after a quiet spell is served
+//! at once; builds are at least the debounce apart, so the changes of a
+//! burst coalesce into one more build. Until the store has been read once nothing
 //! is served, and a failed read or an inconsistent translation keeps the
 //! last good snapshot.
 //!
@@ -45,7 +46,8 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
     pub poll_interval: Duration,
-    /// Quiet period after a change before building, so bursts coalesce.
+    /// Least time between two builds: a change after a quiet spell is
+    /// built at once, the changes of a burst coalesce.
     pub debounce: Duration,
 }
 
@@ -162,8 +164,12 @@ pub async fn run(
     // Whether the next build must read the store (a change made elsewhere)
     // rather than take what a local commit's admission prepared.
     let mut needs_load = true;
+    // When the last build started: builds are at least `debounce` apart, so
+    // a change after a quiet spell is served at once and a burst coalesces.
+    let mut last_build: Option<Instant> = None;
     loop {
         if pending {
+            last_build = Some(Instant::now());
             let prepared = if needs_load {
                 None
             } else {
@@ -259,7 +265,10 @@ pub async fn run(
                 return Err(SyncError::Listener(why));
             }
         }
-        if pending && sleep_or_shutdown(settings.debounce, &shutdown).await {
+        let wait = last_build.map_or(Duration::ZERO, |at| {
+            settings.debounce.saturating_sub(at.elapsed())
+        });
+        if pending && !wait.is_zero() && sleep_or_shutdown(wait, &shutdown).await {
             return Ok(());
         }
     }

@@ -411,10 +411,12 @@ async fn control_plane_restart_drops_no_request() {
 }
 
 /// 100 route updates under 500 rps: each adds a new service, moves the route
-/// onto it and deletes the old one, with 0 failures. The control plane
-/// coalesces the three writes into one snapshot, so Envoy gets a new cluster,
-/// a route to it and the old cluster's removal at once: only make-before-break
-/// ordering keeps every request succeeding.
+/// onto it and deletes the old one, with 0 failures. With builds at least
+/// 50 ms apart, the first write is served at once and the other two coalesce
+/// into one snapshot, so Envoy gets the route to the new cluster and the old
+/// cluster's removal at once (and, when the first build is still in flight,
+/// the new cluster too): only make-before-break ordering keeps every request
+/// succeeding.
 #[tokio::test]
 async fn route_updates_under_load_drop_no_request() {
     for variant in [XdsVariant::StateOfTheWorld, XdsVariant::Delta] {
