@@ -124,6 +124,10 @@ pub fn app(state: AdminState) -> Router {
             auth::authenticate,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), require_store))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            problem::MAX_BODY_BYTES,
+        ))
+        .layer(middleware::from_fn(problem::framework_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

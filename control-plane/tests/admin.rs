@@ -511,3 +511,48 @@ async fn etags_and_if_match_on_resources() {
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
 }
+
+/// The framework's own refusals are RFC 7807 problems too: a path segment
+/// that does not decode, a method the path does not take (with `Allow`), a
+/// body over the documented limit, and an unknown path.
+#[tokio::test]
+async fn every_error_is_a_problem() {
+    let api = api().await;
+    let problem = |reply: &Reply| {
+        assert_eq!(
+            reply.headers["content-type"], "application/problem+json",
+            "{:?}",
+            reply.body
+        );
+        reply.body["type"].as_str().unwrap_or_default().to_owned()
+    };
+
+    let undecodable = api.call("GET", "/v1/services/%FF", None).await;
+    assert_eq!(undecodable.status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem(&undecodable), "urn:gatehouse:problem:bad-request");
+
+    let method = api.call("PATCH", "/v1/services/web", None).await;
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(problem(&method), "urn:gatehouse:problem:method-not-allowed");
+    assert!(method.headers.contains_key("allow"), "{:?}", method.headers);
+
+    let huge = json!({"endpoints": [], "padding": "x".repeat(3 * 1024 * 1024)});
+    let too_large = api.call("PUT", "/v1/services/web", Some(huge)).await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        problem(&too_large),
+        "urn:gatehouse:problem:payload-too-large"
+    );
+    assert!(
+        too_large.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2097152 bytes"),
+        "{:?}",
+        too_large.body
+    );
+
+    let unknown = api.call("DELETE", "/v2/nothing", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(problem(&unknown), "urn:gatehouse:problem:no-such-path");
+}

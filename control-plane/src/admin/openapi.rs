@@ -66,13 +66,17 @@ fn operation(summary: &str, success: (&str, Value), errors: &[u16]) -> Value {
     json!({"summary": summary, "responses": responses})
 }
 
+/// Adds the request body, and the 413 for bodies over the limit.
 fn with_body(mut operation: Value, schema: Value) -> Value {
     operation["requestBody"] =
         json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    operation["responses"]["413"] = problem_responses(&[413])["413"].clone();
     operation
 }
 
+/// Adds path parameters, and the 400 for a segment that does not decode.
 fn with_parameters(mut operation: Value, parameters: Value) -> Value {
+    operation["responses"]["400"] = problem_responses(&[400])["400"].clone();
     operation["parameters"] = parameters;
     operation
 }

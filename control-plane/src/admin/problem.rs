@@ -39,6 +39,53 @@ pub enum ApiError {
     /// The pre-commit check could not run, so nothing was committed.
     CheckUnavailable(String),
     Internal,
+    /// An error the HTTP framework answered (a body over the limit, a path
+    /// segment that does not decode, a method the path does not take).
+    Http {
+        status: StatusCode,
+        detail: String,
+    },
+}
+
+/// The largest request body the admin API reads.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Makes the framework's own error answers under `/v1/` RFC 7807 problems
+/// like every other error, keeping their status and headers (`Allow` on a
+/// 405). The probes (`/healthz`, `/readyz`) keep their plain answers.
+pub async fn framework_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/v1/");
+    let response = next.run(request).await;
+    if !api {
+        return response;
+    }
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => "this path does not take that method".to_owned(),
+        _ => String::from_utf8_lossy(&text).trim().to_owned(),
+    };
+    let mut problem = ApiError::Http { status, detail }.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
@@ -140,6 +187,20 @@ impl ApiError {
                 "internal",
                 "Internal error",
             ),
+            ApiError::Http { status, .. } => match *status {
+                StatusCode::BAD_REQUEST => (*status, "bad-request", "Malformed request"),
+                StatusCode::METHOD_NOT_ALLOWED => {
+                    (*status, "method-not-allowed", "Method not allowed")
+                }
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    (*status, "payload-too-large", "Request body too large")
+                }
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    (*status, "unsupported-media-type", "Unsupported media type")
+                }
+                s if s.is_server_error() => (*status, "internal", "Internal error"),
+                _ => (*status, "http-error", "Request refused"),
+            },
         }
     }
 }
@@ -178,6 +239,10 @@ impl IntoResponse for ApiError {
                 format!("{reason}; nothing was changed")
             }
             ApiError::Internal => "the request failed; see the control plane log".into(),
+            ApiError::Http { status, .. } if status.is_server_error() => {
+                "the request failed; see the control plane log".into()
+            }
+            ApiError::Http { detail, .. } => detail.clone(),
         };
         let mut body = json!({
             "type": format!("urn:gatehouse:problem:{code}"),
