@@ -179,6 +179,17 @@ impl Stack {
         StackBuilder::default()
     }
 
+    /// Where the authentication tests start: ext-authz (with `env`), Envoy,
+    /// the `orders` upstream and a public route to it at `/public`.
+    pub async fn auth(env: &[(&str, &str)]) -> Stack {
+        Stack::new()
+            .ext_authz(env)
+            .orders()
+            .route("public", "/public", "orders")
+            .start()
+            .await
+    }
+
     /// ext-authz (started with [`StackBuilder::ext_authz`]).
     pub fn ext_authz(&self) -> &ExtAuthz {
         self.ext.as_ref().expect("the stack runs ext-authz")

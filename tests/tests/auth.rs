@@ -11,16 +11,6 @@ use std::{
 use gatehouse_e2e::{ControlPlane, Stack, eventually};
 use serde_json::{Value, json};
 
-/// ext-authz (with `env`), Envoy, the `orders` upstream and a public route.
-async fn auth_gateway(env: &[(&str, &str)]) -> Stack {
-    Stack::new()
-        .ext_authz(env)
-        .orders()
-        .route("public", "/public", "orders")
-        .start()
-        .await
-}
-
 async fn keys_of(cp: &ControlPlane, consumer: &str) -> Value {
     cp.get(&format!("/v1/consumers/{consumer}/keys"))
         .await
@@ -113,7 +103,7 @@ async fn the_xds_port_serves_only_clients_that_present_its_token() {
 
 #[tokio::test]
 async fn api_keys_authenticate_revoke_and_rotate_through_envoy() {
-    let g = auth_gateway(&[]).await;
+    let g = Stack::auth(&[]).await;
     g.cp.apply(
         "/v1/consumers/alice",
         json!({"plan": "pro", "roles": ["buyer"]}),
@@ -324,7 +314,7 @@ async fn opaque_tokens_are_introspected_through_envoy() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let g = auth_gateway(&[("GATEHOUSE_TEST_OAUTH_SECRET", "s3cret")]).await;
+    let g = Stack::auth(&[("GATEHOUSE_TEST_OAUTH_SECRET", "s3cret")]).await;
     g.cp.apply(
         "/v1/introspection-providers/oauth",
         json!({"endpoint": format!("http://{addr}/introspect"), "client_id": "gatehouse",
@@ -378,7 +368,7 @@ async fn opaque_tokens_are_introspected_through_envoy() {
 
 #[tokio::test]
 async fn decisions_survive_the_control_plane_and_fail_closed_without_ext_authz() {
-    let mut g = auth_gateway(&[]).await;
+    let mut g = Stack::auth(&[]).await;
     g.cp.apply("/v1/consumers/alice", json!({})).await;
     g.cp.apply(
         "/v1/routes/orders",

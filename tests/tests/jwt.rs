@@ -17,16 +17,6 @@ use gatehouse_e2e::{
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-/// ext-authz (with `env`), Envoy, the `orders` upstream and a public route.
-async fn auth_gateway(env: &[(&str, &str)]) -> Stack {
-    Stack::new()
-        .ext_authz(env)
-        .orders()
-        .route("public", "/public", "orders")
-        .start()
-        .await
-}
-
 /// A JWKS endpoint whose key set the test changes.
 async fn jwks_server(initial: Value) -> (SocketAddr, Arc<Mutex<Value>>) {
     let current = Arc::new(Mutex::new(initial));
@@ -49,7 +39,7 @@ async fn jwks_server(initial: Value) -> (SocketAddr, Arc<Mutex<Value>>) {
 #[tokio::test]
 async fn jwts_from_a_rotating_jwks_through_envoy() {
     const ISS: &str = "https://idp.test/";
-    let g = auth_gateway(&[]).await;
+    let g = Stack::auth(&[]).await;
     let old = TestKey::rsa("2026-old");
     let ec = TestKey::load("ec-p256.pem", Algorithm::ES256, "2026-ec");
     let new = TestKey::load("rsa-2.pem", Algorithm::RS256, "2026-new");
