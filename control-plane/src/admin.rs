@@ -167,15 +167,33 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// at most [`STARTUP_WAIT`]; then they are answered `503 starting` with
 /// `Retry-After`, never "store unavailable". The control plane starts even
 /// while its database is down. Node status needs no store.
+///
+/// While the store is known to be down, requests that need it are answered
+/// 503 at once; a request that finds it unreachable has the store checked
+/// (a direct connection attempt) so the next ones need not wait.
 async fn require_store(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/v1/")
+    let needs_store = path.starts_with("/v1/")
         && !path.starts_with("/v1/status/")
-        && !state.store.wait_migrated(STARTUP_WAIT).await
-    {
-        return ApiError::Starting.into_response();
+        && path != "/v1/openapi.json"
+        && path != "/v1/config/schema.json";
+    if needs_store {
+        if !state.store.wait_migrated(STARTUP_WAIT).await {
+            return ApiError::Starting.into_response();
+        }
+        if state.store.is_down() {
+            return ApiError::Unavailable.into_response();
+        }
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<problem::StoreUnreachable>()
+        .is_some()
+    {
+        state.store.notice(&crate::store::StoreError::Down).await;
+    }
+    response
 }
 
 /// 200 once writes will succeed and Envoy can be served: the store is
@@ -188,8 +206,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         )
             .into_response();
     }
+    if state.store.is_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
+    }
     if let Err(e) = state.store.ping().await {
         tracing::debug!(error = %e, "not ready: store unreachable");
+        state.store.notice(&e).await;
         return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
     }
     if state.rollout.watch().borrow().is_none() {

@@ -25,6 +25,7 @@ mod admin_tokens;
 mod api_keys;
 mod apply;
 mod error;
+mod health;
 mod history;
 mod migrations;
 mod rejections;
@@ -142,6 +143,7 @@ pub struct Store {
     committed: watch::Sender<Committed>,
     /// Whether migrations have run: nothing else may touch the schema before.
     migrated: Arc<watch::Sender<bool>>,
+    health: Arc<health::Health>,
     origin: Origin,
     admission: Option<Arc<dyn Admission>>,
 }
@@ -184,6 +186,7 @@ impl Store {
             url: url.clone(),
             committed: watch::channel(Committed::default()).0,
             migrated: Arc::new(watch::channel(false).0),
+            health: Arc::default(),
             origin: Origin::default(),
             admission: None,
         })

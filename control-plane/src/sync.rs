@@ -97,7 +97,7 @@ impl ConfigSource for Store {
         Box::pin(Store::load(self))
     }
     fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(Store::version(self))
+        Box::pin(Store::checked_version(self))
     }
     fn state_at(&self, version: u64) -> BoxFuture<'_, Result<(u64, ConfigState), StoreError>> {
         Box::pin(Store::state_at(self, version))

@@ -18,6 +18,7 @@ pub mod process;
 pub mod redis;
 pub mod sidecar;
 pub mod stack;
+pub mod tcp_proxy;
 pub mod tokens;
 pub mod upstream;
 
@@ -31,4 +32,5 @@ pub use process::{
 };
 pub use sidecar::{ExtAuthz, FAKETIME_LIB, Sidecar};
 pub use stack::Stack;
+pub use tcp_proxy::TcpProxy;
 pub use upstream::{Behaviour, Received, Upstream, probe};

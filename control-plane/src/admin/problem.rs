@@ -47,6 +47,11 @@ pub enum ApiError {
     },
 }
 
+/// Marks a response that found the store unreachable, so the API can find
+/// out at once whether the store is down (see `store/health.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreUnreachable;
+
 /// The largest request body the admin API reads.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
@@ -118,7 +123,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(reason, "cannot check the change; nothing committed");
                 ApiError::CheckUnavailable(reason)
             }
-            StoreError::Database(ref db) if is_unavailable(db) => {
+            e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::Unavailable
             }
@@ -128,16 +133,6 @@ impl From<StoreError> for ApiError {
             }
         }
     }
-}
-
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
 }
 
 impl ApiError {
@@ -258,6 +253,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, ApiError::Unavailable) {
+            response.extensions_mut().insert(StoreUnreachable);
+        }
         if matches!(self, ApiError::Starting | ApiError::Unavailable) {
             response
                 .headers_mut()

@@ -57,6 +57,9 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The store is known to be unreachable (see `store/health.rs`).
+    #[error("the configuration store is unreachable")]
+    Down,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -88,6 +91,7 @@ impl StoreError {
             StoreError::HistoryUnavailable(_) => "history_unavailable",
             StoreError::UnsupportedUrl => "unsupported_url",
             StoreError::Database(_) => "database",
+            StoreError::Down => "down",
             StoreError::Migrate(_) => "migrate",
             StoreError::Admission(AdmissionError::Refused(_)) => "refused",
             StoreError::Admission(AdmissionError::Unavailable(_)) => "admission_unavailable",
