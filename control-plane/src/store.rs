@@ -28,6 +28,7 @@ mod error;
 mod health;
 mod history;
 mod migrations;
+mod queue;
 mod rejections;
 mod rows;
 mod url;
@@ -36,6 +37,7 @@ pub use admin_tokens::AdminTokenRecord;
 pub use apply::{Applied, ApplyOptions};
 pub use error::{AdmissionError, StoreError};
 pub use history::{Change, ChangeOp, VersionRecord};
+pub use queue::MAX_QUEUED;
 pub use rejections::RejectedResource;
 pub use url::{Backend, DatabaseUrl};
 
@@ -144,6 +146,7 @@ pub struct Store {
     /// Whether migrations have run: nothing else may touch the schema before.
     migrated: Arc<watch::Sender<bool>>,
     health: Arc<health::Health>,
+    writes: Arc<queue::WriteQueue>,
     origin: Origin,
     admission: Option<Arc<dyn Admission>>,
 }
@@ -187,6 +190,7 @@ impl Store {
             committed: watch::channel(Committed::default()).0,
             migrated: Arc::new(watch::channel(false).0),
             health: Arc::default(),
+            writes: Arc::default(),
             origin: Origin::default(),
             admission: None,
         })
@@ -299,6 +303,7 @@ impl Store {
         let kind = R::KIND;
         let name = resource.name();
         let spec = encode(resource);
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         let current = current(&mut tx, kind, name).await?;
@@ -366,6 +371,7 @@ impl Store {
         name: &str,
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         let current = current(&mut tx, kind, name).await?;

@@ -36,6 +36,8 @@ pub enum ApiError {
     Unavailable,
     /// The control plane is still starting (the store is being prepared).
     Starting,
+    /// Too many writes wait for their turn.
+    Busy,
     /// The pre-commit check could not run, so nothing was committed.
     CheckUnavailable(String),
     Internal,
@@ -123,6 +125,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(reason, "cannot check the change; nothing committed");
                 ApiError::CheckUnavailable(reason)
             }
+            StoreError::Busy => ApiError::Busy,
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::Unavailable
@@ -171,6 +174,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "starting",
                 "The control plane is starting",
+            ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "The control plane is busy",
             ),
             ApiError::CheckUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -227,6 +235,10 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable => {
                 "the configuration store cannot be reached; nothing was changed".into()
             }
+            ApiError::Busy => format!(
+                "more than {} writes are waiting for their turn; retry shortly; nothing was changed",
+                crate::store::MAX_QUEUED
+            ),
             ApiError::Starting => {
                 "the configuration store is still being prepared; retry shortly (see /readyz); nothing was changed".into()
             }
@@ -256,7 +268,10 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::Unavailable) {
             response.extensions_mut().insert(StoreUnreachable);
         }
-        if matches!(self, ApiError::Starting | ApiError::Unavailable) {
+        if matches!(
+            self,
+            ApiError::Starting | ApiError::Unavailable | ApiError::Busy
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

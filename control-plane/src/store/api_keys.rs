@@ -12,6 +12,7 @@ use crate::model::auth::StoredApiKey;
 impl Store {
     /// Stores a new key for an existing consumer; returns the new version.
     pub async fn create_api_key(&self, key: &StoredApiKey) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         require_consumer(&mut tx, &key.consumer).await?;
@@ -47,6 +48,7 @@ impl Store {
 
     /// Revokes a key at once. Revoking a revoked key changes nothing.
     pub async fn revoke_api_key(&self, consumer: &str, id: &str) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         let before = find_key(&mut tx, consumer, id).await?;
@@ -72,6 +74,7 @@ impl Store {
         grace_until_ms: i64,
         new: &StoredApiKey,
     ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         let before = find_key(&mut tx, &new.consumer, id).await?;

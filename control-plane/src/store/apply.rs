@@ -147,6 +147,7 @@ impl Store {
         options: ApplyOptions,
     ) -> Result<Applied, StoreError> {
         let desired = desired(document);
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
         if let Some(expected) = options.if_version

@@ -57,6 +57,9 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Too many writes wait for their turn (see `store/queue.rs`).
+    #[error("the control plane is busy: too many writes are waiting")]
+    Busy,
     /// The store is known to be unreachable (see `store/health.rs`).
     #[error("the configuration store is unreachable")]
     Down,
@@ -92,6 +95,7 @@ impl StoreError {
             StoreError::UnsupportedUrl => "unsupported_url",
             StoreError::Database(_) => "database",
             StoreError::Down => "down",
+            StoreError::Busy => "busy",
             StoreError::Migrate(_) => "migrate",
             StoreError::Admission(AdmissionError::Refused(_)) => "refused",
             StoreError::Admission(AdmissionError::Unavailable(_)) => "admission_unavailable",

@@ -24,6 +24,7 @@ pub struct RejectedResource {
 impl Store {
     /// Records refused resources; one already recorded is kept as it was.
     pub async fn record_rejections(&self, rejected: &[RejectedResource]) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         for r in rejected {
             sqlx::query(
