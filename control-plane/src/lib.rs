@@ -21,6 +21,7 @@ pub mod xds;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use gatehouse_service_kit::why_ended;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -196,9 +197,9 @@ impl ControlPlane {
         // plane whose sync loop died would leave Envoy on a frozen config.
         let failure = tokio::select! {
             _ = shutdown => None,
-            r = &mut sync => Some(StartError::Serve("sync", describe(r))),
-            r = &mut admin => Some(StartError::Serve("admin", describe(r))),
-            r = &mut xds => Some(StartError::Serve("xDS", describe(r))),
+            r = &mut sync => Some(StartError::Serve("sync", why_ended(r))),
+            r = &mut admin => Some(StartError::Serve("admin", why_ended(r))),
+            r = &mut xds => Some(StartError::Serve("xDS", why_ended(r))),
         };
         tracing::info!("shutting down");
         token.cancel();
@@ -220,14 +221,5 @@ impl ControlPlane {
             );
         }
         failure.map_or(Ok(()), Err)
-    }
-}
-
-/// Why a task that should have run until shutdown ended.
-fn describe<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match result {
-        Ok(Ok(())) => "stopped unexpectedly".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
     }
 }

@@ -31,7 +31,10 @@ async fn main() -> ExitCode {
         }
     }
     match control_plane
-        .run(shutdown_signal(), config.shutdown_grace())
+        .run(
+            gatehouse_service_kit::shutdown_signal(),
+            config.shutdown_grace(),
+        )
         .await
     {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,26 +43,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -67,6 +67,17 @@ pub enum ServeError {
     TaskEnded { task: &'static str, why: String },
 }
 
+/// Why a task that should have run until shutdown ended.
+pub fn why_ended<E: std::fmt::Display>(
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> String {
+    match result {
+        Ok(Ok(())) => "stopped unexpectedly".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Serves like [`serve`], watching the service's long-lived `tasks`: if one
 /// ends before `shutdown`, serving stops and the error names it. After
 /// serving, `stop` is cancelled and every task is awaited.

@@ -112,11 +112,7 @@ async fn watch(mut server: Server, stop: CancellationToken, grace: Duration) -> 
     tokio::select! {
         () = crate::shutdown_signal() => {}
         ended = &mut server => {
-            let why = match ended {
-                Ok(Ok(())) => "stopped unexpectedly".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
+            let why = crate::why_ended(ended);
             tracing::error!(error = %why, "server failed");
             return ExitCode::FAILURE;
         }

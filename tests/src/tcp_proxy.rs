@@ -32,10 +32,9 @@ impl TcpProxy {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (target, tasks) = (self.target, self.tasks.clone());
-        let accepting = tasks.clone();
-        let mut set = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-        set.spawn(async move {
+        let (target, accepting) = (self.target, self.tasks.clone());
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 accepting
                     .lock()
@@ -48,7 +47,6 @@ impl TcpProxy {
                     });
             }
         });
-        drop(tasks);
     }
 
     /// The outage: the port stops listening and every connection drops.

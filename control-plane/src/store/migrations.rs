@@ -84,6 +84,9 @@ impl Store {
 
     /// Waits at most `timeout` for the migrations to have run; true if they have.
     pub async fn wait_migrated(&self, timeout: Duration) -> bool {
+        if self.is_migrated() {
+            return true;
+        }
         let mut migrated = self.migrated.subscribe();
         matches!(
             tokio::time::timeout(timeout, migrated.wait_for(|done| *done)).await,

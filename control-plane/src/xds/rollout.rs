@@ -17,7 +17,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::snapshot::{ResourceType, Snapshot};
-use crate::store::RejectedResource;
+use crate::{clock::now_ms, store::RejectedResource};
 
 /// Where the rollout keeps what nodes refused, so that a restarted control
 /// plane and the other replicas keep the fleet off it too (the store).
@@ -140,12 +139,6 @@ impl Default for Rollout {
             refusals: None,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Rollout {
@@ -280,7 +273,7 @@ impl Rollout {
         error_detail: &str,
     ) {
         if let Some(log) = &self.refusals {
-            let at_ms = i64::try_from(now_ms()).unwrap_or_default();
+            let at_ms = now_ms();
             let rejected: Vec<RejectedResource> = suspects
                 .iter()
                 .map(|(name, content)| RejectedResource {
@@ -305,7 +298,7 @@ impl Rollout {
                 r#type: kind.label(),
                 resources: suspects.iter().map(|(name, _)| name.clone()).collect(),
                 error_detail: error_detail.to_owned(),
-                at_ms: now_ms(),
+                at_ms: u64::try_from(now_ms()).unwrap_or_default(),
             });
             s.rejections.truncate(REJECTIONS_SHOWN);
             s.fall_back()
