@@ -8,6 +8,7 @@
 //! - `auth`: ext-authz in process, over gRPC, and through Envoy beside a
 //!   no-op ext_authz server and Envoy's own `jwt_authn` (see [`auth`]).
 //! - `ratelimit`: in-process decisions per second (see [`ratelimit`]).
+//! - `writes`: sustained admin writes per second (see [`writes`]).
 //!
 //! Build in release mode so the binaries measured are the release ones:
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
@@ -16,6 +17,7 @@ mod auth;
 mod load;
 mod ratelimit;
 mod side_by_side;
+mod writes;
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +85,18 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
+    /// Sustained admin writes per second: 1, 10 and 100 parallel clients,
+    /// with and without Envoy validation, on SQLite and Postgres.
+    Writes {
+        /// Length of each cell's run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds over the whole table.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        clients: Vec<usize>,
+    },
     /// Rate limiting over gRPC, straight at ratelimit-service: closed loop
     /// (throughput), then open loop (latency), beside a no-op RLS.
     RatelimitGrpc {
@@ -197,6 +211,18 @@ async fn run(command: Command) {
                 rounds,
                 connections,
                 rate,
+            })
+            .await
+        }
+        Command::Writes {
+            seconds,
+            rounds,
+            clients,
+        } => {
+            writes::run(writes::Settings {
+                seconds,
+                rounds,
+                clients,
             })
             .await
         }

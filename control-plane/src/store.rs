@@ -24,6 +24,7 @@ use crate::model::{ConfigDocument, ConfigState, Kind, Resource};
 mod admin_tokens;
 mod api_keys;
 mod apply;
+mod edits;
 mod error;
 mod health;
 mod history;
@@ -37,14 +38,13 @@ pub use admin_tokens::AdminTokenRecord;
 pub use apply::{Applied, ApplyOptions};
 pub use error::{AdmissionError, StoreError};
 pub use history::{Change, ChangeOp, VersionRecord};
-pub use queue::MAX_QUEUED;
+pub use queue::{MAX_BATCH, MAX_QUEUED};
+
+use edits::Edit;
 pub use rejections::RejectedResource;
 pub use url::{Backend, DatabaseUrl};
 
-use rows::{
-    bump_version, check_expected, current, decode, delete_row, encode, load_from, now_ms,
-    record_change, replace_references, upsert_row,
-};
+use rows::{bump_version, current, decode, encode, load_from, now_ms, record_change};
 
 /// What every change must pass before it commits: it sees the whole
 /// configuration as it would be (see `admission.rs`).
@@ -300,62 +300,20 @@ impl Store {
         mode: WriteMode,
         expected: Option<u64>,
     ) -> Result<Written, StoreError> {
-        let kind = R::KIND;
-        let name = resource.name();
-        let spec = encode(resource);
-        let _turn = self.write_turn().await?;
-        let mut tx = self.pool.begin().await?;
-        let version = bump_version(&mut tx).await?;
-        let current = current(&mut tx, kind, name).await?;
-        let current_version = current.as_ref().map(|c| c.1);
-        check_expected(kind, name, expected, current_version)?;
-        let existing = current.map(|(spec, _)| spec);
-        if mode == WriteMode::Create && existing.is_some() {
-            return Err(StoreError::AlreadyExists {
-                kind,
-                name: name.to_owned(),
-            });
-        }
-        if existing.as_deref() == Some(spec.as_str()) {
-            tx.rollback().await?;
-            return Ok(Written {
-                version: version - 1,
-                created: false,
-                changed: false,
-                resource_version: current_version.unwrap_or_default(),
-            });
-        }
-        let references = resource.references();
-        for reference in &references {
-            let found: Option<String> =
-                sqlx::query_scalar("SELECT name FROM resources WHERE kind = $1 AND name = $2")
-                    .bind(reference.kind.as_str())
-                    .bind(&reference.name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if found.is_none() {
-                return Err(StoreError::MissingReference {
-                    field: reference.field.clone(),
-                    kind: reference.kind,
-                    name: reference.name.clone(),
-                });
-            }
-        }
-        upsert_row(&mut tx, kind, name, &spec, version, existing.is_some()).await?;
-        replace_references(&mut tx, kind, name, &references).await?;
-        let op = if existing.is_some() {
-            ChangeOp::Update
-        } else {
-            ChangeOp::Create
+        let edit = Edit::Put {
+            kind: R::KIND,
+            name: resource.name().to_owned(),
+            spec: encode(resource),
+            references: resource.references(),
+            create_only: mode == WriteMode::Create,
+            expected,
         };
-        let specs = (existing.as_deref(), Some(spec.as_str()));
-        record_change(&mut tx, version, 0, op, kind, name, specs).await?;
-        self.commit(tx, version).await?;
+        let (effect, version) = self.submit(edit).await?;
         Ok(Written {
             version,
-            created: existing.is_none(),
-            changed: true,
-            resource_version: version,
+            created: effect.created,
+            changed: effect.changed,
+            resource_version: effect.resource_version,
         })
     }
 
@@ -371,45 +329,12 @@ impl Store {
         name: &str,
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await?;
-        let mut tx = self.pool.begin().await?;
-        let version = bump_version(&mut tx).await?;
-        let current = current(&mut tx, kind, name).await?;
-        check_expected(kind, name, expected, current.as_ref().map(|c| c.1))?;
-        let used_by = sqlx::query(
-            "SELECT from_kind, from_name FROM resource_refs WHERE to_kind = $1 AND to_name = $2 \
-             ORDER BY from_kind, from_name LIMIT 10",
-        )
-        .bind(kind.as_str())
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !used_by.is_empty() {
-            let used_by = used_by
-                .iter()
-                .filter_map(|row| {
-                    let kind: String = row.try_get(0).ok()?;
-                    let name: String = row.try_get(1).ok()?;
-                    Some((Kind::parse(&kind)?, name))
-                })
-                .collect();
-            return Err(StoreError::InUse {
-                kind,
-                name: name.to_owned(),
-                used_by,
-            });
-        }
-        let Some((before, _)) = current else {
-            return Err(StoreError::NotFound {
-                kind,
-                name: name.to_owned(),
-            });
+        let edit = Edit::Delete {
+            kind,
+            name: name.to_owned(),
+            expected,
         };
-        delete_row(&mut tx, kind, name).await?;
-        let specs = (Some(before.as_str()), None);
-        record_change(&mut tx, version, 0, ChangeOp::Delete, kind, name, specs).await?;
-        self.commit(tx, version).await?;
-        Ok(version)
+        Ok(self.submit(edit).await?.1)
     }
 
     /// The whole configuration as a document (the format `apply` takes).

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod apply;
+mod groups;
 mod history;
 mod support;
 mod writes;
