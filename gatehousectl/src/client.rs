@@ -46,12 +46,38 @@ impl Client {
         self.send(Method::DELETE, path, None).await
     }
 
+    /// Sends, and sends again while the control plane answers that it is
+    /// busy or starting (which means nothing was done), after the wait its
+    /// `Retry-After` asks for, for at most [`RETRY_FOR`] in all.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Failure> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.send_once(method.clone(), path, body).await? {
+                Sent::Done(value) => return Ok(value),
+                Sent::Later(wait) if started.elapsed() + wait < RETRY_FOR => {
+                    tokio::time::sleep(wait).await
+                }
+                Sent::Later(_) => {
+                    return Err(Failure::Server(format!(
+                        "the control plane stayed busy for {} s; nothing was changed",
+                        RETRY_FOR.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Sent, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(actor) = &self.actor {
@@ -67,17 +93,36 @@ impl Client {
             Failure::Server(format!("cannot reach {}: {}", self.base, root_cause(&e)))
         })?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let text = response
             .text()
             .await
             .map_err(|e| Failure::Server(format!("reading the response from {url}: {e}")))?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            Ok(json)
-        } else {
-            Err(problem(status, &json))
+            return Ok(Sent::Done(json));
+        }
+        let kind = json["type"].as_str().unwrap_or_default();
+        let nothing_done = kind.ends_with(":busy") || kind.ends_with(":starting");
+        match retry_after {
+            Some(seconds) if status == StatusCode::SERVICE_UNAVAILABLE && nothing_done => Ok(
+                Sent::Later(std::time::Duration::from_secs(seconds.clamp(1, 10))),
+            ),
+            _ => Err(problem(status, &json)),
         }
     }
+}
+
+/// How long a command keeps trying while the control plane is busy.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+enum Sent {
+    Done(Value),
+    /// Busy or starting: nothing was done; try again after this.
+    Later(std::time::Duration),
 }
 
 /// The innermost error, which says what actually went wrong (refused, DNS…).
