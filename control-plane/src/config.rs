@@ -72,6 +72,19 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_DEBOUNCE_MS", default_value_t = 5)]
     pub debounce_ms: u64,
 
+    /// Admin API connections served at once; more are closed on accept.
+    #[arg(long, env = "GATEHOUSE_ADMIN_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub admin_max_connections: usize,
+
+    /// Time a client has to send a request's head to the admin API (and
+    /// that a kept-alive connection may stay idle) before it is closed.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub admin_header_timeout_ms: u64,
+
     /// Longest wait for open connections and streams to finish on shutdown.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
@@ -241,6 +254,15 @@ impl Config {
                     Err(ConfigError::NoEnvoy(path))
                 }
             }
+        }
+    }
+
+    /// What one admin API client may hold.
+    pub fn admin_limits(&self) -> gatehouse_service_kit::HttpLimits {
+        gatehouse_service_kit::HttpLimits {
+            max_connections: self.admin_max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.admin_header_timeout_ms.max(1)),
+            ..Default::default()
         }
     }
 

@@ -76,6 +76,7 @@ pub struct ControlPlane {
     metrics: Metrics,
     bootstrap_token: Option<admin::auth::Secret>,
     xds_token: xds::auth::NodeToken,
+    admin_limits: gatehouse_service_kit::HttpLimits,
 }
 
 impl ControlPlane {
@@ -106,6 +107,9 @@ impl ControlPlane {
         }
         let store = Store::connect_lazy(&config.database_url())?
             .with_admission(admission::gate(config.proxy_settings(), envoy));
+        // Connection bounds, not descriptors, decide how many are served.
+        gatehouse_service_kit::raise_open_files_limit();
+        gatehouse_service_kit::alloc::return_freed_memory();
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -121,6 +125,7 @@ impl ControlPlane {
             metrics: Metrics::default(),
             bootstrap_token,
             xds_token: xds::auth::NodeToken::new(xds_token),
+            admin_limits: config.admin_limits(),
         })
     }
 
@@ -169,11 +174,18 @@ impl ControlPlane {
             rollout: rollout.clone(),
             bootstrap_token: self.bootstrap_token,
         });
-        let mut admin = tokio::spawn(
-            axum::serve(self.admin, admin_app)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future(),
-        );
+        let mut admin = tokio::spawn({
+            let served = gatehouse_service_kit::serve_http(
+                self.admin,
+                admin_app,
+                self.admin_limits,
+                token.clone().cancelled_owned(),
+            );
+            async move {
+                served.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
         let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone());
         let mut xds = tokio::spawn(
             tonic::transport::Server::builder()

@@ -1,5 +1,8 @@
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: gatehouse_service_kit::alloc::Jemalloc = gatehouse_service_kit::alloc::Jemalloc;
+
 use clap::Parser;
 use gatehouse_control_plane::{ControlPlane, config::Config, telemetry};
 

@@ -4,11 +4,14 @@
 //! (`/healthz`, `/readyz`, `/metrics`), and the receiver for the single
 //! resource each service gets over ADS ([`snapshot`]).
 
+pub mod alloc;
 pub mod config;
+pub mod http;
 pub mod run;
 pub mod snapshot;
 
 pub use config::{CommonArgs, Defaults, LogFormat, init_logging};
+pub use http::{HttpLimits, raise_open_files_limit, serve_http};
 pub use run::{Server, StartError, Started};
 
 use std::{future::Future, sync::Arc};

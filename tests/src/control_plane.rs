@@ -40,6 +40,8 @@ pub struct ControlPlaneOptions {
     pub validate_with_envoy: bool,
     /// Token every xDS client must present.
     pub xds_token: Option<String>,
+    /// More command-line arguments, as given.
+    pub args: Vec<String>,
 }
 
 impl ControlPlaneOptions {
@@ -59,6 +61,7 @@ impl ControlPlaneOptions {
             ratelimit_addr: None,
             validate_with_envoy: false,
             xds_token: None,
+            args: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl ControlPlane {
         if let Some(addr) = &options.ratelimit_addr {
             args.push(format!("--ratelimit-addr={addr}"));
         }
+        args.extend(options.args.iter().cloned());
         let log = dir.join(unique("control-plane")).with_extension("log");
         let child = spawn(&gatehouse_bin("gatehouse-control-plane"), &args, &log).await;
         let mut addrs = Value::Null;
