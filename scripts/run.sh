@@ -35,15 +35,6 @@ trap 'exit 130' INT TERM
   --proxy-addr "0.0.0.0:$PROXY_PORT" --access-log "$DATA_DIR/access.log" \
   --validate-with-envoy "$GATEHOUSE_ENVOY" &
 pids+=($!)
-"$target_dir/debug/gatehouse-ext-authz" &
-pids+=($!)
-"$target_dir/debug/gatehouse-ratelimit" &
-pids+=($!)
-python3 "$ROOT/scripts/demo_upstream.py" "$DEMO_PORT" &
-pids+=($!)
-"$GATEHOUSE_ENVOY" -c "$ROOT/envoy/bootstrap.yaml" --disable-hot-restart \
-  --log-level warn --log-path "$DATA_DIR/envoy.log" &
-pids+=($!)
 
 wait_for() { # url what
   for _ in $(seq 1 300); do
@@ -57,6 +48,27 @@ wait_for() { # url what
 }
 # Ready: the store is prepared (writes succeed) and a snapshot is built.
 wait_for "http://$ADMIN/readyz" "control plane"
+
+# xDS needs a token: GATEHOUSE_XDS_TOKEN if set, else the one the control
+# plane generated into the data directory (written before it serves).
+if [ -z "${GATEHOUSE_XDS_TOKEN:-}" ]; then
+  GATEHOUSE_XDS_TOKEN="$(cat "$DATA_DIR/xds-token")"
+fi
+export GATEHOUSE_XDS_TOKEN
+(umask 077; python3 -c 'import os,sys; sys.stdout.write(open(sys.argv[1]).read().replace(
+  "${GATEHOUSE_XDS_TOKEN}", os.environ["GATEHOUSE_XDS_TOKEN"]))' \
+  "$ROOT/envoy/bootstrap.yaml" > "$DATA_DIR/envoy.yaml")
+
+"$target_dir/debug/gatehouse-ext-authz" &
+pids+=($!)
+"$target_dir/debug/gatehouse-ratelimit" &
+pids+=($!)
+python3 "$ROOT/scripts/demo_upstream.py" "$DEMO_PORT" &
+pids+=($!)
+"$GATEHOUSE_ENVOY" -c "$DATA_DIR/envoy.yaml" --disable-hot-restart \
+  --log-level warn --log-path "$DATA_DIR/envoy.log" &
+pids+=($!)
+
 curl -fsS -X PUT "http://$ADMIN/v1/services/demo" \
   -d "{\"endpoints\": [{\"host\": \"127.0.0.1\", \"port\": $DEMO_PORT}]}" >/dev/null
 curl -fsS -X PUT "http://$ADMIN/v1/routes/demo" \
@@ -78,7 +90,7 @@ Gatehouse is running (Ctrl-C stops it):
   ext-authz  127.0.0.1:18001            (metrics on http://127.0.0.1:18001/metrics)
   ratelimit  127.0.0.1:18002            (metrics on http://127.0.0.1:18002/metrics)
   admin API  http://$ADMIN/v1/routes
-  data       $DATA_DIR (SQLite, access log, Envoy log)
+  data       $DATA_DIR (SQLite, xDS token, access log, Envoy log)
 
 Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello

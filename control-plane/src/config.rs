@@ -49,8 +49,9 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
 
     /// Shared secret every xDS client (Envoy, ext-authz, ratelimit-service)
-    /// must present as `authorization: Bearer …`; without one the xDS port
-    /// serves whoever connects.
+    /// must present as `authorization: Bearer …`. Without one (and without
+    /// --xds-insecure) the control plane generates one into
+    /// `<data-dir>/xds-token` and keeps it across restarts.
     #[arg(
         long,
         env = "GATEHOUSE_XDS_TOKEN",
@@ -62,6 +63,16 @@ pub struct Config {
     /// File holding the xDS token.
     #[arg(long, env = "GATEHOUSE_XDS_TOKEN_FILE")]
     pub xds_token_file: Option<PathBuf>,
+
+    /// Serve xDS to whoever can reach the port, without a token (anyone who
+    /// can connect could then read the configuration and hold back the
+    /// fleet by refusing versions).
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_INSECURE",
+        conflicts_with_all = ["xds_token", "xds_token_file"]
+    )]
+    pub xds_insecure: bool,
 
     /// How often the store's version is checked (catches changes made by other replicas).
     #[arg(long, env = "GATEHOUSE_POLL_INTERVAL_MS", default_value_t = 1000)]
@@ -237,6 +248,50 @@ impl Config {
         Ok(token)
     }
 
+    /// The token xDS clients must present: the configured one, or, unless
+    /// `--xds-insecure`, the one generated into the data directory on the
+    /// first start (created readable by its owner only, then reused).
+    pub fn xds_token_or_generated(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(token) = self.xds_token()? {
+            return Ok(Some(token));
+        }
+        if self.xds_insecure {
+            return Ok(None);
+        }
+        let path = self.store.data_dir.join(GENERATED_XDS_TOKEN);
+        let failed = |source| ConfigError::SecretFile {
+            flag: "the generated xDS token",
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.store.data_dir).map_err(failed)?;
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        match file.open(&path) {
+            Ok(mut file) => {
+                let token = crate::secret::issue_xds_token().map_err(|e| failed(e.into()))?;
+                std::io::Write::write_all(&mut file, token.expose().as_bytes()).map_err(failed)?;
+                tracing::info!(
+                    path = %path.display(),
+                    "generated the xDS token: Envoy and the services present it (see README, xDS security)"
+                );
+                Ok(Some(token))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let token = std::fs::read_to_string(&path).map_err(failed)?;
+                let token = Secret::new(token.trim().to_owned());
+                if token.expose().is_empty()
+                    || !token.expose().bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(ConfigError::XdsTokenNotAscii);
+                }
+                Ok(Some(token))
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
     /// The Envoy binary that validates changes before commit, if any.
     pub fn envoy_validator(&self) -> Result<Option<PathBuf>, ConfigError> {
         match self.validate_with_envoy.as_str() {
@@ -270,6 +325,9 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 }
+
+/// Where the generated xDS token is kept, in the data directory.
+pub const GENERATED_XDS_TOKEN: &str = "xds-token";
 
 /// A configuration the control plane refuses to start with (exit 64).
 #[derive(Debug, thiserror::Error)]

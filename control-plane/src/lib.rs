@@ -85,11 +85,11 @@ impl ControlPlane {
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let bootstrap_token = config.bootstrap_token()?;
-        let xds_token = config.xds_token()?;
-        if xds_token.is_none() && !config.xds_addr.ip().is_loopback() {
+        let xds_token = config.xds_token_or_generated()?;
+        if xds_token.is_none() {
             tracing::warn!(
                 addr = %config.xds_addr,
-                "xDS is served to anyone who can reach it: set GATEHOUSE_XDS_TOKEN or --xds-token-file"
+                "--xds-insecure: xDS is served to anyone who can reach it, without a token"
             );
         }
         if config.store.database_url.is_none() {

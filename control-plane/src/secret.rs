@@ -59,6 +59,13 @@ pub fn issue_admin_token() -> Result<IssuedToken, getrandom::Error> {
     })
 }
 
+/// A new xDS token (printable ASCII, as it travels in gRPC metadata).
+pub fn issue_xds_token() -> Result<Secret, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)?;
+    Ok(Secret(format!("ghx_{}", hex::encode(bytes))))
+}
+
 /// The hex SHA-256 of a secret, as stored.
 pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))

@@ -40,6 +40,9 @@ pub struct ControlPlaneOptions {
     pub validate_with_envoy: bool,
     /// Token every xDS client must present.
     pub xds_token: Option<String>,
+    /// Without a token: `--xds-insecure` (true), or the control plane's
+    /// default, a token generated into its data directory (false).
+    pub xds_insecure: bool,
     /// More command-line arguments, as given.
     pub args: Vec<String>,
 }
@@ -61,6 +64,7 @@ impl ControlPlaneOptions {
             ratelimit_addr: None,
             validate_with_envoy: false,
             xds_token: None,
+            xds_insecure: true,
             args: Vec::new(),
         }
     }
@@ -73,7 +77,7 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     pub xds: SocketAddr,
     pub options: ControlPlaneOptions,
-    log: PathBuf,
+    pub log: PathBuf,
     http: reqwest::Client,
 }
 
@@ -111,8 +115,12 @@ impl ControlPlane {
         if let Some(token) = &options.admin_token {
             args.push(format!("--admin-token={token}"));
         }
-        if let Some(token) = &options.xds_token {
-            args.push(format!("--xds-token={token}"));
+        match &options.xds_token {
+            Some(token) => args.push(format!("--xds-token={token}")),
+            // Tests that do not set a token run open, as before the
+            // generated token became the default (tests/tests/xds_port.rs).
+            None if options.xds_insecure => args.push("--xds-insecure".into()),
+            None => {}
         }
         if let Some(addr) = &options.ext_authz_addr {
             args.push(format!("--ext-authz-addr={addr}"));

@@ -86,18 +86,13 @@ impl Envoy {
     pub async fn start_with_xds_token(xds: SocketAddr, proxy_port: u16, token: &str) -> Self {
         let dir = scratch_dir("gatehouse_envoy");
         let node_id = unique("envoy");
-        let grpc = "- envoy_grpc: { cluster_name: gatehouse_xds }";
-        let bootstrap = bootstrap_yaml(&node_id, "GRPC", xds.port()).replacen(
-            grpc,
-            &format!(
-                "{grpc}\n        initial_metadata:\n          - {{ key: authorization, value: \"Bearer {token}\" }}"
-            ),
-            1,
-        );
+        let placeholder = "Bearer ${GATEHOUSE_XDS_TOKEN}";
+        let bootstrap = bootstrap_yaml(&node_id, "GRPC", xds.port());
         assert!(
-            bootstrap.contains("initial_metadata"),
+            bootstrap.contains(placeholder),
             "bootstrap template changed shape"
         );
+        let bootstrap = bootstrap.replacen(placeholder, &format!("Bearer {token}"), 1);
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
