@@ -12,6 +12,7 @@ mod config;
 pub(crate) mod keys;
 pub mod openapi;
 pub mod problem;
+mod rollout;
 mod tokens;
 
 use axum::{
@@ -23,7 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 use crate::{
@@ -99,7 +100,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/config/versions", get(config::versions))
         .route("/v1/config/versions/{version}", get(config::version_record))
         .route("/v1/config/rollback", axum::routing::post(config::rollback))
-        .route("/v1/status/nodes", get(nodes))
+        .route("/v1/status/nodes", get(rollout::nodes))
+        .route("/v1/status/release", axum::routing::post(rollout::release))
         .route(
             "/v1/admin-tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -229,19 +231,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// The fleet's rollout (newest and served version, rejections) and every
-/// connected node with what it acknowledged.
-async fn nodes(State(state): State<AdminState>) -> Json<Value> {
-    let rollout = state.rollout.status();
-    Json(json!({
-        "latest_version": rollout.latest_version,
-        "served_version": rollout.served_version,
-        "held_back": rollout.held_back,
-        "rejections": rollout.rejections,
-        "nodes": state.nodes.nodes(),
-    }))
 }
 
 async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {

@@ -41,7 +41,7 @@ pub use history::{Change, ChangeOp, VersionRecord};
 pub use queue::{MAX_BATCH, MAX_QUEUED};
 
 use edits::Edit;
-pub use rejections::RejectedResource;
+pub use rejections::{RejectedResource, Released};
 pub use url::{Backend, DatabaseUrl};
 
 use rows::{bump_version, current, decode, encode, load_from, now_ms, record_change};
@@ -110,6 +110,8 @@ pub enum Source {
     /// A declarative document (`PUT /v1/config`).
     Apply,
     Rollback,
+    /// Refusals released by an operator (no resource changed).
+    Release,
 }
 
 impl Source {
@@ -118,6 +120,7 @@ impl Source {
             Source::Api => "api",
             Source::Apply => "apply",
             Source::Rollback => "rollback",
+            Source::Release => "release",
         }
     }
 }

@@ -353,6 +353,11 @@ async fn learn_rejections(
             return;
         }
     };
+    // Fewer than before: an operator released them (here or on another
+    // replica); forget them all and take in what remains.
+    if known.is_some_and(|known| (rejected.len() as u64) < known) {
+        rollout.release();
+    }
     *known = Some(rejected.len() as u64);
     if !rollout.learn(rejected) || !rollout.serving_suspect() {
         return;

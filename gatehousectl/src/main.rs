@@ -105,6 +105,14 @@ enum Command {
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
+    /// Release a version held back because a node refused it, after
+    /// investigating (`status` shows why): the newest version rolls out
+    /// again. Needs an admin token; recorded in the history.
+    Release {
+        /// Why, kept in the history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Admin API tokens (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -345,6 +353,19 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(format!("revoked token {name:?}\n"))
         }
         Command::Keys(command) => keys(&client, command, cli.output).await,
+        Command::Release { reason } => {
+            let released = client
+                .post(
+                    "/v1/status/release",
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&released),
+                Output::Human => render::released(&released),
+            })
+        }
         Command::Status => {
             let status = client.get("/v1/status/nodes").await.map_err(no_output)?;
             Ok(match cli.output {

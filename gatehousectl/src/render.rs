@@ -171,7 +171,29 @@ pub fn history(versions: &[Value]) -> String {
             utc(v["at_ms"].as_i64().unwrap_or_default()),
             v["actor"].as_str().unwrap_or_default(),
             v["source"].as_str().unwrap_or_default(),
-            changes.join(", ")
+            v["note"]
+                .as_str()
+                .map_or_else(|| changes.join(", "), str::to_owned)
+        );
+    }
+    out
+}
+
+/// What a release forgot, and the version that records it.
+pub fn released(released: &Value) -> String {
+    let mut out = format!(
+        "released at version {}; the newest version rolls out again:\n",
+        released["version"].as_u64().unwrap_or_default()
+    );
+    for r in released["released"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {} {} (version {}, refused by {}: {})",
+            r["type"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or_default(),
+            r["version"].as_str().unwrap_or_default(),
+            r["node"].as_str().unwrap_or_default(),
+            r["error_detail"].as_str().unwrap_or_default()
         );
     }
     out

@@ -207,3 +207,85 @@ async fn a_refusal_seen_by_one_replica_keeps_the_other_replicas_nodes_off_it() {
     assert_eq!(edge.rejected_updates().await, 0);
     assert_eq!(late.rejected_updates().await, 0);
 }
+
+/// After investigating why a version is held back (the strict node is
+/// retired, say), an operator releases it with `gatehousectl release`: the
+/// newest version rolls out to the rest of the fleet, and the history
+/// records who released what and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_releases_a_held_back_version() {
+    let upstream = Upstream::start("web").await;
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    cp.apply("/v1/services/web", upstream.service("web")).await;
+    let edge = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let strict = Envoy::start_with_runtime(
+        cp.xds,
+        proxy_port,
+        &[("re2.max_program_size.error_level", "10")],
+    )
+    .await;
+    let bad = cp
+        .apply(
+            "/v1/routes/greek",
+            json!({"match": {"path_regex": "^/r/(alpha|beta|gamma)$"},
+                   "destination": {"service": "web"}}),
+        )
+        .await;
+    let status = cp.until_held_back().await;
+    assert_eq!(status["latest_version"], json!(bad));
+    let ctl = |args: &'static [&'static str]| {
+        let server = format!("http://{}", cp.admin);
+        async move {
+            tokio::process::Command::new(gatehouse_e2e::gatehouse_bin("gatehousectl"))
+                .args(args)
+                .env("GATEHOUSE_SERVER", server)
+                .env("GATEHOUSE_ACTOR", "oncall")
+                .output()
+                .await
+                .expect("gatehousectl runs")
+        }
+    };
+    let shown = ctl(&["status"]).await;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&strict.node_id),
+        "status names the refusing node"
+    );
+
+    let strict_node = strict.node_id.clone();
+    drop(strict);
+    let out = ctl(&["release", "--reason", "strict node retired"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("rds") && said.contains(&strict_node),
+        "{said}"
+    );
+    let released = bad + 1;
+    cp.until_converged(released).await;
+    edge.until_status("/r/alpha", 200).await;
+    let status = cp.nodes().await;
+    assert_eq!(status["held_back"], json!(false), "{status}");
+    assert_eq!(status["served_version"], json!(released));
+
+    let record: serde_json::Value = gatehouse_e2e::client()
+        .get(cp.url(&format!("/v1/config/versions/{released}")))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["source"], json!("release"), "{record}");
+    let note = record["note"].as_str().unwrap_or_default();
+    assert!(note.contains("strict node retired"), "{record}");
+    assert!(
+        note.contains(&bad.to_string()),
+        "names the released version: {record}"
+    );
+
+    // Nothing left to release: a clean refusal, nothing changed.
+    let again = ctl(&["release"]).await;
+    assert_eq!(again.status.code(), Some(3), "{again:?}");
+    assert_eq!(cp.version().await, released);
+}

@@ -267,6 +267,16 @@ pub fn document() -> Value {
             json!({"get": operation("Connected Envoys: acked version and last NACK per type", ("200", ok("Nodes", any_object.clone())), &[401, 403])}),
         ),
         (
+            "/v1/status/release",
+            json!({"post": with_body(
+                operation("Forget every recorded refusal so the newest version rolls out again (admin role; recorded in the history)",
+                    ("200", ok("What was released, and the version recording it", json!({"type": "object", "required": ["version", "released"], "properties": {
+                        "version": {"type": "integer"}, "released": {"type": "array", "items": any_object.clone()}}}))),
+                    &[401, 403, 409, 422, 503]),
+                json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "maxLength": 1000}}}),
+            )}),
+        ),
+        (
             "/v1/admin-tokens",
             json!({
                 "get": operation("List admin tokens (never their secrets)", ("200", ok("Tokens", json!({"type": "array", "items": token.clone()}))), &[401, 403, 503]),

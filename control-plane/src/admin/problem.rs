@@ -108,7 +108,8 @@ impl From<StoreError> for ApiError {
             | StoreError::InUse { .. }
             | StoreError::HistoryUnavailable(_)
             | StoreError::TokenExists(_)
-            | StoreError::KeyNotActive(_) => ApiError::Conflict(e.to_string()),
+            | StoreError::KeyNotActive(_)
+            | StoreError::NothingHeld => ApiError::Conflict(e.to_string()),
             StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
             StoreError::VersionMismatch { .. } | StoreError::ResourceChanged { .. } => {
                 ApiError::PreconditionFailed(e.to_string())

@@ -57,6 +57,9 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A release with no refusal recorded: nothing is held back.
+    #[error("no refused version is held back: nothing to release")]
+    NothingHeld,
     /// Too many writes wait for their turn (see `store/queue.rs`).
     #[error("the control plane is busy: too many writes are waiting")]
     Busy,
@@ -96,6 +99,7 @@ impl StoreError {
             StoreError::Database(_) => "database",
             StoreError::Down => "down",
             StoreError::Busy => "busy",
+            StoreError::NothingHeld => "nothing_held",
             StoreError::Migrate(_) => "migrate",
             StoreError::Admission(AdmissionError::Refused(_)) => "refused",
             StoreError::Admission(AdmissionError::Unavailable(_)) => "admission_unavailable",

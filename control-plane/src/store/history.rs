@@ -44,6 +44,9 @@ pub struct VersionRecord {
     pub at_ms: i64,
     pub actor: String,
     pub source: String,
+    /// Why a version that changed no resource was made (a release).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub changes: Vec<Change>,
 }
 
@@ -56,7 +59,7 @@ impl Store {
     ) -> Result<Vec<VersionRecord>, StoreError> {
         let before = before.map_or(i64::MAX, |b| b as i64);
         let versions = sqlx::query(
-            "SELECT version, at_ms, actor, source FROM config_versions WHERE version < $1 \
+            "SELECT version, at_ms, actor, source, note FROM config_versions WHERE version < $1 \
              ORDER BY version DESC LIMIT $2",
         )
         .bind(before)
@@ -71,6 +74,7 @@ impl Store {
                 at_ms: row.try_get(1)?,
                 actor: row.try_get(2)?,
                 source: row.try_get(3)?,
+                note: row.try_get(4)?,
                 changes: self.changes(version as u64, false).await?,
             });
         }
@@ -80,7 +84,7 @@ impl Store {
     /// One version with its changes' specs before and after.
     pub async fn version_record(&self, version: u64) -> Result<VersionRecord, StoreError> {
         let row = sqlx::query(
-            "SELECT version, at_ms, actor, source FROM config_versions WHERE version = $1",
+            "SELECT version, at_ms, actor, source, note FROM config_versions WHERE version = $1",
         )
         .bind(version as i64)
         .fetch_optional(&self.pool)
@@ -91,6 +95,7 @@ impl Store {
             at_ms: row.try_get(1)?,
             actor: row.try_get(2)?,
             source: row.try_get(3)?,
+            note: row.try_get(4)?,
             changes: self.changes(version, true).await?,
         })
     }

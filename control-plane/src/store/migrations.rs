@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rejected resources",
         include_str!("../../../migrations/0006_rejections.sql"),
     ),
+    (
+        7,
+        "version notes",
+        include_str!("../../../migrations/0007_version_notes.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, NOTIFY_CHANNEL, Store, StoreError};
+use super::{Backend, Committed, NOTIFY_CHANNEL, Source, Store, StoreError, rows::now_ms};
 
 /// One refused resource content, with the NACK that refused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,77 @@ pub struct RejectedResource {
     pub at_ms: i64,
 }
 
+/// What a release forgot, and the version that records it.
+#[derive(Debug, Clone)]
+pub struct Released {
+    pub version: u64,
+    pub released: Vec<RejectedResource>,
+}
+
 impl Store {
+    /// Forgets every recorded refusal, after an operator investigated them,
+    /// so the newest version rolls out again. Recorded in the history as a
+    /// version of its own (source `release`, no resource changed, a note
+    /// naming what was released and `reason`). Fails with
+    /// [`StoreError::NothingHeld`] when no refusal is recorded.
+    pub async fn release_rejections(&self, reason: Option<&str>) -> Result<Released, StoreError> {
+        let released = self.rejections().await?;
+        if released.is_empty() {
+            return Err(StoreError::NothingHeld);
+        }
+        let _turn = self.write_turn().await?;
+        let mut tx = self.pool.begin().await?;
+        let version = super::bump_version(&mut tx).await?;
+        // Only what was read above: a refusal recorded since stays.
+        for r in &released {
+            sqlx::query(
+                "DELETE FROM rejected_resources WHERE type = $1 AND name = $2 AND content_version = $3",
+            )
+            .bind(&r.r#type)
+            .bind(&r.name)
+            .bind(&r.content_version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let what = released
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:?} (version {}, refused by {})",
+                    r.r#type, r.name, r.version, r.node
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let note = match reason {
+            Some(reason) => format!("released {what}: {reason}"),
+            None => format!("released {what}"),
+        };
+        sqlx::query(
+            "INSERT INTO config_versions (version, at_ms, actor, source, note) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(version as i64)
+        .bind(now_ms())
+        .bind(&self.origin.actor)
+        .bind(Source::Release.as_str())
+        .bind(&note)
+        .execute(&mut *tx)
+        .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.committed.send_replace(Committed {
+            version,
+            prepared: None,
+        });
+        Ok(Released { version, released })
+    }
+
     /// Records refused resources; one already recorded is kept as it was.
     pub async fn record_rejections(&self, rejected: &[RejectedResource]) -> Result<(), StoreError> {
         let _turn = self.write_turn().await?;

@@ -315,6 +315,31 @@ impl Rollout {
         }
     }
 
+    /// Forgets every refusal (an operator released them, or another
+    /// replica's operator did): the newest snapshot is served again.
+    pub fn release(&self) {
+        let serve = self.with(|s| {
+            s.suspects.clear();
+            s.rejections.clear();
+            let latest = s.latest.clone()?;
+            if s.current().is_some_and(|c| c.version == latest.version) {
+                return None;
+            }
+            s.served.push_back(latest.clone());
+            if s.served.len() > FALLBACKS {
+                s.served.pop_front();
+            }
+            Some(latest)
+        });
+        if let Some(latest) = serve {
+            info!(
+                version = latest.version,
+                "refusals released: serving the newest version"
+            );
+            self.served.send_replace(Some(latest));
+        }
+    }
+
     pub fn status(&self) -> RolloutStatus {
         self.with(|s| {
             let latest_version = s.latest.as_ref().map(|l| l.version);
@@ -370,6 +395,28 @@ mod tests {
 
     fn served(rollout: &Rollout) -> Option<u64> {
         rollout.watch().borrow().as_ref().map(|s| s.version)
+    }
+
+    #[test]
+    fn a_release_serves_the_newest_version_again() {
+        let rollout = Rollout::default();
+        let bad = snapshot(2, "bad");
+        rollout.offer(snapshot(1, "good"));
+        rollout.offer(bad.clone());
+        rollout.reject(
+            "envoy-a",
+            ResourceType::Route,
+            "2",
+            &[route_version(&bad)],
+            "no",
+        );
+        assert_eq!(served(&rollout), Some(1));
+        rollout.release();
+        assert_eq!(served(&rollout), Some(2), "the newest again");
+        let status = rollout.status();
+        assert!(!status.held_back && status.rejections.is_empty());
+        rollout.offer(snapshot(3, "bad"));
+        assert_eq!(served(&rollout), Some(3), "no longer suspect");
     }
 
     #[test]

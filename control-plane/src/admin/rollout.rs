@@ -1,0 +1,81 @@
+//! The fleet's rollout: what is served and held back, and the operator's
+//! release of refusals after investigating them.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::{AdminState, ApiError, VERSION_HEADER, decode_json, version_header, writer};
+use crate::{model::FieldError, store::Source};
+
+/// Longest reason a release may give.
+const MAX_REASON: usize = 1_000;
+
+/// The fleet's rollout (newest and served version, rejections) and every
+/// connected node with what it acknowledged.
+pub(super) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
+    let rollout = state.rollout.status();
+    Json(json!({
+        "latest_version": rollout.latest_version,
+        "served_version": rollout.served_version,
+        "held_back": rollout.held_back,
+        "rejections": rollout.rejections,
+        "nodes": state.nodes.nodes(),
+    }))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    /// Why (kept in the history).
+    reason: Option<String>,
+}
+
+/// Forgets every recorded refusal so the newest version rolls out again,
+/// as a version of its own in the history (source `release`, with a note).
+pub(super) async fn release(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ReleaseRequest = if body.is_empty() {
+        ReleaseRequest::default()
+    } else {
+        decode_json(&body)?
+    };
+    if let Some(reason) = &request.reason
+        && (reason.len() > MAX_REASON || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "reason",
+            format!("at most {MAX_REASON} bytes, without control characters"),
+        )]));
+    }
+    let released = writer(&state, &headers, Source::Release)?
+        .release_rejections(request.reason.as_deref())
+        .await?;
+    state.rollout.release();
+    tracing::warn!(
+        version = released.version,
+        released = released.released.len(),
+        "refusals released by an operator; the newest version rolls out"
+    );
+    let listed: Vec<Value> = released
+        .released
+        .iter()
+        .map(|r| {
+            json!({"type": r.r#type, "name": r.name, "version": r.version,
+                   "node": r.node, "error_detail": r.error_detail})
+        })
+        .collect();
+    Ok((
+        [(VERSION_HEADER, version_header(released.version))],
+        Json(json!({"version": released.version, "released": listed})),
+    )
+        .into_response())
+}
