@@ -54,9 +54,14 @@ pub async fn run(settings: Settings) {
     for round in 0..settings.rounds {
         for (cell, samples) in cells.iter().zip(&mut samples) {
             let (rate, errors) = measure(*cell, Duration::from_secs(settings.seconds)).await;
-            assert_eq!(errors, 0, "writes failed");
             samples.push(rate);
-            eprintln!("round {round}: {} → {rate:.0} writes/s", label(cell));
+            eprintln!(
+                "round {round}: {} → {rate:.0} writes/s, {errors} failed",
+                label(cell)
+            );
+            if errors > 0 {
+                println!("{}: {errors} writes failed", label(cell));
+            }
         }
     }
     println!("| backend | Envoy validation | clients | writes/s (median) | range |");
@@ -96,6 +101,9 @@ fn label(cell: &Cell) -> String {
 async fn measure(cell: Cell, length: Duration) -> (f64, u64) {
     let mut options = ControlPlaneOptions::new(free_port());
     options.validate_with_envoy = cell.validate;
+    // A token rather than --xds-insecure, which older builds compared with
+    // here do not know.
+    options.xds_token = Some("a-token-for-the-writes-benchmark-0123456789".into());
     if cell.backend == Backend::Postgres {
         options.database_url = Some(postgres_database().await);
     }

@@ -102,6 +102,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/config/rollback", axum::routing::post(config::rollback))
         .route("/v1/status/nodes", get(rollout::nodes))
         .route("/v1/status/release", axum::routing::post(rollout::release))
+        .route("/v1/status/confirm", axum::routing::post(rollout::confirm))
         .route(
             "/v1/admin-tokens",
             get(tokens::list_tokens).post(tokens::create_token),

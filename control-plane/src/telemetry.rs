@@ -37,6 +37,7 @@ pub struct HttpLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub xds_streams: Gauge,
+    pub xds_nodes_held: Gauge,
     pub xds_responses: Family<TypeLabel, Counter>,
     pub xds_acks: Family<TypeLabel, Counter>,
     pub xds_nacks: Family<TypeLabel, Counter>,
@@ -52,6 +53,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
         let xds_streams = Gauge::default();
         registry.register("xds_streams", "Connected ADS streams", xds_streams.clone());
+        let xds_nodes_held = Gauge::default();
+        registry.register(
+            "xds_nodes_held",
+            "Nodes held on the configuration they have: they hold one this store does not (alert when above 0)",
+            xds_nodes_held.clone(),
+        );
         let xds_responses = Family::default();
         registry.register(
             "xds_responses",
@@ -103,6 +110,7 @@ impl Default for Metrics {
         Self {
             registry: Arc::new(registry),
             xds_streams,
+            xds_nodes_held,
             xds_responses,
             xds_acks,
             xds_nacks,

@@ -1,7 +1,9 @@
 //! The xDS side: snapshots, what the fleet is served (rollout), per-stream
-//! state, the ADS gRPC server, who may use it, and node status.
+//! state, the ADS gRPC server, who may use it, node status, and the guard
+//! against taking a node backwards.
 
 pub mod auth;
+pub mod guard;
 pub mod rollout;
 pub mod server;
 pub mod snapshot;

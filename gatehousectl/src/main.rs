@@ -113,6 +113,10 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Confirm this control plane's store is the one to serve: nodes held
+    /// because they hold a configuration it does not have (`status` shows
+    /// them) are served it. Needs an admin token.
+    Confirm,
     /// Admin API tokens (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -364,6 +368,19 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(match cli.output {
                 Output::Json => json(&released),
                 Output::Human => render::released(&released),
+            })
+        }
+        Command::Confirm => {
+            let confirmed = client
+                .post("/v1/status/confirm", &serde_json::json!({}))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&confirmed),
+                Output::Human => format!(
+                    "confirmed: {} held node(s) are served this store's configuration\n",
+                    confirmed["released_nodes"].as_u64().unwrap_or_default()
+                ),
             })
         }
         Command::Status => {

@@ -109,6 +109,15 @@ pub fn status(body: &Value) -> String {
             r["error_detail"].as_str().unwrap_or_default(),
         );
     }
+    for node in body["nodes"].as_array().into_iter().flatten() {
+        if let Some(why) = node["held"].as_str() {
+            let _ = writeln!(
+                out,
+                "  HELD: {} keeps its own configuration: {why} (gatehousectl confirm serves it this store's)",
+                node["id"].as_str().unwrap_or_default()
+            );
+        }
+    }
     const TYPES: [&str; 7] = ["cds", "eds", "ecds", "lds", "rds", "auth", "ratelimit"];
     let _ = writeln!(
         out,

@@ -60,7 +60,10 @@ fn required_role(method: &Method, path: &str) -> Option<Role> {
     if !path.starts_with("/v1/") {
         return None; // health, readiness, metrics
     }
-    if path.starts_with("/v1/admin-tokens") || path == "/v1/status/release" {
+    if path.starts_with("/v1/admin-tokens")
+        || path == "/v1/status/release"
+        || path == "/v1/status/confirm"
+    {
         return Some(Role::Admin);
     }
     Some(if matches!(*method, Method::GET | Method::HEAD) {

@@ -277,6 +277,12 @@ pub fn document() -> Value {
             )}),
         ),
         (
+            "/v1/status/confirm",
+            json!({"post": operation("Confirm this store is the one to serve: nodes held on a configuration it does not have are served it (admin role)",
+                ("200", ok("How many nodes were held", json!({"type": "object", "required": ["released_nodes"], "properties": {"released_nodes": {"type": "integer"}}}))),
+                &[401, 403])}),
+        ),
+        (
             "/v1/admin-tokens",
             json!({
                 "get": operation("List admin tokens (never their secrets)", ("200", ok("Tokens", json!({"type": "array", "items": token.clone()}))), &[401, 403, 503]),

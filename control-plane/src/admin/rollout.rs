@@ -1,5 +1,7 @@
-//! The fleet's rollout: what is served and held back, and the operator's
-//! release of refusals after investigating them.
+//! The fleet's rollout: what is served and held back, the operator's
+//! release of refusals after investigating them, and the confirmation that
+//! this store is the one to serve to nodes held on a configuration it does
+//! not have (see `xds/guard.rs`).
 
 use axum::{
     Json,
@@ -20,12 +22,15 @@ const MAX_REASON: usize = 1_000;
 /// connected node with what it acknowledged.
 pub(super) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
     let rollout = state.rollout.status();
+    let nodes = state.nodes.nodes();
+    let held_nodes = nodes.iter().filter(|n| n.held.is_some()).count();
     Json(json!({
         "latest_version": rollout.latest_version,
         "served_version": rollout.served_version,
         "held_back": rollout.held_back,
         "rejections": rollout.rejections,
-        "nodes": state.nodes.nodes(),
+        "held_nodes": held_nodes,
+        "nodes": nodes,
     }))
 }
 
@@ -78,4 +83,16 @@ pub(super) async fn release(
         Json(json!({"version": released.version, "released": listed})),
     )
         .into_response())
+}
+
+/// Confirms that this store is the one to serve: nodes held because they
+/// hold a configuration it does not have are served it (and may lose what
+/// they had). Logged as a warning with how many nodes it released.
+pub(super) async fn confirm(State(state): State<AdminState>) -> Json<Value> {
+    let held = state.nodes.confirm();
+    tracing::warn!(
+        held,
+        "an operator confirmed this store: held nodes are served its configuration"
+    );
+    Json(json!({ "released_nodes": held }))
 }

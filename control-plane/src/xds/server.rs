@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
+    guard::{Claim, mismatch},
     rollout::Rollout,
     status::NodeRegistry,
     stream::{Push, Request, RequestOutcome, StreamState, Variant},
@@ -104,6 +105,8 @@ trait Wire: Send + 'static {
     const VARIANT: Variant;
     fn node(request: &Self::Request) -> Option<(&str, &str)>;
     fn decode(request: &Self::Request) -> Request<'_>;
+    /// What a node's first request for a type says it already holds.
+    fn claim(request: &Self::Request) -> Option<Claim>;
     fn encode(push: Push) -> Self::Response;
 }
 
@@ -129,6 +132,13 @@ impl Wire for StateOfTheWorld {
             subscribe: r.resource_names.iter().map(String::as_str).collect(),
             ..Request::default()
         }
+    }
+
+    fn claim(r: &DiscoveryRequest) -> Option<Claim> {
+        if !r.response_nonce.is_empty() {
+            return None;
+        }
+        Claim::from_request(Self::VARIANT, &r.version_info, 0)
     }
 
     fn encode(push: Push) -> DiscoveryResponse {
@@ -179,6 +189,13 @@ impl Wire for Delta {
         }
     }
 
+    fn claim(r: &DeltaDiscoveryRequest) -> Option<Claim> {
+        if !r.response_nonce.is_empty() {
+            return None;
+        }
+        Claim::from_request(Self::VARIANT, "", r.initial_resource_versions.len())
+    }
+
     fn encode(push: Push) -> DeltaDiscoveryResponse {
         DeltaDiscoveryResponse {
             system_version_info: push.version_info,
@@ -217,12 +234,22 @@ impl StreamTask {
         let mut node = String::new();
         let mut state = StreamState::new(W::VARIANT);
         let mut handle = None;
+        // What the node said it holds, until it is served (see guard.rs).
+        let mut claim: Option<Claim> = None;
+        let mut held = Held::new(self.metrics.xds_nodes_held.clone());
+        let mut confirmations = self.registry.confirmations();
         self.metrics.xds_streams.inc();
         let _streams = scopeguard(self.metrics.xds_streams.clone());
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
+                confirmed = confirmations.changed() => {
+                    if confirmed.is_err() { break }
+                    if claim.take().is_some() && held.is() {
+                        warn!(node, "an operator confirmed this store: serving the held node");
+                    }
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         if handle.is_none() {
@@ -230,6 +257,14 @@ impl StreamTask {
                             info!(node = id, cluster, variant = ?W::VARIANT, "node connected");
                             node = id.to_owned();
                             handle = Some(self.registry.connect(id, cluster, W::VARIANT));
+                        }
+                        if !state.served_any()
+                            && let Some(said) = W::claim(&request)
+                        {
+                            claim = Some(match claim.take() {
+                                Some(before) => before.max(said),
+                                None => said,
+                            });
                         }
                         let outcome = state.on_request(&W::decode(&request));
                         self.observe(&node, &outcome);
@@ -246,6 +281,33 @@ impl StreamTask {
             }
             let snapshot = snapshots.borrow_and_update().clone();
             let Some(snapshot) = snapshot else { continue };
+            let latest = self
+                .rollout
+                .status()
+                .latest_version
+                .unwrap_or(snapshot.version);
+            match claim.as_ref().and_then(|c| mismatch(c, latest)) {
+                Some(why) => {
+                    if !held.is() {
+                        error!(node, reason = %why, "holding the node on the configuration it has");
+                        held.set(true);
+                        if let Some(handle) = &handle {
+                            handle.hold(Some(&why));
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    if held.is() {
+                        info!(node, version = latest, "serving the held node");
+                        held.set(false);
+                        if let Some(handle) = &handle {
+                            handle.hold(None);
+                        }
+                    }
+                    claim = None;
+                }
+            }
             let pushes = state.pushes(&snapshot);
             if let Some(handle) = &handle {
                 handle.in_sync(&state.in_sync(&snapshot), snapshot.version);
@@ -299,6 +361,40 @@ impl StreamTask {
             RequestOutcome::Stale(kind) => debug!(r#type = kind.label(), "stale nonce ignored"),
             RequestOutcome::Subscribe(_) => {}
         }
+    }
+}
+
+/// Whether this stream's node is held, counted in a gauge that the end of
+/// the stream, however it ends, takes it out of.
+struct Held {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    held: bool,
+}
+
+impl Held {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Self { gauge, held: false }
+    }
+
+    fn is(&self) -> bool {
+        self.held
+    }
+
+    fn set(&mut self, held: bool) {
+        if held != self.held {
+            if held {
+                self.gauge.inc();
+            } else {
+                self.gauge.dec();
+            }
+            self.held = held;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 

@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::{
     snapshot::ResourceType,
@@ -20,6 +21,10 @@ pub struct NodeStatus {
     pub cluster: String,
     pub variant: &'static str,
     pub connected_at_ms: u64,
+    /// Why the node is held on the configuration it has (it holds one this
+    /// store does not have; see `xds/guard.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// The types the node has answered for, keyed by `cds`, `eds`, `lds`,
     /// `rds` (Envoy) or `auth` (ext-authz).
     pub types: BTreeMap<&'static str, TypeStatus>,
@@ -41,9 +46,21 @@ pub struct Nack {
 }
 
 /// Shared registry of live streams.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeRegistry {
     inner: Arc<Mutex<Registry>>,
+    /// Bumped when an operator confirms this store is the one to serve:
+    /// every held node is then served it.
+    confirmations: Arc<watch::Sender<u64>>,
+}
+
+impl Default for NodeRegistry {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            confirmations: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +90,7 @@ impl NodeRegistry {
                 Variant::Delta => "delta",
             },
             connected_at_ms: now_ms(),
+            held: None,
             types: BTreeMap::new(),
         };
         let key = self.with(|r| {
@@ -84,6 +102,19 @@ impl NodeRegistry {
             registry: self.clone(),
             key,
         }
+    }
+
+    /// An operator confirmed this store: held nodes are served it. Returns
+    /// how many nodes were held.
+    pub fn confirm(&self) -> usize {
+        let held = self.with(|r| r.streams.values().filter(|s| s.held.is_some()).count());
+        self.confirmations.send_modify(|n| *n += 1);
+        held
+    }
+
+    /// Confirmations so far, to wait for the next.
+    pub fn confirmations(&self) -> watch::Receiver<u64> {
+        self.confirmations.subscribe()
     }
 
     pub fn nodes(&self) -> Vec<NodeStatus> {
@@ -138,6 +169,17 @@ impl StreamHandle {
                     stream.types.entry(kind.label()).or_default().acked_version =
                         Some(version.clone());
                 }
+            }
+        });
+    }
+}
+
+impl StreamHandle {
+    /// Why the node is held on its own configuration, or `None` once served.
+    pub fn hold(&self, why: Option<&str>) {
+        self.registry.with(|r| {
+            if let Some(stream) = r.streams.get_mut(&self.key) {
+                stream.held = why.map(str::to_owned);
             }
         });
     }

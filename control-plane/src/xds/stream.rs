@@ -195,6 +195,11 @@ impl StreamState {
     }
 
     /// Everything to send now, in make-before-break order.
+    /// Whether anything was pushed on this stream yet.
+    pub fn served_any(&self) -> bool {
+        self.nonces > 0
+    }
+
     pub fn pushes(&mut self, snapshot: &Snapshot) -> Vec<Push> {
         let mut pushes = Vec::new();
         for kind in ResourceType::ALL {
