@@ -83,6 +83,11 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_DEBOUNCE_MS", default_value_t = 5)]
     pub debounce_ms: u64,
 
+    /// xDS connections served at once (each Envoy and service uses one);
+    /// more are closed on accept.
+    #[arg(long, env = "GATEHOUSE_XDS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub xds_max_connections: usize,
+
     /// Admin API connections served at once; more are closed on accept.
     #[arg(long, env = "GATEHOUSE_ADMIN_MAX_CONNECTIONS", default_value_t = 4096)]
     pub admin_max_connections: usize,

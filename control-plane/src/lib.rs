@@ -23,7 +23,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use gatehouse_service_kit::why_ended;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -77,6 +76,7 @@ pub struct ControlPlane {
     bootstrap_token: Option<admin::auth::Secret>,
     xds_token: xds::auth::NodeToken,
     admin_limits: gatehouse_service_kit::HttpLimits,
+    xds_max_connections: usize,
 }
 
 impl ControlPlane {
@@ -126,6 +126,7 @@ impl ControlPlane {
             bootstrap_token,
             xds_token: xds::auth::NodeToken::new(xds_token),
             admin_limits: config.admin_limits(),
+            xds_max_connections: config.xds_max_connections,
         })
     }
 
@@ -192,6 +193,7 @@ impl ControlPlane {
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .max_concurrent_streams(xds::limits::MAX_STREAMS_PER_CONNECTION)
                 .add_service(InterceptedService::new(
                     xds_service.into_service(),
                     self.xds_token.clone(),
@@ -201,7 +203,7 @@ impl ControlPlane {
                     self.xds_token.clone(),
                 ))
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.xds),
+                    xds::limits::bounded(self.xds, self.xds_max_connections),
                     token.clone().cancelled_owned(),
                 ),
         );

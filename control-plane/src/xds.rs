@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod guard;
+pub mod limits;
 pub mod rollout;
 pub mod server;
 pub mod snapshot;

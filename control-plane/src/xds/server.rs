@@ -27,7 +27,7 @@ use super::{
 use crate::telemetry::{Metrics, TypeLabel};
 
 /// Largest request accepted from a node (delta reconnects list every resource).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct XdsServer {
     rollout: Rollout,
