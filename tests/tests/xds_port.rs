@@ -79,3 +79,60 @@ async fn without_a_token_the_control_plane_generates_one_and_requires_it() {
     cp.route_all_to(&upstream).await;
     envoy.until_status("/", 200).await;
 }
+
+/// A refusal counts only for a response the node was actually sent: a NACK
+/// quoting a nonce this stream never carried changes nothing.
+#[tokio::test]
+async fn a_refusal_of_a_response_never_sent_holds_nothing_back() {
+    const TOKEN: &str = "the-xds-token-of-the-forged-refusal-test-01";
+    let mut options = ControlPlaneOptions::new(free_port());
+    options.xds_token = Some(TOKEN.into());
+    let cp = ControlPlane::start(options).await;
+    let upstream = Upstream::start("web").await;
+    cp.route_all_to(&upstream).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    tx.send(DiscoveryRequest {
+        type_url: cds.into(),
+        node: Some(gatehouse_proto::core::Node {
+            id: "invented".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("queued");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("ascii"),
+    );
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(request)
+        .await
+        .expect("stream")
+        .into_inner();
+    let sent = responses.message().await.expect("ok").expect("a response");
+    tx.send(DiscoveryRequest {
+        type_url: cds.into(),
+        response_nonce: format!("{}9", sent.nonce),
+        error_detail: Some(gatehouse_proto::rpc::Status {
+            code: 3,
+            message: "forged".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("queued");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = cp.nodes().await;
+    assert_eq!(status["held_back"], serde_json::json!(false), "{status}");
+    assert_eq!(status["rejections"], serde_json::json!([]), "{status}");
+}
