@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use gatehouse_control_plane::{
-    model::{Destination, Endpoint, Route, RouteMatch, Service},
+    model::{Destination, Route, RouteMatch, Service},
     store::{DatabaseUrl, Store},
     translate::{self, ProxySettings},
 };
@@ -355,16 +355,12 @@ async fn propagation(changes: usize, validate_with_envoy: bool) {
 }
 
 fn service(name: String, port: u32) -> Service {
-    Service {
-        name,
-        endpoints: vec![Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            weight: None,
-        }],
-        protocol: Default::default(),
-        connect_timeout_ms: 1000,
-    }
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "endpoints": [{"host": "127.0.0.1", "port": port}],
+        "connect_timeout_ms": 1000,
+    }))
+    .expect("a valid service")
 }
 
 fn route(i: usize, services: usize) -> Route {
@@ -383,6 +379,8 @@ fn route(i: usize, services: usize) -> Route {
         prefix_rewrite: None,
         timeout_ms: Some(5000),
         auth: None,
+        retries: None,
+        priority: None,
     }
 }
 

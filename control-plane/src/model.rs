@@ -17,6 +17,8 @@ pub mod gateway;
 pub mod names;
 pub mod ratelimit;
 pub mod re2;
+pub mod resilience;
+pub mod retry;
 pub mod route;
 pub mod service;
 pub mod state;
@@ -28,6 +30,11 @@ pub use ratelimit::{Plan, RateLimitPolicy};
 pub use re2::{
     MAX_RE2_PROGRAM_SIZE, RE2_UNICODE_CLASSES, check_re2_regex, re2_program_size_estimate,
 };
+pub use resilience::{
+    CircuitBreakers, FailurePercentage, HealthCheck, HealthCheckKind, OutlierDetection,
+    RetryBudget, Thresholds,
+};
+pub use retry::{Backoff, Retries, RoutePriority};
 pub use route::{
     Destination, HeaderMatch, MAX_WEIGHT, MAX_WEIGHTED_SERVICES, PathMatch, Route, RouteMatch,
     WeightedService,

@@ -27,6 +27,8 @@ pub mod gateway;
 pub mod jwt;
 pub mod listener;
 pub mod ratelimit;
+pub mod resilience;
+pub mod retry;
 pub mod route;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};

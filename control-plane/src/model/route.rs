@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource, RouteAuth, check_name,
-    check_re2_regex, is_dns_name, is_header_name,
+    FieldError, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource, Retries, RouteAuth,
+    RoutePriority, check_name, check_re2_regex, is_dns_name, is_header_name,
 };
 
 /// A route: which requests it matches and where they go.
@@ -29,6 +29,12 @@ pub struct Route {
     /// Who may call the route; absent means public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RouteAuth>,
+    /// Failed requests tried again on another endpoint (`retry.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// `high` routes use the services' high-priority circuit breakers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<RoutePriority>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -140,6 +146,10 @@ impl Resource for Route {
         self.validate_rewrite(&mut errors);
         if let Some(auth) = &self.auth {
             auth.validate(&mut errors);
+        }
+        if let Some(retries) = &self.retries {
+            let timeout = self.timeout_ms.filter(|t| *t > 0);
+            retries.validate("retries", timeout, &mut errors);
         }
         if let Some(timeout) = self.timeout_ms
             && timeout > MAX_TIMEOUT_MS

@@ -1,12 +1,17 @@
-//! Upstream services: a named set of endpoints, the protocol spoken to them
-//! and how long a connection may take.
+//! Upstream services: a named set of endpoints (with failover priorities),
+//! the protocol spoken to them, how long a connection may take, and how
+//! they are protected (`resilience.rs`: health checks, outlier detection,
+//! circuit breakers).
 
 use std::collections::BTreeSet;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, Kind, NAME_PATTERN, Resource, check_name, is_dns_name};
+use super::{
+    CircuitBreakers, FieldError, HealthCheck, Kind, NAME_PATTERN, OutlierDetection, Resource,
+    check_name, is_dns_name,
+};
 
 /// Upstream protocol spoken to a service's endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -34,6 +39,15 @@ pub struct Service {
     pub protocol: Protocol,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u32,
+    /// Active health checks: unhealthy endpoints get no traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive: endpoints that keep failing are ejected for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits per priority class; unset ones take the documented defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -45,6 +59,11 @@ pub struct Endpoint {
     pub port: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Failover order: 0 (the default) is primary, 1 the first backup, …;
+    /// traffic moves to the next priority when the current one is
+    /// unhealthy, and back when it recovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
 impl Endpoint {
@@ -93,6 +112,26 @@ impl Resource for Service {
             if !seen.insert((endpoint.host.to_ascii_lowercase(), endpoint.port)) {
                 errors.push(FieldError::new(field, "duplicate endpoint"));
             }
+        }
+        let priorities: BTreeSet<u32> = self
+            .endpoints
+            .iter()
+            .map(|e| e.priority.unwrap_or(0))
+            .collect();
+        if let Some(gap) = (0..priorities.len() as u32).find(|p| !priorities.contains(p)) {
+            errors.push(FieldError::new(
+                "endpoints",
+                format!("priorities must run from 0 without gaps: none has priority {gap}"),
+            ));
+        }
+        if let Some(check) = &self.health_check {
+            check.validate("health_check", &mut errors);
+        }
+        if let Some(outliers) = &self.outlier_detection {
+            outliers.validate("outlier_detection", &mut errors);
+        }
+        if let Some(breakers) = &self.circuit_breakers {
+            breakers.validate("circuit_breakers", &mut errors);
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&self.connect_timeout_ms) {
             errors.push(FieldError::new(

@@ -1,13 +1,14 @@
 //! Services → Envoy clusters: EDS for IP endpoints (so endpoint changes
 //! touch nothing else), STRICT_DNS with inline endpoints for DNS names,
-//! HTTP/2 upstream for gRPC and h2 services; static clusters for our own
-//! gRPC services.
+//! HTTP/2 upstream for gRPC and h2 services, endpoints grouped by failover
+//! priority, the service's protection (`resilience.rs`); static clusters
+//! for our own gRPC services.
 
 use std::net::SocketAddr;
 
 use gatehouse_proto::{cluster, core, endpoint, protobuf, to_any, upstream_http};
 
-use super::{ads, duration_ms, socket_address};
+use super::{ads, duration_ms, resilience, socket_address};
 use crate::model::{Protocol, Service};
 
 /// A service with only IP endpoints (or none) gets its endpoints over EDS.
@@ -40,6 +41,7 @@ pub fn cluster(service: &Service) -> cluster::Cluster {
     if matches!(service.protocol, Protocol::Http2 | Protocol::Grpc) {
         speak_http2_upstream(&mut c);
     }
+    resilience::protect(service, &mut c);
     c
 }
 
@@ -97,27 +99,39 @@ pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
     c
 }
 
+/// The service's endpoints, one group per failover priority (0 first).
 pub fn load_assignment(service: &Service) -> endpoint::ClusterLoadAssignment {
-    let lb_endpoints = service
-        .endpoints
-        .iter()
-        .map(|e| endpoint::LbEndpoint {
-            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                endpoint::Endpoint {
-                    address: Some(socket_address(&e.host, e.port)),
-                    ..Default::default()
-                },
-            )),
-            load_balancing_weight: e.weight.map(|value| protobuf::UInt32Value { value }),
+    let mut by_priority: std::collections::BTreeMap<u32, Vec<endpoint::LbEndpoint>> =
+        std::collections::BTreeMap::new();
+    for e in &service.endpoints {
+        by_priority
+            .entry(e.priority.unwrap_or(0))
+            .or_default()
+            .push(endpoint::LbEndpoint {
+                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                    endpoint::Endpoint {
+                        address: Some(socket_address(&e.host, e.port)),
+                        ..Default::default()
+                    },
+                )),
+                load_balancing_weight: e.weight.map(|value| protobuf::UInt32Value { value }),
+                ..Default::default()
+            });
+    }
+    let mut endpoints: Vec<endpoint::LocalityLbEndpoints> = by_priority
+        .into_iter()
+        .map(|(priority, lb_endpoints)| endpoint::LocalityLbEndpoints {
+            lb_endpoints,
+            priority,
             ..Default::default()
         })
         .collect();
+    if endpoints.is_empty() {
+        endpoints.push(endpoint::LocalityLbEndpoints::default());
+    }
     endpoint::ClusterLoadAssignment {
         cluster_name: service.name.clone(),
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            lb_endpoints,
-            ..Default::default()
-        }],
+        endpoints,
         ..Default::default()
     }
 }

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{auth, duration_ms, ratelimit};
+use super::{auth, duration_ms, ratelimit, retry};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -66,6 +66,7 @@ fn virtual_host(
                 auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
+                    retry::apply(r, action);
                 }
                 envoy
             })

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use gatehouse_control_plane::{
-    model::{ConfigDocument, Endpoint, Route, Service},
+    model::{ConfigDocument, Route, Service},
     store::{ApplyOptions, DatabaseUrl, Store},
 };
 use sqlx::Connection;
@@ -57,16 +57,12 @@ pub(crate) async fn postgres() -> Store {
 }
 
 pub(crate) fn service(name: &str, port: u32) -> Service {
-    Service {
-        name: name.into(),
-        endpoints: vec![Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            weight: None,
-        }],
-        protocol: Default::default(),
-        connect_timeout_ms: 1000,
-    }
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "endpoints": [{"host": "127.0.0.1", "port": port}],
+        "connect_timeout_ms": 1000,
+    }))
+    .expect("a valid service")
 }
 
 pub(crate) fn route(name: &str, services: &[&str]) -> Route {
@@ -95,6 +91,8 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         prefix_rewrite: None,
         timeout_ms: None,
         auth: None,
+        retries: None,
+        priority: None,
     }
 }
 

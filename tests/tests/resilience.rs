@@ -1,0 +1,364 @@
+//! Resilience through a real Envoy against misbehaving upstreams: retries,
+//! outlier detection, active health checks with failover to backups, and
+//! circuit breakers (issue 20).
+
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::{Behaviour, Stack, Upstream, client, eventually, probe};
+use serde_json::{Value, json};
+
+/// A service over `upstreams`, each with its failover priority.
+fn service(upstreams: &[(&Upstream, u32)], extra: Value) -> Value {
+    let mut body = json!({
+        "endpoints": upstreams.iter().map(|(u, priority)| json!({
+            "host": "127.0.0.1", "port": u.addr.port(), "priority": priority
+        })).collect::<Vec<_>>(),
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+#[tokio::test]
+async fn every_resilience_field_is_accepted_by_envoy() {
+    let g = Stack::new()
+        .configure(|o| o.validate_with_envoy = true)
+        .start()
+        .await;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let services = [
+        (
+            "checked",
+            service(
+                &[(&a, 0), (&b, 1)],
+                json!({"health_check": {"type": "http", "path": "/healthz", "expected_statuses": [200, 204],
+                        "host": "health.internal", "interval_ms": 500, "timeout_ms": 250,
+                        "healthy_threshold": 1, "unhealthy_threshold": 2, "jitter_ms": 50},
+                       "outlier_detection": {"consecutive_5xx": 3, "consecutive_gateway_failures": 2,
+                        "failure_percentage": {"threshold": 50, "minimum_requests": 10},
+                        "interval_ms": 1000, "base_ejection_ms": 5000, "max_ejection_percent": 100},
+                       "circuit_breakers": {"default": {"max_connections": 100, "max_pending_requests": 50,
+                        "max_requests": 200, "retry_budget": {"percent": 25, "min_concurrency": 2}},
+                        "high": {"max_requests": 400, "max_retries": 10}}}),
+            ),
+        ),
+        (
+            "grpc-checked",
+            service(
+                &[(&a, 0)],
+                json!({"protocol": "grpc", "health_check": {"type": "grpc", "grpc_service": "orders"}}),
+            ),
+        ),
+        (
+            "tcp-checked",
+            service(&[(&b, 0)], json!({"health_check": {"type": "tcp"}})),
+        ),
+    ];
+    for (name, body) in services {
+        g.cp.apply(&format!("/v1/services/{name}"), body).await;
+    }
+    let version = g
+        .cp
+        .apply(
+            "/v1/routes/retried",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "checked"},
+                   "timeout_ms": 3000, "priority": "high",
+                   "retries": {"on": ["5xx", "reset", "connect-failure", "retriable-4xx", "refused-stream"],
+                    "status_codes": [429], "attempts": 3, "per_try_timeout_ms": 1000,
+                    "backoff": {"base_ms": 10, "max_ms": 100}, "non_idempotent": true}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    g.cp.assert_no_nacks().await;
+    assert_eq!(g.envoy.rejected_updates().await, 0);
+    g.envoy.until_status("/", 200).await;
+}
+
+#[tokio::test]
+async fn retries_hide_failures_but_never_repeat_a_post() {
+    let g = Stack::new().start().await;
+    // Every third request fails on each endpoint.
+    let a = Upstream::start_with("a", Behaviour::failing(3, 503)).await;
+    let b = Upstream::start_with("b", Behaviour::failing(3, 503)).await;
+    g.cp.apply(
+        "/v1/services/flaky",
+        service(&[(&a, 0), (&b, 0)], json!({})),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/flaky",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "flaky"},
+                   "retries": {"on": ["5xx"], "attempts": 2, "backoff": {"base_ms": 1}}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let http = client();
+    let mut failed = 0;
+    for _ in 0..150 {
+        if probe(&http, &g.envoy.url("/items")).await.0 != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "a third of the attempts failed; no client saw it"
+    );
+
+    // Always failing: a GET is tried 1 + 2 times, a POST once.
+    a.behave(Behaviour::failing(1, 503));
+    b.behave(Behaviour::failing(1, 503));
+    let hits = || a.hit_count() + b.hit_count();
+    let before = hits();
+    let post = http
+        .post(g.envoy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(post.status(), 503);
+    assert_eq!(hits() - before, 1, "a POST is never retried by default");
+    let before = hits();
+    assert_eq!(probe(&http, &g.envoy.url("/items")).await.0, 503);
+    assert_eq!(hits() - before, 3, "a GET is retried twice");
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_comes_back() {
+    let g = Stack::new().start().await;
+    let good = Upstream::start("good").await;
+    let bad = Upstream::start("bad").await;
+    g.cp.apply(
+        "/v1/services/pair",
+        service(
+            &[(&good, 0), (&bad, 0)],
+            json!({"outlier_detection": {
+                "failure_percentage": {"threshold": 50, "minimum_requests": 10},
+                "interval_ms": 500, "base_ejection_ms": 2000, "max_ejection_percent": 50}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/pair",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "pair"},
+                   "retries": {"on": ["5xx"], "attempts": 2}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    // Half of the bad endpoint's answers are 500 from now on.
+    bad.behave(Behaviour::failing(2, 500));
+    let http = client();
+    let (mut sent, mut failed) = (0, 0);
+    let started = Instant::now();
+    let mut ejected_at = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        let before = bad.hit_count();
+        sent += 1;
+        if probe(&http, &g.envoy.url("/x")).await.0 != 200 {
+            failed += 1;
+        }
+        let quiet = bad.hit_count() == before;
+        if quiet && ejected_at.is_none() && sent > 40 {
+            ejected_at = Some(started.elapsed());
+        }
+    }
+    assert!(
+        failed * 100 <= sent,
+        "{failed} of {sent} failed with retries on"
+    );
+    let ejections = g
+        .envoy
+        .stat("cluster.pair.outlier_detection.ejections_enforced_failure_percentage")
+        .await
+        .unwrap_or_default();
+    assert!(ejections >= 1, "the bad endpoint was ejected");
+    // Fixed, it comes back after the ejection time.
+    bad.behave(Behaviour::default());
+    let before = bad.hit_count();
+    eventually(
+        Duration::from_secs(15),
+        "the endpoint back in rotation",
+        || async {
+            probe(&http, &g.envoy.url("/x")).await;
+            bad.hit_count() > before + 3
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn health_checks_move_traffic_to_backups_and_back() {
+    let g = Stack::new().start().await;
+    let primary = Upstream::start("primary").await;
+    let backup = Upstream::start("backup").await;
+    g.cp.apply(
+        "/v1/services/ha",
+        service(
+            &[(&primary, 0), (&backup, 1)],
+            json!({"health_check": {"type": "http", "path": "/healthz", "interval_ms": 200,
+                   "timeout_ms": 200, "healthy_threshold": 1, "unhealthy_threshold": 2}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/ha",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "ha"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let http = client();
+    let from = || async { probe(&http, &g.envoy.url("/ha")).await };
+    eventually(Duration::from_secs(10), "the primary serving", || async {
+        from().await.1.as_deref() == Some("primary")
+    })
+    .await;
+
+    // The primary fails (its health checks too): the backup serves.
+    primary.behave(Behaviour::failing(1, 503));
+    eventually(Duration::from_secs(10), "the backup serving", || async {
+        from().await.1.as_deref() == Some("backup")
+    })
+    .await;
+    for _ in 0..30 {
+        assert_eq!(
+            from().await,
+            (200, Some("backup".into())),
+            "no client error"
+        );
+    }
+    // Back: traffic returns to the primary.
+    primary.behave(Behaviour::default());
+    eventually(
+        Duration::from_secs(10),
+        "the primary serving again",
+        || async { from().await.1.as_deref() == Some("primary") },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_burst_past_the_circuit_breaker_gets_fast_503s() {
+    let g = Stack::new().start().await;
+    let slow = Upstream::start_with("slow", Behaviour::delayed(Duration::from_millis(800))).await;
+    g.cp.apply(
+        "/v1/services/slow",
+        service(
+            &[(&slow, 0)],
+            json!({"circuit_breakers": {"default": {"max_requests": 2, "max_pending_requests": 1, "max_connections": 2}}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/slow",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "slow"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let http = client();
+    let burst = (0..20).map(|_| {
+        let (http, url) = (http.clone(), g.envoy.url("/burst"));
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http.get(url).send().await.expect("answered");
+            let overloaded = response.headers().contains_key("x-envoy-overloaded");
+            (response.status().as_u16(), overloaded, sent.elapsed())
+        })
+    });
+    let mut shed = 0;
+    for answer in burst.collect::<Vec<_>>() {
+        let (status, overloaded, took) = answer.await.expect("request");
+        if status == 503 {
+            assert!(overloaded, "shed by the circuit breaker");
+            assert!(
+                took < Duration::from_millis(500),
+                "fast, not a timeout: {took:?}"
+            );
+            shed += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    assert!(shed >= 15, "{shed} of 20 shed");
+    assert!(
+        slow.hit_count() <= 3,
+        "the upstream saw {} requests: never more than the limit",
+        slow.hit_count()
+    );
+}
+
+/// Every new field is checked before anything reaches Envoy: a 422 naming
+/// the field, nothing stored.
+#[tokio::test]
+async fn invalid_resilience_settings_are_refused_by_field() {
+    let g = Stack::new().start().await;
+    let a = Upstream::start("a").await;
+    g.cp.apply("/v1/services/a", service(&[(&a, 0)], json!({})))
+        .await;
+    let before = g.cp.version().await;
+    let refused = [
+        (
+            "/v1/services/s1",
+            service(
+                &[(&a, 0)],
+                json!({"health_check": {"type": "http", "interval_ms": 0}}),
+            ),
+            "health_check.path",
+        ),
+        (
+            "/v1/services/s2",
+            service(
+                &[(&a, 0)],
+                json!({"outlier_detection": {"failure_percentage": {"threshold": 150}}}),
+            ),
+            "outlier_detection.failure_percentage.threshold",
+        ),
+        (
+            "/v1/services/s3",
+            service(
+                &[(&a, 0)],
+                json!({"circuit_breakers": {"default": {"max_requests": 0}}}),
+            ),
+            "circuit_breakers.default.max_requests",
+        ),
+        (
+            "/v1/services/s4",
+            service(&[(&a, 2)], json!({})),
+            "endpoints",
+        ),
+        (
+            "/v1/routes/r1",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "a"},
+                   "retries": {"on": ["sometimes"]}}),
+            "retries.on[0]",
+        ),
+        (
+            "/v1/routes/r2",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "a"},
+                   "retries": {"backoff": {"base_ms": 100, "max_ms": 10}}}),
+            "retries.backoff.max_ms",
+        ),
+        (
+            "/v1/routes/r3",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "a"},
+                   "timeout_ms": 100, "retries": {"per_try_timeout_ms": 500}}),
+            "retries.per_try_timeout_ms",
+        ),
+    ];
+    for (path, body, field) in refused {
+        let response = g.cp.put(path, body).await;
+        assert_eq!(response.status().as_u16(), 422, "{path}");
+        let problem: Value = response.json().await.expect("problem");
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{path}: {problem}");
+    }
+    assert_eq!(g.cp.version().await, before, "nothing stored");
+}
