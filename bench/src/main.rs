@@ -381,6 +381,8 @@ fn route(i: usize, services: usize) -> Route {
         auth: None,
         retries: None,
         priority: None,
+        cors: None,
+        headers: None,
     }
 }
 

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub mod auth;
+pub mod cors;
 pub mod gateway;
 pub mod names;
 pub mod ratelimit;
@@ -23,6 +24,7 @@ pub mod route;
 pub mod service;
 pub mod state;
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
+pub use cors::{Cors, HeaderRule, HeaderRules};
 pub use gateway::{Certificate, Gateway, GatewayProtocol};
 pub use names::{NAME_PATTERN, check_name, is_dns_label};
 pub(crate) use names::{is_dns_name, is_header_name};

@@ -23,6 +23,7 @@ use gatehouse_proto::{core, protobuf, to_any};
 
 pub mod auth;
 pub mod cluster;
+pub mod cors;
 pub mod gateway;
 pub mod jwt;
 pub mod listener;

@@ -16,6 +16,7 @@ pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_access_log;
 pub use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3 as cel_filter;
 pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
+pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 pub use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt_authn;
 pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;

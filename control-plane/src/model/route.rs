@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource, Retries, RouteAuth,
-    RoutePriority, check_name, check_re2_regex, is_dns_name, is_header_name,
+    Cors, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource,
+    Retries, RouteAuth, RoutePriority, check_name, check_re2_regex, is_dns_name, is_header_name,
 };
 
 /// A route: which requests it matches and where they go.
@@ -35,6 +35,12 @@ pub struct Route {
     /// `high` routes use the services' high-priority circuit breakers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<RoutePriority>,
+    /// Cross-origin requests from browsers (`cors.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    /// Headers set, added or removed on the request and the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeaderRules>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -146,6 +152,12 @@ impl Resource for Route {
         self.validate_rewrite(&mut errors);
         if let Some(auth) = &self.auth {
             auth.validate(&mut errors);
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate(&mut errors);
+        }
+        if let Some(headers) = &self.headers {
+            headers.validate(&mut errors);
         }
         if let Some(retries) = &self.retries {
             let timeout = self.timeout_ms.filter(|t| *t > 0);

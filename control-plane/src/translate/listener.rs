@@ -3,7 +3,7 @@
 
 use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
 
-use super::{HTTP_ROUTES, ProxySettings, ads, auth, jwt, ratelimit, socket_address};
+use super::{HTTP_ROUTES, ProxySettings, ads, auth, cors, jwt, ratelimit, socket_address};
 
 /// Name of the default listener.
 pub const HTTP_LISTENER: &str = "gatehouse_http";
@@ -33,7 +33,8 @@ pub fn http_connection_manager(
                 route_config_name: HTTP_ROUTES.into(),
             },
         )),
-        http_filters: [jwt::jwt_filter()]
+        // CORS first: a preflight is answered before authentication.
+        http_filters: [cors::cors_filter(), jwt::jwt_filter()]
             .into_iter()
             .chain(jwt::rbac_filters())
             .chain(auth::ext_authz_filters(&proxy.ext_authz))

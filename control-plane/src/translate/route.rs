@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{auth, duration_ms, ratelimit, retry};
+use super::{auth, cors, duration_ms, ratelimit, retry};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -64,6 +64,8 @@ fn virtual_host(
             .map(|r| {
                 let mut envoy = envoy_route(r);
                 auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
+                // After auth: the route's header rules add to its removals.
+                cors::apply(r, &mut envoy);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
                     retry::apply(r, action);

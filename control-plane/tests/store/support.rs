@@ -93,6 +93,8 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         auth: None,
         retries: None,
         priority: None,
+        cors: None,
+        headers: None,
     }
 }
 

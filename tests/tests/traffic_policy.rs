@@ -1,0 +1,174 @@
+//! A route's traffic policy through a real Envoy: CORS preflights answered
+//! before authentication, and header rules seen at the upstream and the
+//! client (issue 20).
+
+use gatehouse_e2e::{Stack, client};
+use serde_json::{Value, json};
+
+/// Checks ext-authz has decided so far.
+async fn decisions(g: &Stack) -> u64 {
+    g.ext_authz()
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_ext_authz_decisions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_cors_preflight_on_a_protected_route_is_answered_before_authentication() {
+    let g = Stack::auth(&[]).await;
+    g.cp.apply("/v1/consumers/web", json!({"plan": "free"}))
+        .await;
+    let version = g
+        .cp
+        .apply(
+            "/v1/routes/orders",
+            json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+                   "auth": {"method": "api_key"},
+                   "cors": {"allow_origins": ["https://app.example.com"],
+                            "allow_methods": ["GET", "POST"], "allow_headers": ["x-api-key", "content-type"],
+                            "expose_headers": ["x-request-id"], "max_age_s": 600}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let key: Value =
+        g.cp.post("/v1/consumers/web/keys", json!({}))
+            .await
+            .json()
+            .await
+            .expect("key");
+    let key = key["key"].as_str().expect("key").to_owned();
+    let http = client();
+    g.envoy
+        .until_answer("/orders/1", &[("x-api-key", &key)], 200)
+        .await;
+
+    let checks = decisions(&g).await;
+    let upstream_hits = g.orders.as_ref().expect("orders").hit_count();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, g.envoy.url("/orders/1"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key")
+        .send()
+        .await
+        .expect("answered");
+    assert!(
+        preflight.status().is_success(),
+        "a preflight never gets 401: {}",
+        preflight.status()
+    );
+    let header = |name: &str| {
+        preflight
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert!(header("access-control-allow-methods").contains("POST"));
+    assert!(header("access-control-allow-headers").contains("x-api-key"));
+    assert_eq!(header("access-control-max-age"), "600");
+    assert_eq!(decisions(&g).await, checks, "no ext-authz call");
+    assert_eq!(
+        g.orders.as_ref().expect("orders").hit_count(),
+        upstream_hits,
+        "nor an upstream one"
+    );
+
+    // A preflight from another origin gets no CORS headers.
+    let other = http
+        .request(reqwest::Method::OPTIONS, g.envoy.url("/orders/1"))
+        .header("origin", "https://evil.example.net")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("answered");
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    // The real request still needs its key.
+    let without = http
+        .get(g.envoy.url("/orders/1"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(without.status(), 401);
+    let with = http
+        .get(g.envoy.url("/orders/1"))
+        .header("origin", "https://app.example.com")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(with.status(), 200);
+    assert_eq!(
+        with.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example.com")
+    );
+    g.cp.assert_no_nacks().await;
+}
+
+#[tokio::test]
+async fn header_rules_reach_the_upstream_and_the_client() {
+    let g = Stack::new().orders().start().await;
+    let version = g
+        .cp
+        .apply(
+            "/v1/routes/orders",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "orders"},
+                   "headers": {
+                       "request": {"set": {"x-env": "prod"}, "add": {"x-tag": "gateway"}, "remove": ["x-debug"]},
+                       "response": {"set": {"x-served-by": "gatehouse"}, "remove": ["x-upstream"]}}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let response = client()
+        .get(g.envoy.url("/orders/1"))
+        .header("x-env", "dev")
+        .header("x-tag", "client")
+        .header("x-debug", "1")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok()),
+        Some("gatehouse")
+    );
+    assert!(
+        !response.headers().contains_key("x-upstream"),
+        "removed: {:?} {}",
+        response.headers(),
+        g.envoy.config_dump().await
+    );
+    let orders = g.orders.as_ref().expect("orders");
+    let received = orders.received().pop().expect("a request");
+    let values = |name: &str| -> Vec<String> {
+        received
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(values("x-env"), ["prod"], "set replaces");
+    assert_eq!(values("x-tag").join(","), "client,gateway", "add keeps");
+    assert!(
+        values("x-debug").is_empty(),
+        "removed: {:?}",
+        received.headers
+    );
+    g.cp.assert_no_nacks().await;
+}
