@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub mod auth;
+pub mod balancing;
 pub mod cors;
 pub mod gateway;
 pub mod names;
@@ -24,6 +25,7 @@ pub mod route;
 pub mod service;
 pub mod state;
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
+pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy, LoadBalancing};
 pub use cors::{Cors, HeaderRule, HeaderRules};
 pub use gateway::{Certificate, Gateway, GatewayProtocol};
 pub use names::{NAME_PATTERN, check_name, is_dns_label};

@@ -22,6 +22,7 @@ use std::{collections::BTreeSet, net::SocketAddr};
 use gatehouse_proto::{core, protobuf, to_any};
 
 pub mod auth;
+pub mod balancing;
 pub mod cluster;
 pub mod cors;
 pub mod gateway;

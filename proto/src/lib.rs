@@ -15,6 +15,8 @@ pub use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_access_log;
 pub use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3 as cel_filter;
+pub use envoy_types::pb::envoy::extensions::clusters::common::dns::v3 as dns_common;
+pub use envoy_types::pb::envoy::extensions::clusters::dns::v3 as dns_cluster;
 pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CircuitBreakers, FieldError, HealthCheck, Kind, NAME_PATTERN, OutlierDetection, Resource,
-    check_name, is_dns_name,
+    CircuitBreakers, ConnectionPool, Dns, FieldError, HealthCheck, Kind, LoadBalancing,
+    NAME_PATTERN, OutlierDetection, Resource, check_name, is_dns_name,
 };
 
 /// Upstream protocol spoken to a service's endpoints.
@@ -48,6 +48,14 @@ pub struct Service {
     /// Limits per priority class; unset ones take the documented defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// How requests are spread over the endpoints (`balancing.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<LoadBalancing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// DNS-named endpoints: how they are resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -132,6 +140,16 @@ impl Resource for Service {
         }
         if let Some(breakers) = &self.circuit_breakers {
             breakers.validate("circuit_breakers", &mut errors);
+        }
+        if let Some(lb) = &self.load_balancing {
+            lb.validate(&mut errors);
+        }
+        if let Some(pool) = &self.connection_pool {
+            let http2 = matches!(self.protocol, Protocol::Http2 | Protocol::Grpc);
+            pool.validate(http2, &mut errors);
+        }
+        if let Some(dns) = &self.dns {
+            dns.validate(self.endpoints.iter().any(|e| e.ip().is_none()), &mut errors);
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&self.connect_timeout_ms) {
             errors.push(FieldError::new(

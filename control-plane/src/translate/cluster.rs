@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use gatehouse_proto::{cluster, core, endpoint, protobuf, to_any, upstream_http};
 
-use super::{ads, duration_ms, resilience, socket_address};
-use crate::model::{Protocol, Service};
+use super::{ads, balancing, duration_ms, resilience, socket_address};
+use crate::model::Service;
 
 /// A service with only IP endpoints (or none) gets its endpoints over EDS.
 pub fn uses_eds(service: &Service) -> bool {
@@ -38,9 +38,7 @@ pub fn cluster(service: &Service) -> cluster::Cluster {
         c.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
         c.load_assignment = Some(load_assignment(service));
     }
-    if matches!(service.protocol, Protocol::Http2 | Protocol::Grpc) {
-        speak_http2_upstream(&mut c);
-    }
+    balancing::apply(service, &mut c);
     resilience::protect(service, &mut c);
     c
 }

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{auth, cors, duration_ms, ratelimit, retry};
+use super::{auth, balancing, cors, duration_ms, ratelimit, retry};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -69,6 +69,13 @@ fn virtual_host(
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
                     retry::apply(r, action);
+                    let services: Vec<_> = r
+                        .destination
+                        .services()
+                        .into_iter()
+                        .filter_map(|name| context.state.services.get(name))
+                        .collect();
+                    action.hash_policy = balancing::hash_policy(&services);
                 }
                 envoy
             })
