@@ -383,6 +383,12 @@ fn route(i: usize, services: usize) -> Route {
         priority: None,
         cors: None,
         headers: None,
+        host_rewrite: None,
+        idle_timeout_ms: None,
+        redirect: None,
+        direct_response: None,
+        mirror: None,
+        fault: None,
     }
 }
 

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub mod actions;
 pub mod auth;
 pub mod balancing;
 pub mod cors;
@@ -24,6 +25,7 @@ pub mod retry;
 pub mod route;
 pub mod service;
 pub mod state;
+pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
 pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy, LoadBalancing};
 pub use cors::{Cors, HeaderRule, HeaderRules};
@@ -40,8 +42,8 @@ pub use resilience::{
 };
 pub use retry::{Backoff, Retries, RoutePriority};
 pub use route::{
-    Destination, HeaderMatch, MAX_WEIGHT, MAX_WEIGHTED_SERVICES, PathMatch, Route, RouteMatch,
-    WeightedService,
+    Destination, HeaderMatch, MAX_WEIGHT, MAX_WEIGHTED_SERVICES, PathMatch, QueryMatch, Route,
+    RouteMatch, WeightedService,
 };
 pub use service::{Endpoint, MAX_ENDPOINT_WEIGHT, MAX_TIMEOUT_MS, Protocol, Service};
 pub use state::ConfigState;

@@ -21,6 +21,7 @@ use std::{collections::BTreeSet, net::SocketAddr};
 
 use gatehouse_proto::{core, protobuf, to_any};
 
+pub mod actions;
 pub mod auth;
 pub mod balancing;
 pub mod cluster;

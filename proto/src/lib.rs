@@ -18,8 +18,10 @@ pub use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3 as 
 pub use envoy_types::pb::envoy::extensions::clusters::common::dns::v3 as dns_common;
 pub use envoy_types::pb::envoy::extensions::clusters::dns::v3 as dns_cluster;
 pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
+pub use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as fault_common;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
+pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
 pub use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt_authn;
 pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;

@@ -172,3 +172,154 @@ async fn header_rules_reach_the_upstream_and_the_client() {
     );
     g.cp.assert_no_nacks().await;
 }
+
+/// Redirects, direct responses, a mirror, query conditions, a Host rewrite
+/// and injected faults, each observed at the client or the upstream.
+#[tokio::test]
+async fn redirects_direct_responses_mirrors_queries_host_rewrites_and_faults() {
+    let g = Stack::new().orders().start().await;
+    let shadow = gatehouse_e2e::Upstream::start("shadow").await;
+    g.cp.apply("/v1/services/shadow", shadow.service("shadow"))
+        .await;
+    let routes = [
+        (
+            "to-https",
+            json!({"match": {"path_prefix": "/old"},
+            "redirect": {"scheme": "https", "host": "new.example.com", "path": "/new", "status": 308}}),
+        ),
+        (
+            "teapot",
+            json!({"match": {"path_exact": "/teapot"},
+            "direct_response": {"status": 418, "body": "{\"short\":\"stout\"}", "content_type": "application/json"}}),
+        ),
+        (
+            "mirrored",
+            json!({"match": {"path_prefix": "/mirrored"}, "destination": {"service": "orders"},
+            "mirror": {"service": "shadow", "percent": 100}}),
+        ),
+        (
+            "v2",
+            json!({"match": {"path_prefix": "/q", "query_params": [{"name": "v", "exact": "2"}]},
+            "destination": {"service": "shadow"}}),
+        ),
+        (
+            "v1",
+            json!({"match": {"path_prefix": "/q"}, "destination": {"service": "orders"}}),
+        ),
+        (
+            "rehost",
+            json!({"match": {"path_prefix": "/rehost"}, "destination": {"service": "orders"},
+            "host_rewrite": "orders.internal", "idle_timeout_ms": 60000}),
+        ),
+        (
+            "chaos",
+            json!({"match": {"path_prefix": "/chaos"}, "destination": {"service": "orders"},
+            "fault": {"abort": {"status": 503, "percent": 100}}}),
+        ),
+        (
+            "slow",
+            json!({"match": {"path_prefix": "/slow"}, "destination": {"service": "orders"},
+            "fault": {"delay": {"ms": 300, "percent": 100}}}),
+        ),
+    ];
+    let mut version = 0;
+    for (name, body) in routes {
+        version = g.cp.apply(&format!("/v1/routes/{name}"), body).await;
+    }
+    g.cp.until_converged(version).await;
+    g.cp.assert_no_nacks().await;
+    let orders = g.orders.as_ref().expect("orders");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let get = |path: &str| http.get(g.envoy.url(path)).send();
+
+    let redirect = get("/old/page?x=1").await.expect("answered");
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(
+        redirect
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://new.example.com/new?x=1")
+    );
+
+    let hits = orders.hit_count();
+    let teapot = get("/teapot").await.expect("answered");
+    assert_eq!(teapot.status(), 418);
+    assert_eq!(
+        teapot
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(
+        teapot.text().await.unwrap_or_default(),
+        "{\"short\":\"stout\"}"
+    );
+    assert_eq!(orders.hit_count(), hits, "no upstream");
+
+    let mirrored = get("/mirrored/1").await.expect("answered");
+    assert_eq!(
+        mirrored
+            .headers()
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok()),
+        Some("orders"),
+        "the client sees the primary's answer"
+    );
+    gatehouse_e2e::eventually(
+        std::time::Duration::from_secs(5),
+        "the mirror's copy",
+        || async { shadow.received().iter().any(|r| r.path == "/mirrored/1") },
+    )
+    .await;
+
+    let from = |response: reqwest::Response| {
+        response
+            .headers()
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(from(get("/q?v=2").await.expect("answered")), "shadow");
+    assert_eq!(from(get("/q?v=1").await.expect("answered")), "orders");
+
+    get("/rehost").await.expect("answered");
+    let received = orders.received().pop().expect("a request");
+    assert!(
+        received
+            .headers
+            .iter()
+            .any(|(n, v)| n == "host" && v == "orders.internal"),
+        "{:?}",
+        received.headers
+    );
+
+    let hits = orders.hit_count();
+    assert_eq!(get("/chaos").await.expect("answered").status(), 503);
+    assert_eq!(orders.hit_count(), hits, "aborted before the upstream");
+    let started = std::time::Instant::now();
+    assert_eq!(get("/slow").await.expect("answered").status(), 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    // A redirect and a destination together: refused, naming the field.
+    let refused =
+        g.cp.put(
+            "/v1/routes/both",
+            json!({"match": {"path_prefix": "/both"}, "destination": {"service": "orders"},
+                   "redirect": {"scheme": "https"}}),
+        )
+        .await;
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(
+        problem["errors"][0]["field"],
+        json!("destination"),
+        "{problem}"
+    );
+}

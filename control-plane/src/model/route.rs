@@ -7,8 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Cors, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, NAME_PATTERN, Reference, Resource,
-    Retries, RouteAuth, RoutePriority, check_name, check_re2_regex, is_dns_name, is_header_name,
+    Cors, DirectResponse, Fault, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, Mirror,
+    NAME_PATTERN, Redirect, Reference, Resource, Retries, RouteAuth, RoutePriority, check_name,
+    check_re2_regex, is_dns_name, is_header_name,
 };
 
 /// A route: which requests it matches and where they go.
@@ -19,6 +20,8 @@ pub struct Route {
     pub name: String,
     #[serde(rename = "match")]
     pub matches: RouteMatch,
+    /// Where requests go; absent only with `redirect` or `direct_response`.
+    #[serde(default, skip_serializing_if = "Destination::is_empty")]
     pub destination: Destination,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_prefix: bool,
@@ -41,6 +44,24 @@ pub struct Route {
     /// Headers set, added or removed on the request and the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeaderRules>,
+    /// The Host header the upstream receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// A stream with no activity this long is closed (Envoy's default 5 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u32>,
+    /// Instead of a destination: answer with a redirect (`actions.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Instead of a destination: answer directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    /// A copy of a share of the requests to another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+    /// Injected delays and aborts, for chaos drills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -61,6 +82,22 @@ pub struct RouteMatch {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions: `name` plus one of `exact`, `regex`,
+    /// `present: true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
 }
 
 /// The path condition of a route, once validated.
@@ -120,6 +157,10 @@ pub struct WeightedService {
 }
 
 impl Destination {
+    pub fn is_empty(&self) -> bool {
+        self.service.is_none() && self.weighted.is_empty()
+    }
+
     /// Every service the destination names, in order.
     pub fn services(&self) -> Vec<&str> {
         match &self.service {
@@ -148,7 +189,8 @@ impl Resource for Route {
         let mut errors = Vec::new();
         check_name(&self.name, "name", &mut errors);
         self.validate_match(&mut errors);
-        self.validate_destination(&mut errors);
+        self.validate_action(&mut errors);
+        self.validate_extras(&mut errors);
         self.validate_rewrite(&mut errors);
         if let Some(auth) = &self.auth {
             auth.validate(&mut errors);
@@ -175,6 +217,20 @@ impl Resource for Route {
     }
 
     fn references(&self) -> Vec<Reference> {
+        let mut references = self.destination_references();
+        if let Some(mirror) = &self.mirror {
+            references.push(Reference {
+                field: "mirror.service".into(),
+                kind: Kind::Service,
+                name: mirror.service.clone(),
+            });
+        }
+        references
+    }
+}
+
+impl Route {
+    fn destination_references(&self) -> Vec<Reference> {
         let d = &self.destination;
         match &d.service {
             Some(service) => vec![Reference {
@@ -274,6 +330,44 @@ impl Route {
                 && let Err(e) = check_re2_regex(regex)
             {
                 errors.push(FieldError::new(format!("{field}.regex"), e));
+            }
+        }
+    }
+
+    /// Exactly one of a destination, a redirect, a direct response; what
+    /// only proxying uses goes with the destination alone.
+    fn validate_action(&self, errors: &mut Vec<FieldError>) {
+        let answers = match (&self.redirect, &self.direct_response) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    "redirect",
+                    "a route answers with a redirect or a direct response, not both",
+                ));
+                return;
+            }
+            (Some(redirect), None) => {
+                redirect.validate(errors);
+                "redirect"
+            }
+            (None, Some(direct)) => {
+                direct.validate(errors);
+                "direct_response"
+            }
+            (None, None) => return self.validate_destination(errors),
+        };
+        for (field, set) in [
+            ("destination", !self.destination.is_empty()),
+            ("retries", self.retries.is_some()),
+            ("mirror", self.mirror.is_some()),
+            ("host_rewrite", self.host_rewrite.is_some()),
+            ("prefix_rewrite", self.prefix_rewrite.is_some()),
+            ("strip_prefix", self.strip_prefix),
+        ] {
+            if set {
+                errors.push(FieldError::new(
+                    field,
+                    format!("not with {answers}: nothing is proxied"),
+                ));
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
 
-use super::{HTTP_ROUTES, ProxySettings, ads, auth, cors, jwt, ratelimit, socket_address};
+use super::{HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, socket_address};
 
 /// Name of the default listener.
 pub const HTTP_LISTENER: &str = "gatehouse_http";
@@ -39,6 +39,8 @@ pub fn http_connection_manager(
             .chain(jwt::rbac_filters())
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
+            // Faults after the checks: a drill never lets a request skip them.
+            .chain([actions::fault_filter()])
             .chain([hcm::HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{auth, balancing, cors, duration_ms, ratelimit, retry};
+use super::{actions, auth, balancing, cors, duration_ms, ratelimit, retry};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -63,6 +63,7 @@ fn virtual_host(
             .into_iter()
             .map(|r| {
                 let mut envoy = envoy_route(r);
+                actions::apply(r, &mut envoy);
                 auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
                 // After auth: the route's header rules add to its removals.
                 cors::apply(r, &mut envoy);
@@ -93,7 +94,9 @@ fn precedence(r: &Route) -> impl Ord + '_ {
         Some(PathMatch::Prefix(p)) => (2, p.len()),
         None => (3, 0),
     };
-    let conditions = usize::from(!r.matches.methods.is_empty()) + r.matches.headers.len();
+    let conditions = usize::from(!r.matches.methods.is_empty())
+        + r.matches.headers.len()
+        + r.matches.query_params.len();
     (
         rank,
         Reverse(len),

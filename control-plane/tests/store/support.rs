@@ -95,6 +95,12 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         priority: None,
         cors: None,
         headers: None,
+        host_rewrite: None,
+        idle_timeout_ms: None,
+        redirect: None,
+        direct_response: None,
+        mirror: None,
+        fault: None,
     }
 }
 
