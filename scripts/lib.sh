@@ -44,6 +44,8 @@ ensure_test_tools() {
   # Rate-limit tests start private Redis servers (never the shared one),
   # and the auth benchmark uses wrk.
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
+  # The upstream TLS test makes its CA and certificates with openssl.
+  command -v openssl >/dev/null || apt_install openssl
   # The clock-skew test shifts ratelimit-service's clock with libfaketime.
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 }

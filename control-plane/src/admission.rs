@@ -182,6 +182,9 @@ fn static_bootstrap(snapshot: &Snapshot) -> Result<bootstrap::Bootstrap, prost::
     let mut clusters = Vec::new();
     for bytes in decode(ResourceType::Cluster) {
         let mut c = cluster::Cluster::decode(bytes)?;
+        // Upstream TLS files (CA bundles, client certificates) are on the
+        // Envoy hosts too.
+        c.transport_socket = None;
         if snapshot.is_eds_cluster(&c.name) {
             let assignment = snapshot
                 .resources(ResourceType::Endpoint)

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod route;
 pub mod service;
 pub mod state;
+pub mod upstream_tls;
 pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
 pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy, LoadBalancing};
@@ -47,6 +48,7 @@ pub use route::{
 };
 pub use service::{Endpoint, MAX_ENDPOINT_WEIGHT, MAX_TIMEOUT_MS, Protocol, Service};
 pub use state::ConfigState;
+pub use upstream_tls::UpstreamTls;
 
 /// The kinds of resource the admin API manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod retry;
 pub mod route;
+pub mod upstream_tls;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
 use gatehouse_proto::ratelimit as ratelimit_proto;
@@ -113,7 +114,11 @@ pub fn snapshot(
         let eds = uses_eds(service);
         parts.clusters.push(XdsResource::new(
             &service.name,
-            to_any(&cluster(service)),
+            to_any(&{
+                let mut c = cluster(service);
+                upstream_tls::apply(service, state, &mut c);
+                c
+            }),
             Vec::new(),
         ));
         if eds {

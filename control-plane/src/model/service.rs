@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CircuitBreakers, ConnectionPool, Dns, FieldError, HealthCheck, Kind, LoadBalancing,
-    NAME_PATTERN, OutlierDetection, Resource, check_name, is_dns_name,
+    NAME_PATTERN, OutlierDetection, Reference, Resource, UpstreamTls, check_name, is_dns_name,
 };
 
 /// Upstream protocol spoken to a service's endpoints.
@@ -56,6 +56,9 @@ pub struct Service {
     /// DNS-named endpoints: how they are resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    /// HTTPS (and mTLS) to the endpoints (`upstream_tls.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -89,6 +92,19 @@ impl Resource for Service {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The client certificate its TLS presents, if any.
+    fn references(&self) -> Vec<Reference> {
+        self.tls
+            .iter()
+            .filter_map(|t| t.client_certificate.clone())
+            .map(|name| Reference {
+                field: "tls.client_certificate".into(),
+                kind: Kind::Certificate,
+                name,
+            })
+            .collect()
     }
 
     fn validate(&self) -> Vec<FieldError> {
@@ -147,6 +163,9 @@ impl Resource for Service {
         if let Some(pool) = &self.connection_pool {
             let http2 = matches!(self.protocol, Protocol::Http2 | Protocol::Grpc);
             pool.validate(http2, &mut errors);
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&mut errors);
         }
         if let Some(dns) = &self.dns {
             dns.validate(self.endpoints.iter().any(|e| e.ip().is_none()), &mut errors);
