@@ -223,3 +223,41 @@ async fn ring_hash_keeps_keys_and_moves_few_when_an_endpoint_joins() {
         "{moved} of 200 keys moved, {to_new} to the new endpoint (about 50 expected)"
     );
 }
+
+/// A canary rolled out under load: weights 0 → 10 → 50 → 100 % changed
+/// live, and not one request fails.
+#[tokio::test]
+async fn weights_changed_live_under_load_fail_no_request() {
+    let g = Stack::new().start().await;
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    g.cp.apply("/v1/services/stable", stable.service("stable"))
+        .await;
+    g.cp.apply("/v1/services/canary", canary.service("canary"))
+        .await;
+    let split = |weight: u32| {
+        json!({"match": {"path_prefix": "/"}, "destination": {"weighted": [
+            {"service": "stable", "weight": 100 - weight}, {"service": "canary", "weight": weight}]}})
+    };
+    let version = g.cp.apply("/v1/routes/main", split(0)).await;
+    g.cp.until_converged(version).await;
+    g.envoy.until_status("/", 200).await;
+    let load = gatehouse_e2e::load::Load::start(g.envoy.url("/live"), 300, Duration::from_secs(60));
+    for weight in [10, 50, 100] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let version = g.cp.apply("/v1/routes/main", split(weight)).await;
+        g.cp.until_converged(version).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let report = load.finish().await;
+    assert!(report.sent > 500, "{}", report.summary());
+    assert!(report.failures.is_empty(), "{}", report.summary());
+    let before = stable.hit_count();
+    for _ in 0..20 {
+        assert_eq!(
+            probe(&client(), &g.envoy.url("/")).await.1.as_deref(),
+            Some("canary")
+        );
+    }
+    assert_eq!(stable.hit_count(), before, "all on the canary at 100 %");
+}

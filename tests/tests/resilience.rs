@@ -362,3 +362,45 @@ async fn invalid_resilience_settings_are_refused_by_field() {
     }
     assert_eq!(g.cp.version().await, before, "nothing stored");
 }
+
+/// Under total failure the retry budget holds: retries stay a small share
+/// of the requests instead of multiplying them (no retry storm).
+#[tokio::test]
+async fn the_retry_budget_prevents_a_retry_storm() {
+    let g = Stack::new().start().await;
+    let down = Upstream::start_with("down", Behaviour::failing(1, 503)).await;
+    g.cp.apply(
+        "/v1/services/down",
+        service(
+            &[(&down, 0)],
+            json!({"circuit_breakers": {"default": {
+            "retry_budget": {"percent": 20, "min_concurrency": 1}}}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/down",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "down"},
+                   "retries": {"on": ["5xx"], "attempts": 3, "backoff": {"base_ms": 50}}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let clients = (0..50).map(|_| {
+        let url = g.envoy.url("/x");
+        tokio::spawn(async move {
+            let http = client();
+            for _ in 0..4 {
+                assert_eq!(probe(&http, &url).await.0, 503);
+            }
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        c.await.expect("client");
+    }
+    let (requests, hits) = (200, down.hit_count());
+    assert!(
+        hits * 10 <= requests * 15,
+        "{hits} upstream attempts for {requests} requests (4x without the budget)"
+    );
+}
