@@ -404,3 +404,84 @@ async fn the_retry_budget_prevents_a_retry_storm() {
         "{hits} upstream attempts for {requests} requests (4x without the budget)"
     );
 }
+
+/// While best-effort routes flood a service past its default budget, a
+/// high-priority route to the same service keeps succeeding (its own
+/// budget); the shed requests get a fast JSON 503 with `Retry-After`.
+#[tokio::test]
+async fn high_priority_traffic_survives_a_best_effort_flood() {
+    let g = Stack::new().start().await;
+    let slow = Upstream::start_with("slow", Behaviour::delayed(Duration::from_millis(100))).await;
+    g.cp.apply(
+        "/v1/services/shared",
+        service(
+            &[(&slow, 0)],
+            json!({"circuit_breakers": {
+                "default": {"max_requests": 4, "max_pending_requests": 1},
+                "high": {"max_requests": 50, "max_pending_requests": 50}}}),
+        ),
+    )
+    .await;
+    g.cp.apply(
+        "/v1/routes/bulk",
+        json!({"match": {"path_prefix": "/bulk"}, "destination": {"service": "shared"}}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/checkout",
+            json!({"match": {"path_prefix": "/checkout"}, "destination": {"service": "shared"},
+                   "priority": "high"}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let (url, stop) = (g.envoy.url("/bulk"), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut shed = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = http.get(&url).send().await.expect("answered");
+                    if response.status() == 503 && shed.is_none() {
+                        let retry = response.headers().get("retry-after").cloned();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        shed = Some((retry, body));
+                    }
+                }
+                shed
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let checkers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = g.envoy.url("/checkout");
+            tokio::spawn(async move {
+                let http = client();
+                let mut ok = 0;
+                for _ in 0..25 {
+                    ok += usize::from(probe(&http, &url).await.0 == 200);
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for checker in checkers {
+        ok += checker.await.expect("checker");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut shed = Vec::new();
+    for f in flood {
+        shed.extend(f.await.expect("flood"));
+    }
+    assert!(ok >= 99, "{ok} of 100 high-priority requests succeeded");
+    let (retry, body) = shed
+        .first()
+        .cloned()
+        .expect("best-effort requests were shed");
+    assert_eq!(retry.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(body["error"], json!("overloaded"), "{body}");
+}

@@ -3,7 +3,10 @@
 
 use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
 
-use super::{HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, socket_address};
+use super::{
+    HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, resilience,
+    socket_address,
+};
 
 /// Name of the default listener.
 pub const HTTP_LISTENER: &str = "gatehouse_http";
@@ -55,7 +58,11 @@ pub fn http_connection_manager(
         xff_num_trusted_hops: proxy.xff_trusted_hops,
         normalize_path: Some(protobuf::BoolValue { value: true }),
         merge_slashes: true,
-        local_reply_config: Some(jwt::local_replies()),
+        local_reply_config: Some({
+            let mut replies = jwt::local_replies();
+            replies.mappers.extend(resilience::overload_replies());
+            replies
+        }),
         upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()

@@ -4,7 +4,7 @@
 //! circuit breakers for both priority classes, always set (the documented
 //! defaults, not Envoy's 1,024).
 
-use gatehouse_proto::{cluster, core, http_types, protobuf};
+use gatehouse_proto::{accesslog, cluster, core, hcm, http_types, protobuf};
 
 use super::duration_ms;
 use crate::model::{
@@ -41,6 +41,59 @@ pub fn protect(service: &Service, c: &mut cluster::Cluster) {
         c.outlier_detection = Some(outlier_detection(outliers));
     }
     c.circuit_breakers = Some(circuit_breakers(service.circuit_breakers.as_ref()));
+}
+
+/// Envoy's own 503s when a service is at capacity (`UO`: a circuit
+/// breaker) or has no healthy endpoint (`UH`), as JSON with `Retry-After`,
+/// so clients back off instead of hammering.
+pub fn overload_replies() -> Vec<hcm::ResponseMapper> {
+    use accesslog::access_log_filter::FilterSpecifier;
+    use core::{data_source::Specifier, substitution_format_string::Format};
+
+    [
+        (
+            "UO",
+            "overloaded",
+            "the service is at capacity; retry later",
+        ),
+        (
+            "UH",
+            "unavailable",
+            "the service has no healthy endpoint; retry later",
+        ),
+    ]
+    .into_iter()
+    .map(|(flag, code, message)| hcm::ResponseMapper {
+        filter: Some(accesslog::AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
+                accesslog::ResponseFlagFilter {
+                    flags: vec![flag.into()],
+                },
+            )),
+        }),
+        body_format_override: Some(core::SubstitutionFormatString {
+            format: Some(Format::TextFormatSource(core::DataSource {
+                specifier: Some(Specifier::InlineString(
+                    serde_json::json!({"error": code, "message": message}).to_string(),
+                )),
+                ..Default::default()
+            })),
+            content_type: "application/json".into(),
+            ..Default::default()
+        }),
+        headers_to_add: vec![core::HeaderValueOption {
+            header: Some(core::HeaderValue {
+                key: "retry-after".into(),
+                value: "1".into(),
+                ..Default::default()
+            }),
+            append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .collect()
 }
 
 fn health_check(service: &Service, check: &HealthCheck) -> core::HealthCheck {
