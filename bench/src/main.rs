@@ -389,6 +389,7 @@ fn route(i: usize, services: usize) -> Route {
         direct_response: None,
         mirror: None,
         fault: None,
+        max_body_bytes: None,
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Received {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    /// Every connection's task, so a kill closes them all.
+    connections: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A real HTTP upstream on a loopback ephemeral port.
@@ -102,6 +104,7 @@ impl Upstream {
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(behaviour),
             received: Mutex::default(),
+            connections: Mutex::default(),
         });
         let task = tokio::spawn(serve(
             listener,
@@ -149,9 +152,26 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Dies as a crashed process would: the port closes and every open
+    /// connection with it.
+    pub fn kill(&self) {
+        self.task.abort();
+        for connection in self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            connection.abort();
+        }
+    }
+}
+
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -180,12 +200,18 @@ async fn serve(listener: TcpListener, name: String, hits: Arc<AtomicU64>, shared
             continue;
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;
         });
+        let mut connections = shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connections.retain(|c| !c.is_finished());
+        connections.push(connection.abort_handle());
     }
 }
 

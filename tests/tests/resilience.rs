@@ -485,3 +485,39 @@ async fn high_priority_traffic_survives_a_best_effort_flood() {
     assert_eq!(retry.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
     assert_eq!(body["error"], json!("overloaded"), "{body}");
 }
+
+/// One of two endpoints dies: once the health checks have seen it
+/// (interval × threshold), no client request fails.
+#[tokio::test]
+async fn a_dead_endpoint_costs_no_requests_after_its_health_checks() {
+    let g = Stack::new().start().await;
+    let alive = Upstream::start("alive").await;
+    let doomed = Upstream::start("doomed").await;
+    g.cp.apply(
+        "/v1/services/pair",
+        service(
+            &[(&alive, 0), (&doomed, 0)],
+            json!({"health_check": {"type": "http", "path": "/healthz", "interval_ms": 100,
+                   "timeout_ms": 100, "unhealthy_threshold": 2, "healthy_threshold": 1}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/pair",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "pair"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    g.envoy.until_status("/", 200).await;
+    drop(doomed);
+    // interval × threshold, and a margin.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let http = client();
+    for _ in 0..100 {
+        assert_eq!(
+            probe(&http, &g.envoy.url("/")).await,
+            (200, Some("alive".into()))
+        );
+    }
+}

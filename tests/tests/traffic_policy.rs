@@ -323,3 +323,41 @@ async fn redirects_direct_responses_mirrors_queries_host_rewrites_and_faults() {
         "{problem}"
     );
 }
+
+/// A route's body limit: a larger body gets 413 from Envoy and never
+/// reaches the upstream; other routes are not limited.
+#[tokio::test]
+async fn a_body_over_the_routes_limit_gets_413() {
+    let g = Stack::new().orders().start().await;
+    g.cp.apply(
+        "/v1/routes/limited",
+        json!({"match": {"path_prefix": "/limited"}, "destination": {"service": "orders"},
+               "max_body_bytes": 1024}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/open",
+            json!({"match": {"path_prefix": "/open"}, "destination": {"service": "orders"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    g.cp.assert_no_nacks().await;
+    let orders = g.orders.as_ref().expect("orders");
+    let http = client();
+    let post = |path: &str, size: usize| http.post(g.envoy.url(path)).body(vec![b'x'; size]).send();
+    assert_eq!(
+        post("/limited", 1000).await.expect("answered").status(),
+        200
+    );
+    let hits = orders.hit_count();
+    assert_eq!(
+        post("/limited", 5000).await.expect("answered").status(),
+        413
+    );
+    assert_eq!(orders.hit_count(), hits, "never reached the upstream");
+    assert_eq!(
+        post("/open", 100_000).await.expect("answered").status(),
+        200
+    );
+}

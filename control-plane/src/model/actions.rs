@@ -252,5 +252,17 @@ impl super::Route {
         if let Some(fault) = &self.fault {
             fault.validate(errors);
         }
+        if self
+            .max_body_bytes
+            .is_some_and(|bytes| !(1..=MAX_BUFFERED_BODY).contains(&bytes))
+        {
+            errors.push(FieldError::new(
+                "max_body_bytes",
+                format!("must be between 1 and {MAX_BUFFERED_BODY} (32 MiB)"),
+            ));
+        }
     }
 }
+
+/// The largest body limit: bodies are buffered in Envoy up to it.
+pub const MAX_BUFFERED_BODY: u32 = 32 * 1024 * 1024;

@@ -62,6 +62,9 @@ pub struct Route {
     /// Injected delays and aborts, for chaos drills.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// Larger request bodies are refused with 413 (the body is buffered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.

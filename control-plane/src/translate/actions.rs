@@ -2,14 +2,36 @@
 //! response instead of the route action; on a proxied route the mirror, the
 //! Host rewrite and the idle timeout; injected faults as the fault filter's
 //! per-route configuration (the filter sits before the router and does
-//! nothing elsewhere); query parameter conditions on the match.
+//! nothing elsewhere); a body limit as the buffer filter's (off unless a
+//! route enables it); query parameter conditions on the match.
 
-use gatehouse_proto::{core, fault, fault_common, hcm, http_types, matcher, route, to_any};
+use gatehouse_proto::{
+    buffer, core, fault, fault_common, hcm, http_types, matcher, protobuf, route, to_any,
+};
 
 use super::duration_ms;
-use crate::model::{DirectResponse, Fault, QueryMatch, Redirect, Route};
+use crate::model::{
+    DirectResponse, Fault, QueryMatch, Redirect, Route, actions::MAX_BUFFERED_BODY,
+};
 
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
+const BUFFER_FILTER: &str = "envoy.filters.http.buffer";
+
+/// The buffer filter, off unless a route sets a body limit.
+pub fn buffer_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: BUFFER_FILTER.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &buffer::Buffer {
+                max_request_bytes: Some(protobuf::UInt32Value {
+                    value: MAX_BUFFERED_BODY,
+                }),
+            },
+        ))),
+        disabled: true,
+        ..Default::default()
+    }
+}
 
 /// The fault filter, before the router: does nothing on routes without faults.
 pub fn fault_filter() -> hcm::HttpFilter {
@@ -64,6 +86,16 @@ pub fn apply(r: &Route, envoy: &mut route::Route) {
                 Some(route::route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
         }
         action.idle_timeout = r.idle_timeout_ms.map(duration_ms);
+    }
+    if let Some(bytes) = r.max_body_bytes {
+        let per_route = buffer::BufferPerRoute {
+            r#override: Some(buffer::buffer_per_route::Override::Buffer(buffer::Buffer {
+                max_request_bytes: Some(protobuf::UInt32Value { value: bytes }),
+            })),
+        };
+        envoy
+            .typed_per_filter_config
+            .insert(BUFFER_FILTER.into(), to_any(&per_route));
     }
     if let Some(f) = &r.fault {
         envoy

@@ -43,7 +43,7 @@ pub fn http_connection_manager(
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
             // Faults after the checks: a drill never lets a request skip them.
-            .chain([actions::fault_filter()])
+            .chain([actions::fault_filter(), actions::buffer_filter()])
             .chain([hcm::HttpFilter {
                 name: "envoy.filters.http.router".into(),
                 config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(

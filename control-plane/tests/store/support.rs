@@ -101,6 +101,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         direct_response: None,
         mirror: None,
         fault: None,
+        max_body_bytes: None,
     }
 }
 
