@@ -9,6 +9,8 @@
 //!   no-op ext_authz server and Envoy's own `jwt_authn` (see [`auth`]).
 //! - `ratelimit`: in-process decisions per second (see [`ratelimit`]).
 //! - `writes`: sustained admin writes per second (see [`writes`]).
+//! - `resilience`: the hot-path cost of resilience, and how fast a failing
+//!   endpoint is ejected (see [`resilience`]).
 //!
 //! Build in release mode so the binaries measured are the release ones:
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
@@ -16,6 +18,7 @@
 mod auth;
 mod load;
 mod ratelimit;
+mod resilience;
 mod side_by_side;
 mod writes;
 
@@ -85,6 +88,16 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
+    /// Resilience: its hot-path cost beside a plain route, and the time to
+    /// eject an endpoint that starts failing half its requests.
+    Resilience {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
     /// Sustained admin writes per second: 1, 10 and 100 parallel clients,
     /// with and without Envoy validation, on SQLite and Postgres.
     Writes {
@@ -214,6 +227,11 @@ async fn run(command: Command) {
             })
             .await
         }
+        Command::Resilience {
+            seconds,
+            rounds,
+            connections,
+        } => resilience::run(seconds, rounds, connections).await,
         Command::Writes {
             seconds,
             rounds,
