@@ -521,3 +521,52 @@ async fn a_dead_endpoint_costs_no_requests_after_its_health_checks() {
         );
     }
 }
+
+/// A service whose only endpoint is ejected answers at once: a 503 with
+/// the response flag, a JSON body and `Retry-After`, not a timeout.
+#[tokio::test]
+async fn an_ejected_only_endpoint_fails_fast() {
+    let g = Stack::new().start().await;
+    let only = Upstream::start_with("only", Behaviour::failing(1, 500)).await;
+    g.cp.apply(
+        "/v1/services/single",
+        service(
+            &[(&only, 0)],
+            json!({"outlier_detection": {"consecutive_5xx": 3, "interval_ms": 1000,
+                   "base_ejection_ms": 30000, "max_ejection_percent": 100}}),
+        ),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/single",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "single"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let http = client();
+    // Three 500s in a row eject it (the ejection lands a moment later).
+    gatehouse_e2e::eventually(Duration::from_secs(5), "the endpoint ejected", || async {
+        probe(&http, &g.envoy.url("/x")).await.0 == 503
+    })
+    .await;
+    let hits = only.hit_count();
+    let mut fastest = Duration::MAX;
+    for _ in 0..20 {
+        let sent = Instant::now();
+        let response = http.get(g.envoy.url("/x")).send().await.expect("answered");
+        fastest = fastest.min(sent.elapsed());
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], json!("unavailable"), "{body}");
+    }
+    assert_eq!(only.hit_count(), hits, "ejected: never asked");
+    assert!(fastest < Duration::from_millis(50), "fast: {fastest:?}");
+}

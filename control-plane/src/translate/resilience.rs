@@ -30,15 +30,18 @@ fn percent(value: u32) -> Option<http_types::Percent> {
 pub fn protect(service: &Service, c: &mut cluster::Cluster) {
     if let Some(check) = &service.health_check {
         c.health_checks = vec![health_check(service, check)];
-        // Unhealthy endpoints get no traffic, however many they are
-        // (Envoy's default spreads traffic over all of them below 50 %).
+    }
+    if let Some(outliers) = &service.outlier_detection {
+        c.outlier_detection = Some(outlier_detection(outliers));
+    }
+    if service.health_check.is_some() || service.outlier_detection.is_some() {
+        // Unhealthy and ejected endpoints get no traffic, however many they
+        // are: with none left Envoy answers 503 at once (Envoy's default
+        // spreads traffic over all of them below 50 % healthy).
         c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
             healthy_panic_threshold: percent(0),
             ..Default::default()
         });
-    }
-    if let Some(outliers) = &service.outlier_detection {
-        c.outlier_detection = Some(outlier_detection(outliers));
     }
     c.circuit_breakers = Some(circuit_breakers(service.circuit_breakers.as_ref()));
 }
