@@ -402,6 +402,7 @@ fn route(i: usize, services: usize) -> Route {
         cors: None,
         headers: None,
         host_rewrite: None,
+        host_rewrite_to_endpoint: false,
         idle_timeout_ms: None,
         redirect: None,
         direct_response: None,

@@ -83,7 +83,8 @@ async fn every_balancing_field_is_accepted_by_envoy() {
         version =
             g.cp.apply(
                 &format!("/v1/routes/r{}", &route[1..]),
-                json!({"match": {"path_prefix": route}, "destination": {"service": service}}),
+                json!({"match": {"path_prefix": route}, "destination": {"service": service},
+                       "host_rewrite_to_endpoint": service == "named"}),
             )
             .await;
     }
@@ -94,6 +95,15 @@ async fn every_balancing_field_is_accepted_by_envoy() {
     g.envoy.until_status("/named", 200).await;
     let (status, from) = probe(&client(), &g.envoy.url("/named")).await;
     assert_eq!((status, from.as_deref()), (200, Some("b")));
+    let received = b.received().pop().expect("a request");
+    assert!(
+        received
+            .headers
+            .iter()
+            .any(|(n, v)| n == "host" && v.starts_with("localhost")),
+        "the Host is the endpoint's name: {:?}",
+        received.headers
+    );
     // The cookie is set for the client to come back with.
     let sticky = client()
         .get(g.envoy.url("/sticky"))

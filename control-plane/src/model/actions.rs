@@ -236,6 +236,12 @@ impl super::Route {
         {
             errors.push(FieldError::new("host_rewrite", "must be a DNS name"));
         }
+        if self.host_rewrite_to_endpoint && self.host_rewrite.is_some() {
+            errors.push(FieldError::new(
+                "host_rewrite_to_endpoint",
+                "not with host_rewrite: one Host rewrite at a time",
+            ));
+        }
         if self
             .idle_timeout_ms
             .is_some_and(|ms| !(1..=super::MAX_TIMEOUT_MS).contains(&ms))

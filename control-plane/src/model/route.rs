@@ -47,6 +47,10 @@ pub struct Route {
     /// The Host header the upstream receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<String>,
+    /// The Host header becomes the DNS name of the endpoint chosen (for
+    /// services with DNS-named endpoints).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_rewrite_to_endpoint: bool,
     /// A stream with no activity this long is closed (Envoy's default 5 min).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u32>,
@@ -363,6 +367,7 @@ impl Route {
             ("retries", self.retries.is_some()),
             ("mirror", self.mirror.is_some()),
             ("host_rewrite", self.host_rewrite.is_some()),
+            ("host_rewrite_to_endpoint", self.host_rewrite_to_endpoint),
             ("prefix_rewrite", self.prefix_rewrite.is_some()),
             ("strip_prefix", self.strip_prefix),
         ] {

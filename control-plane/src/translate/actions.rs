@@ -81,9 +81,15 @@ pub fn apply(r: &Route, envoy: &mut route::Route) {
                 ..Default::default()
             }];
         }
+        use route::route_action::HostRewriteSpecifier;
         if let Some(host) = &r.host_rewrite {
             action.host_rewrite_specifier =
-                Some(route::route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+                Some(HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+        } else if r.host_rewrite_to_endpoint {
+            action.host_rewrite_specifier =
+                Some(HostRewriteSpecifier::AutoHostRewrite(protobuf::BoolValue {
+                    value: true,
+                }));
         }
         action.idle_timeout = r.idle_timeout_ms.map(duration_ms);
     }

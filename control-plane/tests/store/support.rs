@@ -96,6 +96,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         cors: None,
         headers: None,
         host_rewrite: None,
+        host_rewrite_to_endpoint: false,
         idle_timeout_ms: None,
         redirect: None,
         direct_response: None,
