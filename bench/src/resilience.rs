@@ -60,6 +60,36 @@ async fn throughput(seconds: u64, rounds: usize, connections: u32) {
                                "response": {"set": {"x-served-by": "gatehouse"}}}}),
         )
         .await;
+    // Each feature alone, to see where the cost is.
+    g.cp.apply(
+        "/v1/services/guarded",
+        json!({"endpoints": endpoints,
+               "health_check": {"type": "http", "path": "/healthz", "interval_ms": 1000},
+               "outlier_detection": {"consecutive_5xx": 5,
+                   "failure_percentage": {"threshold": 50, "minimum_requests": 20}}}),
+    )
+    .await;
+    let alone = [
+        (
+            "retried",
+            json!({"match": {"path_prefix": "/retried"}, "destination": {"service": "plain"},
+            "retries": {"on": ["5xx", "reset", "connect-failure"], "attempts": 2, "per_try_timeout_ms": 1000}}),
+        ),
+        (
+            "rewritten",
+            json!({"match": {"path_prefix": "/rewritten"}, "destination": {"service": "plain"},
+            "headers": {"request": {"set": {"x-env": "prod"}, "remove": ["x-debug"]},
+                        "response": {"set": {"x-served-by": "gatehouse"}}}}),
+        ),
+        (
+            "guarded",
+            json!({"match": {"path_prefix": "/guarded"}, "destination": {"service": "guarded"}}),
+        ),
+    ];
+    let mut version = version;
+    for (route, body) in alone {
+        version = g.cp.apply(&format!("/v1/routes/{route}"), body).await;
+    }
     g.cp.until_converged(version).await;
     g.envoy.until_status("/protected", 200).await;
     let none = Vec::new();
@@ -76,13 +106,38 @@ async fn throughput(seconds: u64, rounds: usize, connections: u32) {
             headers: &none,
             processes: vec![("envoy", g.envoy.pid())],
         },
+        Variant {
+            name: "retries only",
+            url: g.envoy.url("/retried"),
+            headers: &none,
+            processes: vec![("envoy", g.envoy.pid())],
+        },
+        Variant {
+            name: "header rules only",
+            url: g.envoy.url("/rewritten"),
+            headers: &none,
+            processes: vec![("envoy", g.envoy.pid())],
+        },
+        Variant {
+            name: "outliers+health only",
+            url: g.envoy.url("/guarded"),
+            headers: &none,
+            processes: vec![("envoy", g.envoy.pid())],
+        },
     ];
     println!(
         "resilience on the hot path ({rounds} rounds of {seconds} s, {connections} connections):"
     );
     let measured = side_by_side::interleaved(&variants, rounds, seconds, connections).await;
     measured.print();
-    measured.print_ratio("retries+outliers+breakers+health+headers", "plain route");
+    for variant in [
+        "retries+outliers+breakers+health+headers",
+        "retries only",
+        "header rules only",
+        "outliers+health only",
+    ] {
+        measured.print_ratio(variant, "plain route");
+    }
 }
 
 async fn failing_endpoint(retries: bool) {
