@@ -371,24 +371,44 @@ impl Store {
         version: u64,
     ) -> Result<(), StoreError> {
         let prepared = self.admit(&mut tx, version).await?;
-        sqlx::query(
-            "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(version as i64)
-        .bind(now_ms())
-        .bind(&self.origin.actor)
-        .bind(self.origin.source.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let origin = self.origin.clone();
+        self.finish(tx, &[(version, &origin)], version, prepared)
+            .await
+    }
+
+    /// Records each version made (who, how), announces the newest to other
+    /// replicas (`NOTIFY`, sent on commit), commits, and tells this
+    /// process's sync loop with what the admission prepared.
+    pub(super) async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        made: &[(u64, &Origin)],
+        newest: u64,
+        prepared: Option<Prepared>,
+    ) -> Result<(), StoreError> {
+        for (version, origin) in made {
+            sqlx::query(
+                "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(*version as i64)
+            .bind(now_ms())
+            .bind(&origin.actor)
+            .bind(origin.source.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
-                .bind(version.to_string())
+                .bind(newest.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        self.committed.send_replace(Committed { version, prepared });
+        self.committed.send_replace(Committed {
+            version: newest,
+            prepared,
+        });
         Ok(())
     }
 }

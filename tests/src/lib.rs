@@ -28,7 +28,8 @@ pub use control_plane::{ControlPlane, ControlPlaneOptions};
 pub use envoy::{Answer, Envoy, XdsVariant, bootstrap_yaml};
 pub use postgres::postgres_database;
 pub use process::{
-    client, envoy_bin, eventually, free_port, gatehouse_bin, scratch_dir, unique, workspace_root,
+    client, envoy_bin, eventually, free_port, gatehouse_bin, rss_kb, scratch_dir, unique,
+    workspace_root,
 };
 pub use sidecar::{ExtAuthz, FAKETIME_LIB, Sidecar};
 pub use stack::Stack;

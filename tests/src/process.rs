@@ -190,3 +190,14 @@ pub(crate) async fn terminate(child: &mut Child) -> Option<i32> {
     }
     child.wait().await.ok().and_then(|s| s.code())
 }
+
+/// A process's resident memory, in KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .expect("the process's RSS")
+}

@@ -9,19 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gatehouse_e2e::{ControlPlane, ControlPlaneOptions, eventually, free_port, reqwest};
+use gatehouse_e2e::{ControlPlane, ControlPlaneOptions, eventually, free_port, reqwest, rss_kb};
 
 const SLOW: usize = 1_000;
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .expect("the control plane's RSS")
-}
 
 /// Half a request: the head never ends.
 fn half_request(addr: std::net::SocketAddr) -> TcpStream {

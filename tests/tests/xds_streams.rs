@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::{ControlPlane, ControlPlaneOptions, Envoy, Upstream, eventually, free_port};
+use gatehouse_e2e::{
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, eventually, free_port, rss_kb,
+};
 use gatehouse_proto::discovery::{
     DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
@@ -14,16 +16,6 @@ use serde_json::json;
 const CONNECTIONS: usize = 100;
 const STREAMS_PER_CONNECTION: usize = 100;
 const TOKEN: &str = "the-xds-token-of-the-many-streams-test-0123";
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .expect("the control plane's RSS")
-}
 
 /// Opens one ADS stream on `channel` and waits for its first response; the
 /// stream stays open as long as the returned handle lives.

@@ -29,9 +29,8 @@ use futures_core::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
 use super::{
-    AdmissionError, Backend, Committed, NOTIFY_CHANNEL, Origin, Store, StoreError,
+    AdmissionError, Origin, Store, StoreError,
     edits::{Edit, Effect, apply_edit},
-    rows::now_ms,
 };
 
 /// Writes that may wait for their turn before new ones are refused.
@@ -224,26 +223,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let prepared = self.admit(&mut tx, version).await?;
-        for (made, origin) in made {
-            sqlx::query(
-                "INSERT INTO config_versions (version, at_ms, actor, source) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(made as i64)
-            .bind(now_ms())
-            .bind(&origin.actor)
-            .bind(origin.source.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(version.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        self.committed.send_replace(Committed { version, prepared });
+        self.finish(tx, &made, version, prepared).await?;
         Ok(answers)
     }
 }

@@ -85,6 +85,14 @@ impl State {
         })
     }
 
+    /// Serves `snapshot` next, keeping at most [`FALLBACKS`] to go back to.
+    fn push_served(&mut self, snapshot: Arc<Snapshot>) {
+        self.served.push_back(snapshot);
+        if self.served.len() > FALLBACKS {
+            self.served.pop_front();
+        }
+    }
+
     fn current(&self) -> Option<&Arc<Snapshot>> {
         self.served.back()
     }
@@ -220,10 +228,7 @@ impl Rollout {
             let replace = s.current().is_none_or(|c| s.is_suspect(c))
                 && s.current().is_none_or(|c| c.version != snapshot.version);
             if replace {
-                s.served.push_back(snapshot.clone());
-                if s.served.len() > FALLBACKS {
-                    s.served.pop_front();
-                }
+                s.push_served(snapshot.clone());
             }
             replace
         });
@@ -252,10 +257,7 @@ impl Rollout {
                 );
                 return None;
             }
-            s.served.push_back(snapshot.clone());
-            if s.served.len() > FALLBACKS {
-                s.served.pop_front();
-            }
+            s.push_served(snapshot.clone());
             Some(snapshot)
         });
         if let Some(snapshot) = serve {
@@ -325,10 +327,7 @@ impl Rollout {
             if s.current().is_some_and(|c| c.version == latest.version) {
                 return None;
             }
-            s.served.push_back(latest.clone());
-            if s.served.len() > FALLBACKS {
-                s.served.pop_front();
-            }
+            s.push_served(latest.clone());
             Some(latest)
         });
         if let Some(latest) = serve {
