@@ -399,6 +399,7 @@ fn route(i: usize, services: usize) -> Route {
         auth: None,
         retries: None,
         priority: None,
+        load_shedding: false,
         cors: None,
         headers: None,
         host_rewrite: None,

@@ -9,7 +9,7 @@ use crate::{
     store::DatabaseUrl,
     sync::SyncSettings,
     telemetry::LogFormat,
-    translate::{ExtAuthzSettings, ProxySettings, RateLimitSettings},
+    translate::{ExtAuthzSettings, ProxySettings, RateLimitSettings, shedding::SheddingSettings},
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -187,6 +187,17 @@ pub struct ProxyArgs {
     /// the client address (0: the peer address is the client).
     #[arg(long, env = "GATEHOUSE_XFF_TRUSTED_HOPS", default_value_t = 0)]
     pub xff_trusted_hops: u32,
+
+    /// Routes with `load_shedding` are shed while their p90 latency stays
+    /// above this (Envoy's adaptive concurrency, fixed target).
+    #[arg(long, env = "GATEHOUSE_SHED_TARGET_LATENCY_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub shed_target_latency_ms: u32,
+
+    /// The most requests at once the shedding routes ever get together.
+    #[arg(long, env = "GATEHOUSE_SHED_MAX_CONCURRENCY", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub shed_max_concurrency: u32,
 }
 
 impl Config {
@@ -212,6 +223,10 @@ impl Config {
                 deny_when_unreachable: self.proxy.ratelimit_deny_when_unreachable,
             },
             xff_trusted_hops: self.proxy.xff_trusted_hops,
+            shedding: SheddingSettings {
+                target_latency_ms: self.proxy.shed_target_latency_ms,
+                max_concurrency: self.proxy.shed_max_concurrency,
+            },
         }
     }
 

@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod retry;
 pub mod route;
+pub mod shedding;
 pub mod upstream_tls;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
@@ -79,6 +80,8 @@ pub struct ProxySettings {
     /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted
     /// (0: the client is the peer address; a spoofed header changes nothing).
     pub xff_trusted_hops: u32,
+    /// Load shedding of the routes that set `load_shedding`.
+    pub shedding: shedding::SheddingSettings,
 }
 
 impl Default for ProxySettings {
@@ -89,6 +92,7 @@ impl Default for ProxySettings {
             ext_authz: ExtAuthzSettings::default(),
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,
+            shedding: shedding::SheddingSettings::default(),
         }
     }
 }
@@ -201,6 +205,25 @@ pub(crate) fn duration_ms(ms: u32) -> protobuf::Duration {
     protobuf::Duration {
         seconds: i64::from(ms / 1000),
         nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// Local replies whose response code details start with `prefix` (the
+/// filter that refused says why there).
+pub(crate) fn details_start_with(prefix: &str) -> gatehouse_proto::accesslog::AccessLogFilter {
+    use accesslog::{access_log_filter::FilterSpecifier, extension_filter::ConfigType};
+    use gatehouse_proto::{accesslog, cel_filter, to_any};
+    let expression = cel_filter::ExpressionFilter {
+        expression: format!("response.code_details.startsWith('{prefix}')"),
+        ..Default::default()
+    };
+    accesslog::AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::ExtensionFilter(
+            accesslog::ExtensionFilter {
+                name: "envoy.access_loggers.extension_filters.cel".into(),
+                config_type: Some(ConfigType::TypedConfig(to_any(&expression))),
+            },
+        )),
     }
 }
 

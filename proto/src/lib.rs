@@ -19,6 +19,7 @@ pub use envoy_types::pb::envoy::extensions::clusters::common::dns::v3 as dns_com
 pub use envoy_types::pb::envoy::extensions::clusters::dns::v3 as dns_cluster;
 pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
 pub use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as fault_common;
+pub use envoy_types::pb::envoy::extensions::filters::http::adaptive_concurrency::v3 as adaptive_concurrency;
 pub use envoy_types::pb::envoy::extensions::filters::http::buffer::v3 as buffer;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;

@@ -12,6 +12,7 @@
 
 pub mod control_plane;
 pub mod envoy;
+pub mod flood;
 pub mod load;
 pub mod postgres;
 pub mod process;
@@ -34,4 +35,4 @@ pub use process::{
 pub use sidecar::{ExtAuthz, FAKETIME_LIB, Sidecar};
 pub use stack::Stack;
 pub use tcp_proxy::TcpProxy;
-pub use upstream::{Behaviour, Received, Upstream, probe};
+pub use upstream::{Behaviour, Received, Upstream, probe, service_over};

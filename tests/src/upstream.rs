@@ -295,3 +295,17 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> (u16, Option<String>)
         Err(_) => (0, None),
     }
 }
+
+/// A service body over `upstreams`, each with its failover priority, plus
+/// `extra` fields.
+pub fn service_over(upstreams: &[(&Upstream, u32)], extra: Value) -> Value {
+    let mut body = serde_json::json!({
+        "endpoints": upstreams.iter().map(|(u, priority)| serde_json::json!({
+            "host": "127.0.0.1", "port": u.addr.port(), "priority": priority
+        })).collect::<Vec<_>>(),
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}

@@ -1,24 +1,16 @@
 //! Resilience through a real Envoy against misbehaving upstreams: retries,
-//! outlier detection, active health checks with failover to backups, and
-//! circuit breakers (issue 20).
+//! active health checks with failover to backups, circuit breakers and
+//! priority classes with load shedding (issue 20; outlier detection in
+//! `outlier_detection.rs`).
 
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::{Behaviour, Stack, Upstream, client, eventually, probe};
+use gatehouse_e2e::{
+    Behaviour, Stack, Upstream, client, eventually,
+    flood::{Flood, successes},
+    probe, service_over as service,
+};
 use serde_json::{Value, json};
-
-/// A service over `upstreams`, each with its failover priority.
-fn service(upstreams: &[(&Upstream, u32)], extra: Value) -> Value {
-    let mut body = json!({
-        "endpoints": upstreams.iter().map(|(u, priority)| json!({
-            "host": "127.0.0.1", "port": u.addr.port(), "priority": priority
-        })).collect::<Vec<_>>(),
-    });
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    body
-}
 
 #[tokio::test]
 async fn every_resilience_field_is_accepted_by_envoy() {
@@ -37,6 +29,7 @@ async fn every_resilience_field_is_accepted_by_envoy() {
                         "healthy_threshold": 1, "unhealthy_threshold": 2, "jitter_ms": 50},
                        "outlier_detection": {"consecutive_5xx": 3, "consecutive_gateway_failures": 2,
                         "failure_percentage": {"threshold": 50, "minimum_requests": 10},
+                        "success_rate": {"minimum_hosts": 2, "minimum_requests": 50, "stdev_factor": 1500},
                         "interval_ms": 1000, "base_ejection_ms": 5000, "max_ejection_percent": 100},
                        "circuit_breakers": {"default": {"max_connections": 100, "max_pending_requests": 50,
                         "max_requests": 200, "retry_budget": {"percent": 25, "min_concurrency": 2}},
@@ -122,70 +115,6 @@ async fn retries_hide_failures_but_never_repeat_a_post() {
     let before = hits();
     assert_eq!(probe(&http, &g.envoy.url("/items")).await.0, 503);
     assert_eq!(hits() - before, 3, "a GET is retried twice");
-}
-
-#[tokio::test]
-async fn a_failing_endpoint_is_ejected_and_comes_back() {
-    let g = Stack::new().start().await;
-    let good = Upstream::start("good").await;
-    let bad = Upstream::start("bad").await;
-    g.cp.apply(
-        "/v1/services/pair",
-        service(
-            &[(&good, 0), (&bad, 0)],
-            json!({"outlier_detection": {
-                "failure_percentage": {"threshold": 50, "minimum_requests": 10},
-                "interval_ms": 500, "base_ejection_ms": 2000, "max_ejection_percent": 50}}),
-        ),
-    )
-    .await;
-    let version =
-        g.cp.apply(
-            "/v1/routes/pair",
-            json!({"match": {"path_prefix": "/"}, "destination": {"service": "pair"},
-                   "retries": {"on": ["5xx"], "attempts": 2}}),
-        )
-        .await;
-    g.cp.until_converged(version).await;
-    // Half of the bad endpoint's answers are 500 from now on.
-    bad.behave(Behaviour::failing(2, 500));
-    let http = client();
-    let (mut sent, mut failed) = (0, 0);
-    let started = Instant::now();
-    let mut ejected_at = None;
-    while started.elapsed() < Duration::from_secs(4) {
-        let before = bad.hit_count();
-        sent += 1;
-        if probe(&http, &g.envoy.url("/x")).await.0 != 200 {
-            failed += 1;
-        }
-        let quiet = bad.hit_count() == before;
-        if quiet && ejected_at.is_none() && sent > 40 {
-            ejected_at = Some(started.elapsed());
-        }
-    }
-    assert!(
-        failed * 100 <= sent,
-        "{failed} of {sent} failed with retries on"
-    );
-    let ejections = g
-        .envoy
-        .stat("cluster.pair.outlier_detection.ejections_enforced_failure_percentage")
-        .await
-        .unwrap_or_default();
-    assert!(ejections >= 1, "the bad endpoint was ejected");
-    // Fixed, it comes back after the ejection time.
-    bad.behave(Behaviour::default());
-    let before = bad.hit_count();
-    eventually(
-        Duration::from_secs(15),
-        "the endpoint back in rotation",
-        || async {
-            probe(&http, &g.envoy.url("/x")).await;
-            bad.hit_count() > before + 3
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -317,6 +246,14 @@ async fn invalid_resilience_settings_are_refused_by_field() {
             "outlier_detection.failure_percentage.threshold",
         ),
         (
+            "/v1/services/s2b",
+            service(
+                &[(&a, 0)],
+                json!({"outlier_detection": {"success_rate": {"minimum_hosts": 1}}}),
+            ),
+            "outlier_detection.success_rate.minimum_hosts",
+        ),
+        (
             "/v1/services/s3",
             service(
                 &[(&a, 0)],
@@ -346,6 +283,18 @@ async fn invalid_resilience_settings_are_refused_by_field() {
             json!({"match": {"path_prefix": "/"}, "destination": {"service": "a"},
                    "timeout_ms": 100, "retries": {"per_try_timeout_ms": 500}}),
             "retries.per_try_timeout_ms",
+        ),
+        (
+            "/v1/routes/r4",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "a"},
+                   "priority": "high", "load_shedding": true}),
+            "load_shedding",
+        ),
+        (
+            "/v1/routes/r5",
+            json!({"match": {"path_prefix": "/"}, "direct_response": {"status": 200},
+                   "load_shedding": true}),
+            "load_shedding",
         ),
     ];
     for (path, body, field) in refused {
@@ -405,28 +354,17 @@ async fn the_retry_budget_prevents_a_retry_storm() {
     );
 }
 
-/// While best-effort routes flood a service past its default budget, a
-/// high-priority route to the same service keeps succeeding (its own
-/// budget); the shed requests get a fast JSON 503 with `Retry-After`.
-#[tokio::test]
-async fn high_priority_traffic_survives_a_best_effort_flood() {
-    let g = Stack::new().start().await;
+/// A slow service `shared` behind a best-effort route `/bulk` (with
+/// `bulk_extra`) and a high-priority route `/checkout`.
+async fn bulk_and_checkout(g: &Stack, service_extra: Value, bulk_extra: Value) -> Upstream {
     let slow = Upstream::start_with("slow", Behaviour::delayed(Duration::from_millis(100))).await;
-    g.cp.apply(
-        "/v1/services/shared",
-        service(
-            &[(&slow, 0)],
-            json!({"circuit_breakers": {
-                "default": {"max_requests": 4, "max_pending_requests": 1},
-                "high": {"max_requests": 50, "max_pending_requests": 50}}}),
-        ),
-    )
-    .await;
-    g.cp.apply(
-        "/v1/routes/bulk",
-        json!({"match": {"path_prefix": "/bulk"}, "destination": {"service": "shared"}}),
-    )
-    .await;
+    g.cp.apply("/v1/services/shared", service(&[(&slow, 0)], service_extra))
+        .await;
+    let mut bulk = json!({"match": {"path_prefix": "/bulk"}, "destination": {"service": "shared"}});
+    if let (Some(bulk), Some(extra)) = (bulk.as_object_mut(), bulk_extra.as_object()) {
+        bulk.extend(extra.clone());
+    }
+    g.cp.apply("/v1/routes/bulk", bulk).await;
     let version =
         g.cp.apply(
             "/v1/routes/checkout",
@@ -435,55 +373,31 @@ async fn high_priority_traffic_survives_a_best_effort_flood() {
         )
         .await;
     g.cp.until_converged(version).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood: Vec<_> = (0..30)
-        .map(|_| {
-            let (url, stop) = (g.envoy.url("/bulk"), stop.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let mut shed = None;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let response = http.get(&url).send().await.expect("answered");
-                    if response.status() == 503 && shed.is_none() {
-                        let retry = response.headers().get("retry-after").cloned();
-                        let body: Value = response.json().await.unwrap_or(Value::Null);
-                        shed = Some((retry, body));
-                    }
-                }
-                shed
-            })
-        })
-        .collect();
+    slow
+}
+
+/// While best-effort routes flood a service past its default budget, a
+/// high-priority route to the same service keeps succeeding (its own
+/// budget); the shed requests get a fast JSON 503 with `Retry-After`.
+#[tokio::test]
+async fn high_priority_traffic_survives_a_best_effort_flood() {
+    let g = Stack::new().start().await;
+    let _slow = bulk_and_checkout(
+        &g,
+        json!({"circuit_breakers": {
+            "default": {"max_requests": 4, "max_pending_requests": 1},
+            "high": {"max_requests": 50, "max_pending_requests": 50}}}),
+        json!({}),
+    )
+    .await;
+    let flood = Flood::start(g.envoy.url("/bulk"), 30);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let checkers: Vec<_> = (0..4)
-        .map(|_| {
-            let url = g.envoy.url("/checkout");
-            tokio::spawn(async move {
-                let http = client();
-                let mut ok = 0;
-                for _ in 0..25 {
-                    ok += usize::from(probe(&http, &url).await.0 == 200);
-                }
-                ok
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for checker in checkers {
-        ok += checker.await.expect("checker");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut shed = Vec::new();
-    for f in flood {
-        shed.extend(f.await.expect("flood"));
-    }
+    let ok = successes(g.envoy.url("/checkout"), 4, 25).await;
+    let report = flood.stop().await;
     assert!(ok >= 99, "{ok} of 100 high-priority requests succeeded");
-    let (retry, body) = shed
-        .first()
-        .cloned()
-        .expect("best-effort requests were shed");
-    assert_eq!(retry.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
-    assert_eq!(body["error"], json!("overloaded"), "{body}");
+    let shed = report.shed.first().expect("best-effort requests were shed");
+    assert_eq!(shed.retry_after.as_deref(), Some("1"));
+    assert_eq!(shed.body["error"], json!("overloaded"), "{}", shed.body);
 }
 
 /// One of two endpoints dies: once the health checks have seen it
@@ -569,4 +483,39 @@ async fn an_ejected_only_endpoint_fails_fast() {
     }
     assert_eq!(only.hit_count(), hits, "ejected: never asked");
     assert!(fastest < Duration::from_millis(50), "fast: {fastest:?}");
+}
+
+/// Routes with `load_shedding` are shed (the same fast JSON 503) while
+/// their latency stays above the gateway's target; a high-priority route to
+/// the same slow service never passes through the filter.
+#[tokio::test]
+async fn slow_best_effort_routes_are_shed_and_high_priority_ones_never() {
+    let g = Stack::new()
+        .configure(|o| {
+            o.validate_with_envoy = true;
+            o.args
+                .extend(["--shed-target-latency-ms".into(), "10".into()]);
+        })
+        .start()
+        .await;
+    let _slow = bulk_and_checkout(&g, json!({}), json!({"load_shedding": true})).await;
+    let flood = Flood::start(g.envoy.url("/bulk"), 20);
+    // Long enough for the limit to come down from its start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ok = successes(g.envoy.url("/checkout"), 4, 10).await;
+    let report = flood.stop().await;
+    assert_eq!(ok, 40, "every high-priority request succeeded");
+    assert!(
+        report.served > 0,
+        "best-effort traffic is limited, not stopped"
+    );
+    let shed = report.shed.first().expect("best-effort requests were shed");
+    assert_eq!(shed.retry_after.as_deref(), Some("1"));
+    assert_eq!(shed.body["error"], json!("overloaded"), "{}", shed.body);
+    let blocked = g
+        .envoy
+        .stat("http.gatehouse.adaptive_concurrency.gradient_controller.rq_blocked")
+        .await
+        .unwrap_or_default();
+    assert!(blocked > 0, "Envoy counted the shed requests");
 }

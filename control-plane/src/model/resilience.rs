@@ -67,6 +67,10 @@ pub struct OutlierDetection {
     /// reaches `threshold` percent ("50 % over 10 s").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_percentage: Option<FailurePercentage>,
+    /// Eject an endpoint whose success rate falls this far below the
+    /// others' (Envoy's statistical outlier test; needs several endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
     /// How often the failure percentage is computed and ejections end.
     #[serde(default = "default_outlier_interval_ms")]
     pub interval_ms: u32,
@@ -88,6 +92,24 @@ pub struct FailurePercentage {
     /// Requests an endpoint must have had in the interval to be judged.
     #[serde(default = "default_minimum_requests")]
     pub minimum_requests: u32,
+}
+
+/// Ejects endpoints whose success rate is below the mean of all judged
+/// endpoints by more than `stdev_factor` standard deviations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRate {
+    /// Endpoints that must each have `minimum_requests` in the interval for
+    /// the test to run at all (at least 2: it compares them).
+    #[serde(default = "default_success_rate_hosts")]
+    pub minimum_hosts: u32,
+    /// Requests an endpoint must have had in the interval to be judged.
+    #[serde(default = "default_success_rate_requests")]
+    pub minimum_requests: u32,
+    /// Standard deviations below the mean that eject, in thousandths
+    /// (1900 = 1.9, Envoy's default).
+    #[serde(default = "default_stdev_factor")]
+    pub stdev_factor: u32,
 }
 
 /// Limits on what one service may hold at once; past them Envoy answers at
@@ -165,6 +187,15 @@ fn default_max_ejection_percent() -> u32 {
 }
 fn default_minimum_requests() -> u32 {
     20
+}
+fn default_success_rate_hosts() -> u32 {
+    3
+}
+fn default_success_rate_requests() -> u32 {
+    100
+}
+fn default_stdev_factor() -> u32 {
+    1_900
 }
 fn default_min_retry_concurrency() -> u32 {
     DEFAULT_MIN_RETRY_CONCURRENCY
@@ -267,10 +298,11 @@ impl OutlierDetection {
         if self.consecutive_5xx.is_none()
             && self.consecutive_gateway_failures.is_none()
             && self.failure_percentage.is_none()
+            && self.success_rate.is_none()
         {
             errors.push(FieldError::new(
                 field,
-                "set at least one of consecutive_5xx, consecutive_gateway_failures, failure_percentage",
+                "set at least one of consecutive_5xx, consecutive_gateway_failures, failure_percentage, success_rate",
             ));
         }
         if let Some(n) = self.consecutive_5xx {
@@ -295,6 +327,26 @@ impl OutlierDetection {
                 p.minimum_requests,
                 1..=MAX_THRESHOLD,
                 at("failure_percentage.minimum_requests"),
+                errors,
+            );
+        }
+        if let Some(s) = &self.success_rate {
+            in_range(
+                s.minimum_hosts,
+                2..=MAX_THRESHOLD,
+                at("success_rate.minimum_hosts"),
+                errors,
+            );
+            in_range(
+                s.minimum_requests,
+                1..=MAX_THRESHOLD,
+                at("success_rate.minimum_requests"),
+                errors,
+            );
+            in_range(
+                s.stdev_factor,
+                100..=10_000,
+                at("success_rate.stdev_factor"),
                 errors,
             );
         }

@@ -38,6 +38,10 @@ pub struct Route {
     /// `high` routes use the services' high-priority circuit breakers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<RoutePriority>,
+    /// Best effort: shed first when the gateway is overloaded (Envoy's
+    /// adaptive concurrency; not for `priority: high` routes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub load_shedding: bool,
     /// Cross-origin requests from browsers (`cors.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
@@ -212,6 +216,12 @@ impl Resource for Route {
             let timeout = self.timeout_ms.filter(|t| *t > 0);
             retries.validate("retries", timeout, &mut errors);
         }
+        if self.load_shedding && self.priority == Some(RoutePriority::High) {
+            errors.push(FieldError::new(
+                "load_shedding",
+                "high-priority routes are never shed: remove one of load_shedding and priority: high",
+            ));
+        }
         if let Some(timeout) = self.timeout_ms
             && timeout > MAX_TIMEOUT_MS
         {
@@ -370,6 +380,7 @@ impl Route {
             ("host_rewrite_to_endpoint", self.host_rewrite_to_endpoint),
             ("prefix_rewrite", self.prefix_rewrite.is_some()),
             ("strip_prefix", self.strip_prefix),
+            ("load_shedding", self.load_shedding),
         ] {
             if set {
                 errors.push(FieldError::new(

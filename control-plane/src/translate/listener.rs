@@ -4,7 +4,7 @@
 use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
 
 use super::{
-    HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, resilience,
+    HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, resilience, shedding,
     socket_address,
 };
 
@@ -42,6 +42,8 @@ pub fn http_connection_manager(
             .chain(jwt::rbac_filters())
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
+            // Shedding after the checks: it measures the upstream's latency.
+            .chain([shedding::shedding_filter(&proxy.shedding)])
             // Faults after the checks: a drill never lets a request skip them.
             .chain([actions::fault_filter(), actions::buffer_filter()])
             .chain([hcm::HttpFilter {
@@ -139,16 +141,13 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::translate::{ExtAuthzSettings, RateLimitSettings};
 
     #[test]
     fn listener_loads_routes_over_ads_and_logs_when_asked() {
         let proxy = ProxySettings {
             listen: "127.0.0.1:9000".parse().expect("addr"),
             access_log_path: Some("/tmp/access.log".into()),
-            ext_authz: ExtAuthzSettings::default(),
-            ratelimit: RateLimitSettings::default(),
-            xff_trusted_hops: 0,
+            ..ProxySettings::default()
         };
         let l = http_listener(&proxy);
         let Some(listener::filter::ConfigType::TypedConfig(any)) =

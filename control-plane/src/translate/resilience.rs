@@ -6,7 +6,7 @@
 
 use gatehouse_proto::{accesslog, cluster, core, hcm, http_types, protobuf};
 
-use super::duration_ms;
+use super::{details_start_with, duration_ms, shedding::SHED_DETAILS};
 use crate::model::{
     CircuitBreakers, HealthCheck, HealthCheckKind, OutlierDetection, Protocol, Service, Thresholds,
     resilience::{
@@ -47,33 +47,40 @@ pub fn protect(service: &Service, c: &mut cluster::Cluster) {
 }
 
 /// Envoy's own 503s when a service is at capacity (`UO`: a circuit
-/// breaker) or has no healthy endpoint (`UH`), as JSON with `Retry-After`,
-/// so clients back off instead of hammering.
+/// breaker), has no healthy endpoint (`UH`) or a best-effort route is shed
+/// (`shedding.rs`), as JSON with `Retry-After`, so clients back off instead
+/// of hammering.
 pub fn overload_replies() -> Vec<hcm::ResponseMapper> {
     use accesslog::access_log_filter::FilterSpecifier;
     use core::{data_source::Specifier, substitution_format_string::Format};
 
+    let flag = |flag: &str| accesslog::AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
+            accesslog::ResponseFlagFilter {
+                flags: vec![flag.into()],
+            },
+        )),
+    };
     [
         (
-            "UO",
+            flag("UO"),
             "overloaded",
             "the service is at capacity; retry later",
         ),
         (
-            "UH",
+            details_start_with(SHED_DETAILS),
+            "overloaded",
+            "the gateway is shedding best-effort traffic; retry later",
+        ),
+        (
+            flag("UH"),
             "unavailable",
             "the service has no healthy endpoint; retry later",
         ),
     ]
     .into_iter()
-    .map(|(flag, code, message)| hcm::ResponseMapper {
-        filter: Some(accesslog::AccessLogFilter {
-            filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
-                accesslog::ResponseFlagFilter {
-                    flags: vec![flag.into()],
-                },
-            )),
-        }),
+    .map(|(filter, code, message)| hcm::ResponseMapper {
+        filter: Some(filter),
         body_format_override: Some(core::SubstitutionFormatString {
             format: Some(Format::TextFormatSource(core::DataSource {
                 specifier: Some(Specifier::InlineString(
@@ -150,6 +157,7 @@ fn health_check(service: &Service, check: &HealthCheck) -> core::HealthCheck {
 fn outlier_detection(o: &OutlierDetection) -> cluster::OutlierDetection {
     let enforcing = |set: bool| uint(if set { 100 } else { 0 });
     let failure = o.failure_percentage.as_ref();
+    let success = o.success_rate.as_ref();
     cluster::OutlierDetection {
         consecutive_5xx: o.consecutive_5xx.and_then(uint),
         enforcing_consecutive_5xx: enforcing(o.consecutive_5xx.is_some()),
@@ -160,7 +168,10 @@ fn outlier_detection(o: &OutlierDetection) -> cluster::OutlierDetection {
         failure_percentage_request_volume: failure.and_then(|f| uint(f.minimum_requests)),
         // Judged even with two endpoints (Envoy's default needs five).
         failure_percentage_minimum_hosts: failure.and(uint(1)),
-        enforcing_success_rate: enforcing(false),
+        enforcing_success_rate: enforcing(success.is_some()),
+        success_rate_minimum_hosts: success.and_then(|s| uint(s.minimum_hosts)),
+        success_rate_request_volume: success.and_then(|s| uint(s.minimum_requests)),
+        success_rate_stdev_factor: success.and_then(|s| uint(s.stdev_factor)),
         interval: Some(duration_ms(o.interval_ms)),
         base_ejection_time: Some(duration_ms(o.base_ejection_ms)),
         max_ejection_percent: uint(o.max_ejection_percent),
@@ -251,6 +262,18 @@ mod tests {
         assert_eq!(o.enforcing_failure_percentage, uint(100));
         assert_eq!(o.failure_percentage_minimum_hosts, uint(1));
         assert_eq!(o.failure_percentage_request_volume, uint(10));
+    }
+
+    #[test]
+    fn the_success_rate_test_is_enforced_only_when_asked_for() {
+        let c = protected(json!({"name": "a", "outlier_detection": {
+            "success_rate": {"minimum_hosts": 2, "stdev_factor": 1000}}}));
+        let o = c.outlier_detection.expect("set");
+        assert_eq!(o.enforcing_success_rate, uint(100));
+        assert_eq!(o.enforcing_failure_percentage, uint(0));
+        assert_eq!(o.success_rate_minimum_hosts, uint(2));
+        assert_eq!(o.success_rate_request_volume, uint(100));
+        assert_eq!(o.success_rate_stdev_factor, uint(1000));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{actions, auth, balancing, cors, duration_ms, ratelimit, retry};
+use super::{actions, auth, balancing, cors, duration_ms, ratelimit, retry, shedding};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -67,6 +67,7 @@ fn virtual_host(
                 auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
                 // After auth: the route's header rules add to its removals.
                 cors::apply(r, &mut envoy);
+                shedding::apply(r, &mut envoy);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
                     retry::apply(r, action);

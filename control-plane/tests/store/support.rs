@@ -93,6 +93,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         auth: None,
         retries: None,
         priority: None,
+        load_shedding: false,
         cors: None,
         headers: None,
         host_rewrite: None,

@@ -1,27 +1,10 @@
 //! Local replies: `jwt_authn`'s and RBAC's refusals rewritten into
 //! ext-authz's JSON errors and `WWW-Authenticate` challenges.
 
-use gatehouse_proto::{accesslog, cel_filter, core, hcm, protobuf, to_any};
+use gatehouse_proto::{accesslog, core, hcm, protobuf};
 
+use super::super::details_start_with;
 use super::{INVALID_TOKEN_POLICY, JWT_DENIED, RBAC_DENIED, ROUTE_METADATA, SCOPE_KEY};
-
-/// Local replies whose response code details start with `prefix` (the
-/// filter that refused says why there).
-pub(super) fn details_start_with(prefix: &str) -> accesslog::AccessLogFilter {
-    use accesslog::{access_log_filter::FilterSpecifier, extension_filter::ConfigType};
-    let expression = cel_filter::ExpressionFilter {
-        expression: format!("response.code_details.startsWith('{prefix}')"),
-        ..Default::default()
-    };
-    accesslog::AccessLogFilter {
-        filter_specifier: Some(FilterSpecifier::ExtensionFilter(
-            accesslog::ExtensionFilter {
-                name: "envoy.access_loggers.extension_filters.cel".into(),
-                config_type: Some(ConfigType::TypedConfig(to_any(&expression))),
-            },
-        )),
-    }
-}
 
 pub(super) fn answer(
     filter: accesslog::AccessLogFilter,
