@@ -4,12 +4,17 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
 
+use gatehouse_service_kit::{TelemetryArgs, parse_sampling_percent};
+
 use crate::{
     secret::{MIN_BOOTSTRAP_LEN, Secret},
     store::DatabaseUrl,
     sync::SyncSettings,
     telemetry::LogFormat,
-    translate::{ExtAuthzSettings, ProxySettings, RateLimitSettings, shedding::SheddingSettings},
+    translate::{
+        ExtAuthzSettings, ProxySettings, RateLimitSettings, shedding::SheddingSettings,
+        tracing::TracingSettings,
+    },
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +37,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 
     /// Bootstrap admin token (role admin, name "bootstrap"); at least 32 characters.
     /// With it, every admin API call needs a token. Required to bind the admin
@@ -198,6 +206,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "GATEHOUSE_SHED_MAX_CONCURRENCY", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub shed_max_concurrency: u32,
+
+    /// Share of requests, in percent, for which Envoy starts a trace (with
+    /// `--otlp-endpoint`); requests with a sampled `traceparent` are always traced.
+    #[arg(long, env = "GATEHOUSE_TRACE_SAMPLING_PERCENT", default_value = "1",
+          value_parser = parse_sampling_percent)]
+    pub trace_sampling_percent: u32,
 }
 
 impl Config {
@@ -227,6 +241,14 @@ impl Config {
                 target_latency_ms: self.proxy.shed_target_latency_ms,
                 max_concurrency: self.proxy.shed_max_concurrency,
             },
+            tracing: self
+                .telemetry
+                .otlp_endpoint
+                .clone()
+                .map(|collector| TracingSettings {
+                    collector,
+                    sampling_ppm: self.proxy.trace_sampling_percent,
+                }),
         }
     }
 

@@ -34,6 +34,7 @@ pub mod resilience;
 pub mod retry;
 pub mod route;
 pub mod shedding;
+pub mod tracing;
 pub mod upstream_tls;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
@@ -82,6 +83,8 @@ pub struct ProxySettings {
     pub xff_trusted_hops: u32,
     /// Load shedding of the routes that set `load_shedding`.
     pub shedding: shedding::SheddingSettings,
+    /// Tracing in Envoy; off without a collector.
+    pub tracing: Option<tracing::TracingSettings>,
 }
 
 impl Default for ProxySettings {
@@ -93,6 +96,7 @@ impl Default for ProxySettings {
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,
             shedding: shedding::SheddingSettings::default(),
+            tracing: None,
         }
     }
 }
@@ -114,6 +118,13 @@ pub fn snapshot(
         to_any(&ratelimit::ratelimit_cluster(&proxy.ratelimit)),
         Vec::new(),
     ));
+    if let Some(t) = &proxy.tracing {
+        parts.clusters.push(XdsResource::new(
+            tracing::OTLP_CLUSTER,
+            to_any(&tracing::otlp_cluster(t)),
+            Vec::new(),
+        ));
+    }
     for service in state.services.values() {
         let eds = uses_eds(service);
         parts.clusters.push(XdsResource::new(
@@ -135,10 +146,13 @@ pub fn snapshot(
         }
     }
     jwt::check_issuers(state)?;
-    let listener_clusters = vec![
+    let mut listener_clusters = vec![
         auth::EXT_AUTHZ_CLUSTER.to_owned(),
         ratelimit::RATELIMIT_CLUSTER.to_owned(),
     ];
+    if proxy.tracing.is_some() {
+        listener_clusters.push(tracing::OTLP_CLUSTER.to_owned());
+    }
     let mut jwks_clusters = Vec::new();
     for jwks in jwt::jwks_clusters(state) {
         jwks_clusters.push(jwks.name.clone());

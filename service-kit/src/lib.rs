@@ -7,11 +7,13 @@
 pub mod alloc;
 pub mod config;
 pub mod http;
+pub mod otlp;
 pub mod run;
 pub mod snapshot;
 
 pub use config::{CommonArgs, Defaults, LogFormat, init_logging};
 pub use http::{HttpLimits, raise_open_files_limit, serve_http};
+pub use otlp::{OtlpEndpoint, TelemetryArgs, parse_sampling_percent};
 pub use run::{Server, StartError, Started};
 
 use std::{future::Future, sync::Arc};

@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod envoy;
 pub mod flood;
 pub mod load;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod redis;

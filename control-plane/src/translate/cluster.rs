@@ -66,22 +66,30 @@ fn speak_http2_upstream(c: &mut cluster::Cluster) {
 
 /// A static HTTP/2 cluster for one of our gRPC services.
 pub fn grpc_cluster(name: &str, address: SocketAddr) -> cluster::Cluster {
+    grpc_cluster_at(name, &address.ip().to_string(), address.port())
+}
+
+/// An HTTP/2 cluster for a gRPC server at `host` (an IP address: static; a
+/// DNS name: resolved by Envoy, one logical host).
+pub fn grpc_cluster_at(name: &str, host: &str, port: u16) -> cluster::Cluster {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
 
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::LogicalDns
+    };
     let mut c = cluster::Cluster {
         name: name.into(),
         connect_timeout: Some(duration_ms(1_000)),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
         load_assignment: Some(endpoint::ClusterLoadAssignment {
             cluster_name: name.into(),
             endpoints: vec![endpoint::LocalityLbEndpoints {
                 lb_endpoints: vec![endpoint::LbEndpoint {
                     host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                         endpoint::Endpoint {
-                            address: Some(socket_address(
-                                &address.ip().to_string(),
-                                u32::from(address.port()),
-                            )),
+                            address: Some(socket_address(host, u32::from(port))),
                             ..Default::default()
                         },
                     )),

@@ -5,7 +5,7 @@ use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf,
 
 use super::{
     HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, resilience, shedding,
-    socket_address,
+    socket_address, tracing,
 };
 
 /// Name of the default listener.
@@ -69,6 +69,7 @@ pub fn http_connection_manager(
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
+        tracing: proxy.tracing.as_ref().map(tracing::http_tracing),
         access_log: proxy
             .access_log_path
             .iter()

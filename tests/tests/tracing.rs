@@ -1,0 +1,148 @@
+//! Traces through a real Envoy into a real OTLP receiver (issue 21): Envoy
+//! continues a sampled `traceparent` and hands the trace to the upstream;
+//! sampling 0 starts none; a collector that is down changes nothing for
+//! requests.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::{Stack, Upstream, client, otlp::OtlpReceiver, probe};
+use serde_json::json;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+
+async fn traced_stack(receiver: &OtlpReceiver, sampling: &str) -> (Stack, Upstream) {
+    let endpoint = receiver.endpoint();
+    let sampling = sampling.to_owned();
+    let g = Stack::new()
+        .configure(move |o| {
+            o.validate_with_envoy = true;
+            o.args.extend([
+                "--otlp-endpoint".into(),
+                endpoint,
+                "--trace-sampling-percent".into(),
+                sampling,
+            ]);
+        })
+        .start()
+        .await;
+    let upstream = Upstream::start("traced").await;
+    g.cp.apply("/v1/services/traced", upstream.service("traced"))
+        .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/traced",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "traced"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    (g, upstream)
+}
+
+fn upstream_traceparent(upstream: &Upstream) -> Option<String> {
+    upstream.received().last().and_then(|r| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .map(|(_, v)| v.clone())
+    })
+}
+
+#[tokio::test]
+async fn envoy_continues_a_trace_and_hands_it_to_the_upstream() {
+    let receiver = OtlpReceiver::start().await;
+    let (g, upstream) = traced_stack(&receiver, "0").await;
+    let http = client();
+    let response = http
+        .get(g.envoy.url("/orders"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    // The upstream's request carries the same trace, under Envoy's span.
+    let traceparent = upstream_traceparent(&upstream).expect("traceparent upstream");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.get(1), Some(&TRACE_ID), "{traceparent}");
+    assert_ne!(
+        parts.get(2),
+        Some(&PARENT_ID),
+        "Envoy's own span is the parent"
+    );
+    // Envoy exports its spans of that trace; the server span's parent is
+    // the client's, and the upstream's parent is one of Envoy's spans.
+    let spans = receiver
+        .wait_for(Duration::from_secs(15), |spans| {
+            spans.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 2
+        })
+        .await;
+    let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    assert!(trace.len() >= 2, "Envoy's spans: {spans:#?}");
+    assert!(trace.iter().all(|s| s.service == "gatehouse-envoy"));
+    assert!(
+        trace.iter().any(|s| s.parent_span_id == PARENT_ID),
+        "a span under the client's: {trace:#?}"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|s| Some(&s.span_id.as_str()) == parts.get(2)),
+        "the upstream's parent is Envoy's span: {trace:#?}"
+    );
+    assert!(
+        trace.iter().any(|s| s.name.contains("traced")),
+        "spans are named after the route: {trace:#?}"
+    );
+}
+
+#[tokio::test]
+async fn sampling_zero_starts_no_trace_and_a_full_rate_starts_one_per_request() {
+    let receiver = OtlpReceiver::start().await;
+    let (g, _upstream) = traced_stack(&receiver, "0").await;
+    let http = client();
+    for _ in 0..10 {
+        assert_eq!(probe(&http, &g.envoy.url("/quiet")).await.0, 200);
+    }
+    // An unsampled parent is followed too: no spans.
+    let unsampled = http
+        .get(g.envoy.url("/quiet"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-00"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(unsampled.status(), 200);
+    // Envoy flushes every 5 s: wait past one flush.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+
+    let full = OtlpReceiver::start().await;
+    let (g, _upstream) = traced_stack(&full, "100").await;
+    for _ in 0..5 {
+        assert_eq!(probe(&http, &g.envoy.url("/loud")).await.0, 200);
+    }
+    let spans = full
+        .wait_for(Duration::from_secs(15), |spans| {
+            let traces: std::collections::BTreeSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+            traces.len() >= 5
+        })
+        .await;
+    let traces: std::collections::BTreeSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+    assert_eq!(traces.len(), 5, "one trace per request: {spans:#?}");
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_changes_nothing_for_requests() {
+    let mut receiver = OtlpReceiver::start().await;
+    let (g, _upstream) = traced_stack(&receiver, "100").await;
+    receiver.stop();
+    let http = client();
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(probe(&http, &g.envoy.url("/down")).await.0, 200);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "200 requests took {took:?} with the collector down"
+    );
+}
