@@ -4,12 +4,17 @@ use std::process::ExitCode;
 static ALLOCATOR: gatehouse_service_kit::alloc::Jemalloc = gatehouse_service_kit::alloc::Jemalloc;
 
 use clap::Parser;
-use gatehouse_control_plane::{ControlPlane, config::Config, telemetry};
+use gatehouse_control_plane::{ControlPlane, config::Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init_logging(config.log_format);
+    let _telemetry = gatehouse_service_kit::trace::init(
+        config.log_format,
+        config.telemetry.otlp_endpoint.as_ref(),
+        "gatehouse-control-plane",
+        gatehouse_service_kit::trace::Roots::Always,
+    );
     let control_plane = match ControlPlane::bind(&config).await {
         Ok(control_plane) => control_plane,
         Err(e) => {

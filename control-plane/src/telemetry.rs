@@ -13,8 +13,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Logging: the same flag and setup as every Gatehouse service.
-pub use gatehouse_service_kit::{LogFormat, init_logging};
+/// Logging: the same flag and setup as every Gatehouse service
+/// (`gatehouse_service_kit::trace`).
+pub use gatehouse_service_kit::LogFormat;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -51,6 +52,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("gatehouse");
+        gatehouse_service_kit::trace::DroppedSpans::register(&mut registry);
         let xds_streams = Gauge::default();
         registry.register("xds_streams", "Connected ADS streams", xds_streams.clone());
         let xds_nodes_held = Gauge::default();

@@ -28,18 +28,22 @@ const DEFAULTS: Defaults = Defaults::new("127.0.0.1:18001", "ext-authz", "0");
 fn main() -> ExitCode {
     let args: Args = gatehouse_service_kit::config::parse(&DEFAULTS);
     let interval = Duration::from_millis(args.usage_report_interval_ms);
-    gatehouse_service_kit::run::main(args.common, |started: Started| async move {
-        let settings = gatehouse_ext_authz::Settings {
-            xds_endpoint: started.xds_url,
-            node_id: started.node_id,
-            xds_token: started.xds_token,
-            usage_report_interval: interval,
-        };
-        let shutdown = started.stop.cancelled_owned();
-        Ok(tokio::spawn(gatehouse_ext_authz::serve(
-            started.listener,
-            settings,
-            shutdown,
-        )))
-    })
+    gatehouse_service_kit::run::main(
+        args.common,
+        "gatehouse-ext-authz",
+        |started: Started| async move {
+            let settings = gatehouse_ext_authz::Settings {
+                xds_endpoint: started.xds_url,
+                node_id: started.node_id,
+                xds_token: started.xds_token,
+                usage_report_interval: interval,
+            };
+            let shutdown = started.stop.cancelled_owned();
+            Ok(tokio::spawn(gatehouse_ext_authz::serve(
+                started.listener,
+                settings,
+                shutdown,
+            )))
+        },
+    )
 }

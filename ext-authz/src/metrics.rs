@@ -47,6 +47,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("gatehouse_ext_authz");
+        gatehouse_service_kit::trace::DroppedSpans::register(&mut registry);
         let decisions: Family<DecisionLabels, Counter> = Family::default();
         registry.register(
             "decisions",

@@ -19,6 +19,7 @@ use gatehouse_proto::{
     protobuf::{Struct, Value, value::Kind},
     rpc,
 };
+use tracing::Instrument;
 
 use crate::{
     decision::{Allow, Decision, Deny, RequestView, decide},
@@ -42,11 +43,25 @@ impl Authorization for AuthzService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
+        let span = gatehouse_service_kit::trace::server_span(request.metadata(), || {
+            tracing::info_span!(
+                "ext_authz.check",
+                otel.name = "ext-authz Check",
+                otel.kind = "server",
+                gatehouse.route = tracing::field::Empty,
+                gatehouse.auth.result = tracing::field::Empty,
+                gatehouse.auth.method = tracing::field::Empty,
+                gatehouse.consumer = tracing::field::Empty,
+                gatehouse.auth.code = tracing::field::Empty,
+            )
+        });
         let Some(state) = self.state.load_full() else {
             return Err(tonic::Status::unavailable("no configuration received yet"));
         };
         let check = request.into_inner();
-        let response = check_response(&state, &check, &self.metrics).await;
+        let response = check_response(&state, &check, &self.metrics)
+            .instrument(span)
+            .await;
         self.metrics
             .check_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -72,6 +87,7 @@ pub async fn check_response(
         context: attributes.map_or(&EMPTY, |a| &a.context_extensions),
     };
     let decision = decide(state, &view).await;
+    record(&view, &decision);
     match &decision {
         Decision::Allow(allow) => metrics.allowed(allow.method as usize),
         Decision::Deny(deny) => {
@@ -86,6 +102,32 @@ pub async fn check_response(
     match decision {
         Decision::Allow(allow) => allowed_response(allow),
         Decision::Deny(deny) => denied(deny),
+    }
+}
+
+/// The decision on the request's span (a no-op when it is not traced).
+fn record(view: &RequestView<'_>, decision: &Decision) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(route) = view.context.get(gatehouse_proto::auth::context::ROUTE) {
+        span.record("gatehouse.route", route.as_str());
+    }
+    match decision {
+        Decision::Allow(allow) => {
+            span.record("gatehouse.auth.result", "allow");
+            span.record("gatehouse.auth.method", allow.method.as_str());
+            span.record("gatehouse.consumer", allow.consumer.as_str());
+        }
+        Decision::Deny(deny) => {
+            span.record("gatehouse.auth.result", "deny");
+            span.record(
+                "gatehouse.auth.method",
+                deny.method.map_or("none", |m| m.as_str()),
+            );
+            span.record("gatehouse.auth.code", deny.code);
+        }
     }
 }
 

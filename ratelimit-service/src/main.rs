@@ -51,42 +51,46 @@ fn main() -> ExitCode {
         redis_timeout_ms,
         redis_lease_max,
     } = args;
-    gatehouse_service_kit::run::main(common, move |started: Started| async move {
-        let counters = match &redis_url {
-            None => Counters::Memory(MemoryStore::default()),
-            Some(url) => {
-                let timeout = Duration::from_millis(redis_timeout_ms.max(1));
-                let redis = if redis_cluster {
-                    let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
-                    RedisStore::cluster(&seeds, timeout)
-                } else {
-                    RedisStore::new(url, timeout)
+    gatehouse_service_kit::run::main(
+        common,
+        "gatehouse-ratelimit",
+        move |started: Started| async move {
+            let counters = match &redis_url {
+                None => Counters::Memory(MemoryStore::default()),
+                Some(url) => {
+                    let timeout = Duration::from_millis(redis_timeout_ms.max(1));
+                    let redis = if redis_cluster {
+                        let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+                        RedisStore::cluster(&seeds, timeout)
+                    } else {
+                        RedisStore::new(url, timeout)
+                    }
+                    .map_err(|e| StartError::Config(format!("--redis-url: {e}")))?
+                    .with_leases(redis_lease_max);
+                    if let Err(e) = redis.warm_up(Duration::from_secs(2)).await {
+                        tracing::warn!(error = %e, "Redis not ready at start: deciding degraded until it is");
+                    }
+                    Counters::redis(redis)
                 }
-                .map_err(|e| StartError::Config(format!("--redis-url: {e}")))?
-                .with_leases(redis_lease_max);
-                if let Err(e) = redis.warm_up(Duration::from_secs(2)).await {
-                    tracing::warn!(error = %e, "Redis not ready at start: deciding degraded until it is");
-                }
-                Counters::redis(redis)
-            }
-        };
-        tracing::info!(
-            counters = match (&redis_url, redis_cluster) {
-                (None, _) => "memory",
-                (Some(_), false) => "redis",
-                (Some(_), true) => "redis cluster",
-            },
-            redis_lease_max,
-            "counters"
-        );
-        let settings = gatehouse_ratelimit_service::Settings {
-            xds_endpoint: started.xds_url,
-            node_id: started.node_id,
-            xds_token: started.xds_token,
-            counters,
-        };
-        let shutdown = started.stop.cancelled_owned();
-        let server = gatehouse_ratelimit_service::serve(started.listener, settings, shutdown);
-        Ok(tokio::spawn(server))
-    })
+            };
+            tracing::info!(
+                counters = match (&redis_url, redis_cluster) {
+                    (None, _) => "memory",
+                    (Some(_), false) => "redis",
+                    (Some(_), true) => "redis cluster",
+                },
+                redis_lease_max,
+                "counters"
+            );
+            let settings = gatehouse_ratelimit_service::Settings {
+                xds_endpoint: started.xds_url,
+                node_id: started.node_id,
+                xds_token: started.xds_token,
+                counters,
+            };
+            let shutdown = started.stop.cancelled_owned();
+            let server = gatehouse_ratelimit_service::serve(started.listener, settings, shutdown);
+            Ok(tokio::spawn(server))
+        },
+    )
 }

@@ -51,6 +51,7 @@ impl Metrics {
     /// The service's metrics, with the Redis backend's counters if it has one.
     pub fn new(redis: Option<RedisCounters>) -> Self {
         let mut registry = Registry::with_prefix("gatehouse_ratelimit");
+        gatehouse_service_kit::trace::DroppedSpans::register(&mut registry);
         if let Some(redis) = redis {
             registry.register(
                 "redis_requests",

@@ -18,6 +18,7 @@ use gatehouse_proto::{
         rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
     },
 };
+use tracing::Instrument;
 use tracing::info;
 
 use crate::{
@@ -43,11 +44,24 @@ impl RateLimitService for LimitService {
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         let started = Instant::now();
+        let span = gatehouse_service_kit::trace::server_span(request.metadata(), || {
+            tracing::info_span!(
+                "ratelimit.should_rate_limit",
+                otel.name = "ratelimit ShouldRateLimit",
+                otel.kind = "server",
+                gatehouse.ratelimit.result = tracing::field::Empty,
+                gatehouse.ratelimit.policies = tracing::field::Empty,
+                gatehouse.ratelimit.store = self.store.name(),
+                gatehouse.ratelimit.degraded = false,
+            )
+        });
         let Some(rules) = self.rules.load_full() else {
             return Err(tonic::Status::unavailable("no configuration received yet"));
         };
         let request = request.into_inner();
-        let response = decide(&rules, &self.store, &request, &self.metrics).await?;
+        let response = decide(&rules, &self.store, &request, &self.metrics)
+            .instrument(span)
+            .await?;
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -88,7 +102,10 @@ pub async fn decide(
                 .observe(store_started.elapsed().as_secs_f64());
             outcomes
         }
-        Err(e) => degraded(store, &items, &origins, &e, metrics),
+        Err(e) => {
+            tracing::Span::current().record("gatehouse.ratelimit.degraded", true);
+            degraded(store, &items, &origins, &e, metrics)
+        }
     };
     let admitted = admits(&items, &outcomes);
     for ((item, origin), outcome) in items.iter().zip(&origins).zip(&outcomes) {
@@ -125,6 +142,15 @@ pub async fn decide(
         }
     }
     let overall = if admitted { Code::Ok } else { Code::OverLimit };
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        let policies: Vec<&str> = origins.iter().map(|o| o.label.as_str()).collect();
+        span.record("gatehouse.ratelimit.policies", policies.join(",").as_str());
+        span.record(
+            "gatehouse.ratelimit.result",
+            if admitted { "ok" } else { "over_limit" },
+        );
+    }
     metrics
         .requests
         .get_or_create(&ResultLabel {

@@ -20,19 +20,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging to standard error from `RUST_LOG` (default `info`) in `format`.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// The flags every Gatehouse service takes (flatten into its arguments).
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
@@ -68,6 +55,9 @@ pub struct CommonArgs {
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub telemetry: crate::TelemetryArgs,
 }
 
 impl CommonArgs {

@@ -10,8 +10,9 @@ pub mod http;
 pub mod otlp;
 pub mod run;
 pub mod snapshot;
+pub mod trace;
 
-pub use config::{CommonArgs, Defaults, LogFormat, init_logging};
+pub use config::{CommonArgs, Defaults, LogFormat};
 pub use http::{HttpLimits, raise_open_files_limit, serve_http};
 pub use otlp::{OtlpEndpoint, TelemetryArgs, parse_sampling_percent};
 pub use run::{Server, StartError, Started};

@@ -10,7 +10,7 @@ use gatehouse_xds_client::XdsToken;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CommonArgs, init_logging};
+use crate::config::CommonArgs;
 
 /// What a service's start-up gets: its bound listener and how to reach the
 /// control plane.
@@ -39,8 +39,8 @@ pub enum StartError {
 pub type Server = JoinHandle<Result<(), crate::ServeError>>;
 
 /// Runs a service: `start` builds it from `common` and its own flags, and
-/// returns the server task.
-pub fn main<F, Fut>(common: CommonArgs, start: F) -> ExitCode
+/// returns the server task. `service` names its spans (`service.name`).
+pub fn main<F, Fut>(common: CommonArgs, service: &'static str, start: F) -> ExitCode
 where
     F: FnOnce(Started) -> Fut,
     Fut: Future<Output = Result<Server, StartError>>,
@@ -52,15 +52,20 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(common, start))
+    runtime.block_on(run(common, service, start))
 }
 
-async fn run<F, Fut>(common: CommonArgs, start: F) -> ExitCode
+async fn run<F, Fut>(common: CommonArgs, service: &'static str, start: F) -> ExitCode
 where
     F: FnOnce(Started) -> Fut,
     Fut: Future<Output = Result<Server, StartError>>,
 {
-    init_logging(common.log_format);
+    let _telemetry = crate::trace::init(
+        common.log_format,
+        common.telemetry.otlp_endpoint.as_ref(),
+        service,
+        crate::trace::Roots::Never,
+    );
     let xds_token = match common.xds_token() {
         Ok(token) => token,
         Err(e) => return failed(StartError::Config(e.to_string())),

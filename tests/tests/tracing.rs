@@ -1,12 +1,12 @@
 //! Traces through a real Envoy into a real OTLP receiver (issue 21): Envoy
-//! continues a sampled `traceparent` and hands the trace to the upstream;
-//! sampling 0 starts none; a collector that is down changes nothing for
-//! requests.
+//! continues a sampled `traceparent` and hands the trace to ext-authz,
+//! ratelimit-service and the upstream, whose spans join it; sampling 0
+//! starts none; a collector that is down changes nothing for requests.
 
 use std::time::{Duration, Instant};
 
 use gatehouse_e2e::{Stack, Upstream, client, otlp::OtlpReceiver, probe};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -130,19 +130,176 @@ async fn sampling_zero_starts_no_trace_and_a_full_rate_starts_one_per_request() 
     assert_eq!(traces.len(), 5, "one trace per request: {spans:#?}");
 }
 
+/// With the collector stopped, traced requests through Envoy and ext-authz
+/// are answered as before; the spans ext-authz could not export are counted.
 #[tokio::test]
 async fn a_collector_that_is_down_changes_nothing_for_requests() {
     let mut receiver = OtlpReceiver::start().await;
-    let (g, _upstream) = traced_stack(&receiver, "100").await;
+    let (g, key) = authenticated_stack(&receiver, false).await;
     receiver.stop();
-    let http = client();
     let started = Instant::now();
     for _ in 0..200 {
-        assert_eq!(probe(&http, &g.envoy.url("/down")).await.0, 200);
+        assert_eq!(sampled_order(&g, &key).await, 200);
     }
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(10),
         "200 requests took {took:?} with the collector down"
+    );
+    let dropped = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("gatehouse_ext_authz_trace_spans_dropped_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    gatehouse_e2e::eventually(Duration::from_secs(20), "dropped spans counted", || async {
+        dropped(&g.ext_authz().metrics().await) > 0
+    })
+    .await;
+}
+
+/// ext-authz (and ratelimit-service when `limited`) exporting to
+/// `receiver`, the `orders` route behind an API key; Envoy starts traces
+/// only for sampled parents. Returns alice's key.
+async fn authenticated_stack(receiver: &OtlpReceiver, limited: bool) -> (Stack, String) {
+    let endpoint = receiver.endpoint();
+    let (cp_endpoint, rl_endpoint) = (endpoint.clone(), endpoint.clone());
+    let mut builder = Stack::new()
+        .ext_authz(&[("GATEHOUSE_OTLP_ENDPOINT", endpoint.as_str())])
+        .orders()
+        .configure(move |o| {
+            o.args.extend([
+                "--otlp-endpoint".into(),
+                cp_endpoint,
+                "--trace-sampling-percent".into(),
+                "0".into(),
+            ]);
+        });
+    if limited {
+        builder = builder.ratelimit(&["--otlp-endpoint", rl_endpoint.as_str()]);
+    }
+    let g = builder.start().await;
+    g.cp.apply("/v1/consumers/alice", json!({})).await;
+    let created: Value =
+        g.cp.post("/v1/consumers/alice/keys", json!({}))
+            .await
+            .json()
+            .await
+            .expect("json");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let version =
+        g.cp.apply(
+            "/v1/routes/orders",
+            json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
+                   "auth": {"method": "api_key"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    (g, key)
+}
+
+/// GET /orders with `key` under the sampled trace `TRACE_ID`: the status.
+async fn sampled_order(g: &Stack, key: &str) -> u16 {
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    g.envoy
+        .send(
+            "/orders",
+            &[("x-api-key", key), ("traceparent", &traceparent)],
+        )
+        .await
+        .status
+}
+
+/// One request through API-key authentication and a rate limit: one trace
+/// holds Envoy's, ext-authz's and ratelimit-service's spans, each service's
+/// span under one of Envoy's, with the decision as attributes.
+#[tokio::test]
+async fn one_trace_holds_envoy_ext_authz_and_ratelimit_spans() {
+    let receiver = OtlpReceiver::start().await;
+    let (g, key) = authenticated_stack(&receiver, true).await;
+    let version =
+        g.cp.apply(
+            "/v1/rate-limit-policies/per-consumer",
+            json!({"limit": {"requests": 100, "per": "minute"}, "by": ["consumer"], "routes": ["orders"]}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    g.envoy
+        .until_answer("/orders", &[("x-api-key", &key)], 200)
+        .await;
+
+    assert_eq!(sampled_order(&g, &key).await, 200);
+    let spans = receiver
+        .wait_for(Duration::from_secs(15), |spans| {
+            let services: std::collections::BTreeSet<_> = spans
+                .iter()
+                .filter(|s| s.trace_id == TRACE_ID)
+                .map(|s| s.service.as_str())
+                .collect();
+            services.len() >= 3
+        })
+        .await;
+    let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    let of = |service: &str| {
+        trace
+            .iter()
+            .find(|s| s.service == service)
+            .unwrap_or_else(|| panic!("no {service} span in {trace:#?}"))
+    };
+    let envoy_ids: Vec<&str> = trace
+        .iter()
+        .filter(|s| s.service == "gatehouse-envoy")
+        .map(|s| s.span_id.as_str())
+        .collect();
+    let authz = of("gatehouse-ext-authz");
+    assert!(
+        envoy_ids.contains(&authz.parent_span_id.as_str()),
+        "{trace:#?}"
+    );
+    assert_eq!(
+        authz
+            .attributes
+            .get("gatehouse.auth.result")
+            .map(String::as_str),
+        Some("allow")
+    );
+    assert_eq!(
+        authz
+            .attributes
+            .get("gatehouse.auth.method")
+            .map(String::as_str),
+        Some("api_key")
+    );
+    assert_eq!(
+        authz
+            .attributes
+            .get("gatehouse.consumer")
+            .map(String::as_str),
+        Some("alice")
+    );
+    assert!(
+        !format!("{trace:?}").contains(&key),
+        "the API key never reaches a span"
+    );
+    let limit = of("gatehouse-ratelimit");
+    assert!(
+        envoy_ids.contains(&limit.parent_span_id.as_str()),
+        "{trace:#?}"
+    );
+    assert_eq!(
+        limit
+            .attributes
+            .get("gatehouse.ratelimit.result")
+            .map(String::as_str),
+        Some("ok")
+    );
+    assert!(
+        limit
+            .attributes
+            .get("gatehouse.ratelimit.policies")
+            .is_some_and(|p| p.contains("per-consumer")),
+        "{limit:#?}"
     );
 }
