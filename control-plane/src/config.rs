@@ -12,8 +12,8 @@ use crate::{
     sync::SyncSettings,
     telemetry::LogFormat,
     translate::{
-        ExtAuthzSettings, ProxySettings, RateLimitSettings, shedding::SheddingSettings,
-        tracing::TracingSettings,
+        ExtAuthzSettings, ProxySettings, RateLimitSettings, access_log::AccessLogFormat,
+        shedding::SheddingSettings, tracing::TracingSettings,
     },
 };
 
@@ -150,9 +150,14 @@ pub struct ProxyArgs {
     #[arg(long, env = "GATEHOUSE_PROXY_ADDR", default_value = "0.0.0.0:8000")]
     pub proxy_addr: SocketAddr,
 
-    /// File Envoy writes its access log to (one line per request, with response flags).
-    #[arg(long, env = "GATEHOUSE_ACCESS_LOG")]
-    pub access_log: Option<String>,
+    /// File Envoy writes its access log to, one line per request
+    /// (`/dev/stdout`: Envoy's standard output; `off`: none).
+    #[arg(long, env = "GATEHOUSE_ACCESS_LOG", default_value = "/dev/stdout")]
+    pub access_log: String,
+
+    /// Access log lines as JSON objects or as text.
+    #[arg(long, env = "GATEHOUSE_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormatArg::Json)]
+    pub access_log_format: AccessLogFormatArg,
 
     /// Where Envoy reaches ext-authz (gRPC), served to Envoy as a cluster.
     #[arg(
@@ -214,6 +219,13 @@ pub struct ProxyArgs {
     pub trace_sampling_percent: u32,
 }
 
+/// `--access-log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLogFormatArg {
+    Json,
+    Text,
+}
+
 impl Config {
     pub fn database_url(&self) -> DatabaseUrl {
         self.store
@@ -225,7 +237,12 @@ impl Config {
     pub fn proxy_settings(&self) -> ProxySettings {
         ProxySettings {
             listen: self.proxy.proxy_addr,
-            access_log_path: self.proxy.access_log.clone(),
+            access_log_path: (self.proxy.access_log != "off")
+                .then(|| self.proxy.access_log.clone()),
+            access_log_format: match self.proxy.access_log_format {
+                AccessLogFormatArg::Json => AccessLogFormat::Json,
+                AccessLogFormatArg::Text => AccessLogFormat::Text,
+            },
             ext_authz: ExtAuthzSettings {
                 address: self.proxy.ext_authz_addr,
                 timeout_ms: self.proxy.ext_authz_timeout_ms,

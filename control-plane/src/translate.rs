@@ -21,6 +21,7 @@ use std::{collections::BTreeSet, net::SocketAddr};
 
 use gatehouse_proto::{core, protobuf, to_any};
 
+pub mod access_log;
 pub mod actions;
 pub mod auth;
 pub mod balancing;
@@ -40,8 +41,7 @@ pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
 use gatehouse_proto::ratelimit as ratelimit_proto;
 pub use listener::{
-    ACCESS_LOG_FORMAT, HTTP_LISTENER, http_connection_manager, http_listener, listener_for,
-    tls_socket,
+    HTTP_LISTENER, http_connection_manager, http_listener, listener_for, tls_socket,
 };
 pub use ratelimit::RateLimitSettings;
 pub use route::{HTTP_ROUTES, RouteContext, envoy_route, route_configuration};
@@ -76,6 +76,7 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Where Envoy writes its access log (one line per request), if anywhere.
     pub access_log_path: Option<String>,
+    pub access_log_format: access_log::AccessLogFormat,
     pub ext_authz: ExtAuthzSettings,
     pub ratelimit: RateLimitSettings,
     /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted
@@ -92,6 +93,7 @@ impl Default for ProxySettings {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             access_log_path: None,
+            access_log_format: access_log::AccessLogFormat::Json,
             ext_authz: ExtAuthzSettings::default(),
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,

@@ -109,8 +109,10 @@ impl ControlPlane {
         if let Some(url) = &options.database_url {
             args.push(format!("--database-url={url}"));
         }
-        if let Some(log) = &options.access_log {
-            args.push(format!("--access-log={}", log.display()));
+        // Off unless a test reads it: Envoy's output stays about Envoy.
+        match &options.access_log {
+            Some(log) => args.push(format!("--access-log={}", log.display())),
+            None => args.push("--access-log=off".into()),
         }
         if let Some(token) = &options.admin_token {
             args.push(format!("--admin-token={token}"));
@@ -177,6 +179,35 @@ impl ControlPlane {
 
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// Creates `consumer` (no plan) and an API key for it: the key.
+    pub async fn consumer_key(&self, consumer: &str) -> String {
+        self.apply(&format!("/v1/consumers/{consumer}"), serde_json::json!({}))
+            .await;
+        let created: Value = self
+            .post(
+                &format!("/v1/consumers/{consumer}/keys"),
+                serde_json::json!({}),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        created["key"].as_str().expect("key").to_owned()
+    }
+
+    /// Route `name` for `prefix` to `service` behind API keys, served by
+    /// every node.
+    pub async fn api_key_route(&self, name: &str, prefix: &str, service: &str) {
+        let version = self
+            .apply(
+                &format!("/v1/routes/{name}"),
+                serde_json::json!({"match": {"path_prefix": prefix},
+                    "destination": {"service": service}, "auth": {"method": "api_key"}}),
+            )
+            .await;
+        self.until_converged(version).await;
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {

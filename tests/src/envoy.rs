@@ -49,8 +49,8 @@ pub struct Envoy {
     pub admin: SocketAddr,
     pub proxy_port: u16,
     pub node_id: String,
-    log: PathBuf,
-    access_log: Option<PathBuf>,
+    pub log: PathBuf,
+    pub access_log: Option<PathBuf>,
 }
 
 impl Envoy {

@@ -17,7 +17,7 @@ pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.s
 pub struct Sidecar {
     child: Child,
     pub addr: SocketAddr,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 /// ext-authz is a [`Sidecar`] started with [`Sidecar::start`].

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_e2e::{Stack, Upstream, client, otlp::OtlpReceiver, probe};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -181,22 +181,8 @@ async fn authenticated_stack(receiver: &OtlpReceiver, limited: bool) -> (Stack, 
         builder = builder.ratelimit(&["--otlp-endpoint", rl_endpoint.as_str()]);
     }
     let g = builder.start().await;
-    g.cp.apply("/v1/consumers/alice", json!({})).await;
-    let created: Value =
-        g.cp.post("/v1/consumers/alice/keys", json!({}))
-            .await
-            .json()
-            .await
-            .expect("json");
-    let key = created["key"].as_str().expect("key").to_owned();
-    let version =
-        g.cp.apply(
-            "/v1/routes/orders",
-            json!({"match": {"path_prefix": "/orders"}, "destination": {"service": "orders"},
-                   "auth": {"method": "api_key"}}),
-        )
-        .await;
-    g.cp.until_converged(version).await;
+    let key = g.cp.consumer_key("alice").await;
+    g.cp.api_key_route("orders", "/orders", "orders").await;
     (g, key)
 }
 

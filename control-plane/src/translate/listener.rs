@@ -1,11 +1,11 @@
 //! The listeners: the default HTTP listener and the connection manager every
 //! listener runs (filters, access log, routes over RDS), TLS sockets.
 
-use gatehouse_proto::{accesslog, core, file_access_log, hcm, listener, protobuf, router, to_any};
+use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
-    HTTP_ROUTES, ProxySettings, actions, ads, auth, cors, jwt, ratelimit, resilience, shedding,
-    socket_address, tracing,
+    HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, ratelimit, resilience,
+    shedding, socket_address, tracing,
 };
 
 /// Name of the default listener.
@@ -73,7 +73,7 @@ pub fn http_connection_manager(
         access_log: proxy
             .access_log_path
             .iter()
-            .map(|p| access_log(p))
+            .map(|p| access_log::access_log(p, proxy.access_log_format))
             .collect(),
         ..Default::default()
     }
@@ -106,33 +106,6 @@ pub fn listener_for(
             transport_socket,
             ..Default::default()
         }],
-        ..Default::default()
-    }
-}
-
-/// One line per request; the response flags say why Envoy failed a request.
-pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% route=%ROUTE_NAME% upstream=%UPSTREAM_CLUSTER% %DURATION%ms\n";
-
-fn access_log(path: &str) -> accesslog::AccessLog {
-    use core::{data_source::Specifier, substitution_format_string::Format};
-    use file_access_log::file_access_log::AccessLogFormat;
-
-    let format = core::SubstitutionFormatString {
-        format: Some(Format::TextFormatSource(core::DataSource {
-            specifier: Some(Specifier::InlineString(ACCESS_LOG_FORMAT.into())),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let file = file_access_log::FileAccessLog {
-        path: path.to_owned(),
-        access_log_format: Some(AccessLogFormat::LogFormat(format)),
-    };
-    accesslog::AccessLog {
-        name: "envoy.access_loggers.file".into(),
-        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(to_any(
-            &file,
-        ))),
         ..Default::default()
     }
 }
