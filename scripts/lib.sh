@@ -48,6 +48,9 @@ ensure_test_tools() {
   command -v openssl >/dev/null || apt_install openssl
   # The clock-skew test shifts ratelimit-service's clock with libfaketime.
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
+  # The shipped alert rules are checked with promtool and run in a real
+  # Prometheus scraping a real stack.
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
 }
 
 ensure_rust() {

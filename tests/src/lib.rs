@@ -17,6 +17,7 @@ pub mod load;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod sidecar;
 pub mod stack;

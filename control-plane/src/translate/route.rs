@@ -180,6 +180,9 @@ pub fn envoy_route(r: &Route) -> route::Route {
     };
     route::Route {
         name: r.name.clone(),
+        // Per-route stats (`vhost.*.route.<name>.*`) that dashboards join
+        // with the Gatehouse route of the same name.
+        stat_prefix: r.name.clone(),
         r#match: Some(route::RouteMatch {
             path_specifier: Some(path),
             headers,

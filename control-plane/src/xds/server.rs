@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     guard::{Claim, mismatch},
     rollout::Rollout,
+    snapshot::ResourceType,
     status::NodeRegistry,
     stream::{Push, Request, RequestOutcome, StreamState, Variant},
 };
@@ -43,6 +44,20 @@ impl XdsServer {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
+        // Every type's series exists from the start (at 0), so rates and
+        // alerts on them have data before the first NACK.
+        for kind in ResourceType::ALL {
+            let label = TypeLabel {
+                r#type: kind.label(),
+            };
+            for family in [
+                &metrics.xds_responses,
+                &metrics.xds_acks,
+                &metrics.xds_nacks,
+            ] {
+                let _ = family.get_or_create(&label);
+            }
+        }
         Self {
             rollout,
             registry,
