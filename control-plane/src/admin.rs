@@ -282,6 +282,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
+#[tracing::instrument(name = "admin.create", skip_all, fields(kind = R::KIND.plural()))]
 async fn create<R: Resource>(
     State(state): State<AdminState>,
     body: Bytes,
@@ -297,6 +298,7 @@ async fn create<R: Resource>(
     ))
 }
 
+#[tracing::instrument(name = "admin.replace", skip_all, fields(kind = R::KIND.plural(), name = %name))]
 async fn replace<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -315,6 +317,7 @@ async fn replace<R: Resource>(
     Ok(written_response(status, written, None, resource))
 }
 
+#[tracing::instrument(name = "admin.delete", skip_all, fields(kind = R::KIND.plural(), name = %name))]
 async fn delete<R: Resource>(
     State(state): State<AdminState>,
     Path(name): Path<String>,

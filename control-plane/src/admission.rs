@@ -61,18 +61,26 @@ impl Admission for Gate {
         &'a self,
         state: &'a ConfigState,
     ) -> BoxFuture<'a, Result<Option<Prepared>, AdmissionError>> {
-        Box::pin(async move {
-            let snapshot = translate::snapshot(state, &self.proxy, now_ms()).map_err(|e| {
-                AdmissionError::Refused(vec![FieldError::new(
-                    "config",
-                    format!("does not translate into a consistent Envoy configuration: {e}"),
-                )])
-            })?;
-            if let Some(envoy) = &self.envoy {
-                envoy.validate(&snapshot).await?;
-            }
-            Ok(Some(Arc::new(snapshot) as Prepared))
-        })
+        let span = tracing::info_span!("admission");
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let snapshot = tracing::info_span!("translate")
+                    .in_scope(|| translate::snapshot(state, &self.proxy, now_ms()))
+                    .map_err(|e| {
+                        AdmissionError::Refused(vec![FieldError::new(
+                            "config",
+                            format!(
+                                "does not translate into a consistent Envoy configuration: {e}"
+                            ),
+                        )])
+                    })?;
+                if let Some(envoy) = &self.envoy {
+                    envoy.validate(&snapshot).await?;
+                }
+                Ok(Some(Arc::new(snapshot) as Prepared))
+            },
+            span,
+        ))
     }
 }
 
@@ -93,6 +101,7 @@ impl EnvoyValidator {
         }
     }
 
+    #[tracing::instrument(name = "envoy.validate", skip_all)]
     pub async fn validate(&self, snapshot: &Snapshot) -> Result<(), AdmissionError> {
         let rendered = static_bootstrap(snapshot)
             .map_err(|e| AdmissionError::Unavailable(format!("cannot render for Envoy: {e}")))?

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub xds_nacks: Family<TypeLabel, Counter>,
     pub snapshot_builds: Family<ResultLabel, Counter>,
     pub snapshot_build_seconds: Histogram,
+    /// From the control plane serving a version to a node acknowledging
+    /// it, by type: how long a change takes to reach the fleet.
+    pub xds_ack_delay_seconds: Family<TypeLabel, Histogram, fn() -> Histogram>,
     pub snapshot_version: Gauge,
     pub store_errors: Family<ResultLabel, Counter>,
     pub admin_requests: Family<HttpLabels, Counter>,
@@ -85,6 +88,13 @@ impl Default for Metrics {
             "Snapshot builds, by result",
             snapshot_builds.clone(),
         );
+        let xds_ack_delay_seconds: Family<TypeLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        registry.register(
+            "xds_ack_delay_seconds",
+            "From serving a config version to a node's ACK of it, by type",
+            xds_ack_delay_seconds.clone(),
+        );
         let snapshot_build_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "snapshot_build_seconds",
@@ -118,6 +128,7 @@ impl Default for Metrics {
             xds_nacks,
             snapshot_builds,
             snapshot_build_seconds,
+            xds_ack_delay_seconds,
             snapshot_version,
             store_errors,
             admin_requests,

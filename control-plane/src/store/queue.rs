@@ -28,6 +28,8 @@ use std::{
 use futures_core::future::BoxFuture;
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
+use tracing::Instrument;
+
 use super::{
     AdmissionError, Origin, Store, StoreError,
     edits::{Edit, Effect, apply_edit},
@@ -46,6 +48,8 @@ struct Pending {
     edit: Edit,
     origin: Origin,
     reply: oneshot::Sender<Answer>,
+    /// The writer's span: the group's span links to it.
+    span: tracing::Span,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,7 @@ impl Store {
                 edit,
                 origin: self.origin.clone(),
                 reply,
+                span: tracing::Span::current(),
             });
         }
         loop {
@@ -147,12 +152,19 @@ impl Store {
             };
             let group = self.writes.take_group();
             let store = self.clone();
+            let span = tracing::info_span!("store.group_commit", writes = group.len());
+            for pending in &group {
+                span.follows_from(&pending.span);
+            }
             // Its own task: this writer's client going away must not
             // abort a group that holds the others' edits.
-            let _ = tokio::spawn(async move {
-                store.commit_group(group).await;
-                drop(turn);
-            })
+            let _ = tokio::spawn(
+                async move {
+                    store.commit_group(group).await;
+                    drop(turn);
+                }
+                .instrument(span),
+            )
             .await;
         }
     }

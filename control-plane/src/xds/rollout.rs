@@ -17,6 +17,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
+    time::Instant,
 };
 
 use serde::Serialize;
@@ -38,6 +39,8 @@ pub trait RefusalLog: Send + Sync + 'static {
 const FALLBACKS: usize = 4;
 /// Rejections listed in status (the suspect set itself is not trimmed).
 const REJECTIONS_SHOWN: usize = 20;
+/// Versions whose offer time is kept: enough for every node to catch up.
+const OFFERS_KEPT: usize = 64;
 
 /// One NACK, as status shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,6 +76,8 @@ struct State {
     /// (type, name, content version) of every resource a node refused.
     suspects: BTreeSet<(ResourceType, String, String)>,
     rejections: VecDeque<Rejection>,
+    /// When each recent version was first offered (for ACK delays).
+    offered: VecDeque<(u64, Instant)>,
 }
 
 impl State {
@@ -246,6 +251,12 @@ impl Rollout {
     pub fn offer(&self, snapshot: Arc<Snapshot>) {
         let serve = self.with(|s| {
             s.latest = Some(snapshot.clone());
+            if !s.offered.iter().any(|(v, _)| *v == snapshot.version) {
+                s.offered.push_back((snapshot.version, Instant::now()));
+                if s.offered.len() > OFFERS_KEPT {
+                    s.offered.pop_front();
+                }
+            }
             if s.current().is_some_and(|c| c.version == snapshot.version) {
                 return None;
             }
@@ -263,6 +274,16 @@ impl Rollout {
         if let Some(snapshot) = serve {
             self.served.send_replace(Some(snapshot));
         }
+    }
+
+    /// When `version` was first offered, if it is recent.
+    pub fn offered_at(&self, version: u64) -> Option<Instant> {
+        self.with(|s| {
+            s.offered
+                .iter()
+                .find(|(v, _)| *v == version)
+                .map(|(_, at)| *at)
+        })
     }
 
     /// A node refused `suspects` of `kind` in the response carrying `version`.

@@ -284,7 +284,19 @@ impl StreamTask {
                         let outcome = state.on_request(&W::decode(&request));
                         self.observe(&node, &outcome);
                         if let Some(handle) = &handle {
-                            handle.record(&outcome);
+                            let delay = handle.record(&outcome, |version| {
+                                self.rollout.offered_at(version.parse().ok()?)
+                            });
+                            if let (Some(delay), RequestOutcome::Ack { kind, .. }) =
+                                (delay, &outcome)
+                            {
+                                self.metrics
+                                    .xds_ack_delay_seconds
+                                    .get_or_create(&TypeLabel {
+                                        r#type: kind.label(),
+                                    })
+                                    .observe(delay.as_secs_f64());
+                            }
                         }
                     }
                     Ok(None) => break,

@@ -34,6 +34,9 @@ pub struct NodeStatus {
 pub struct TypeStatus {
     /// The newest config version the node acknowledged for this type.
     pub acked_version: Option<String>,
+    /// From the control plane serving that version to this node's ACK.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_delay_ms: Option<u64>,
     pub nacks: u64,
     pub last_nack: Option<Nack>,
 }
@@ -101,6 +104,7 @@ impl NodeRegistry {
         StreamHandle {
             registry: self.clone(),
             key,
+            connected: std::time::Instant::now(),
         }
     }
 
@@ -127,24 +131,40 @@ impl NodeRegistry {
 pub struct StreamHandle {
     registry: NodeRegistry,
     key: u64,
+    connected: std::time::Instant,
 }
 
 impl StreamHandle {
-    pub fn record(&self, outcome: &RequestOutcome) {
+    /// Records an ACK or NACK. For an ACK of a version this stream had not
+    /// acknowledged yet for that type, `offered_at` (when the control plane
+    /// began serving it) gives the delay, kept and returned; versions
+    /// offered before the stream connected give none.
+    pub fn record(
+        &self,
+        outcome: &RequestOutcome,
+        offered_at: impl FnOnce(&str) -> Option<std::time::Instant>,
+    ) -> Option<std::time::Duration> {
         let kind = match outcome {
             RequestOutcome::Ack { kind, .. } | RequestOutcome::Nack { kind, .. } => *kind,
-            _ => return,
+            _ => return None,
         };
         self.registry.with(|r| {
-            let Some(t) = r
+            let t = r
                 .streams
                 .get_mut(&self.key)
-                .map(|s| s.types.entry(kind.label()).or_default())
-            else {
-                return;
-            };
+                .map(|s| s.types.entry(kind.label()).or_default())?;
             match outcome {
-                RequestOutcome::Ack { version, .. } => t.acked_version = Some(version.clone()),
+                RequestOutcome::Ack { version, .. } => {
+                    if t.acked_version.as_ref() == Some(version) {
+                        return None;
+                    }
+                    t.acked_version = Some(version.clone());
+                    let delay = offered_at(version)
+                        .filter(|at| *at >= self.connected)
+                        .map(|at| at.elapsed());
+                    t.ack_delay_ms = delay.map(|d| d.as_millis() as u64);
+                    delay
+                }
                 RequestOutcome::Nack { version, error, .. } => {
                     t.nacks += 1;
                     t.last_nack = Some(Nack {
@@ -152,10 +172,11 @@ impl StreamHandle {
                         error_detail: error.clone(),
                         at_ms: now_ms(),
                     });
+                    None
                 }
-                _ => {}
+                _ => None,
             }
-        });
+        })
     }
 }
 
