@@ -9,4 +9,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/gatehouse-control-plane /src/target/release/gatehouse-ext-authz /src/target/release/gatehouse-ratelimit /usr/local/bin/
 USER nobody
 ENV GATEHOUSE_DATA_DIR=/tmp/gatehouse
+# JSON logs inside containers (every binary reads it).
+ENV GATEHOUSE_LOG_FORMAT=json
 ENTRYPOINT ["gatehouse-control-plane"]

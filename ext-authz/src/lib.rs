@@ -48,6 +48,8 @@ pub struct Settings {
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     /// How often API key use is reported to the control plane.
     pub usage_report_interval: Duration,
+    /// How often repeated authentication failures are summarised.
+    pub event_summary: Duration,
 }
 
 /// Why a JWKS or introspection call failed; never carries the URL.
@@ -182,7 +184,12 @@ pub async fn serve(
         state.clone(),
         stop.clone(),
     ));
-    let routes = server::routes(AuthzService { state, metrics });
+    let events = gatehouse_service_kit::events::Events::new("auth_failure", settings.event_summary);
+    let routes = server::routes(AuthzService {
+        state,
+        metrics,
+        events: Some(events),
+    });
     gatehouse_service_kit::serve_watched(
         listener,
         routes,

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                 node_id: started.node_id,
                 xds_token: started.xds_token,
                 usage_report_interval: interval,
+                event_summary: started.event_summary,
             };
             let shutdown = started.stop.cancelled_owned();
             Ok(tokio::spawn(gatehouse_ext_authz::serve(

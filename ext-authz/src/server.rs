@@ -19,6 +19,7 @@ use gatehouse_proto::{
     protobuf::{Struct, Value, value::Kind},
     rpc,
 };
+use gatehouse_service_kit::events::{EventKey, Events};
 use tracing::Instrument;
 
 use crate::{
@@ -34,6 +35,8 @@ pub type SharedState = Arc<ArcSwapOption<AuthState>>;
 pub struct AuthzService {
     pub state: SharedState,
     pub metrics: Metrics,
+    /// Authentication failures as summarised events.
+    pub events: Option<Events>,
 }
 
 #[tonic::async_trait]
@@ -59,7 +62,7 @@ impl Authorization for AuthzService {
             return Err(tonic::Status::unavailable("no configuration received yet"));
         };
         let check = request.into_inner();
-        let response = check_response(&state, &check, &self.metrics)
+        let response = respond(&state, &check, &self.metrics, self.events.as_ref())
             .instrument(span)
             .await;
         self.metrics
@@ -75,6 +78,16 @@ pub async fn check_response(
     check: &CheckRequest,
     metrics: &Metrics,
 ) -> CheckResponse {
+    respond(state, check, metrics, None).await
+}
+
+/// [`check_response`], recording a refusal in `events`.
+async fn respond(
+    state: &AuthState,
+    check: &CheckRequest,
+    metrics: &Metrics,
+    events: Option<&Events>,
+) -> CheckResponse {
     static EMPTY: std::sync::LazyLock<HashMap<String, String>> =
         std::sync::LazyLock::new(HashMap::new);
     let attributes = check.attributes.as_ref();
@@ -88,6 +101,33 @@ pub async fn check_response(
     };
     let decision = decide(state, &view).await;
     record(&view, &decision);
+    if let (Some(events), Decision::Deny(deny)) = (events, &decision) {
+        let client_ip = attributes
+            .and_then(|a| a.source.as_ref())
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(gatehouse_proto::core::address::Address::SocketAddress(s)) => {
+                    Some(s.address.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        events.record(
+            EventKey {
+                route: view
+                    .context
+                    .get(gatehouse_proto::auth::context::ROUTE)
+                    .cloned()
+                    .unwrap_or_default(),
+                reason: deny.code.to_owned(),
+                consumer: String::new(),
+                client_ip,
+            },
+            view.headers
+                .get("traceparent")
+                .and_then(|t| gatehouse_service_kit::events::trace_id(t)),
+        );
+    }
     match &decision {
         Decision::Allow(allow) => metrics.allowed(allow.method as usize),
         Decision::Deny(deny) => {

@@ -42,6 +42,8 @@ pub struct Settings {
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     pub counters: Counters,
+    /// How often repeated rate-limit hits are summarised.
+    pub event_summary: std::time::Duration,
 }
 
 /// Turns ADS responses into the rules in force: exactly one
@@ -107,6 +109,10 @@ pub async fn serve(
         rules,
         store,
         metrics,
+        events: Some(gatehouse_service_kit::events::Events::new(
+            "rate_limited",
+            settings.event_summary,
+        )),
     });
     let mut tasks = vec![
         ("the xDS subscription", xds),

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
                 node_id: started.node_id,
                 xds_token: started.xds_token,
                 counters,
+                event_summary: started.event_summary,
             };
             let shutdown = started.stop.cancelled_owned();
             let server = gatehouse_ratelimit_service::serve(started.listener, settings, shutdown);

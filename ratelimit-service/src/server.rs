@@ -18,8 +18,8 @@ use gatehouse_proto::{
         rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
     },
 };
+use gatehouse_service_kit::events::{EventKey, Events};
 use tracing::Instrument;
-use tracing::info;
 
 use crate::{
     algorithm::Outcome,
@@ -35,6 +35,8 @@ pub struct LimitService {
     pub rules: SharedRules,
     pub store: Arc<Counters>,
     pub metrics: Metrics,
+    /// Rate-limit hits as summarised events.
+    pub events: Option<Events>,
 }
 
 #[tonic::async_trait]
@@ -58,8 +60,18 @@ impl RateLimitService for LimitService {
         let Some(rules) = self.rules.load_full() else {
             return Err(tonic::Status::unavailable("no configuration received yet"));
         };
+        let trace_id = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|t| t.to_str().ok())
+            .and_then(gatehouse_service_kit::events::trace_id)
+            .map(str::to_owned);
         let request = request.into_inner();
-        let response = decide(&rules, &self.store, &request, &self.metrics)
+        let hits = self.events.as_ref().map(|events| Hits {
+            events,
+            trace_id: trace_id.as_deref(),
+        });
+        let response = decide_with(&rules, &self.store, &request, &self.metrics, hits)
             .instrument(span)
             .await?;
         self.metrics
@@ -75,6 +87,49 @@ pub async fn decide(
     store: &Counters,
     request: &RateLimitRequest,
     metrics: &Metrics,
+) -> Result<RateLimitResponse, tonic::Status> {
+    decide_with(rules, store, request, metrics, None).await
+}
+
+/// Where a decision's hits are recorded.
+struct Hits<'a> {
+    events: &'a Events,
+    trace_id: Option<&'a str>,
+}
+
+impl Hits<'_> {
+    fn record(&self, origin: &Origin, shadow: bool) {
+        let entry = |key: &str| {
+            origin
+                .entries
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        use gatehouse_proto::ratelimit::descriptor as d;
+        self.events.record(
+            EventKey {
+                route: entry(d::ROUTE),
+                reason: if shadow {
+                    format!("{} (shadow)", origin.label)
+                } else {
+                    origin.label.clone()
+                },
+                consumer: entry(d::CONSUMER),
+                client_ip: entry(d::CLIENT_IP),
+            },
+            self.trace_id,
+        );
+    }
+}
+
+async fn decide_with(
+    rules: &Rules,
+    store: &Counters,
+    request: &RateLimitRequest,
+    metrics: &Metrics,
+    hits: Option<Hits<'_>>,
 ) -> Result<RateLimitResponse, tonic::Status> {
     let counted = rules.items(&request.descriptors, request.hits_addend);
     let ok = || DescriptorStatus {
@@ -121,14 +176,10 @@ pub async fn decide(
                 limit: origin.label.clone(),
             })
             .inc();
-        if !outcome.allowed {
-            info!(
-                target: "gatehouse::ratelimit_hits",
-                limit = %origin.label,
-                shadow = item.shadow,
-                entries = ?origin.entries,
-                "rate limit reached"
-            );
+        if !outcome.allowed
+            && let Some(hits) = &hits
+        {
+            hits.record(origin, item.shadow);
         }
         // The most restrictive counter speaks for its descriptor.
         let status = &mut statuses[origin.descriptor];

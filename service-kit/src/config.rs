@@ -52,6 +52,12 @@ pub struct CommonArgs {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_MS", default_value_t = 2000)]
     pub shutdown_grace_ms: u64,
 
+    /// Security events (auth failures, rate-limit hits): after the first of
+    /// a kind, the rest are summarised once per this interval.
+    #[arg(long, env = "GATEHOUSE_EVENT_SUMMARY_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub event_summary_ms: u64,
+
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod otlp;
 pub mod run;

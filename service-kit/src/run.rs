@@ -22,6 +22,8 @@ pub struct Started {
     /// Cancelled when the service should stop taking requests
     /// (`stop.cancelled_owned()` is the server's shutdown future).
     pub stop: CancellationToken,
+    /// How often repeated security events are summarised.
+    pub event_summary: Duration,
 }
 
 /// Why a service did not start.
@@ -87,6 +89,7 @@ where
         node_id: common.node_id.clone(),
         xds_token,
         stop: stop.clone(),
+        event_summary: Duration::from_millis(common.event_summary_ms),
     };
     let server = match start(started).await {
         Ok(server) => server,

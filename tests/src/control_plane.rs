@@ -210,6 +210,19 @@ impl ControlPlane {
         self.until_converged(version).await;
     }
 
+    /// Policy `per-consumer`: `per_minute` requests per consumer on
+    /// `route`, served by every node.
+    pub async fn per_consumer_limit(&self, per_minute: u32, route: &str) {
+        let version = self
+            .apply(
+                "/v1/rate-limit-policies/per-consumer",
+                serde_json::json!({"limit": {"requests": per_minute, "per": "minute"},
+                    "by": ["consumer"], "routes": [route]}),
+            )
+            .await;
+        self.until_converged(version).await;
+    }
+
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.send(self.http.delete(self.url(path))).await
     }

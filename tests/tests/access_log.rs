@@ -1,6 +1,7 @@
-//! Envoy's JSON access log from a real run (issue 21): one object per
-//! request with the fields operators search by, and no credential from the
-//! run in it or in any service's log.
+//! Envoy's JSON access log and the security event logs from a real run
+//! (issue 21): one object per request with the fields operators search by;
+//! auth failures and rate-limit hits as events, the first of a kind at once
+//! and the rest summarised; no credential from the run in any log.
 
 use std::time::Duration;
 
@@ -18,13 +19,18 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 #[tokio::test]
 async fn every_request_is_one_json_line_and_no_secret_is_logged() {
     let g = Stack::new()
-        .ext_authz(&[])
+        .ext_authz(&[
+            ("GATEHOUSE_LOG_FORMAT", "json"),
+            ("GATEHOUSE_EVENT_SUMMARY_MS", "1000"),
+        ])
+        .ratelimit(&["--log-format", "json", "--event-summary-ms", "1000"])
         .orders()
         .access_log()
         .start()
         .await;
     let key = g.cp.consumer_key("alice").await;
     g.cp.api_key_route("orders", "/orders", "orders").await;
+    g.cp.per_consumer_limit(3, "orders").await;
     g.envoy
         .until_answer("/orders", &[("x-api-key", &key)], 200)
         .await;
@@ -40,6 +46,15 @@ async fn every_request_is_one_json_line_and_no_secret_is_logged() {
     for (path, headers, status) in &sent {
         let answer = g.envoy.send(path, headers).await;
         assert_eq!(answer.status, *status, "{path}");
+    }
+    // An attack: the same bad key twenty times, and alice over her limit.
+    for _ in 0..20 {
+        g.envoy
+            .send("/orders/5", &[("x-api-key", "gh_wrong_key_value")])
+            .await;
+    }
+    for _ in 0..5 {
+        g.envoy.send("/orders/6", &[("x-api-key", &key)]).await;
     }
     let log = g.envoy.access_log.clone().expect("an access log");
     // Envoy writes its buffer every 10 s (or when 64 KiB fill up).
@@ -110,12 +125,30 @@ async fn every_request_is_one_json_line_and_no_secret_is_logged() {
     assert_eq!(refused["status"], json!(401));
     assert_eq!(refused["response_flags"], json!("UAEX"), "{refused}");
 
+    // 21 failures with a bad key: the first at once, then a summary whose
+    // count covers its interval (all of them, unless they straddled two).
+    let failures = events(&g.ext_authz().log, "auth_failure", "invalid_credentials").await;
+    let first = &failures[0];
+    assert_eq!(first["route"], json!("orders"), "{first}");
+    assert_eq!(first["client_ip"], json!("127.0.0.1"), "{first}");
+    assert!(first["trace_id"].is_string(), "{first}");
+    let summarised: u64 = failures.iter().filter_map(|e| e["count"].as_u64()).sum();
+    assert!((20..=21).contains(&summarised), "{failures:#?}");
+    assert!(
+        failures.len() <= 6,
+        "summarised, not one line each: {failures:#?}"
+    );
+    // Alice over her limit: rate_limited events naming the policy.
+    let hits = events(&g.limiter().log, "rate_limited", "policy:per-consumer").await;
+    assert_eq!(hits[0]["consumer"], json!("alice"), "{hits:#?}");
+
     // No credential of the run in any log file.
     let files = [
         log.clone(),
         g.envoy.log.clone(),
         g.cp.log.clone(),
         g.ext_authz().log.clone(),
+        g.limiter().log.clone(),
     ];
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -123,4 +156,24 @@ async fn every_request_is_one_json_line_and_no_secret_is_logged() {
             assert!(!text.contains(secret), "{} holds a secret", file.display());
         }
     }
+}
+
+/// The `event` lines with `reason` of a service's JSON log (their fields),
+/// once a summary has been written.
+async fn events(log: &std::path::Path, event: &str, reason: &str) -> Vec<Value> {
+    let read = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["target"] == json!("gatehouse::events"))
+            .map(|l| l["fields"].clone())
+            .filter(|f| f["event"] == json!(event) && f["reason"] == json!(reason))
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(10), "a summary line", || async {
+        read().iter().any(|f| f["count"].is_u64())
+    })
+    .await;
+    read()
 }

@@ -63,13 +63,7 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_running_stack() {
     .await;
     let key = g.cp.consumer_key("alice").await;
     g.cp.api_key_route("orders", "/orders", "orders").await;
-    let version =
-        g.cp.apply(
-            "/v1/rate-limit-policies/per-consumer",
-            json!({"limit": {"requests": 3, "per": "minute"}, "by": ["consumer"], "routes": ["orders"]}),
-        )
-        .await;
-    g.cp.until_converged(version).await;
+    g.cp.per_consumer_limit(3, "orders").await;
     g.envoy
         .until_answer("/orders", &[("x-api-key", &key)], 200)
         .await;

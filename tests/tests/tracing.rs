@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::{Stack, Upstream, client, otlp::OtlpReceiver, probe};
+use gatehouse_e2e::{
+    Stack, Upstream, client,
+    otlp::{OtlpReceiver, ReceivedSpan},
+    probe,
+};
 use serde_json::json;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -113,7 +117,18 @@ async fn sampling_zero_starts_no_trace_and_a_full_rate_starts_one_per_request() 
     assert_eq!(unsampled.status(), 200);
     // Envoy flushes every 5 s: wait past one flush.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+    let envoy = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.service == "gatehouse-envoy")
+            .cloned()
+            .collect()
+    };
+    assert!(
+        envoy(&receiver.spans()).is_empty(),
+        "{:#?}",
+        receiver.spans()
+    );
 
     let full = OtlpReceiver::start().await;
     let (g, _upstream) = traced_stack(&full, "100").await;
@@ -122,11 +137,13 @@ async fn sampling_zero_starts_no_trace_and_a_full_rate_starts_one_per_request() 
     }
     let spans = full
         .wait_for(Duration::from_secs(15), |spans| {
-            let traces: std::collections::BTreeSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+            let traces: std::collections::BTreeSet<_> =
+                envoy(spans).into_iter().map(|s| s.trace_id).collect();
             traces.len() >= 5
         })
         .await;
-    let traces: std::collections::BTreeSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+    let traces: std::collections::BTreeSet<_> =
+        envoy(&spans).into_iter().map(|s| s.trace_id).collect();
     assert_eq!(traces.len(), 5, "one trace per request: {spans:#?}");
 }
 
@@ -205,13 +222,7 @@ async fn sampled_order(g: &Stack, key: &str) -> u16 {
 async fn one_trace_holds_envoy_ext_authz_and_ratelimit_spans() {
     let receiver = OtlpReceiver::start().await;
     let (g, key) = authenticated_stack(&receiver, true).await;
-    let version =
-        g.cp.apply(
-            "/v1/rate-limit-policies/per-consumer",
-            json!({"limit": {"requests": 100, "per": "minute"}, "by": ["consumer"], "routes": ["orders"]}),
-        )
-        .await;
-    g.cp.until_converged(version).await;
+    g.cp.per_consumer_limit(100, "orders").await;
     g.envoy
         .until_answer("/orders", &[("x-api-key", &key)], 200)
         .await;
