@@ -83,6 +83,12 @@ DEMO_KEY="$(curl -fsS -X POST "http://$ADMIN/v1/consumers/demo/keys" -d '{}' |
 wait_for "http://127.0.0.1:9901/ready" "Envoy"
 wait_for "http://127.0.0.1:$PROXY_PORT/demo/" "the demo route"
 
+if [ -n "${GATEHOUSE_OTLP_ENDPOINT:-}" ]; then
+  TRACES="to $GATEHOUSE_OTLP_ENDPOINT (OTLP/gRPC), ${GATEHOUSE_TRACE_SAMPLING_PERCENT:-1} % of requests and every sampled traceparent"
+else
+  TRACES="off: GATEHOUSE_OTLP_ENDPOINT=host:4317 scripts/run.sh sends them to a collector"
+fi
+
 cat <<MSG
 
 Gatehouse is running (Ctrl-C stops it):
@@ -91,6 +97,13 @@ Gatehouse is running (Ctrl-C stops it):
   ratelimit  127.0.0.1:18002            (metrics on http://127.0.0.1:18002/metrics)
   admin API  http://$ADMIN/v1/routes
   data       $DATA_DIR (SQLite, xDS token, access log, Envoy log)
+
+Observability:
+  metrics    http://$ADMIN/metrics, http://127.0.0.1:18001/metrics, http://127.0.0.1:18002/metrics,
+             http://127.0.0.1:9901/stats/prometheus (Envoy); rules and dashboard: deploy/prometheus, deploy/grafana
+  logs       $DATA_DIR/access.log (Envoy, one JSON object per request, written every 10 s);
+             the services log here (auth failures and rate-limit hits: target gatehouse::events)
+  traces     $TRACES
 
 Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello

@@ -9,6 +9,8 @@
 //!   no-op ext_authz server and Envoy's own `jwt_authn` (see [`auth`]).
 //! - `ratelimit`: in-process decisions per second (see [`ratelimit`]).
 //! - `writes`: sustained admin writes per second (see [`writes`]).
+//! - `observability`: what tracing and the JSON access log cost on the
+//!   hot path (see [`observability`]).
 //! - `resilience`: the hot-path cost of resilience, and how fast a failing
 //!   endpoint is ejected (see [`resilience`]).
 //!
@@ -17,6 +19,7 @@
 
 mod auth;
 mod load;
+mod observability;
 mod ratelimit;
 mod resilience;
 mod side_by_side;
@@ -88,6 +91,16 @@ enum Command {
     },
     /// Propagation and scale, with the sizes.
     All,
+    /// Observability: tracing (off, 1 %, 100 %, collector down) and the
+    /// JSON access log beside a gateway with neither.
+    Observability {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
     /// Resilience: its hot-path cost beside a plain route, and the time to
     /// eject an endpoint that starts failing half its requests.
     Resilience {
@@ -232,6 +245,11 @@ async fn run(command: Command) {
             rounds,
             connections,
         } => resilience::run(seconds, rounds, connections).await,
+        Command::Observability {
+            seconds,
+            rounds,
+            connections,
+        } => observability::run(seconds, rounds, connections).await,
         Command::Writes {
             seconds,
             rounds,
