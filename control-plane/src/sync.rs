@@ -409,6 +409,9 @@ fn serve(rollout: &Rollout, snapshot: Arc<Snapshot>, metrics: &Metrics, served: 
     *served = Some(version);
     rollout.offer(snapshot);
     metrics.snapshot_version.set(version as i64);
+    metrics
+        .snapshot_served_at_seconds
+        .set(crate::clock::now_ms() / 1000);
     info!(version, "serving snapshot");
 }
 

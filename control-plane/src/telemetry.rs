@@ -48,6 +48,9 @@ pub struct Metrics {
     /// it, by type: how long a change takes to reach the fleet.
     pub xds_ack_delay_seconds: Family<TypeLabel, Histogram, fn() -> Histogram>,
     pub snapshot_version: Gauge,
+    /// Unix time the served version began to be served (its age is
+    /// `time() - this`).
+    pub snapshot_served_at_seconds: Gauge,
     pub store_errors: Family<ResultLabel, Counter>,
     pub admin_requests: Family<HttpLabels, Counter>,
 }
@@ -107,6 +110,12 @@ impl Default for Metrics {
             "Config version of the snapshot being served",
             snapshot_version.clone(),
         );
+        let snapshot_served_at_seconds = Gauge::default();
+        registry.register(
+            "snapshot_served_at_seconds",
+            "Unix time the served config version began to be served",
+            snapshot_served_at_seconds.clone(),
+        );
         let store_errors = Family::default();
         registry.register(
             "store_errors",
@@ -130,6 +139,7 @@ impl Default for Metrics {
             snapshot_build_seconds,
             xds_ack_delay_seconds,
             snapshot_version,
+            snapshot_served_at_seconds,
             store_errors,
             admin_requests,
         }

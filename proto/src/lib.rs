@@ -39,7 +39,6 @@ pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
-pub use envoy_types::pb::envoy::r#type::tracing::v3 as tracing_tags;
 pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;

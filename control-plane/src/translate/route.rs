@@ -183,6 +183,11 @@ pub fn envoy_route(r: &Route) -> route::Route {
         // Per-route stats (`vhost.*.route.<name>.*`) that dashboards join
         // with the Gatehouse route of the same name.
         stat_prefix: r.name.clone(),
+        // The name of the request's span when Envoy traces (not sent on).
+        decorator: Some(route::Decorator {
+            operation: r.name.clone(),
+            propagate: Some(protobuf::BoolValue { value: false }),
+        }),
         r#match: Some(route::RouteMatch {
             path_specifier: Some(path),
             headers,
