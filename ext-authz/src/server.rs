@@ -51,6 +51,7 @@ impl Authorization for AuthzService {
                 "ext_authz.check",
                 otel.name = "ext-authz Check",
                 otel.kind = "server",
+                trace_id = tracing::field::Empty,
                 gatehouse.route = tracing::field::Empty,
                 gatehouse.auth.result = tracing::field::Empty,
                 gatehouse.auth.method = tracing::field::Empty,

@@ -51,6 +51,7 @@ impl RateLimitService for LimitService {
                 "ratelimit.should_rate_limit",
                 otel.name = "ratelimit ShouldRateLimit",
                 otel.kind = "server",
+                trace_id = tracing::field::Empty,
                 gatehouse.ratelimit.result = tracing::field::Empty,
                 gatehouse.ratelimit.policies = tracing::field::Empty,
                 gatehouse.ratelimit.store = self.store.name(),

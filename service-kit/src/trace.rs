@@ -164,7 +164,8 @@ impl Extractor for Metadata<'_> {
 
 /// The span for one gRPC request, under the caller's sampled trace; a
 /// disabled span (free) when spans are not exported or the caller's trace
-/// is not sampled.
+/// is not sampled. A `trace_id` field the span declares is filled in, so
+/// every log line inside it names the trace.
 pub fn server_span(
     metadata: &tonic::metadata::MetadataMap,
     make: impl FnOnce() -> tracing::Span,
@@ -176,7 +177,9 @@ pub fn server_span(
     if !parent.span().span_context().is_sampled() {
         return tracing::Span::none();
     }
+    let trace_id = parent.span().span_context().trace_id().to_string();
     let span = make();
+    span.record("trace_id", trace_id.as_str());
     let _ = span.set_parent(parent);
     span
 }

@@ -255,6 +255,11 @@ async fn one_trace_holds_envoy_ext_authz_and_ratelimit_spans() {
         envoy_ids.contains(&authz.parent_span_id.as_str()),
         "{trace:#?}"
     );
+    // Its log lines name the trace (the span's `trace_id` field).
+    assert_eq!(
+        authz.attributes.get("trace_id").map(String::as_str),
+        Some(TRACE_ID)
+    );
     assert_eq!(
         authz
             .attributes
