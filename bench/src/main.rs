@@ -46,6 +46,18 @@ struct Args {
     command: Command,
 }
 
+/// Interleaved `wrk` slices (see `side_by_side.rs`).
+#[derive(Debug, clap::Args)]
+struct Slices {
+    /// Length of each slice.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    #[arg(long, default_value_t = 8)]
+    rounds: usize,
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Admin write → Envoy serving the new route.
@@ -93,24 +105,10 @@ enum Command {
     All,
     /// Observability: tracing (off, 1 %, 100 %, collector down) and the
     /// JSON access log beside a gateway with neither.
-    Observability {
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
-        #[arg(long, default_value_t = 8)]
-        rounds: usize,
-        #[arg(long, default_value_t = 32)]
-        connections: u32,
-    },
+    Observability(Slices),
     /// Resilience: its hot-path cost beside a plain route, and the time to
     /// eject an endpoint that starts failing half its requests.
-    Resilience {
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
-        #[arg(long, default_value_t = 8)]
-        rounds: usize,
-        #[arg(long, default_value_t = 32)]
-        connections: u32,
-    },
+    Resilience(Slices),
     /// Sustained admin writes per second: 1, 10 and 100 parallel clients,
     /// with and without Envoy validation, on SQLite and Postgres.
     Writes {
@@ -240,16 +238,10 @@ async fn run(command: Command) {
             })
             .await
         }
-        Command::Resilience {
-            seconds,
-            rounds,
-            connections,
-        } => resilience::run(seconds, rounds, connections).await,
-        Command::Observability {
-            seconds,
-            rounds,
-            connections,
-        } => observability::run(seconds, rounds, connections).await,
+        Command::Resilience(s) => resilience::run(s.seconds, s.rounds, s.connections).await,
+        Command::Observability(s) => {
+            observability::run(s.seconds, s.rounds, s.connections).await;
+        }
         Command::Writes {
             seconds,
             rounds,

@@ -200,6 +200,18 @@ impl Stack {
     }
 
     /// ratelimit-service (started with [`StackBuilder::ratelimit`]).
+    /// `/orders` behind API keys with `per_minute` requests per consumer,
+    /// answering alice: her key.
+    pub async fn limited_orders(&self, per_minute: u32) -> String {
+        let key = self.cp.consumer_key("alice").await;
+        self.cp.api_key_route("orders", "/orders", "orders").await;
+        self.cp.per_consumer_limit(per_minute, "orders").await;
+        self.envoy
+            .until_answer("/orders", &[("x-api-key", &key)], 200)
+            .await;
+        key
+    }
+
     pub fn limiter(&self) -> &Sidecar {
         self.limiter
             .as_ref()

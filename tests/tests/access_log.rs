@@ -28,12 +28,7 @@ async fn every_request_is_one_json_line_and_no_secret_is_logged() {
         .access_log()
         .start()
         .await;
-    let key = g.cp.consumer_key("alice").await;
-    g.cp.api_key_route("orders", "/orders", "orders").await;
-    g.cp.per_consumer_limit(3, "orders").await;
-    g.envoy
-        .until_answer("/orders", &[("x-api-key", &key)], 200)
-        .await;
+    let key = g.limited_orders(3).await;
     let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2VjcmV0LXNpZ25hdHVyZQ";
     let with_query = format!("/orders/2?api_key={key}&page=3");
     let bearer = format!("Bearer {token}");

@@ -61,12 +61,7 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_running_stack() {
                "algorithms": ["RS256"], "audiences": ["orders-api"]}),
     )
     .await;
-    let key = g.cp.consumer_key("alice").await;
-    g.cp.api_key_route("orders", "/orders", "orders").await;
-    g.cp.per_consumer_limit(3, "orders").await;
-    g.envoy
-        .until_answer("/orders", &[("x-api-key", &key)], 200)
-        .await;
+    let key = g.limited_orders(3).await;
 
     let limiter = g.limiter().addr;
     let prometheus = Prometheus::start(&[
