@@ -314,7 +314,9 @@ async fn a_stopping_instance_gives_its_leased_hits_back() {
         tokio::time::sleep(Duration::from_millis(3_600_000 - into_hour + 200)).await;
     }
     let url = format!("--redis-url={}", redis.url());
-    let mut limiter = Sidecar::ratelimit(cp.xds, 0, &[&url]).await;
+    // A generous Redis timeout: on a loaded machine the 5 ms default can
+    // pass, and a decision made degraded would take no lease.
+    let mut limiter = Sidecar::ratelimit(cp.xds, 0, &[&url, "--redis-timeout-ms=1000"]).await;
     let mut client = RateLimitServiceClient::connect(format!("http://{}", limiter.addr))
         .await
         .expect("connect");
