@@ -17,7 +17,7 @@ ensure_rust
 ensure_envoy
 command -v curl >/dev/null || apt_install curl
 log "building"
-cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz --bin gatehouse-ratelimit
+cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz --bin gatehouse-ratelimit --bin gatehousectl
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p "$DATA_DIR"
 
@@ -104,6 +104,8 @@ Observability:
   logs       $DATA_DIR/access.log (Envoy, one JSON object per request, written every 10 s);
              the services log here (auth failures and rate-limit hits: target gatehouse::events)
   traces     $TRACES
+  usage      per route and consumer, within seconds: curl http://$ADMIN/v1/usage?by=total
+             (or $target_dir/debug/gatehousectl --server http://$ADMIN usage)
 
 Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello

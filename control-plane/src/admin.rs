@@ -1,6 +1,6 @@
 //! The admin REST API: resources by name under `/v1`, the declarative
 //! configuration with its history and rollback, admin tokens, node status,
-//! health and metrics.
+//! usage per route and consumer, health and metrics.
 //!
 //! Every resource kind gets the same five operations from one generic set of
 //! handlers. Input is validated in full before the store is touched; every
@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod problem;
 mod rollout;
 mod tokens;
+mod usage;
 
 use axum::{
     Json, Router,
@@ -101,6 +102,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/config/versions/{version}", get(config::version_record))
         .route("/v1/config/rollback", axum::routing::post(config::rollback))
         .route("/v1/status/nodes", get(rollout::nodes))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/status/release", axum::routing::post(rollout::release))
         .route("/v1/status/confirm", axum::routing::post(rollout::confirm))
         .route(

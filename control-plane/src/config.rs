@@ -96,6 +96,12 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_XDS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub xds_max_connections: usize,
 
+    /// Days of hourly usage rows (requests per route and consumer, `GET
+    /// /v1/usage`) kept; older ones are dropped.
+    #[arg(long, env = "GATEHOUSE_USAGE_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub usage_retention_days: u32,
+
     /// Admin API connections served at once; more are closed on accept.
     #[arg(long, env = "GATEHOUSE_ADMIN_MAX_CONNECTIONS", default_value_t = 4096)]
     pub admin_max_connections: usize,
@@ -154,6 +160,17 @@ pub struct ProxyArgs {
     /// (`/dev/stdout`: Envoy's standard output; `off`: none).
     #[arg(long, env = "GATEHOUSE_ACCESS_LOG", default_value = "/dev/stdout")]
     pub access_log: String,
+
+    /// Envoy streams a usage log (route, consumer, status, bytes of every
+    /// routed request) to ext-authz, which counts usage per route and
+    /// consumer; `off` sends none.
+    #[arg(long, env = "GATEHOUSE_USAGE_LOG", value_enum, default_value_t = Switch::On)]
+    pub usage_log: Switch,
+
+    /// Envoy also exports its access log as OpenTelemetry log records to
+    /// the `--otlp-endpoint` collector (batched, off the request's path).
+    #[arg(long, env = "GATEHOUSE_ACCESS_LOG_OTLP", value_enum, default_value_t = Switch::Off)]
+    pub access_log_otlp: Switch,
 
     /// Access log lines as JSON objects or as text.
     #[arg(long, env = "GATEHOUSE_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormatArg::Json)]
@@ -219,6 +236,13 @@ pub struct ProxyArgs {
     pub trace_sampling_percent: u32,
 }
 
+/// A feature turned `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// `--access-log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccessLogFormatArg {
@@ -239,6 +263,8 @@ impl Config {
             listen: self.proxy.proxy_addr,
             access_log_path: (self.proxy.access_log != "off")
                 .then(|| self.proxy.access_log.clone()),
+            usage_log: self.proxy.usage_log == Switch::On,
+            access_log_otlp: self.proxy.access_log_otlp == Switch::On,
             access_log_format: match self.proxy.access_log_format {
                 AccessLogFormatArg::Json => AccessLogFormat::Json,
                 AccessLogFormatArg::Text => AccessLogFormat::Text,
@@ -274,6 +300,14 @@ impl Config {
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(10)),
             debounce: Duration::from_millis(self.debounce_ms),
         }
+    }
+
+    /// Flags that only make sense together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.proxy.access_log_otlp == Switch::On && self.telemetry.otlp_endpoint.is_none() {
+            return Err(ConfigError::OtlpLogsWithoutCollector);
+        }
+        Ok(())
     }
 
     /// The bootstrap admin token from the flag, the environment or the file.
@@ -408,6 +442,8 @@ pub enum ConfigError {
     },
     #[error("{0} must be at least {MIN_BOOTSTRAP_LEN} characters")]
     ShortSecret(&'static str),
+    #[error("--access-log-otlp on needs --otlp-endpoint (the collector to send the records to)")]
+    OtlpLogsWithoutCollector,
 }
 
 /// A secret from its flag (or environment variable) or its file, at least

@@ -77,6 +77,7 @@ pub struct ControlPlane {
     xds_token: xds::auth::NodeToken,
     admin_limits: gatehouse_service_kit::HttpLimits,
     xds_max_connections: usize,
+    usage_retention: Duration,
 }
 
 impl ControlPlane {
@@ -84,6 +85,7 @@ impl ControlPlane {
     /// control plane whose database is down starts, and serves nothing to
     /// Envoy until it can read a complete configuration.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        config.check()?;
         let bootstrap_token = config.bootstrap_token()?;
         let xds_token = config.xds_token_or_generated()?;
         if xds_token.is_none() {
@@ -127,6 +129,7 @@ impl ControlPlane {
             xds_token: xds::auth::NodeToken::new(xds_token),
             admin_limits: config.admin_limits(),
             xds_max_connections: config.xds_max_connections,
+            usage_retention: Duration::from_secs(u64::from(config.usage_retention_days) * 86_400),
         })
     }
 
@@ -200,6 +203,10 @@ impl ControlPlane {
                 ))
                 .add_service(InterceptedService::new(
                     usage::KeyUsageService::server(self.store.clone()),
+                    self.xds_token.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    usage::TrafficUsageService::server(self.store.clone(), self.usage_retention),
                     self.xds_token.clone(),
                 ))
                 .serve_with_incoming_shutdown(

@@ -32,6 +32,7 @@ mod migrations;
 mod queue;
 mod rejections;
 mod rows;
+mod traffic;
 mod url;
 
 pub use admin_tokens::AdminTokenRecord;
@@ -42,6 +43,7 @@ pub use queue::{MAX_BATCH, MAX_QUEUED};
 
 use edits::Edit;
 pub use rejections::{RejectedResource, Released};
+pub use traffic::{TrafficCounts, TrafficQuery, TrafficRow};
 pub use url::{Backend, DatabaseUrl};
 
 use rows::{bump_version, current, decode, encode, load_from, now_ms, record_change};

@@ -37,6 +37,7 @@ pub mod route;
 pub mod shedding;
 pub mod tracing;
 pub mod upstream_tls;
+pub mod usage_log;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
 use gatehouse_proto::ratelimit as ratelimit_proto;
@@ -77,6 +78,11 @@ pub struct ProxySettings {
     /// Where Envoy writes its access log (one line per request), if anywhere.
     pub access_log_path: Option<String>,
     pub access_log_format: access_log::AccessLogFormat,
+    /// Envoy streams its usage log to ext-authz (`usage_log.rs`).
+    pub usage_log: bool,
+    /// Envoy exports its access log as OTLP log records to the tracing
+    /// collector too (only with one).
+    pub access_log_otlp: bool,
     pub ext_authz: ExtAuthzSettings,
     pub ratelimit: RateLimitSettings,
     /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted
@@ -94,6 +100,8 @@ impl Default for ProxySettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             access_log_path: None,
             access_log_format: access_log::AccessLogFormat::Json,
+            usage_log: false,
+            access_log_otlp: false,
             ext_authz: ExtAuthzSettings::default(),
             ratelimit: RateLimitSettings::default(),
             xff_trusted_hops: 0,
@@ -227,10 +235,15 @@ pub(crate) fn duration_ms(ms: u32) -> protobuf::Duration {
 /// Local replies whose response code details start with `prefix` (the
 /// filter that refused says why there).
 pub(crate) fn details_start_with(prefix: &str) -> gatehouse_proto::accesslog::AccessLogFilter {
+    cel(format!("response.code_details.startsWith('{prefix}')"))
+}
+
+/// Requests (or local replies) for which the CEL `expression` holds.
+pub(crate) fn cel(expression: String) -> gatehouse_proto::accesslog::AccessLogFilter {
     use accesslog::{access_log_filter::FilterSpecifier, extension_filter::ConfigType};
     use gatehouse_proto::{accesslog, cel_filter, to_any};
     let expression = cel_filter::ExpressionFilter {
-        expression: format!("response.code_details.startsWith('{prefix}')"),
+        expression,
         ..Default::default()
     };
     accesslog::AccessLogFilter {
@@ -240,6 +253,21 @@ pub(crate) fn details_start_with(prefix: &str) -> gatehouse_proto::accesslog::Ac
                 config_type: Some(ConfigType::TypedConfig(to_any(&expression))),
             },
         )),
+    }
+}
+
+/// A gRPC service Envoy reaches through `cluster`, each call bounded by
+/// `timeout_ms` when given.
+pub(crate) fn grpc_service(cluster: &str, timeout_ms: Option<u32>) -> core::GrpcService {
+    core::GrpcService {
+        timeout: timeout_ms.map(duration_ms),
+        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+            core::grpc_service::EnvoyGrpc {
+                cluster_name: cluster.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Deny {
     pub message: &'static str,
     pub challenge: String,
     pub method: Option<Method>,
+    /// The consumer refused (403: authenticated, not allowed), so Envoy's
+    /// usage log can count the refusal for them.
+    pub consumer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,12 +228,11 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
         } else {
             policy.challenge(None)
         };
-        return deny(
-            403,
+        return forbid(
             "insufficient_scope",
             "the credential lacks a required scope",
             challenge,
-            Some(identity.method),
+            &identity,
         );
     }
     if !policy
@@ -238,12 +240,11 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
         .iter()
         .all(|r| identity.consumer.roles.iter().any(|g| g == r))
     {
-        return deny(
-            403,
+        return forbid(
             "insufficient_role",
             "the consumer lacks a required role",
             String::new(),
-            Some(identity.method),
+            &identity,
         );
     }
     Decision::Allow(allow(state, &policy, request, identity, from_query))
@@ -262,6 +263,24 @@ fn deny(
         message,
         challenge,
         method,
+        consumer: None,
+    })
+}
+
+/// A 403 for an authenticated consumer: the refusal names them.
+fn forbid(
+    code: &'static str,
+    message: &'static str,
+    challenge: String,
+    identity: &Identity,
+) -> Decision {
+    Decision::Deny(Deny {
+        status: 403,
+        code,
+        message,
+        challenge,
+        method: Some(identity.method),
+        consumer: Some(identity.consumer.name.clone()),
     })
 }
 

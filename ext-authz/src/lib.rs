@@ -13,6 +13,8 @@
 //! - [`state`]: the in-memory state and how updates replace it
 //! - [`server`]: the gRPC service and HTTP endpoints
 //! - [`usage`]: reports of API key use back to the control plane
+//! - [`traffic`]: requests per route and consumer from Envoy's usage log,
+//!   as metrics and as reports to the control plane
 
 pub mod decision;
 pub mod introspect;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod traffic;
 pub mod usage;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -50,6 +53,8 @@ pub struct Settings {
     pub usage_report_interval: Duration,
     /// How often repeated authentication failures are summarised.
     pub event_summary: Duration,
+    /// Most consumers with their own label in the usage metrics.
+    pub usage_consumers: usize,
 }
 
 /// Why a JWKS or introspection call failed; never carries the URL.
@@ -159,7 +164,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), gatehouse_service_kit::ServeError> {
-    let metrics = Metrics::default();
+    let metrics = Metrics::new(settings.usage_consumers);
     let state: SharedState = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
     let subscription_endpoint = settings.xds_endpoint.clone();
@@ -175,13 +180,19 @@ pub async fn serve(
         receiver(state.clone(), http_client(), metrics.clone()),
         stop.clone(),
     ));
+    let reporting = settings_usage(
+        &subscription_endpoint,
+        settings.usage_report_interval,
+        settings.xds_token,
+    );
     let reporter = tokio::spawn(usage::report(
-        settings_usage(
-            &subscription_endpoint,
-            settings.usage_report_interval,
-            settings.xds_token,
-        ),
+        reporting.clone(),
         state.clone(),
+        stop.clone(),
+    ));
+    let traffic_reporter = tokio::spawn(traffic::report(
+        reporting,
+        metrics.traffic.clone(),
         stop.clone(),
     ));
     let events = gatehouse_service_kit::events::Events::new("auth_failure", settings.event_summary);
@@ -198,6 +209,7 @@ pub async fn serve(
         vec![
             ("the xDS subscription", xds),
             ("key usage reporting", reporter),
+            ("traffic usage reporting", traffic_reporter),
         ],
     )
     .await

@@ -19,6 +19,12 @@ struct Args {
         default_value_t = 10_000
     )]
     usage_report_interval_ms: u64,
+
+    /// Most consumers with their own label in the usage metrics
+    /// (`gatehouse_ext_authz_usage_*`); later ones count as "other". The
+    /// control plane's usage rows (`GET /v1/usage`) name every consumer.
+    #[arg(long, env = "GATEHOUSE_USAGE_METRIC_CONSUMERS", default_value_t = 100)]
+    usage_metric_consumers: usize,
 }
 
 /// A pool of one thread per CPU by default, so a token whose signature is
@@ -28,6 +34,7 @@ const DEFAULTS: Defaults = Defaults::new("127.0.0.1:18001", "ext-authz", "0");
 fn main() -> ExitCode {
     let args: Args = gatehouse_service_kit::config::parse(&DEFAULTS);
     let interval = Duration::from_millis(args.usage_report_interval_ms);
+    let usage_consumers = args.usage_metric_consumers;
     gatehouse_service_kit::run::main(
         args.common,
         "gatehouse-ext-authz",
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
                 xds_token: started.xds_token,
                 usage_report_interval: interval,
                 event_summary: started.event_summary,
+                usage_consumers,
             };
             let shutdown = started.stop.cancelled_owned();
             Ok(tokio::spawn(gatehouse_ext_authz::serve(

@@ -13,6 +13,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::traffic::Traffic;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub result: &'static str,
@@ -42,10 +44,23 @@ pub struct Metrics {
     introspections: Family<SourceLabels, Counter>,
     /// Handles for the hot path: allowed decisions by method, resolved once.
     allowed: [Counter; 3],
+    /// Traffic per route and consumer, from Envoy's usage log.
+    pub traffic: Traffic,
 }
+
+/// Consumers with their own usage label unless configured otherwise.
+pub const DEFAULT_USAGE_CONSUMERS: usize = 100;
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(DEFAULT_USAGE_CONSUMERS)
+    }
+}
+
+impl Metrics {
+    /// The metrics, with at most `usage_consumers` consumers labelled by
+    /// name in the usage counters.
+    pub fn new(usage_consumers: usize) -> Self {
         let mut registry = Registry::with_prefix("gatehouse_ext_authz");
         gatehouse_service_kit::trace::DroppedSpans::register(&mut registry);
         let decisions: Family<DecisionLabels, Counter> = Family::default();
@@ -94,8 +109,10 @@ impl Default for Metrics {
                 })
                 .clone()
         });
+        let traffic = Traffic::new(&mut registry, usage_consumers);
         Self {
             allowed,
+            traffic,
             registry: Arc::new(registry),
             decisions,
             check_seconds,
@@ -105,9 +122,7 @@ impl Default for Metrics {
             introspections,
         }
     }
-}
 
-impl Metrics {
     /// Counts an allowed decision (0 API key, 1 JWT, 2 introspection).
     pub fn allowed(&self, method_index: usize) {
         if let Some(counter) = self.allowed.get(method_index) {

@@ -234,7 +234,11 @@ fn denied(deny: Deny) -> CheckResponse {
             message: deny.code.to_owned(),
             details: Vec::new(),
         }),
-        dynamic_metadata: None,
+        dynamic_metadata: deny.consumer.map(|consumer| Struct {
+            fields: [("consumer".to_owned(), string_value(consumer))]
+                .into_iter()
+                .collect(),
+        }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: i32::from(deny.status),
@@ -245,11 +249,14 @@ fn denied(deny: Deny) -> CheckResponse {
     }
 }
 
-/// gRPC Check plus the HTTP endpoints, on one port.
+/// gRPC Check, the usage log Envoy streams, and the HTTP endpoints, on one port.
 pub fn routes(service: AuthzService) -> tonic::service::Routes {
     let state = service.state.clone();
     let metrics = service.metrics.clone();
     let http =
         gatehouse_service_kit::endpoints(move || state.load().is_some(), move || metrics.render());
-    tonic::service::Routes::from(http).add_service(AuthorizationServer::new(service))
+    let usage_log = service.metrics.traffic.service();
+    tonic::service::Routes::from(http)
+        .add_service(AuthorizationServer::new(service))
+        .add_service(usage_log)
 }

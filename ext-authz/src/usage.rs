@@ -19,16 +19,25 @@ pub struct Reporting {
     pub token: Option<gatehouse_xds_client::XdsToken>,
 }
 
+impl Reporting {
+    /// A channel to the control plane, connected on first use; `None` for
+    /// an endpoint that is not a URI.
+    pub fn channel(&self) -> Option<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone()).ok()?;
+        Some(
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy(),
+        )
+    }
+}
+
 pub async fn report(reporting: Reporting, state: SharedState, stop: CancellationToken) {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(reporting.endpoint.clone()) else {
+    let Some(channel) = reporting.channel() else {
         return;
     };
-    let mut client = KeyUsageClient::new(
-        endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy(),
-    );
+    let mut client = KeyUsageClient::new(channel);
     let mut reported: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(reporting.interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -105,6 +105,20 @@ enum Command {
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
+    /// Requests per route and consumer (with 401/403, 429, errors and
+    /// bytes), summed over the span or hour by hour.
+    Usage {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        /// How far back: a number with s, m, h or d (e.g. 90m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_span)]
+        since: u64,
+        /// One row per hour instead of one per route and consumer.
+        #[arg(long)]
+        hourly: bool,
+    },
     /// Release a version held back because a node refused it, after
     /// investigating (`status` shows why): the newest version rolls out
     /// again. Needs an admin token; recorded in the history.
@@ -225,6 +239,24 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command; the output is printed even when the command fails.
+/// `--since`: a span like `90m`, `24h` or `7d`, in milliseconds.
+fn parse_span(span: &str) -> Result<u64, String> {
+    let unit = span.chars().last().unwrap_or('?');
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => return Err("ends with s, m, h or d (e.g. 24h)".into()),
+    };
+    span[..span.len() - 1]
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(ms))
+        .ok_or_else(|| "a positive number, then s, m, h or d (e.g. 24h)".into())
+}
+
 async fn run(cli: Cli) -> Result<String, (String, Failure)> {
     let no_output = |f| (String::new(), f);
     let client =
@@ -381,6 +413,35 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                     "confirmed: {} held node(s) are served this store's configuration\n",
                     confirmed["released_nodes"].as_u64().unwrap_or_default()
                 ),
+            })
+        }
+        Command::Usage {
+            consumer,
+            route,
+            since,
+            hourly,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut url = reqwest::Url::parse("http://gatehouse/v1/usage")
+                .map_err(|e| (String::new(), Failure::Invalid(e.to_string())))?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("since", &now.saturating_sub(since).to_string());
+                query.append_pair("by", if hourly { "hour" } else { "total" });
+                if let Some(consumer) = &consumer {
+                    query.append_pair("consumer", consumer);
+                }
+                if let Some(route) = &route {
+                    query.append_pair("route", route);
+                }
+            }
+            let path = format!("/v1/usage?{}", url.query().unwrap_or_default());
+            let usage = client.get(&path).await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&usage),
+                Output::Human => render::usage(&usage),
             })
         }
         Command::Status => {

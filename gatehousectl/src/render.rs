@@ -188,6 +188,55 @@ pub fn history(versions: &[Value]) -> String {
     out
 }
 
+/// Usage rows as a table: per route and consumer, or per hour too.
+pub fn usage(body: &Value) -> String {
+    let rows = body["rows"].as_array().map_or(&[][..], Vec::as_slice);
+    let hourly = body["by"] == "hour";
+    let mut out = String::new();
+    if hourly {
+        let _ = write!(out, "{:<20}  ", "HOUR (UTC)");
+    }
+    let _ = writeln!(
+        out,
+        "{:<24}  {:<24}  {:>10}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>12}  {:>12}",
+        "ROUTE", "CONSUMER", "REQUESTS", "401", "403", "429", "4XX", "5XX", "BYTES IN", "BYTES OUT"
+    );
+    for r in rows {
+        if hourly {
+            let _ = write!(
+                out,
+                "{:<20}  ",
+                utc(r["hour_ms"].as_i64().unwrap_or_default())
+            );
+        }
+        let n = |field: &str| r[field].as_i64().unwrap_or_default();
+        let consumer = match r["consumer"].as_str().unwrap_or_default() {
+            "" => "(none)",
+            name => name,
+        };
+        let _ = writeln!(
+            out,
+            "{:<24}  {:<24}  {:>10}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>12}  {:>12}",
+            r["route"].as_str().unwrap_or_default(),
+            consumer,
+            n("requests"),
+            n("unauthorized"),
+            n("forbidden"),
+            n("rate_limited"),
+            n("client_errors"),
+            n("server_errors"),
+            n("bytes_in"),
+            n("bytes_out"),
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("no requests in this span\n");
+    } else if body["truncated"] == true {
+        out.push_str("(more rows: narrow with --consumer, --route or --since)\n");
+    }
+    out
+}
+
 /// What a release forgot, and the version that records it.
 pub fn released(released: &Value) -> String {
     let mut out = format!(

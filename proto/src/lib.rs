@@ -7,6 +7,7 @@
 pub use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
 pub use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 pub use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+pub use envoy_types::pb::envoy::config::common::mutation_rules::v3 as mutation_rules;
 pub use envoy_types::pb::envoy::config::core::v3 as core;
 pub use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 pub use envoy_types::pb::envoy::config::listener::v3 as listener;
@@ -14,8 +15,11 @@ pub use envoy_types::pb::envoy::config::ratelimit::v3 as ratelimit_config;
 pub use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 pub use envoy_types::pb::envoy::config::route::v3 as route;
 pub use envoy_types::pb::envoy::config::trace::v3 as trace;
+pub use envoy_types::pb::envoy::data::accesslog::v3 as accesslog_data;
 pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file_access_log;
 pub use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3 as cel_filter;
+pub use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3 as grpc_access_log;
+pub use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3 as otel_access_log;
 pub use envoy_types::pb::envoy::extensions::clusters::common::dns::v3 as dns_common;
 pub use envoy_types::pb::envoy::extensions::clusters::dns::v3 as dns_cluster;
 pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as ratelimit_common;
@@ -30,10 +34,12 @@ pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as rate
 pub use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as early_header_mutation;
 pub use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3 as previous_hosts;
 pub use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3 as otel_samplers;
 pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+pub use envoy_types::pb::envoy::service::accesslog::v3 as accesslog_service;
 pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
@@ -42,6 +48,7 @@ pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
 pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
+pub use envoy_types::pb::opentelemetry::proto::common::v1 as otel_common;
 
 /// xDS type URLs of the resources Gatehouse serves.
 pub mod type_url {

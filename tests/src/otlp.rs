@@ -1,6 +1,6 @@
-//! A real OTLP/gRPC trace receiver for tests (no collector binary can be
-//! installed here): it keeps every span it is sent, with its service's name
-//! and attributes, until stopped. Built on `opentelemetry-proto`'s generated
+//! A real OTLP/gRPC receiver for tests (no collector binary can be
+//! installed here): it keeps every span and log record it is sent, with its
+//! service's name and attributes, until stopped. Built on `opentelemetry-proto`'s generated
 //! server, like the test upstreams are real HTTP servers.
 
 use std::{
@@ -11,9 +11,15 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
+    collector::{
+        logs::v1::{
+            ExportLogsServiceRequest, ExportLogsServiceResponse,
+            logs_service_server::{LogsService, LogsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
     },
     common::v1::{AnyValue, KeyValue, any_value::Value},
 };
@@ -30,8 +36,51 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// One log record as received.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    pub service: String,
+    pub body: String,
+    pub trace_id: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
 #[derive(Default, Clone)]
 struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[derive(Default, Clone)]
+struct LogSink(Arc<Mutex<Vec<ReceivedLog>>>);
+
+#[tonic::async_trait]
+impl LogsService for LogSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource_logs in request.into_inner().resource_logs {
+            let resource = resource_logs
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for scope in resource_logs.scope_logs {
+                for record in scope.log_records {
+                    received.push(ReceivedLog {
+                        service: service.clone(),
+                        body: text(record.body.as_ref()),
+                        trace_id: hex::encode(record.trace_id),
+                        attributes: attributes(&record.attributes),
+                    });
+                }
+            }
+        }
+        if let Ok(mut logs) = self.0.lock() {
+            logs.extend(received);
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
 
 fn text(value: Option<&AnyValue>) -> String {
     match value.and_then(|v| v.value.as_ref()) {
@@ -86,6 +135,7 @@ impl TraceService for Sink {
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
     sink: Sink,
+    logs: LogSink,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -95,11 +145,14 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("addr");
         let sink = Sink::default();
         let (stop, stopped) = oneshot::channel::<()>();
+        let logs = LogSink::default();
         let service = TraceServiceServer::new(sink.clone());
+        let logs_service = LogsServiceServer::new(logs.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(logs_service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -108,6 +161,7 @@ impl OtlpReceiver {
         Self {
             addr,
             sink,
+            logs,
             stop: Some(stop),
         }
     }
@@ -119,6 +173,10 @@ impl OtlpReceiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.sink.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.logs.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// The spans of one trace.

@@ -16,8 +16,17 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
 async fn traced_stack(receiver: &OtlpReceiver, sampling: &str) -> (Stack, Upstream) {
+    traced_stack_with(receiver, sampling, &[]).await
+}
+
+async fn traced_stack_with(
+    receiver: &OtlpReceiver,
+    sampling: &str,
+    extra: &[&str],
+) -> (Stack, Upstream) {
     let endpoint = receiver.endpoint();
     let sampling = sampling.to_owned();
+    let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
     let g = Stack::new()
         .configure(move |o| {
             o.validate_with_envoy = true;
@@ -27,6 +36,7 @@ async fn traced_stack(receiver: &OtlpReceiver, sampling: &str) -> (Stack, Upstre
                 "--trace-sampling-percent".into(),
                 sampling,
             ]);
+            o.args.extend(extra);
         })
         .start()
         .await;
@@ -303,5 +313,67 @@ async fn one_trace_holds_envoy_ext_authz_and_ratelimit_spans() {
             .get("gatehouse.ratelimit.policies")
             .is_some_and(|p| p.contains("per-consumer")),
         "{limit:#?}"
+    );
+}
+
+/// `--access-log-otlp on`: Envoy's access log also reaches the collector as
+/// OTLP log records, the JSON log's fields as attributes, with the trace id
+/// of a traced request and no query string.
+#[tokio::test]
+async fn the_access_log_reaches_the_collector_as_log_records() {
+    let receiver = OtlpReceiver::start().await;
+    let (g, _upstream) = traced_stack_with(&receiver, "0", &["--access-log-otlp", "on"]).await;
+    let response = client()
+        .get(g.envoy.url("/orders/7?api_key=gk_secret_in_query"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let found = || {
+        receiver
+            .logs()
+            .into_iter()
+            .find(|l| l.attributes.get("path").map(String::as_str) == Some("/orders/7"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while found().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let record = found().unwrap_or_else(|| panic!("no record: {:#?}", receiver.logs()));
+    assert_eq!(record.attributes["route"], "traced");
+    assert_eq!(record.attributes["status"], "200");
+    assert_eq!(record.attributes["method"], "GET");
+    assert_eq!(record.attributes["trace_id"], TRACE_ID);
+    assert_eq!(record.body, "GET /orders/7 200");
+    assert!(
+        !format!("{record:?}").contains("gk_secret_in_query"),
+        "{record:?}"
+    );
+}
+
+/// Log records need a collector: without `--otlp-endpoint` the control
+/// plane refuses to start (exit 64), naming both flags.
+#[tokio::test]
+async fn otlp_log_records_without_a_collector_are_a_configuration_error() {
+    let out = tokio::process::Command::new(gatehouse_e2e::gatehouse_bin("gatehouse-control-plane"))
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--access-log-otlp",
+            "on",
+            "--data-dir",
+        ])
+        .arg(gatehouse_e2e::scratch_dir("gatehouse_otlp_logs"))
+        .output()
+        .await
+        .expect("control plane runs");
+    assert_eq!(out.status.code(), Some(64));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        log.contains("--access-log-otlp") && log.contains("--otlp-endpoint"),
+        "{log}"
     );
 }

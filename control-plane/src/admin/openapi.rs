@@ -267,6 +267,32 @@ pub fn document() -> Value {
             json!({"get": operation("Connected Envoys: acked version and last NACK per type", ("200", ok("Nodes", any_object.clone())), &[401, 403])}),
         ),
         (
+            "/v1/usage",
+            json!({"get": with_parameters(
+                operation("Requests per route and consumer from Envoy's usage log: hourly rows, or summed over the span (by=total, busiest first)",
+                    ("200", ok("Usage", json!({"type": "object", "required": ["since_ms", "until_ms", "by", "rows", "truncated"], "properties": {
+                        "since_ms": {"type": "integer"}, "until_ms": {"type": "integer"}, "by": {"enum": ["hour", "total"]},
+                        "truncated": {"type": "boolean", "description": "limit rows were returned; there may be more"},
+                        "rows": {"type": "array", "items": {"type": "object", "required": ["route", "consumer", "requests"], "properties": {
+                            "hour_ms": {"type": "integer", "description": "the hour's start (by=hour only)"},
+                            "route": {"type": "string"},
+                            "consumer": {"type": "string", "description": "empty for requests without an authenticated consumer"},
+                            "requests": {"type": "integer"}, "unauthorized": {"type": "integer", "description": "401 answers"},
+                            "forbidden": {"type": "integer", "description": "403 answers"}, "rate_limited": {"type": "integer", "description": "429 answers"},
+                            "client_errors": {"type": "integer", "description": "other 4xx"}, "server_errors": {"type": "integer", "description": "5xx, and requests with no response"},
+                            "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"}}}}}}))),
+                    &[401, 403, 422, 503]),
+                json!([
+                    {"name": "consumer", "in": "query", "schema": {"type": "string", "maxLength": 256}, "description": "only this consumer (empty: requests without one)"},
+                    {"name": "route", "in": "query", "schema": {"type": "string", "maxLength": 256}},
+                    {"name": "since", "in": "query", "schema": {"type": "integer"}, "description": "Unix milliseconds (default: 24 hours before until); from the start of its hour"},
+                    {"name": "until", "in": "query", "schema": {"type": "integer"}, "description": "Unix milliseconds (default: now)"},
+                    {"name": "by", "in": "query", "schema": {"enum": ["hour", "total"], "default": "hour"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}}
+                ]),
+            )}),
+        ),
+        (
             "/v1/status/release",
             json!({"post": with_body(
                 operation("Forget every recorded refusal so the newest version rolls out again (admin role; recorded in the history)",

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "version notes",
         include_str!("../../../migrations/0007_version_notes.sql"),
     ),
+    (
+        8,
+        "traffic usage",
+        include_str!("../../../migrations/0008_traffic_usage.sql"),
+    ),
 ];
 
 #[derive(Debug)]

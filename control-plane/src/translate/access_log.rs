@@ -1,10 +1,13 @@
 //! Envoy's access log: one JSON object per request (or the text line), to a
-//! file or Envoy's standard output. Envoy buffers it and writes from its
+//! file or Envoy's standard output, and optionally as OTLP log records to
+//! the collector. Envoy buffers it and writes from its
 //! own flush thread, never on the request's path. No credential reaches it:
 //! the path is logged without its query (where `api_key` may be), and no
 //! header that carries a key or token is named.
 
-use gatehouse_proto::{accesslog, core, file_access_log, protobuf, to_any};
+use gatehouse_proto::{
+    accesslog, core, file_access_log, otel_access_log, otel_common, protobuf, to_any,
+};
 
 /// How each access log line is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,6 +86,43 @@ pub fn access_log(path: &str, format: AccessLogFormat) -> accesslog::AccessLog {
         name: "envoy.access_loggers.file".into(),
         config_type: Some(accesslog::access_log::ConfigType::TypedConfig(to_any(
             &file,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The body of each OTLP log record (the fields are its attributes).
+pub const OTLP_LOG_BODY: &str = "%REQ(:METHOD)% %PATH(NQ:ORIG_OR_PATH)% %RESPONSE_CODE%";
+
+/// The access log as OpenTelemetry log records, exported over OTLP/gRPC to
+/// the collector through `cluster` (Envoy batches them and flushes every
+/// second): the JSON log's fields as attributes.
+pub fn otlp_access_log(cluster: &str) -> accesslog::AccessLog {
+    use otel_common::{AnyValue, KeyValue, KeyValueList, any_value::Value};
+    let text = |s: &str| AnyValue {
+        value: Some(Value::StringValue(s.to_owned())),
+    };
+    let config = otel_access_log::OpenTelemetryAccessLogConfig {
+        grpc_service: Some(super::grpc_service(cluster, Some(1_000))),
+        log_name: "gatehouse_access".into(),
+        body: Some(text(OTLP_LOG_BODY)),
+        attributes: Some(KeyValueList {
+            values: ACCESS_LOG_FIELDS
+                .iter()
+                .filter(|(name, _)| *name != "timestamp")
+                .map(|(name, command)| KeyValue {
+                    key: (*name).to_owned(),
+                    value: Some(text(command)),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    };
+    accesslog::AccessLog {
+        name: "envoy.access_loggers.open_telemetry".into(),
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(to_any(
+            &config,
         ))),
         ..Default::default()
     }

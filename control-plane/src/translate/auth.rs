@@ -17,7 +17,7 @@ use std::{
 use gatehouse_proto::{auth, cluster, core, ext_authz, hcm, http_types, protobuf, route, to_any};
 use prost::Message;
 
-use super::{duration_ms, grpc_cluster};
+use super::{grpc_cluster, grpc_service};
 use crate::{
     model::ConfigState,
     model::{
@@ -75,18 +75,10 @@ pub fn ext_authz_filters(settings: &ExtAuthzSettings) -> Vec<hcm::HttpFilter> {
                 code: i32::from(settings.status_on_error),
             }),
             stat_prefix: stat_prefix.into(),
-            services: Some(ext_authz::ext_authz::Services::GrpcService(
-                core::GrpcService {
-                    timeout: Some(duration_ms(settings.timeout_ms)),
-                    target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                        core::grpc_service::EnvoyGrpc {
-                            cluster_name: EXT_AUTHZ_CLUSTER.into(),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                },
-            )),
+            services: Some(ext_authz::ext_authz::Services::GrpcService(grpc_service(
+                EXT_AUTHZ_CLUSTER,
+                Some(settings.timeout_ms),
+            ))),
             ..Default::default()
         };
         hcm::HttpFilter {

@@ -5,7 +5,7 @@ use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
     HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, ratelimit, resilience,
-    shedding, socket_address, tracing,
+    shedding, socket_address, tracing, usage_log,
 };
 
 /// Name of the default listener.
@@ -74,7 +74,13 @@ pub fn http_connection_manager(
             .access_log_path
             .iter()
             .map(|p| access_log::access_log(p, proxy.access_log_format))
+            .chain(
+                (proxy.access_log_otlp && proxy.tracing.is_some())
+                    .then(|| access_log::otlp_access_log(tracing::OTLP_CLUSTER)),
+            )
+            .chain(proxy.usage_log.then(usage_log::usage_log))
             .collect(),
+        early_header_mutation_extensions: vec![usage_log::identity_headers_removed()],
         ..Default::default()
     }
 }

@@ -64,15 +64,7 @@ pub fn ratelimit_filter(settings: &RateLimitSettings) -> hcm::HttpFilter {
         timeout: Some(duration_ms(settings.timeout_ms)),
         failure_mode_deny: settings.deny_when_unreachable,
         rate_limit_service: Some(ratelimit_config::RateLimitServiceConfig {
-            grpc_service: Some(core::GrpcService {
-                target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                    core::grpc_service::EnvoyGrpc {
-                        cluster_name: RATELIMIT_CLUSTER.into(),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }),
+            grpc_service: Some(super::grpc_service(RATELIMIT_CLUSTER, None)),
             transport_api_version: core::ApiVersion::V3 as i32,
         }),
         ..Default::default()

@@ -8,7 +8,7 @@
 use gatehouse_proto::{cluster, core, hcm, http_types, otel_samplers, to_any, trace};
 use gatehouse_service_kit::OtlpEndpoint;
 
-use super::{cluster::grpc_cluster_at, duration_ms};
+use super::cluster::grpc_cluster_at;
 
 pub const OTLP_CLUSTER: &str = "gatehouse_otlp";
 /// The `service.name` of Envoy's spans.
@@ -36,16 +36,7 @@ pub fn otlp_cluster(settings: &TracingSettings) -> cluster::Cluster {
 pub fn http_tracing(settings: &TracingSettings) -> hcm::http_connection_manager::Tracing {
     use trace::tracing::http::ConfigType;
     let config = trace::OpenTelemetryConfig {
-        grpc_service: Some(core::GrpcService {
-            timeout: Some(duration_ms(1_000)),
-            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                core::grpc_service::EnvoyGrpc {
-                    cluster_name: OTLP_CLUSTER.into(),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
+        grpc_service: Some(super::grpc_service(OTLP_CLUSTER, Some(1_000))),
         service_name: ENVOY_SERVICE_NAME.into(),
         sampler: Some(sampler(settings.sampling_ppm)),
         ..Default::default()

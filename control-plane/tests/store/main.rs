@@ -10,4 +10,5 @@ mod apply;
 mod groups;
 mod history;
 mod support;
+mod traffic;
 mod writes;
