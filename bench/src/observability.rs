@@ -1,10 +1,11 @@
 //! What observability costs on the hot path (issue 21): the same plain
-//! route through separate gateways that differ only in tracing and the
-//! access log, in interleaved `wrk` slices: nothing on; the JSON access log
-//! alone; sampling 1 % plus the JSON log (target: at least 97 % of
-//! nothing-on); sampling 100 % plus the log; and sampling 100 % with the
-//! collector stopped (the exporter must not slow requests; Envoy counts
-//! what it drops).
+//! route through separate gateways that differ only in tracing, the access
+//! log and the usage log, in interleaved `wrk` slices: nothing on; the JSON
+//! access log alone; the usage log to a running ext-authz (the default);
+//! sampling 1 % plus the JSON log (target: at least 97 % of nothing-on);
+//! sampling 100 % plus the log; and sampling 100 % with the collector
+//! stopped (the exporter must not slow requests; Envoy counts what it
+//! drops).
 
 use gatehouse_e2e::{Stack, Upstream, otlp::OtlpReceiver, scratch_dir};
 use serde_json::json;
@@ -12,18 +13,23 @@ use serde_json::json;
 use crate::side_by_side::{self, Variant};
 
 /// A gateway with `args` for its control plane and, with `log`, a JSON
-/// access log in a file, routing `/plain` to `up`.
-async fn gateway(up: &Upstream, args: Vec<String>, log: bool) -> Stack {
+/// access log in a file, routing `/plain` to `up`. The usage log is off
+/// unless `usage`, which runs ext-authz to receive it.
+async fn gateway(up: &Upstream, mut args: Vec<String>, log: bool, usage: bool) -> Stack {
     let path = scratch_dir("gatehouse_bench_access").join("access.log");
-    let g = Stack::new()
-        .configure(move |o| {
-            o.args.extend(args);
-            if log {
-                o.access_log = Some(path);
-            }
-        })
-        .start()
-        .await;
+    if !usage {
+        args.extend(["--usage-log".into(), "off".into()]);
+    }
+    let mut stack = Stack::new().configure(move |o| {
+        o.args.extend(args);
+        if log {
+            o.access_log = Some(path);
+        }
+    });
+    if usage {
+        stack = stack.ext_authz(&[]);
+    }
+    let g = stack.start().await;
     g.cp.apply("/v1/services/plain", up.service("plain")).await;
     let version =
         g.cp.apply(
@@ -53,19 +59,26 @@ pub async fn run(seconds: u64, rounds: usize, connections: u32) {
     stopped.stop();
     let endpoint = collector.endpoint();
     let gateways = [
-        ("nothing on", gateway(&up, Vec::new(), false).await),
-        ("JSON access log", gateway(&up, Vec::new(), true).await),
+        ("nothing on", gateway(&up, Vec::new(), false, false).await),
+        (
+            "JSON access log",
+            gateway(&up, Vec::new(), true, false).await,
+        ),
+        (
+            "usage log to ext-authz",
+            gateway(&up, Vec::new(), false, true).await,
+        ),
         (
             "1 % traced + JSON log",
-            gateway(&up, tracing(&endpoint, "1"), true).await,
+            gateway(&up, tracing(&endpoint, "1"), true, false).await,
         ),
         (
             "100 % traced + JSON log",
-            gateway(&up, tracing(&endpoint, "100"), true).await,
+            gateway(&up, tracing(&endpoint, "100"), true, false).await,
         ),
         (
             "100 % traced, collector down",
-            gateway(&up, tracing(&down, "100"), false).await,
+            gateway(&up, tracing(&down, "100"), false, false).await,
         ),
     ];
     let none = Vec::new();
@@ -75,7 +88,10 @@ pub async fn run(seconds: u64, rounds: usize, connections: u32) {
             name,
             url: g.envoy.url("/plain"),
             headers: &none,
-            processes: vec![("envoy", g.envoy.pid())],
+            processes: vec![
+                ("envoy", g.envoy.pid()),
+                ("ext-authz", g.ext.as_ref().and_then(|e| e.pid())),
+            ],
         })
         .collect();
     println!(
@@ -88,7 +104,7 @@ pub async fn run(seconds: u64, rounds: usize, connections: u32) {
     }
     let spans = collector.spans().len();
     println!("spans received by the collector: {spans}");
-    for (name, g) in &gateways[2..] {
+    for (name, g) in &gateways[3..] {
         let dropped = g
             .envoy
             .stat("tracing.opentelemetry.spans_dropped")
