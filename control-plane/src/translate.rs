@@ -30,6 +30,7 @@ pub mod cors;
 pub mod gateway;
 pub mod jwt;
 pub mod listener;
+pub mod quota;
 pub mod ratelimit;
 pub mod resilience;
 pub mod retry;
@@ -61,6 +62,15 @@ pub enum TranslateError {
          (one with jwks or jwks_uri) is configured"
     )]
     NoEnvoyIssuer(String),
+    #[error(
+        "route {route:?} is under two quota policies ({first:?} and {second:?}): Envoy's quota \
+         filter puts a request in one bucket; use enforcement exact for one of them"
+    )]
+    TwoQuotaPolicies {
+        route: String,
+        first: String,
+        second: String,
+    },
     #[error("listeners {first:?} and {second:?} both bind {address}")]
     AddressInUse {
         first: String,
@@ -176,6 +186,15 @@ pub fn snapshot(
         jwt::JWT_FILTER,
         to_any(&jwt::jwt_filter_config(state)),
         jwks_clusters,
+    ));
+    // So does the quota filter's: its buckets change with quota policies.
+    for r in state.routes.values() {
+        quota::route_policy(r, state)?;
+    }
+    parts.extension_configs.push(XdsResource::new(
+        quota::QUOTA_FILTER,
+        to_any(&quota::quota_filter_config(state)),
+        vec![ratelimit::RATELIMIT_CLUSTER.to_owned()],
     ));
     parts.listeners.push(XdsResource::new(
         HTTP_LISTENER,
@@ -347,8 +366,8 @@ mod tests {
         assert_eq!(names(ResourceType::Listener), [HTTP_LISTENER]);
         assert_eq!(
             names(ResourceType::ExtensionConfig),
-            [jwt::JWT_FILTER],
-            "jwt_authn's configuration travels over ECDS, apart from the listener"
+            [jwt::JWT_FILTER, quota::QUOTA_FILTER],
+            "jwt_authn's and the quota filter's configurations travel over ECDS, apart from the listener"
         );
         assert_eq!(
             snapshot.resources(ResourceType::Route)[HTTP_ROUTES].clusters,

@@ -29,12 +29,15 @@ pub use envoy_types::pb::envoy::extensions::filters::http::buffer::v3 as buffer;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+pub use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3 as header_mutation;
 pub use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt_authn;
+pub use envoy_types::pb::envoy::extensions::filters::http::rate_limit_quota::v3 as quota_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 pub use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as early_header_mutation;
+pub use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3 as network_inputs;
 pub use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3 as previous_hosts;
 pub use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3 as otel_samplers;
 pub use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
@@ -42,6 +45,7 @@ pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http
 pub use envoy_types::pb::envoy::service::accesslog::v3 as accesslog_service;
 pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+pub use envoy_types::pb::envoy::service::rate_limit_quota::v3 as quota_service;
 pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
@@ -49,6 +53,8 @@ pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
 pub use envoy_types::pb::opentelemetry::proto::common::v1 as otel_common;
+pub use envoy_types::pb::xds::core::v3 as xds_core;
+pub use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 
 /// xDS type URLs of the resources Gatehouse serves.
 pub mod type_url {

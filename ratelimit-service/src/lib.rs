@@ -12,10 +12,13 @@
 //! - [`rules`]: the configuration in force; descriptors → counters
 //! - [`counters`]: counter storage (memory, Redis), atomic per request
 //! - [`server`]: the gRPC service, response headers, HTTP endpoints
+//! - [`quota`]: Envoy's quota protocol (RLQS) for `enforcement: quota`
+//!   policies: each Envoy's share of the limit, by demand
 
 pub mod algorithm;
 pub mod counters;
 pub mod metrics;
+pub mod quota;
 pub mod rules;
 pub mod server;
 

@@ -28,6 +28,58 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: String,
+}
+
+/// The quota protocol's side: what Envoys report and what they are assigned.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaMetrics {
+    pub reports: Counter,
+    pub assignments: Counter,
+    pub streams: Gauge,
+    pub buckets: Gauge,
+    /// Requests Envoys reported allowed and denied, by policy.
+    pub allowed: Family<PolicyLabel, Counter>,
+    pub denied: Family<PolicyLabel, Counter>,
+}
+
+impl QuotaMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "quota_reports",
+            "Usage reports received from Envoys (one per stream and interval)",
+            self.reports.clone(),
+        );
+        registry.register(
+            "quota_assignments",
+            "Token bucket assignments sent to Envoys",
+            self.assignments.clone(),
+        );
+        registry.register(
+            "quota_streams",
+            "Envoys connected over the quota protocol",
+            self.streams.clone(),
+        );
+        registry.register(
+            "quota_buckets",
+            "Quota buckets with at least one reporting Envoy",
+            self.buckets.clone(),
+        );
+        registry.register(
+            "quota_allowed",
+            "Requests Envoys reported allowed by their quota, by policy",
+            self.allowed.clone(),
+        );
+        registry.register(
+            "quota_denied",
+            "Requests Envoys reported denied by their quota, by policy",
+            self.denied.clone(),
+        );
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -39,6 +91,7 @@ pub struct Metrics {
     pub degraded_decisions: Counter,
     pub config_updates: Family<ResultLabel, Counter>,
     pub ready: Gauge,
+    pub quota: QuotaMetrics,
 }
 
 impl Default for Metrics {
@@ -122,7 +175,10 @@ impl Metrics {
             "1 once a configuration snapshot has been received",
             ready.clone(),
         );
+        let quota = QuotaMetrics::default();
+        quota.register(&mut registry);
         Self {
+            quota,
             registry: Arc::new(registry),
             decisions,
             requests,

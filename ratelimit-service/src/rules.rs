@@ -26,6 +26,17 @@ struct PolicyRule {
     rule: Rule,
     shadow: bool,
     fail_open: bool,
+    quota: bool,
+}
+
+/// A quota policy's limit, as a rate shared by the Envoys enforcing it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaLimit {
+    /// Requests per second, the whole fleet together.
+    pub per_second: f64,
+    /// Token bucket capacity (token bucket policies), or `None`: a second's
+    /// worth.
+    pub burst: Option<u64>,
 }
 
 #[derive(Default)]
@@ -70,6 +81,7 @@ impl Rules {
                     rule: rule(p.algorithm, &limit, p.burst),
                     shadow: p.shadow,
                     fail_open: p.fail_open,
+                    quota: p.quota,
                 },
             );
         }
@@ -86,6 +98,15 @@ impl Rules {
             policies,
             plans,
             consumer_plans: config.consumer_plans,
+        })
+    }
+
+    /// The limit of quota policy `name` (none for an exact one).
+    pub fn quota(&self, name: &str) -> Option<QuotaLimit> {
+        let p = self.policies.get(name).filter(|p| p.quota)?;
+        Some(QuotaLimit {
+            per_second: p.rule.requests as f64 * 1000.0 / p.rule.period_ms as f64,
+            burst: (p.rule.algorithm == rl::Algorithm::TokenBucket).then_some(p.rule.burst),
         })
     }
 

@@ -337,11 +337,15 @@ fn headers(items: &[Item], outcomes: &[Outcome], admitted: bool) -> Vec<HeaderVa
     headers
 }
 
-/// gRPC plus the HTTP endpoints, on one port.
+/// gRPC (decisions, and quota assignments) plus the HTTP endpoints, on one port.
 pub fn routes(service: LimitService) -> tonic::service::Routes {
     let rules = service.rules.clone();
     let metrics = service.metrics.clone();
+    let quota =
+        crate::quota::QuotaService::server(service.rules.clone(), service.metrics.quota.clone());
     let http =
         gatehouse_service_kit::endpoints(move || rules.load().is_some(), move || metrics.render());
-    tonic::service::Routes::from(http).add_service(RateLimitServiceServer::new(service))
+    tonic::service::Routes::from(http)
+        .add_service(RateLimitServiceServer::new(service))
+        .add_service(quota)
 }

@@ -76,7 +76,10 @@ impl Sidecar {
             .arg(format!("--node-id={}", unique(binary)))
             .args(extra)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info,gatehouse_ext_authz=debug")
+            .env(
+                "RUST_LOG",
+                "info,gatehouse_ext_authz=debug,gatehouse_ratelimit_service::quota=debug",
+            )
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)

@@ -2,7 +2,9 @@
 //!
 //! A policy counts requests by a key built from `by` (consumer, plan, client
 //! IP, route, a request header, or a combination) and allows `limit`
-//! requests per period. Plans give every consumer on them default quotas.
+//! requests per period, decided per request by ratelimit-service
+//! (`exact`) or inside Envoy from quota assignments (`quota`). Plans give
+//! every consumer on them default quotas.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -74,6 +76,20 @@ pub enum StoreFailure {
     Closed,
 }
 
+/// Where a policy's requests are decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// ratelimit-service decides every request (Envoy's rate limit
+    /// service): exact counts, RateLimit headers.
+    #[default]
+    Exact,
+    /// Envoy decides in process from a share of the limit that
+    /// ratelimit-service assigns it by demand (Envoy's quota protocol,
+    /// RLQS): no call per request, approximate, for high-volume limits.
+    Quota,
+}
+
 /// One part of the key a policy counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CountBy {
@@ -128,6 +144,19 @@ pub struct RateLimitPolicy {
     /// Applies to every route.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub global: bool,
+    /// `exact` (default) or `quota`.
+    #[serde(default, skip_serializing_if = "is_exact")]
+    pub enforcement: Enforcement,
+}
+
+fn is_exact(e: &Enforcement) -> bool {
+    *e == Enforcement::Exact
+}
+
+impl RateLimitPolicy {
+    pub fn is_quota(&self) -> bool {
+        self.enforcement == Enforcement::Quota
+    }
 }
 
 impl Resource for RateLimitPolicy {
@@ -167,6 +196,20 @@ impl Resource for RateLimitPolicy {
                 ));
             } else if self.by[..i].contains(part) {
                 errors.push(FieldError::new(format!("by[{i}]"), "listed twice"));
+            }
+        }
+        if self.is_quota() {
+            if self.algorithm == RateLimitAlgorithm::SlidingWindow {
+                errors.push(FieldError::new(
+                    "algorithm",
+                    "enforcement quota assigns token buckets: use token_bucket or fixed_window (enforced as a token bucket)",
+                ));
+            }
+            if self.shadow {
+                errors.push(FieldError::new(
+                    "shadow",
+                    "shadow mode needs enforcement exact (Envoy's quota filter cannot report without enforcing per policy)",
+                ));
             }
         }
         match (self.global, self.routes.is_empty()) {

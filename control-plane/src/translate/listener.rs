@@ -4,8 +4,8 @@
 use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
-    HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, ratelimit, resilience,
-    shedding, socket_address, tracing, usage_log,
+    HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, quota, ratelimit,
+    resilience, shedding, socket_address, tracing, usage_log,
 };
 
 /// Name of the default listener.
@@ -42,6 +42,8 @@ pub fn http_connection_manager(
             .chain(jwt::rbac_filters())
             .chain(auth::ext_authz_filters(&proxy.ext_authz))
             .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
+            // Quota policies: the route names its policy, Envoy decides.
+            .chain([quota::header_mutation_filter(), quota::quota_filter()])
             // Shedding after the checks: it measures the upstream's latency.
             .chain([shedding::shedding_filter(&proxy.shedding)])
             // Faults after the checks: a drill never lets a request skip them.

@@ -156,7 +156,7 @@ pub fn route_rate_limits(r: &Route, state: &ConfigState) -> Vec<route::RateLimit
     let mut limits: Vec<route::RateLimit> = state
         .rate_limit_policies
         .values()
-        .filter(|p| p.global || p.routes.contains(&r.name))
+        .filter(|p| !p.is_quota() && (p.global || p.routes.contains(&r.name)))
         .map(|p| {
             let mut actions = vec![generic(d::POLICY, &p.name)];
             actions.extend(
@@ -218,6 +218,7 @@ pub fn ratelimit_config(state: &ConfigState) -> rl::RateLimitConfig {
                 burst: p.burst.unwrap_or(p.limit.requests),
                 shadow: p.shadow,
                 fail_open: p.on_store_failure == StoreFailure::Open,
+                quota: p.is_quota(),
             })
             .collect(),
         plans: state

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{actions, auth, balancing, cors, duration_ms, ratelimit, retry, shedding};
+use super::{actions, auth, balancing, cors, duration_ms, quota, ratelimit, retry, shedding};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -68,6 +68,9 @@ fn virtual_host(
                 // After auth: the route's header rules add to its removals.
                 cors::apply(r, &mut envoy);
                 shedding::apply(r, &mut envoy);
+                // Refused before translation when there are two.
+                let quota_policy = quota::route_policy(r, context.state).ok().flatten();
+                quota::apply(r, &mut envoy, quota_policy);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
                     action.rate_limits = ratelimit::route_rate_limits(r, context.state);
                     retry::apply(r, action);

@@ -43,11 +43,13 @@ pub fn usage_log() -> accesslog::AccessLog {
 }
 
 /// Removes the identity headers a client sends, before route selection
-/// and every filter: only ext-authz and `jwt_authn` set them.
+/// and every filter: only ext-authz and `jwt_authn` set them (and the
+/// quota headers, which only a route sets).
 pub fn identity_headers_removed() -> core::TypedExtensionConfig {
     let mutation = early_header_mutation::HeaderMutation {
         mutations: IDENTITY_HEADERS
             .iter()
+            .chain(&[super::quota::QUOTA_HEADER, super::quota::QUOTA_ROUTE_HEADER])
             .map(|h| mutation_rules::HeaderMutation {
                 action: Some(mutation_rules::header_mutation::Action::Remove(
                     (*h).to_owned(),
@@ -91,6 +93,6 @@ mod tests {
             config.typed_config.expect("typed").value.as_slice(),
         )
         .expect("decodes");
-        assert_eq!(mutation.mutations.len(), IDENTITY_HEADERS.len());
+        assert_eq!(mutation.mutations.len(), IDENTITY_HEADERS.len() + 2);
     }
 }

@@ -33,6 +33,7 @@ pub(crate) fn policy(
         burst: requests,
         shadow: false,
         fail_open: true,
+        quota: false,
     }
 }
 

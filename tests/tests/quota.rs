@@ -1,0 +1,240 @@
+//! Policies with `enforcement: quota` (issue 22): Envoy's quota filter
+//! decides in process from token buckets ratelimit-service assigns it over
+//! the quota protocol (RLQS), with no call per request; several Envoys
+//! share one limit by demand; bad quota policies are refused.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use gatehouse_e2e::{Envoy, Stack, XdsVariant, client, eventually};
+use serde_json::{Value, json};
+
+/// `clients` loops sending GETs to `url` for `run`: (200s, 429s).
+async fn hammer(
+    url: String,
+    headers: Vec<(String, String)>,
+    clients: usize,
+    run: Duration,
+) -> (u64, u64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let limited = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + run;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, headers, ok, limited) =
+                (url.clone(), headers.clone(), ok.clone(), limited.clone());
+            tokio::spawn(async move {
+                let http = client();
+                while Instant::now() < until {
+                    let mut request = http.get(&url);
+                    for (k, v) in &headers {
+                        request = request.header(k, v);
+                    }
+                    match request.send().await.map(|r| r.status().as_u16()) {
+                        Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(429) => limited.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+}
+
+async fn quota_gateway(policy: Value) -> Stack {
+    let g = Stack::new()
+        .ratelimit(&[])
+        .orders()
+        .route("orders", "/orders", "orders")
+        .start()
+        .await;
+    let version = g.cp.apply("/v1/rate-limit-policies/fleet", policy).await;
+    g.cp.until_converged(version).await;
+    g
+}
+
+/// The first request opens the bucket (allowed: no assignment yet, fail
+/// open); its assignment follows within a reporting interval.
+async fn open_bucket(url: &str) {
+    let _ = client().get(url).send().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+}
+
+#[tokio::test]
+async fn envoy_enforces_its_assignment_without_a_call_per_request() {
+    let g = quota_gateway(json!({"limit": {"requests": 600, "per": "minute"},
+        "enforcement": "quota", "routes": ["orders"]}))
+    .await;
+    let url = g.envoy.url("/orders");
+    open_bucket(&url).await;
+    let (ok, limited) = hammer(url.clone(), Vec::new(), 4, Duration::from_secs(3)).await;
+    // 10 a second: 30 in 3 s, plus a second's worth of bucket.
+    assert!(limited > 0, "nothing refused ({ok} admitted)");
+    assert!((15..=55).contains(&ok), "{ok} admitted, {limited} refused");
+    let refused = client().get(&url).send().await.expect("answer");
+    if refused.status() == 429 {
+        let body: Value = refused.json().await.expect("JSON");
+        assert_eq!(body["error"], "rate_limited");
+    }
+    // Decided in Envoy: ratelimit-service was never asked per request.
+    let metrics = g.limiter().metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("gatehouse_ratelimit_decisions_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn two_envoys_share_one_limit() {
+    let g = quota_gateway(json!({"limit": {"requests": 1200, "per": "minute"},
+        "enforcement": "quota", "routes": ["orders"]}))
+    .await;
+    // A second Envoy on the same port (SO_REUSEPORT): connections spread
+    // over both, and both report the bucket.
+    let second = Envoy::start(g.cp.xds, g.envoy.proxy_port, XdsVariant::StateOfTheWorld).await;
+    let url = g.envoy.url("/orders");
+    for _ in 0..8 {
+        open_bucket(&url).await;
+        if second
+            .stat("http.gatehouse.downstream_rq_total")
+            .await
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+    }
+    let (ok, limited) = hammer(url, Vec::new(), 8, Duration::from_secs(4)).await;
+    // 20 a second for the fleet: 80 in 4 s plus a second's worth each. Two
+    // Envoys each enforcing the whole limit would admit about twice that.
+    assert!(limited > 0, "nothing refused ({ok} admitted)");
+    assert!((40..=140).contains(&ok), "{ok} admitted, {limited} refused");
+    let served_by_second = second
+        .stat("http.gatehouse.downstream_rq_total")
+        .await
+        .unwrap_or(0);
+    assert!(served_by_second > 0, "the second Envoy took part");
+}
+
+#[tokio::test]
+async fn consumers_get_independent_buckets() {
+    let g = Stack::new()
+        .ext_authz(&[])
+        .ratelimit(&[])
+        .orders()
+        .start()
+        .await;
+    let alice = g.cp.consumer_key("alice").await;
+    let bob = g.cp.consumer_key("bob").await;
+    g.cp.api_key_route("orders", "/orders", "orders").await;
+    let version =
+        g.cp.apply(
+            "/v1/rate-limit-policies/per-consumer",
+            json!({"limit": {"requests": 60, "per": "minute"}, "enforcement": "quota",
+                   "by": ["consumer"], "routes": ["orders"]}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let url = g.envoy.url("/orders");
+    let with = |key: &str| vec![("x-api-key".to_owned(), key.to_owned())];
+    let _ = g.envoy.send("/orders", &[("x-api-key", &alice)]).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, limited) = hammer(url, with(&alice), 2, Duration::from_secs(2)).await;
+    assert!(limited > 0, "alice is limited");
+    assert_eq!(
+        g.envoy.send("/orders", &[("x-api-key", &bob)]).await.status,
+        200,
+        "bob's bucket is his own"
+    );
+}
+
+#[tokio::test]
+async fn quota_policies_envoy_cannot_enforce_are_refused() {
+    let g = Stack::new()
+        .orders()
+        .route("orders", "/orders", "orders")
+        .start()
+        .await;
+    let refused = |body: Value| {
+        let g = &g;
+        async move {
+            let answer = g.cp.put("/v1/rate-limit-policies/q", body).await;
+            assert_eq!(answer.status(), 422);
+            answer.json::<Value>().await.expect("problem")
+        }
+    };
+    let sliding = refused(
+        json!({"limit": {"requests": 5, "per": "minute"}, "enforcement": "quota",
+        "algorithm": "sliding_window", "routes": ["orders"]}),
+    )
+    .await;
+    assert_eq!(sliding["errors"][0]["field"], "algorithm", "{sliding}");
+    let shadow = refused(
+        json!({"limit": {"requests": 5, "per": "minute"}, "enforcement": "quota",
+        "shadow": true, "routes": ["orders"]}),
+    )
+    .await;
+    assert_eq!(shadow["errors"][0]["field"], "shadow", "{shadow}");
+    g.cp.apply(
+        "/v1/rate-limit-policies/first",
+        json!({"limit": {"requests": 5, "per": "minute"}, "enforcement": "quota", "routes": ["orders"]}),
+    )
+    .await;
+    let second = refused(
+        json!({"limit": {"requests": 9, "per": "minute"}, "enforcement": "quota", "global": true}),
+    )
+    .await;
+    let detail = second.to_string();
+    assert!(
+        detail.contains("first") && detail.contains("orders"),
+        "{detail}"
+    );
+}
+
+/// ratelimit-service gone: Envoy keeps enforcing its last assignment (it
+/// holds for several reporting intervals) instead of letting everything
+/// through; the service counts what Envoys reported while it was there.
+#[tokio::test]
+async fn envoy_keeps_its_assignment_when_ratelimit_service_dies() {
+    let mut g = quota_gateway(json!({"limit": {"requests": 600, "per": "minute"},
+        "enforcement": "quota", "routes": ["orders"]}))
+    .await;
+    let url = g.envoy.url("/orders");
+    open_bucket(&url).await;
+    let (_, limited) = hammer(url.clone(), Vec::new(), 2, Duration::from_secs(2)).await;
+    assert!(limited > 0, "limited while the service runs");
+    // Envoy reports every few seconds: wait for one to be counted.
+    let denied = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("gatehouse_ratelimit_quota_denied_total{policy=\"fleet\"}")
+                && !l.ends_with(" 0")
+        })
+    };
+    eventually(Duration::from_secs(15), "a report with denials", || async {
+        denied(&g.limiter().metrics().await)
+    })
+    .await;
+    let metrics = g.limiter().metrics().await;
+    assert!(
+        metrics.contains("gatehouse_ratelimit_quota_streams 1"),
+        "{metrics}"
+    );
+    g.limiter.as_mut().expect("limiter").kill().await;
+    let (ok, limited) = hammer(url, Vec::new(), 2, Duration::from_secs(2)).await;
+    assert!(
+        limited > 0,
+        "still limited without the service ({ok} admitted)"
+    );
+    assert!(ok <= 40, "{ok} admitted in 2 s at 10 a second");
+}
