@@ -144,7 +144,7 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         connections: u32,
         /// Only these variants, comma-separated: bare, floor,
-        /// floor-headers, memory, redis, leases, local (default: all).
+        /// floor-headers, memory, redis, leases, quota, local (default: all).
         /// Fewer variants put the slices compared closer together in time.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

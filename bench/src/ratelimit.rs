@@ -254,6 +254,15 @@ async fn limited_gateway(
     rls: std::net::SocketAddr,
     upstream: &gatehouse_e2e::Upstream,
 ) -> (gatehouse_e2e::ControlPlane, gatehouse_e2e::Envoy) {
+    gateway_enforcing(rls, upstream, "exact").await
+}
+
+/// [`limited_gateway`] with the limit's `enforcement` (`exact`, `quota`).
+async fn gateway_enforcing(
+    rls: std::net::SocketAddr,
+    upstream: &gatehouse_e2e::Upstream,
+    enforcement: &str,
+) -> (gatehouse_e2e::ControlPlane, gatehouse_e2e::Envoy) {
     use serde_json::json;
     let proxy_port = gatehouse_e2e::free_port();
     let mut options = gatehouse_e2e::ControlPlaneOptions::new(proxy_port);
@@ -275,16 +284,18 @@ async fn limited_gateway(
     }
     cp.apply(
         "/v1/rate-limit-policies/per-ip",
-        json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["client_ip"], "routes": ["limited"]}),
+        json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["client_ip"],
+               "routes": ["limited"], "enforcement": enforcement}),
     )
     .await;
     (cp, envoy)
 }
 
 /// Through Envoy, side by side: no limit, a no-op RLS (the floor),
-/// Gatehouse on Redis, Envoy's `local_ratelimit`.
+/// Gatehouse on Redis, a quota policy (decided in Envoy over RLQS),
+/// Envoy's `local_ratelimit`.
 /// `only` names the variants to run (`bare`, `floor`, `floor-headers`,
-/// `memory`, `redis`, `leases`, `local`); empty runs them all. Fewer
+/// `memory`, `redis`, `leases`, `quota`, `local`); empty runs them all. Fewer
 /// variants put the slices compared closer together in time.
 pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: &[String]) {
     let upstream = gatehouse_e2e::Upstream::start("up").await;
@@ -309,6 +320,11 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     let leasing_addr = std::net::SocketAddr::from(([127, 0, 0, 1], leasing_port));
     let (leasing_cp, leasing_envoy) = limited_gateway(leasing_addr, &upstream).await;
     let leasing = gatehouse_e2e::Sidecar::ratelimit(leasing_cp.xds, leasing_port, &[&url]).await;
+    // A quota policy: Envoy decides from its assignment, no call per request.
+    let quota_port = gatehouse_e2e::free_port();
+    let quota_addr = std::net::SocketAddr::from(([127, 0, 0, 1], quota_port));
+    let (quota_cp, quota_envoy) = gateway_enforcing(quota_addr, &upstream, "quota").await;
+    let quota = gatehouse_e2e::Sidecar::ratelimit(quota_cp.xds, quota_port, &[]).await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -322,6 +338,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
         noop_headers_envoy.url("/limited"),
         memory_envoy.url("/limited"),
         leasing_envoy.url("/limited"),
+        quota_envoy.url("/limited"),
         static_envoy.url("/limited"),
     ] {
         crate::auth::until_ok(&url, &none).await;
@@ -332,6 +349,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     const MEMORY: &str = "Envoy + Gatehouse RLS in memory";
     const REDIS: &str = "Envoy + Gatehouse RLS on Redis, no leases (every request in Redis)";
     const REDIS_LEASING: &str = "Envoy + Gatehouse RLS on Redis (default: leases of up to 100)";
+    const QUOTA: &str = "Envoy + Gatehouse quota policy (RLQS: decided in Envoy)";
     const LOCAL: &str = "Envoy local_ratelimit (static)";
     let variant = |name,
                    envoy: &gatehouse_e2e::Envoy,
@@ -392,6 +410,10 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
                 &[("service", leasing.pid()), ("redis", redis.pid())],
             ),
         ),
+        (
+            "quota",
+            variant(QUOTA, &quota_envoy, "/limited", &[("service", quota.pid())]),
+        ),
         ("local", variant(LOCAL, &static_envoy, "/limited", &[])),
     ]
     .into_iter()
@@ -412,6 +434,8 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     measured.print_ratio(MEMORY, FLOOR_HEADERS);
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
     measured.print_ratio(FLOOR, BARE);
+    measured.print_ratio(QUOTA, BARE);
+    measured.print_ratio(LOCAL, BARE);
     if only.is_empty() || only.iter().any(|o| o == "leases") {
         print_lease_share(REDIS_LEASING, &leasing).await;
     }
