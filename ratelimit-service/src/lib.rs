@@ -45,6 +45,8 @@ pub struct Settings {
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     pub counters: Counters,
+    /// Redis (one server, not Cluster) where instances share quota splits.
+    pub quota_redis: Option<String>,
     /// How often repeated rate-limit hits are summarised.
     pub event_summary: std::time::Duration,
 }
@@ -91,6 +93,14 @@ pub async fn serve(
     let metrics = Metrics::new(settings.counters.redis_counters());
     let rules: SharedRules = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
+    let fleet = settings.quota_redis.as_deref().and_then(|url| {
+        // Unique among the instances: the node id may be shared.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let instance = format!("{}:{}:{nanos}", settings.node_id, std::process::id());
+        quota::fleet::Fleet::new(url, instance).ok().map(Arc::new)
+    });
     let subscription = Subscription {
         endpoint: settings.xds_endpoint,
         node_id: settings.node_id,
@@ -108,15 +118,18 @@ pub async fn serve(
     let lender = store
         .leasing()
         .then(|| tokio::spawn(return_leases(store.clone(), stop.clone())));
-    let routes = server::routes(LimitService {
-        rules,
-        store,
-        metrics,
-        events: Some(gatehouse_service_kit::events::Events::new(
-            "rate_limited",
-            settings.event_summary,
-        )),
-    });
+    let routes = server::routes(
+        fleet,
+        LimitService {
+            rules,
+            store,
+            metrics,
+            events: Some(gatehouse_service_kit::events::Events::new(
+                "rate_limited",
+                settings.event_summary,
+            )),
+        },
+    );
     let mut tasks = vec![
         ("the xDS subscription", xds),
         ("the counter sweeper", sweeper),

@@ -87,6 +87,8 @@ fn main() -> ExitCode {
                 node_id: started.node_id,
                 xds_token: started.xds_token,
                 counters,
+                // Quota splits are shared on a single Redis, not a Cluster.
+                quota_redis: redis_url.filter(|_| !redis_cluster),
                 event_summary: started.event_summary,
             };
             let shutdown = started.stop.cancelled_owned();

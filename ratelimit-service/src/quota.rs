@@ -7,8 +7,8 @@
 //! bucket that Envoy enforces in process. An Envoy that stops reporting
 //! gives its share back after a few of its reporting intervals.
 //!
-//! The split is per instance: Envoys of one bucket must report to the same
-//! ratelimit-service (a shared ledger in Redis is not built yet).
+//! Several instances on one Redis share the split ([`fleet`]): each takes
+//! the part of the limit its Envoys' demand is of the fleet's.
 
 use std::{
     collections::HashMap,
@@ -33,6 +33,8 @@ use gatehouse_proto::{
     ratelimit::descriptor,
 };
 use tokio_stream::wrappers::ReceiverStream;
+
+pub mod fleet;
 
 use crate::{
     metrics::{PolicyLabel, QuotaMetrics},
@@ -83,6 +85,7 @@ impl Ledger {
     /// Records `stream`'s demand for a bucket and splits `limit` (requests
     /// per second) among the Envoys reporting it: returns each reporter whose
     /// share changed (the reporting one always), with its share.
+    #[cfg(test)]
     fn shares(
         &mut self,
         key: &BucketKey,
@@ -92,8 +95,25 @@ impl Ledger {
         limit: f64,
         now: Instant,
     ) -> Vec<(u64, f64)> {
-        if !self.buckets.contains_key(key) && self.buckets.len() >= MAX_BUCKETS {
+        if self.record(key, stream, demand, interval, now).is_none() {
             return Vec::new();
+        }
+        self.split(key, stream, limit)
+    }
+
+    /// Records `stream`'s demand for a bucket (smoothed), forgets reporters
+    /// gone silent, and returns the demand of all this instance's reporters
+    /// of the bucket; `None` past [`MAX_BUCKETS`].
+    fn record(
+        &mut self,
+        key: &BucketKey,
+        stream: u64,
+        demand: f64,
+        interval: Duration,
+        now: Instant,
+    ) -> Option<f64> {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= MAX_BUCKETS {
+            return None;
         }
         let reporters = self.buckets.entry(key.clone()).or_default();
         reporters.retain(|_, r| {
@@ -116,8 +136,17 @@ impl Ledger {
                 assigned: known.and_then(|r| r.assigned),
             },
         );
+        Some(reporters.values().map(|r| r.demand).sum())
+    }
+
+    /// Splits `limit` among the bucket's reporters by demand: each reporter
+    /// whose share changed (`stream`, the one reporting, always).
+    fn split(&mut self, key: &BucketKey, stream: u64, limit: f64) -> Vec<(u64, f64)> {
+        let Some(reporters) = self.buckets.get_mut(key) else {
+            return Vec::new();
+        };
         let total: f64 = reporters.values().map(|r| r.demand).sum();
-        let floor = (total * FLOOR / reporters.len() as f64).max(1e-3);
+        let floor = (total * FLOOR / reporters.len().max(1) as f64).max(1e-3);
         let weights: f64 = reporters.values().map(|r| r.demand + floor).sum();
         let fair = |r: &Reporter| limit * (r.demand + floor) / weights;
         // Small changes are left alone, unless keeping them would let the
@@ -180,6 +209,8 @@ pub struct QuotaService {
     streams: Arc<Mutex<HashMap<u64, Answers>>>,
     next_stream: Arc<AtomicU64>,
     metrics: QuotaMetrics,
+    /// The split shared with other instances through Redis, if any.
+    fleet: Option<Arc<fleet::Fleet>>,
 }
 
 /// The assignment of `share` requests per second of a bucket.
@@ -202,19 +233,24 @@ fn assignment(bucket: &BucketId, share: f64, limit: QuotaLimit, ttl: Duration) -
 }
 
 impl QuotaService {
-    pub fn server(rules: SharedRules, metrics: QuotaMetrics) -> RateLimitQuotaServiceServer<Self> {
+    pub fn server(
+        rules: SharedRules,
+        metrics: QuotaMetrics,
+        fleet: Option<Arc<fleet::Fleet>>,
+    ) -> RateLimitQuotaServiceServer<Self> {
         RateLimitQuotaServiceServer::new(Self {
             rules,
             ledger: Arc::default(),
             streams: Arc::default(),
             next_stream: Arc::default(),
             metrics,
+            fleet,
         })
     }
 
     /// The assignments one report changes, by stream: the reporting
     /// Envoy's, and those of other Envoys whose share moved.
-    fn answer(
+    async fn answer(
         &self,
         stream: u64,
         reports: &RateLimitQuotaUsageReports,
@@ -222,7 +258,7 @@ impl QuotaService {
         let rules = self.rules.load_full();
         let now = Instant::now();
         self.metrics.reports.inc();
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let ledger = || self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         let mut actions: HashMap<u64, Vec<BucketAction>> = HashMap::new();
         for usage in &reports.bucket_quota_usages {
             let Some(bucket) = &usage.bucket_id else {
@@ -264,8 +300,15 @@ impl QuotaService {
                 .collect();
             key.sort();
             let ttl = (interval * TTL_INTERVALS).max(TTL_MIN);
-            for (to, share) in ledger.shares(&key, stream, demand, interval, limit.per_second, now)
-            {
+            let Some(local) = ledger().record(&key, stream, demand, interval, now) else {
+                continue;
+            };
+            let part = match &self.fleet {
+                Some(fleet) => fleet.part(&key, local, limit.per_second).await,
+                None => limit.per_second,
+            };
+            let changed = ledger().split(&key, stream, part);
+            for (to, share) in changed {
                 tracing::debug!(stream = to, demand, share, "quota assigned");
                 self.metrics.assignments.inc();
                 actions
@@ -274,7 +317,11 @@ impl QuotaService {
                     .push(assignment(bucket, share, limit, ttl));
             }
         }
+        let ledger = ledger();
         self.metrics.buckets.set(ledger.buckets.len() as i64);
+        if let Some(fleet) = &self.fleet {
+            fleet.retain(|k| ledger.buckets.contains_key(k));
+        }
         actions
     }
 
@@ -322,7 +369,7 @@ impl RateLimitQuotaService for QuotaService {
         let service = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(report)) = reports.message().await {
-                let actions = service.answer(stream, &report);
+                let actions = service.answer(stream, &report).await;
                 service.deliver(actions);
             }
             service.end(stream);

@@ -338,11 +338,17 @@ fn headers(items: &[Item], outcomes: &[Outcome], admitted: bool) -> Vec<HeaderVa
 }
 
 /// gRPC (decisions, and quota assignments) plus the HTTP endpoints, on one port.
-pub fn routes(service: LimitService) -> tonic::service::Routes {
+pub fn routes(
+    fleet: Option<Arc<crate::quota::fleet::Fleet>>,
+    service: LimitService,
+) -> tonic::service::Routes {
     let rules = service.rules.clone();
     let metrics = service.metrics.clone();
-    let quota =
-        crate::quota::QuotaService::server(service.rules.clone(), service.metrics.quota.clone());
+    let quota = crate::quota::QuotaService::server(
+        service.rules.clone(),
+        service.metrics.quota.clone(),
+        fleet,
+    );
     let http =
         gatehouse_service_kit::endpoints(move || rules.load().is_some(), move || metrics.render());
     tonic::service::Routes::from(http)

@@ -238,3 +238,54 @@ async fn envoy_keeps_its_assignment_when_ratelimit_service_dies() {
     );
     assert!(ok <= 40, "{ok} admitted in 2 s at 10 a second");
 }
+
+/// Two ratelimit-service instances, each serving its own Envoy, share one
+/// limit through Redis: each takes the part of it its Envoy's demand is of
+/// the fleet's.
+#[tokio::test]
+async fn two_ratelimit_instances_share_one_limit_through_redis() {
+    let redis = gatehouse_e2e::redis::RedisServer::start().await;
+    let url = format!("--redis-url={}", redis.url());
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let g = Stack::new()
+            .ratelimit(&[&url])
+            .orders()
+            .route("orders", "/orders", "orders")
+            .start()
+            .await;
+        let version =
+            g.cp.apply(
+                "/v1/rate-limit-policies/fleet",
+                json!({"limit": {"requests": 1200, "per": "minute"},
+                       "enforcement": "quota", "routes": ["orders"]}),
+            )
+            .await;
+        g.cp.until_converged(version).await;
+        gateways.push(g);
+    }
+    let urls: Vec<String> = gateways.iter().map(|g| g.envoy.url("/orders")).collect();
+    // Both Envoys report demand (every 5 s) before the measurement.
+    let both = |clients, run| {
+        let urls = urls.clone();
+        async move {
+            tokio::join!(
+                hammer(urls[0].clone(), Vec::new(), clients, run),
+                hammer(urls[1].clone(), Vec::new(), clients, run)
+            )
+        }
+    };
+    both(1, Duration::from_secs(7)).await;
+    let (first, second) = both(4, Duration::from_secs(4)).await;
+    let results = [first, second];
+    let ok: u64 = results.iter().map(|(ok, _)| ok).sum();
+    assert!(
+        results.iter().all(|(_, limited)| *limited > 0),
+        "{results:?}"
+    );
+    // 20 a second for both: 80 in 4 s, plus a refill's worth each; each
+    // instance handing out the whole limit would admit about twice that.
+    assert!((50..=130).contains(&ok), "{ok} admitted: {results:?}");
+    let keys = redis.cli(&["KEYS", "gh:quota:*"]).await;
+    assert!(keys.contains("fleet"), "the shared ledger: {keys}");
+}
