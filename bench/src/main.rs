@@ -20,6 +20,7 @@
 mod auth;
 mod load;
 mod observability;
+mod quota;
 mod ratelimit;
 mod resilience;
 mod side_by_side;
@@ -106,6 +107,16 @@ enum Command {
     /// Observability: tracing (off, 1 %, 100 %, collector down) and the
     /// JSON access log beside a gateway with neither.
     Observability(Slices),
+    /// Quota policies: how close three Envoys sharing one limit (through
+    /// three ratelimit-services on one Redis) stay to it, with uneven load.
+    QuotaAccuracy {
+        /// Load before the measurement (Envoys report every 5 s).
+        #[arg(long, default_value_t = 15)]
+        warm_up: u64,
+        /// The measured span.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Resilience: its hot-path cost beside a plain route, and the time to
     /// eject an endpoint that starts failing half its requests.
     Resilience(Slices),
@@ -242,6 +253,7 @@ async fn run(command: Command) {
         Command::Observability(s) => {
             observability::run(s.seconds, s.rounds, s.connections).await;
         }
+        Command::QuotaAccuracy { warm_up, seconds } => quota::run(warm_up, seconds).await,
         Command::Writes {
             seconds,
             rounds,
