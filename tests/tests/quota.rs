@@ -204,7 +204,9 @@ async fn quota_policies_envoy_cannot_enforce_are_refused() {
 
 /// ratelimit-service gone: Envoy keeps enforcing its last assignment (it
 /// holds for several reporting intervals) instead of letting everything
-/// through; the service counts what Envoys reported while it was there.
+/// through; the service counts what Envoys reported while it was there. A
+/// new instance on the same address gets Envoy's reports again, with no
+/// restart of anything else.
 #[tokio::test]
 async fn envoy_keeps_its_assignment_when_ratelimit_service_dies() {
     let mut g = quota_gateway(json!({"limit": {"requests": 600, "per": "minute"},
@@ -230,13 +232,29 @@ async fn envoy_keeps_its_assignment_when_ratelimit_service_dies() {
         metrics.contains("gatehouse_ratelimit_quota_streams 1"),
         "{metrics}"
     );
+    let port = g.limiter().addr.port();
     g.limiter.as_mut().expect("limiter").kill().await;
-    let (ok, limited) = hammer(url, Vec::new(), 2, Duration::from_secs(2)).await;
+    let (ok, limited) = hammer(url.clone(), Vec::new(), 2, Duration::from_secs(2)).await;
     assert!(
         limited > 0,
         "still limited without the service ({ok} admitted)"
     );
     assert!(ok <= 40, "{ok} admitted in 2 s at 10 a second");
+
+    let back = gatehouse_e2e::Sidecar::ratelimit(g.cp.xds, port, &[]).await;
+    eventually(
+        Duration::from_secs(20),
+        "Envoy reporting to the new instance",
+        || async {
+            let _ = client().get(&url).send().await;
+            back.metrics()
+                .await
+                .contains("gatehouse_ratelimit_quota_streams 1")
+        },
+    )
+    .await;
+    let (_, limited) = hammer(url, Vec::new(), 2, Duration::from_secs(2)).await;
+    assert!(limited > 0, "limited again");
 }
 
 /// Two ratelimit-service instances, each serving its own Envoy, share one
