@@ -50,21 +50,9 @@ pub async fn run(warm_up: u64, seconds: u64) {
     let url = format!("--redis-url={}", redis.url());
     let mut gateways = Vec::new();
     for _ in 0..3 {
-        let g = Stack::new()
-            .ratelimit(&[&url])
-            .orders()
-            .route("orders", "/orders", "orders")
-            .start()
-            .await;
-        let version =
-            g.cp.apply(
-                "/v1/rate-limit-policies/fleet",
-                json!({"limit": {"requests": LIMIT_PER_MINUTE, "per": "minute"},
-                       "enforcement": "quota", "routes": ["orders"]}),
-            )
-            .await;
-        g.cp.until_converged(version).await;
-        gateways.push(g);
+        let policy = json!({"limit": {"requests": LIMIT_PER_MINUTE, "per": "minute"},
+                            "enforcement": "quota", "routes": ["orders"]});
+        gateways.push(Stack::orders_under_policy(&[&url], policy).await);
     }
     let connections = [6u32, 3, 1];
     let urls: Vec<String> = gateways.iter().map(|g| g.envoy.url("/orders")).collect();

@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::{
         },
     },
     common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
 };
 use tokio::{net::TcpListener, sync::oneshot};
 
@@ -59,11 +60,7 @@ impl LogsService for LogSink {
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let mut received = Vec::new();
         for resource_logs in request.into_inner().resource_logs {
-            let resource = resource_logs
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = resource.get("service.name").cloned().unwrap_or_default();
+            let service = service_name(resource_logs.resource.as_ref());
             for scope in resource_logs.scope_logs {
                 for record in scope.log_records {
                     received.push(ReceivedLog {
@@ -98,6 +95,14 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The `service.name` of an exported batch's resource ("" without one).
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .map(|r| attributes(&r.attributes))
+        .and_then(|a| a.get("service.name").cloned())
+        .unwrap_or_default()
+}
+
 #[tonic::async_trait]
 impl TraceService for Sink {
     async fn export(
@@ -106,11 +111,7 @@ impl TraceService for Sink {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut received = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = resource.get("service.name").cloned().unwrap_or_default();
+            let service = service_name(resource_spans.resource.as_ref());
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     received.push(ReceivedSpan {

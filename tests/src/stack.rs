@@ -212,6 +212,21 @@ impl Stack {
         key
     }
 
+    /// A stack with ratelimit-service (`limiter_args`) and a public
+    /// `/orders` route under rate-limit policy `fleet` (`policy`, which
+    /// names the route), served by every node.
+    pub async fn orders_under_policy(limiter_args: &[&str], policy: serde_json::Value) -> Stack {
+        let g = Stack::new()
+            .ratelimit(limiter_args)
+            .orders()
+            .route("orders", "/orders", "orders")
+            .start()
+            .await;
+        let version = g.cp.apply("/v1/rate-limit-policies/fleet", policy).await;
+        g.cp.until_converged(version).await;
+        g
+    }
+
     pub fn limiter(&self) -> &Sidecar {
         self.limiter
             .as_ref()

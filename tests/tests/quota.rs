@@ -55,15 +55,7 @@ async fn hammer(
 }
 
 async fn quota_gateway(policy: Value) -> Stack {
-    let g = Stack::new()
-        .ratelimit(&[])
-        .orders()
-        .route("orders", "/orders", "orders")
-        .start()
-        .await;
-    let version = g.cp.apply("/v1/rate-limit-policies/fleet", policy).await;
-    g.cp.until_converged(version).await;
-    g
+    Stack::orders_under_policy(&[], policy).await
 }
 
 /// The first request opens the bucket (allowed: no assignment yet, fail
@@ -270,21 +262,9 @@ async fn two_ratelimit_instances_share_one_limit_through_redis() {
     let url = format!("--redis-url={}", redis.url());
     let mut gateways = Vec::new();
     for _ in 0..2 {
-        let g = Stack::new()
-            .ratelimit(&[&url])
-            .orders()
-            .route("orders", "/orders", "orders")
-            .start()
-            .await;
-        let version =
-            g.cp.apply(
-                "/v1/rate-limit-policies/fleet",
-                json!({"limit": {"requests": 1200, "per": "minute"},
-                       "enforcement": "quota", "routes": ["orders"]}),
-            )
-            .await;
-        g.cp.until_converged(version).await;
-        gateways.push(g);
+        let policy = json!({"limit": {"requests": 1200, "per": "minute"},
+                            "enforcement": "quota", "routes": ["orders"]});
+        gateways.push(Stack::orders_under_policy(&[&url], policy).await);
     }
     let urls: Vec<String> = gateways.iter().map(|g| g.envoy.url("/orders")).collect();
     // Both Envoys report demand (every 5 s) before the measurement.
