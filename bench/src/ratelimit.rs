@@ -291,11 +291,41 @@ async fn gateway_enforcing(
     (cp, envoy)
 }
 
+/// On the quota gateway: /jwtq, a JWT verified in Envoy (`verify_in:
+/// envoy`, Envoy's JWT cache on) under a per-consumer quota policy never
+/// reached. Returns the headers of a valid request.
+async fn jwt_quota_route(cp: &gatehouse_e2e::ControlPlane) -> crate::auth::Headers {
+    use gatehouse_e2e::tokens::{TestKey, claims, jwks};
+    use serde_json::json;
+    const ISS: &str = "https://idp.bench/";
+    const AUD: &str = "bench-api";
+    let key = TestKey::rsa("rs");
+    cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks": jwks(&[&key]), "algorithms": ["RS256"], "audiences": [AUD]}),
+    )
+    .await;
+    cp.apply(
+        "/v1/routes/jwtq",
+        json!({"match": {"path_prefix": "/jwtq"}, "destination": {"service": "up"},
+               "auth": {"method": "jwt", "verify_in": "envoy"}}),
+    )
+    .await;
+    cp.apply(
+        "/v1/rate-limit-policies/per-consumer",
+        json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["consumer"],
+               "routes": ["jwtq"], "enforcement": "quota"}),
+    )
+    .await;
+    let token = key.sign(&claims(ISS, AUD, "bench"));
+    vec![("authorization".to_owned(), format!("Bearer {token}"))]
+}
+
 /// Through Envoy, side by side: no limit, a no-op RLS (the floor),
 /// Gatehouse on Redis, a quota policy (decided in Envoy over RLQS),
 /// Envoy's `local_ratelimit`.
 /// `only` names the variants to run (`bare`, `floor`, `floor-headers`,
-/// `memory`, `redis`, `leases`, `quota`, `local`); empty runs them all. Fewer
+/// `memory`, `redis`, `leases`, `quota`, `jwt-quota`, `local`); empty runs them all. Fewer
 /// variants put the slices compared closer together in time.
 pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: &[String]) {
     let upstream = gatehouse_e2e::Upstream::start("up").await;
@@ -325,6 +355,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     let quota_addr = std::net::SocketAddr::from(([127, 0, 0, 1], quota_port));
     let (quota_cp, quota_envoy) = gateway_enforcing(quota_addr, &upstream, "quota").await;
     let quota = gatehouse_e2e::Sidecar::ratelimit(quota_cp.xds, quota_port, &[]).await;
+    let jwt_headers = jwt_quota_route(&quota_cp).await;
     let static_port = gatehouse_e2e::free_port();
     let static_envoy = gatehouse_e2e::Envoy::start_static(
         &local_ratelimit_bootstrap(static_port, upstream.addr),
@@ -343,6 +374,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     ] {
         crate::auth::until_ok(&url, &none).await;
     }
+    crate::auth::until_ok(&quota_envoy.url("/jwtq"), &jwt_headers).await;
     const BARE: &str = "bare Envoy (no limit)";
     const FLOOR: &str = "Envoy + no-op RLS (floor)";
     const FLOOR_HEADERS: &str = "Envoy + no-op RLS with RateLimit headers";
@@ -350,6 +382,8 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     const REDIS: &str = "Envoy + Gatehouse RLS on Redis, no leases (every request in Redis)";
     const REDIS_LEASING: &str = "Envoy + Gatehouse RLS on Redis (default: leases of up to 100)";
     const QUOTA: &str = "Envoy + Gatehouse quota policy (RLQS: decided in Envoy)";
+    const JWT_QUOTA: &str =
+        "Envoy + JWT verified in Envoy + per-consumer quota policy (no call out of Envoy)";
     const LOCAL: &str = "Envoy local_ratelimit (static)";
     let variant = |name,
                    envoy: &gatehouse_e2e::Envoy,
@@ -414,6 +448,18 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
             "quota",
             variant(QUOTA, &quota_envoy, "/limited", &[("service", quota.pid())]),
         ),
+        (
+            "jwt-quota",
+            Variant {
+                headers: &jwt_headers,
+                ..variant(
+                    JWT_QUOTA,
+                    &quota_envoy,
+                    "/jwtq",
+                    &[("service", quota.pid())],
+                )
+            },
+        ),
         ("local", variant(LOCAL, &static_envoy, "/limited", &[])),
     ]
     .into_iter()
@@ -435,6 +481,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     measured.print_ratio(FLOOR_HEADERS, FLOOR);
     measured.print_ratio(FLOOR, BARE);
     measured.print_ratio(QUOTA, BARE);
+    measured.print_ratio(JWT_QUOTA, BARE);
     measured.print_ratio(LOCAL, BARE);
     if only.is_empty() || only.iter().any(|o| o == "leases") {
         print_lease_share(REDIS_LEASING, &leasing).await;

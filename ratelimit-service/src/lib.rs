@@ -45,10 +45,17 @@ pub struct Settings {
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     pub counters: Counters,
-    /// Redis (one server, not Cluster) where instances share quota splits.
-    pub quota_redis: Option<String>,
+    /// The Redis where instances share quota splits.
+    pub quota_redis: Option<QuotaRedis>,
     /// How often repeated rate-limit hits are summarised.
     pub event_summary: std::time::Duration,
+}
+
+/// Where the instances' quota ledger lives: one Redis URL, or a Cluster's
+/// seed URLs separated by commas.
+pub struct QuotaRedis {
+    pub url: String,
+    pub cluster: bool,
 }
 
 /// Turns ADS responses into the rules in force: exactly one
@@ -93,13 +100,16 @@ pub async fn serve(
     let metrics = Metrics::new(settings.counters.redis_counters());
     let rules: SharedRules = Arc::new(ArcSwapOption::empty());
     let stop = CancellationToken::new();
-    let fleet = settings.quota_redis.as_deref().and_then(|url| {
+    let fleet = settings.quota_redis.as_ref().and_then(|redis| {
         // Unique among the instances: the node id may be shared.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let instance = format!("{}:{}:{nanos}", settings.node_id, std::process::id());
-        quota::fleet::Fleet::new(url, instance).ok().map(Arc::new)
+        quota::fleet::Fleet::new(&redis.url, redis.cluster, instance)
+            .inspect_err(|e| tracing::warn!(error = %e, "quota splits not shared: bad Redis URL"))
+            .ok()
+            .map(Arc::new)
     });
     let subscription = Subscription {
         endpoint: settings.xds_endpoint,

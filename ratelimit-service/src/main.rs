@@ -87,8 +87,10 @@ fn main() -> ExitCode {
                 node_id: started.node_id,
                 xds_token: started.xds_token,
                 counters,
-                // Quota splits are shared on a single Redis, not a Cluster.
-                quota_redis: redis_url.filter(|_| !redis_cluster),
+                quota_redis: redis_url.map(|url| gatehouse_ratelimit_service::QuotaRedis {
+                    url,
+                    cluster: redis_cluster,
+                }),
                 event_summary: started.event_summary,
             };
             let shutdown = started.stop.cancelled_owned();

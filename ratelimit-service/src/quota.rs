@@ -168,12 +168,18 @@ impl Ledger {
     }
 
     /// Forgets a stream that ended: its shares go back at once (to the
-    /// others with their next report).
-    fn forget(&mut self, stream: u64) {
-        self.buckets.retain(|_, reporters| {
-            reporters.remove(&stream);
-            !reporters.is_empty()
+    /// others with their next report). Returns the buckets no Envoy here
+    /// reports any more.
+    fn forget(&mut self, stream: u64) -> Vec<BucketKey> {
+        let mut emptied = Vec::new();
+        self.buckets.retain(|key, reporters| {
+            let empty = reporters.remove(&stream).is_some() && reporters.is_empty();
+            if empty {
+                emptied.push(key.clone());
+            }
+            !empty
         });
+        emptied
     }
 }
 
@@ -260,6 +266,8 @@ impl QuotaService {
         self.metrics.reports.inc();
         let ledger = || self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         let mut actions: HashMap<u64, Vec<BucketAction>> = HashMap::new();
+        let mut asks = Vec::new();
+        let mut settled = Vec::new();
         for usage in &reports.bucket_quota_usages {
             let Some(bucket) = &usage.bucket_id else {
                 continue;
@@ -303,13 +311,18 @@ impl QuotaService {
             let Some(local) = ledger().record(&key, stream, demand, interval, now) else {
                 continue;
             };
-            let part = match &self.fleet {
-                Some(fleet) => fleet.part(&key, local, limit.per_second).await,
-                None => limit.per_second,
-            };
-            let changed = ledger().split(&key, stream, part);
+            asks.push((key, local, limit.per_second));
+            settled.push((bucket, limit, ttl));
+        }
+        // The fleet's parts of all the report's buckets at once.
+        let parts = match &self.fleet {
+            Some(fleet) => fleet.parts(&asks).await,
+            None => asks.iter().map(|(_, _, limit)| *limit).collect(),
+        };
+        for (((key, _, _), part), (bucket, limit, ttl)) in asks.iter().zip(parts).zip(settled) {
+            let changed = ledger().split(key, stream, part);
             for (to, share) in changed {
-                tracing::debug!(stream = to, demand, share, "quota assigned");
+                tracing::debug!(stream = to, share, "quota assigned");
                 self.metrics.assignments.inc();
                 actions
                     .entry(to)
@@ -342,10 +355,14 @@ impl QuotaService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&stream);
-        self.ledger
+        let emptied = self
+            .ledger
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .forget(stream);
+        if let Some(fleet) = self.fleet.clone().filter(|_| !emptied.is_empty()) {
+            tokio::spawn(async move { fleet.withdraw(&emptied).await });
+        }
     }
 }
 

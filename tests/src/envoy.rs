@@ -301,6 +301,12 @@ impl Envoy {
         }
         total
     }
+
+    /// Kills Envoy (SIGKILL) and waits for it to be gone: a node leaving
+    /// the fleet without a goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
 }
 
 fn regex_escape(s: &str) -> String {

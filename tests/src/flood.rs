@@ -1,10 +1,15 @@
-//! Closed-loop floods for overload tests: `clients` loops sending GETs back
-//! to back until stopped, keeping the first 503's `Retry-After` and body;
-//! and `successes`, a few clients probing a route to count its 200s.
+//! Load for overload and limit tests: closed-loop floods (`clients` loops
+//! sending GETs back to back until stopped, keeping the first 503's
+//! `Retry-After` and body); `Paced`, an open-loop load at a fixed rate
+//! whatever the answers' latency; and `successes`, a few clients probing a
+//! route to count its 200s.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -98,4 +103,74 @@ pub async fn successes(url: String, clients: usize, each: usize) -> usize {
         ok += t.await.expect("probing client");
     }
     ok
+}
+
+/// GETs at a fixed rate (open loop: each request is sent on its tick, not
+/// after the previous answer), counting 200s, 429s and anything else.
+pub struct Paced {
+    counts: Arc<[AtomicU64; 3]>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a paced load got so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacedCounts {
+    pub ok: u64,
+    pub limited: u64,
+    pub other: u64,
+}
+
+impl std::ops::Sub for PacedCounts {
+    type Output = Self;
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            ok: self.ok - earlier.ok,
+            limited: self.limited - earlier.limited,
+            other: self.other - earlier.other,
+        }
+    }
+}
+
+impl Paced {
+    pub fn start(url: String, per_second: u32) -> Self {
+        let counts: Arc<[AtomicU64; 3]> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs(1) / per_second.max(1);
+        let task = {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut ticks = tokio::time::interval(period);
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    let (http, url, counts) = (http.clone(), url.clone(), counts.clone());
+                    tokio::spawn(async move {
+                        let slot = match http.get(&url).send().await.map(|r| r.status().as_u16()) {
+                            Ok(200) => 0,
+                            Ok(429) => 1,
+                            _ => 2,
+                        };
+                        counts[slot].fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            })
+        };
+        Self { counts, stop, task }
+    }
+
+    pub fn counts(&self) -> PacedCounts {
+        let [ok, limited, other] = &*self.counts;
+        PacedCounts {
+            ok: ok.load(Ordering::Relaxed),
+            limited: limited.load(Ordering::Relaxed),
+            other: other.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops sending (answers still in flight are not waited for).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
 }

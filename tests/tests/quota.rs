@@ -291,3 +291,65 @@ async fn two_ratelimit_instances_share_one_limit_through_redis() {
     let keys = redis.cli(&["KEYS", "gh:quota:*"]).await;
     assert!(keys.contains("fleet"), "the shared ledger: {keys}");
 }
+
+/// After ratelimit-service is gone and the last assignment has expired
+/// (its lifetime, then a grace of reusing it), each policy falls back to
+/// its `on_store_failure`: `closed` refuses everything, `open` allows
+/// everything.
+#[tokio::test]
+async fn expired_assignments_fall_back_to_the_policys_failure_mode() {
+    let mut g = quota_gateway(json!({"limit": {"requests": 600, "per": "minute"},
+        "enforcement": "quota", "on_store_failure": "closed", "routes": ["orders"]}))
+    .await;
+    g.cp.apply(
+        "/v1/routes/lenient",
+        json!({"match": {"path_prefix": "/lenient"}, "destination": {"service": "orders"}}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/rate-limit-policies/lenient",
+            json!({"limit": {"requests": 600, "per": "minute"}, "enforcement": "quota",
+                   "on_store_failure": "open", "routes": ["lenient"]}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let strict = g.envoy.url("/orders");
+    let lenient = g.envoy.url("/lenient");
+    open_bucket(&strict).await;
+    open_bucket(&lenient).await;
+    let (a, b) = tokio::join!(
+        hammer(strict.clone(), Vec::new(), 2, Duration::from_secs(2)),
+        hammer(lenient.clone(), Vec::new(), 2, Duration::from_secs(2)),
+    );
+    assert!(a.1 > 0 && b.1 > 0, "both limited: {a:?} {b:?}");
+    g.limiter.as_mut().expect("limiter").kill().await;
+
+    // Lifetime (at most 15 s) plus the 10 s grace, and a margin.
+    let statuses = |url: String| async move {
+        let http = client();
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            if let Ok(r) = http.get(&url).send().await {
+                seen.push(r.status().as_u16());
+            }
+        }
+        seen
+    };
+    eventually(
+        Duration::from_secs(40),
+        "open: everything allowed",
+        || async { statuses(lenient.clone()).await == [200; 20] },
+    )
+    .await;
+    // A live assignment would refill within a second: closed refuses all.
+    eventually(
+        Duration::from_secs(10),
+        "closed: everything refused",
+        || async {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            statuses(strict.clone()).await == [429; 20]
+        },
+    )
+    .await;
+}

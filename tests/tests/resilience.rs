@@ -1,7 +1,7 @@
-//! Resilience through a real Envoy against misbehaving upstreams: retries,
-//! active health checks with failover to backups, circuit breakers and
-//! priority classes with load shedding (issue 20; outlier detection in
-//! `outlier_detection.rs`).
+//! Resilience through a real Envoy against misbehaving upstreams: retries
+//! and per-try timeouts, active health checks with failover to backups,
+//! circuit breakers and priority classes with load shedding (issue 20;
+//! outlier detection in `outlier_detection.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,41 @@ async fn retries_hide_failures_but_never_repeat_a_post() {
     let before = hits();
     assert_eq!(probe(&http, &g.envoy.url("/items")).await.0, 503);
     assert_eq!(hits() - before, 3, "a GET is retried twice");
+}
+
+/// A hung endpoint never answers; the per-try timeout gives up on it and
+/// the retry goes to the other endpoint, so clients only see the delay.
+#[tokio::test]
+async fn a_hung_endpoint_is_hidden_by_the_per_try_timeout() {
+    let g = Stack::new().start().await;
+    let hung = Upstream::start_with("hung", Behaviour::hanging()).await;
+    let live = Upstream::start("live").await;
+    g.cp.apply(
+        "/v1/services/halfhung",
+        service(&[(&hung, 0), (&live, 0)], json!({})),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/halfhung",
+            json!({"match": {"path_prefix": "/"}, "destination": {"service": "halfhung"},
+                   "timeout_ms": 10000,
+                   "retries": {"on": ["gateway-error"], "attempts": 2, "per_try_timeout_ms": 200,
+                               "backoff": {"base_ms": 1}}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(
+            probe(&http, &g.envoy.url("/items")).await,
+            (200, Some("live".into()))
+        );
+    }
+    assert!(
+        hung.hit_count() > 0,
+        "round robin sent some first attempts to the hung endpoint"
+    );
 }
 
 #[tokio::test]

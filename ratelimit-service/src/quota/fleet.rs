@@ -1,12 +1,14 @@
-//! The split shared by several ratelimit-service instances through Redis.
-//! Each instance writes, per bucket, the demand its own Envoys report (one
-//! hash field per instance, with when it was written) and reads the
-//! others': it takes the part of the limit its demand is of the fleet's
-//! (with the same floor as between Envoys) and splits that part among its
-//! own Envoys. Redis is asked only when a report comes (every few seconds
-//! per Envoy and bucket), never per request. While Redis cannot be reached
-//! an instance keeps the last part it knew for the bucket (the whole limit
-//! if it never knew one).
+//! The split shared by several ratelimit-service instances through Redis
+//! (a single server or a Cluster). Each instance writes, per bucket, the
+//! demand its own Envoys report (one hash field per instance, with when it
+//! was written) and reads the others': it takes the part of the limit its
+//! demand is of the fleet's (with the same floor as between Envoys) and
+//! splits that part among its own Envoys. Redis is asked only when a report
+//! comes (every few seconds per Envoy), never per request, and all of a
+//! report's buckets at once (pipelined on one connection). An instance
+//! whose last Envoy on a bucket leaves removes its field at once. While
+//! Redis cannot be reached an instance keeps the last part it knew for the
+//! bucket (the whole limit if it never knew one).
 
 use std::{
     collections::HashMap,
@@ -14,7 +16,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    RedisResult,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+use tokio::sync::OnceCell;
 
 use super::{BucketKey, FLOOR};
 
@@ -24,8 +32,19 @@ const STALE_MS: i64 = 15_000;
 const KEEP_MS: i64 = 60_000;
 const TIMEOUT: Duration = Duration::from_millis(250);
 
+enum Connection {
+    Single(ConnectionManager),
+    /// Connected on first use (and again after a failed attempt).
+    Cluster(Box<Cluster>),
+}
+
+struct Cluster {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
 pub struct Fleet {
-    connection: ConnectionManager,
+    connection: Connection,
     /// This instance's field in each bucket's hash.
     instance: String,
     /// The part last computed per bucket, for when Redis cannot be reached.
@@ -66,16 +85,32 @@ pub(super) fn part(local: f64, others: &[(f64, i64)], limit: f64, now: i64) -> f
 }
 
 impl Fleet {
-    /// Prepares the connection (made on first use). `instance` must be
-    /// unique among the instances sharing the Redis.
-    pub fn new(url: &str, instance: String) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| e.category().to_owned())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| e.category().to_owned())?;
+    /// Prepares the connection (made on first use): `url` is one Redis URL,
+    /// or with `cluster` the Cluster's seed URLs separated by commas.
+    /// `instance` must be unique among the instances sharing the Redis.
+    pub fn new(url: &str, cluster: bool, instance: String) -> Result<Self, String> {
+        let connection = if cluster {
+            let client = ClusterClient::builder(url.split(',').map(str::trim))
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(TIMEOUT)
+                .retries(1)
+                .build()
+                .map_err(|e| e.category().to_owned())?;
+            Connection::Cluster(Box::new(Cluster {
+                client,
+                connection: OnceCell::new(),
+            }))
+        } else {
+            let client = redis::Client::open(url).map_err(|e| e.category().to_owned())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(TIMEOUT))
+                .set_number_of_retries(1);
+            Connection::Single(
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| e.category().to_owned())?,
+            )
+        };
         Ok(Self {
             connection,
             instance,
@@ -83,19 +118,66 @@ impl Fleet {
         })
     }
 
+    /// Runs one bucket's pipeline (its commands share one key, so one slot
+    /// on a Cluster).
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
+        match &self.connection {
+            Connection::Single(connection) => pipe.query_async(&mut connection.clone()).await,
+            Connection::Cluster(cluster) => {
+                let mut connection = cluster
+                    .connection
+                    .get_or_try_init(|| cluster.client.get_async_connection())
+                    .await?
+                    .clone();
+                pipe.query_async(&mut connection).await
+            }
+        }
+    }
+
+    /// Records this instance's demand for each bucket of a report
+    /// (`(bucket, local demand, limit)`) and returns its part of each limit,
+    /// in order. The buckets are asked for together: concurrent requests on
+    /// one multiplexed connection are pipelined.
+    pub async fn parts(&self, asks: &[(BucketKey, f64, f64)]) -> Vec<f64> {
+        futures_util::future::join_all(
+            asks.iter()
+                .map(|(key, local, limit)| self.part(key, *local, *limit)),
+        )
+        .await
+    }
+
+    /// Removes this instance's demand for buckets none of its Envoys reports
+    /// any more, so the other instances take the whole limit with their
+    /// next reports instead of after [`STALE_MS`].
+    pub async fn withdraw(&self, keys: &[BucketKey]) {
+        let each = keys.iter().map(|key| async move {
+            let mut pipe = redis::pipe();
+            pipe.hdel(redis_key(key), &self.instance).ignore();
+            self.query::<()>(&pipe).await
+        });
+        let done: RedisResult<()> = futures_util::future::join_all(each)
+            .await
+            .into_iter()
+            .collect();
+        if let Err(e) = done {
+            tracing::debug!(error = %e.category(), "quota ledger: withdrawal not written");
+        }
+        self.retain(|k| !keys.contains(k));
+    }
+
     /// Records this instance's demand for the bucket and returns its part
     /// of `limit`.
-    pub async fn part(&self, key: &BucketKey, local: f64, limit: f64) -> f64 {
+    async fn part(&self, key: &BucketKey, local: f64, limit: f64) -> f64 {
         let now = now_ms();
         let hash = redis_key(key);
-        let mut connection = self.connection.clone();
-        let written: redis::RedisResult<HashMap<String, String>> = redis::pipe()
-            .hset(&hash, &self.instance, format!("{local}:{now}"))
+        let mut pipe = redis::pipe();
+        pipe.hset(&hash, &self.instance, format!("{local}:{now}"))
             .ignore()
             .pexpire(&hash, KEEP_MS)
             .ignore()
-            .hgetall(&hash)
-            .query_async::<(HashMap<String, String>,)>(&mut connection)
+            .hgetall(&hash);
+        let written = self
+            .query::<(HashMap<String, String>,)>(&pipe)
             .await
             .map(|(all,)| all);
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
