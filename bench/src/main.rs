@@ -432,6 +432,7 @@ fn route(i: usize, services: usize) -> Route {
         mirror: None,
         fault: None,
         max_body_bytes: None,
+        websocket: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The operator-facing resource model and its validation: the kinds, the
 //! [`Resource`] trait every kind implements, and the declarative document.
 //! Each kind has its own room: [`service`], [`route`], [`auth`] (who may call
-//! them), [`ratelimit`], [`gateway`]; shared checks in [`names`] and [`re2`];
+//! them), [`ratelimit`], [`gateway`], [`websocket`]; shared checks in [`names`] and [`re2`];
 //! the whole configuration at one version in [`state`].
 //!
 //! Everything the admin API accepts passes [`Resource::validate`] first, so the
@@ -26,6 +26,7 @@ pub mod route;
 pub mod service;
 pub mod state;
 pub mod upstream_tls;
+pub mod websocket;
 pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
 pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy, LoadBalancing};
@@ -49,6 +50,7 @@ pub use route::{
 pub use service::{Endpoint, MAX_ENDPOINT_WEIGHT, MAX_TIMEOUT_MS, Protocol, Service};
 pub use state::ConfigState;
 pub use upstream_tls::UpstreamTls;
+pub use websocket::WebSocket;
 
 /// The kinds of resource the admin API manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

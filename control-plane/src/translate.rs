@@ -39,6 +39,7 @@ pub mod shedding;
 pub mod tracing;
 pub mod upstream_tls;
 pub mod usage_log;
+pub mod websocket;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};
 use gatehouse_proto::ratelimit as ratelimit_proto;

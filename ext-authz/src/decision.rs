@@ -1,28 +1,27 @@
 //! One authorization decision: the route's policy (from the context
 //! extensions Envoy forwards), the request's credential, and the answer.
 //!
-//! A route accepts API keys (`x-api-key` header or `api_key` query
-//! parameter), bearer JWTs, opaque bearer tokens (introspection), or any of
-//! them. More than one credential the route accepts is ambiguous and refused.
-//! Denials carry a stable error code and nothing about why a credential
-//! failed beyond it.
+//! A route accepts API keys, bearer JWTs, opaque bearer tokens
+//! (introspection), or any of them; where each may come from is in
+//! [`credential`](crate::credential). Denials carry a stable error code and
+//! nothing about why a credential failed beyond it.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use gatehouse_proto::auth::context;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::debug;
 
+pub use crate::credential::{API_KEY_HEADER, API_KEY_QUERY};
 use crate::{
+    credential::{self, Credential, Source},
     jwt::{self, now_ms},
     state::{AuthState, CachedJwt, Consumer},
 };
 
 pub const CONSUMER_HEADER: &str = "x-gatehouse-consumer";
 pub const PLAN_HEADER: &str = "x-gatehouse-plan";
-pub const API_KEY_HEADER: &str = "x-api-key";
-pub const API_KEY_QUERY: &str = "api_key";
 const API_KEY_PREFIX: &str = "gk_";
 const API_KEY_ID_LEN: usize = 12;
 
@@ -90,6 +89,7 @@ struct Policy<'a> {
     scopes: Vec<&'a str>,
     roles: Vec<&'a str>,
     strip: bool,
+    websocket: bool,
 }
 
 impl<'a> Policy<'a> {
@@ -103,6 +103,7 @@ impl<'a> Policy<'a> {
             scopes: Vec::new(),
             roles: Vec::new(),
             strip: false,
+            websocket: false,
         };
         for (key, value) in context {
             match key.as_str() {
@@ -119,6 +120,7 @@ impl<'a> Policy<'a> {
                 context::SCOPES => policy.scopes = value.split_whitespace().collect(),
                 context::ROLES => policy.roles = value.split_whitespace().collect(),
                 context::STRIP_CREDENTIALS => policy.strip = value == "1",
+                context::WEBSOCKET => policy.websocket = value == "1",
                 _ => {}
             }
         }
@@ -144,11 +146,6 @@ impl<'a> Policy<'a> {
     }
 }
 
-enum Credential<'a> {
-    ApiKey { key: Cow<'a, str>, from_query: bool },
-    Bearer(&'a str),
-}
-
 /// Who the credential belongs to and what it grants.
 struct Identity {
     method: Method,
@@ -168,7 +165,12 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             None,
         );
     };
-    let credential = match credential(&policy, request) {
+    let accepted = credential::Accepted {
+        api_key: policy.api_key,
+        bearer: policy.bearer(),
+        websocket: policy.websocket,
+    };
+    let credential = match credential::find(&accepted, request.headers, request.path) {
         Ok(Some(credential)) => credential,
         Ok(None) => {
             return deny(
@@ -179,7 +181,7 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
                 None,
             );
         }
-        Err(()) => {
+        Err(credential::Ambiguous) => {
             return deny(
                 401,
                 "ambiguous_credentials",
@@ -189,9 +191,10 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             );
         }
     };
-    let (identity, from_query) = match credential {
-        Credential::ApiKey { key, from_query } => match verify_api_key(state, &key) {
-            Some(identity) => (identity, from_query),
+    let source = credential.source();
+    let identity = match credential {
+        Credential::ApiKey(key, _) => match verify_api_key(state, &key) {
+            Some(identity) => identity,
             None => {
                 return deny(
                     401,
@@ -202,8 +205,8 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
                 );
             }
         },
-        Credential::Bearer(token) => match verify_bearer(state, &policy, token).await {
-            Ok(identity) => (identity, false),
+        Credential::Bearer(token, _) => match verify_bearer(state, &policy, &token).await {
+            Ok(identity) => identity,
             Err(method) => {
                 return deny(
                     401,
@@ -247,7 +250,7 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             &identity,
         );
     }
-    Decision::Allow(allow(state, &policy, request, identity, from_query))
+    Decision::Allow(allow(state, &policy, request, identity, source))
 }
 
 fn deny(
@@ -282,90 +285,6 @@ fn forbid(
         method: Some(identity.method),
         consumer: Some(identity.consumer.name.clone()),
     })
-}
-
-/// The one credential the route accepts; `Err` when there are several.
-fn credential<'a>(
-    policy: &Policy<'_>,
-    request: &'a RequestView<'_>,
-) -> Result<Option<Credential<'a>>, ()> {
-    // At most one credential may be present; a second one is ambiguous.
-    let mut found = None;
-    let mut offer = |credential: Credential<'a>| match found {
-        None => {
-            found = Some(credential);
-            Ok(())
-        }
-        Some(_) => Err(()),
-    };
-    if policy.api_key {
-        if let Some(key) = request.headers.get(API_KEY_HEADER) {
-            offer(Credential::ApiKey {
-                key: Cow::Borrowed(key.as_str()),
-                from_query: false,
-            })?;
-        }
-        if request.path.contains('?') {
-            for key in query_values(request.path, API_KEY_QUERY) {
-                offer(Credential::ApiKey {
-                    key,
-                    from_query: true,
-                })?;
-            }
-        }
-    }
-    if policy.bearer()
-        && let Some(value) = request.headers.get("authorization")
-        && let Some((scheme, token)) = value.split_once(' ')
-        && scheme.eq_ignore_ascii_case("bearer")
-    {
-        offer(Credential::Bearer(token.trim()))?;
-    }
-    Ok(found)
-}
-
-/// Values of a query parameter, percent-decoded.
-fn query_values<'a>(path: &'a str, name: &str) -> Vec<Cow<'a, str>> {
-    let Some((_, query)) = path.split_once('?') else {
-        return Vec::new();
-    };
-    let query = query.split('#').next().unwrap_or_default();
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key) == name).then(|| percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn hex_digit(byte: Option<&u8>) -> Option<u8> {
-    char::from(*byte?).to_digit(16).map(|d| d as u8)
 }
 
 /// `gk_<12 hex id>_<secret>`: found by id, compared by hash in constant time.
@@ -490,7 +409,7 @@ fn allow(
     policy: &Policy<'_>,
     request: &RequestView<'_>,
     identity: Identity,
-    from_query: bool,
+    source: Source,
 ) -> Allow {
     let consumer = identity.consumer;
     let mut set_headers = Vec::with_capacity(2 + identity.headers.len());
@@ -499,29 +418,39 @@ fn allow(
         set_headers.push((PLAN_HEADER.to_owned(), consumer.plan.clone()));
     }
     set_headers.extend(identity.headers);
+    let mut remove_headers = Vec::new();
+    let mut remove_query = Vec::new();
+    // The credential leaves the request: always from where only WebSocket
+    // routes read it, elsewhere when the route strips credentials.
+    match source {
+        Source::Header if policy.strip => remove_headers.push(
+            match identity.method {
+                Method::ApiKey => credential::API_KEY_HEADER,
+                Method::Jwt | Method::Introspection => "authorization",
+            }
+            .to_owned(),
+        ),
+        Source::Query(name) if policy.strip || policy.websocket => {
+            remove_query.push(name.to_owned());
+        }
+        Source::Protocol => match credential::protocols_without_credentials(request.headers) {
+            Some(rest) => set_headers.push((credential::PROTOCOL_HEADER.to_owned(), rest)),
+            None => remove_headers.push(credential::PROTOCOL_HEADER.to_owned()),
+        },
+        Source::Header | Source::Query(_) => {}
+    }
     let is_set = |name: &str| set_headers.iter().any(|(h, _)| h == name);
     // Identity headers the client sent that we are not overwriting.
-    let mut remove_headers: Vec<String> = request
-        .headers
-        .keys()
-        .filter(|h| h.starts_with("x-gatehouse-") || state.claim_headers.contains(h))
-        .filter(|h| !is_set(h))
-        .cloned()
-        .collect();
-    if policy.strip && !from_query {
-        let header = match identity.method {
-            Method::ApiKey => API_KEY_HEADER,
-            Method::Jwt | Method::Introspection => "authorization",
-        };
-        remove_headers.push(header.to_owned());
-    }
+    remove_headers.extend(
+        request
+            .headers
+            .keys()
+            .filter(|h| h.starts_with("x-gatehouse-") || state.claim_headers.contains(h))
+            .filter(|h| !is_set(h))
+            .cloned(),
+    );
     remove_headers.sort();
     remove_headers.dedup();
-    let remove_query = if policy.strip && from_query {
-        vec![API_KEY_QUERY.to_owned()]
-    } else {
-        Vec::new()
-    };
     Allow {
         method: identity.method,
         consumer: consumer.name.clone(),
@@ -568,17 +497,5 @@ mod tests {
         ] {
             assert!(Policy::from_context(&no_policy).is_none());
         }
-    }
-
-    #[test]
-    fn query_parameters_are_found_and_decoded() {
-        assert_eq!(query_values("/a?api_key=gk_1&x=2", "api_key"), vec!["gk_1"]);
-        assert_eq!(
-            query_values("/a?x=1&api%5Fkey=gk%5F2", "api_key"),
-            vec!["gk_2"]
-        );
-        assert_eq!(query_values("/a?api_key=1&api_key=2", "api_key").len(), 2);
-        assert!(query_values("/a", "api_key").is_empty());
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

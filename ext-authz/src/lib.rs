@@ -16,6 +16,7 @@
 //! - [`traffic`]: requests per route and consumer from Envoy's usage log,
 //!   as metrics and as reports to the control plane
 
+pub mod credential;
 pub mod decision;
 pub mod introspect;
 pub mod jwt;

@@ -97,6 +97,10 @@ pub mod auth {
         pub const ROLES: &str = "gatehouse.roles";
         /// `1` to remove the credential from the upstream request.
         pub const STRIP_CREDENTIALS: &str = "gatehouse.strip_credentials";
+        /// `1` on WebSocket routes: the credential may also come in the
+        /// query (`access_token`) or `Sec-WebSocket-Protocol`, and is
+        /// removed from the request upstream.
+        pub const WEBSOCKET: &str = "gatehouse.websocket";
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! Rooms: [`process`] (names, ports, waiting), [`control_plane`],
 //! [`envoy`], [`upstream`] (real HTTP upstreams that can misbehave),
-//! [`sidecar`] (ext-authz, ratelimit-service), [`postgres`], and
+//! [`sidecar`] (ext-authz, ratelimit-service), [`postgres`], [`websocket`]
+//! (WebSocket upstreams and clients), and
 //! [`stack`], the one fixture most tests start from.
 
 pub mod control_plane;
@@ -24,6 +25,7 @@ pub mod stack;
 pub mod tcp_proxy;
 pub mod tokens;
 pub mod upstream;
+pub mod websocket;
 
 pub use reqwest;
 

@@ -138,6 +138,11 @@ async fn every_route_feature_is_accepted_by_envoy() {
             json!({"match": {"path_prefix": "/split"}, "destination": {"weighted": [
             {"service": "api", "weight": 1}, {"service": "by-name", "weight": 0}]}}),
         ),
+        (
+            "live",
+            json!({"match": {"path_prefix": "/live"}, "destination": {"service": "api"},
+                   "websocket": {"max_duration_ms": 3600000}, "idle_timeout_ms": 60000}),
+        ),
     ];
     let mut version = 0;
     for (name, body) in routes {

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Cors, DirectResponse, Fault, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, Mirror,
-    NAME_PATTERN, Redirect, Reference, Resource, Retries, RouteAuth, RoutePriority, check_name,
-    check_re2_regex, is_dns_name, is_header_name,
+    NAME_PATTERN, Redirect, Reference, Resource, Retries, RouteAuth, RoutePriority, WebSocket,
+    check_name, check_re2_regex, is_dns_name, is_header_name,
 };
 
 /// A route: which requests it matches and where they go.
@@ -73,6 +73,9 @@ pub struct Route {
     /// Larger request bodies are refused with 413 (the body is buffered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u32>,
+    /// WebSocket upgrades allowed on this route (off elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocket>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -203,6 +206,7 @@ impl Resource for Route {
         self.validate_action(&mut errors);
         self.validate_extras(&mut errors);
         self.validate_rewrite(&mut errors);
+        self.validate_websocket(&mut errors);
         if let Some(auth) = &self.auth {
             auth.validate(&mut errors);
         }

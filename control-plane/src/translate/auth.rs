@@ -132,6 +132,9 @@ pub fn apply_route_policy(
     if auth.strip_credentials {
         context_extensions.insert(context::STRIP_CREDENTIALS.into(), "1".into());
     }
+    if r.websocket.is_some() {
+        context_extensions.insert(context::WEBSOCKET.into(), "1".into());
+    }
     let per_route = ext_authz::ExtAuthzPerRoute {
         r#override: Some(ext_authz::ext_authz_per_route::Override::CheckSettings(
             ext_authz::CheckSettings {

@@ -5,7 +5,7 @@ use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
     HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, quota, ratelimit,
-    resilience, shedding, socket_address, tracing, usage_log,
+    resilience, shedding, socket_address, tracing, usage_log, websocket,
 };
 
 /// Name of the default listener.
@@ -67,10 +67,7 @@ pub fn http_connection_manager(
             replies.mappers.extend(resilience::overload_replies());
             replies
         }),
-        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
-            upgrade_type: "websocket".into(),
-            ..Default::default()
-        }],
+        upgrade_configs: websocket::upgrade_configs(),
         tracing: proxy.tracing.as_ref().map(tracing::http_tracing),
         access_log: proxy
             .access_log_path

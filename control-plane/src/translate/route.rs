@@ -7,7 +7,9 @@ use std::{cmp::Reverse, collections::BTreeMap};
 
 use gatehouse_proto::{matcher, protobuf, route};
 
-use super::{actions, auth, balancing, cors, duration_ms, quota, ratelimit, retry, shedding};
+use super::{
+    actions, auth, balancing, cors, duration_ms, quota, ratelimit, retry, shedding, websocket,
+};
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
 /// Name of the route configuration every listener loads over RDS.
@@ -68,6 +70,7 @@ fn virtual_host(
                 // After auth: the route's header rules add to its removals.
                 cors::apply(r, &mut envoy);
                 shedding::apply(r, &mut envoy);
+                websocket::apply(r, &mut envoy);
                 // Refused before translation when there are two.
                 let quota_policy = quota::route_policy(r, context.state).ok().flatten();
                 quota::apply(r, &mut envoy, quota_policy);

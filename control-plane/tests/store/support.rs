@@ -104,6 +104,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         mirror: None,
         fault: None,
         max_body_bytes: None,
+        websocket: None,
     }
 }
 
