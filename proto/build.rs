@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "gatehouse/auth/v1/auth.proto",
         "gatehouse/ratelimit/v1/ratelimit.proto",
+        "gatehouse/broker/v1/broker.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the gateway locally with the embedded defaults: the control plane on
 # SQLite (.gatehouse/), ext-authz, ratelimit-service (in-memory counters),
-# Envoy from the project venv, and a demo upstream. Loads a public and an
-# API-key-protected demo route (limited to 5 requests a minute per consumer),
-# prints curl lines, and stops everything cleanly on Ctrl-C.
+# the broker (in memory), Envoy from the project venv, and a demo upstream.
+# Loads a public and an API-key-protected demo route (limited to 5 requests
+# a minute per consumer) and a demo topic, prints curl lines, and stops
+# everything cleanly on Ctrl-C.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -17,7 +18,8 @@ ensure_rust
 ensure_envoy
 command -v curl >/dev/null || apt_install curl
 log "building"
-cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz --bin gatehouse-ratelimit --bin gatehousectl
+cargo build --quiet --bin gatehouse-control-plane --bin gatehouse-ext-authz --bin gatehouse-ratelimit \
+  --bin gatehouse-broker --bin gatehousectl
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 mkdir -p "$DATA_DIR"
 
@@ -63,6 +65,8 @@ export GATEHOUSE_XDS_TOKEN
 pids+=($!)
 "$target_dir/debug/gatehouse-ratelimit" &
 pids+=($!)
+"$target_dir/debug/gatehouse-broker" &
+pids+=($!)
 python3 "$ROOT/scripts/demo_upstream.py" "$DEMO_PORT" &
 pids+=($!)
 "$GATEHOUSE_ENVOY" -c "$DATA_DIR/envoy.yaml" --disable-hot-restart \
@@ -78,10 +82,20 @@ curl -fsS -X PUT "http://$ADMIN/v1/routes/private" \
 curl -fsS -X PUT "http://$ADMIN/v1/consumers/demo" -d '{"plan": "free"}' >/dev/null
 curl -fsS -X PUT "http://$ADMIN/v1/rate-limit-policies/demo" \
   -d '{"limit": {"requests": 5, "per": "minute"}, "by": ["consumer"], "routes": ["private"]}' >/dev/null
+# The broker: subscribe over a WebSocket route, publish through an API-key
+# route; the demo topic is open to any authenticated consumer.
+curl -fsS -X PUT "http://$ADMIN/v1/services/broker" \
+  -d '{"endpoints": [{"host": "127.0.0.1", "port": 18003}]}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/routes/realtime" \
+  -d '{"match": {"path_prefix": "/v1/ws"}, "destination": {"service": "broker"}, "websocket": {}, "auth": {"method": "api_key"}}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/routes/publish" \
+  -d '{"match": {"path_prefix": "/v1/topics/", "methods": ["POST"]}, "destination": {"service": "broker"}, "auth": {"method": "api_key"}}' >/dev/null
+curl -fsS -X PUT "http://$ADMIN/v1/topics/demo" -d '{"retain": 10}' >/dev/null
 DEMO_KEY="$(curl -fsS -X POST "http://$ADMIN/v1/consumers/demo/keys" -d '{}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 wait_for "http://127.0.0.1:9901/ready" "Envoy"
 wait_for "http://127.0.0.1:$PROXY_PORT/demo/" "the demo route"
+wait_for "http://127.0.0.1:18003/readyz" "the broker"
 
 if [ -n "${GATEHOUSE_OTLP_ENDPOINT:-}" ]; then
   TRACES="to $GATEHOUSE_OTLP_ENDPOINT (OTLP/gRPC), ${GATEHOUSE_TRACE_SAMPLING_PERCENT:-1} % of requests and every sampled traceparent"
@@ -95,6 +109,7 @@ Gatehouse is running (Ctrl-C stops it):
   proxy      http://127.0.0.1:$PROXY_PORT      (Envoy; admin on http://127.0.0.1:9901)
   ext-authz  127.0.0.1:18001            (metrics on http://127.0.0.1:18001/metrics)
   ratelimit  127.0.0.1:18002            (metrics on http://127.0.0.1:18002/metrics)
+  broker     127.0.0.1:18003            (metrics on http://127.0.0.1:18003/metrics)
   admin API  http://$ADMIN/v1/routes
   data       $DATA_DIR (SQLite, xDS token, access log, Envoy log)
 
@@ -111,6 +126,11 @@ Try:
   curl -i http://127.0.0.1:$PROXY_PORT/demo/hello
   curl -i http://127.0.0.1:$PROXY_PORT/private            # 401: needs an API key
   curl -i -H 'x-api-key: $DEMO_KEY' http://127.0.0.1:$PROXY_PORT/private   # 5 a minute, then 429
+
+Real time (topic "demo"): subscribe from a browser console,
+  new WebSocket('ws://127.0.0.1:$PROXY_PORT/v1/ws?topic=demo&api_key=$DEMO_KEY').onmessage = e => console.log(e.data)
+then publish:
+  curl -i -H 'x-api-key: $DEMO_KEY' -H 'content-type: application/json' -d '{"hello": "world"}' http://127.0.0.1:$PROXY_PORT/v1/topics/demo/messages
 
 MSG
 wait -n "${pids[@]}"

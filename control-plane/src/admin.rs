@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::{
     model::{
         Certificate, Consumer, FieldError, Gateway, IntrospectionProvider, JwtIssuer, Plan,
-        RateLimitPolicy, Resource, Route, Service,
+        RateLimitPolicy, Resource, Route, Service, Topic,
     },
     store::{Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
@@ -122,6 +122,7 @@ pub fn app(state: AdminState) -> Router {
         .merge(resource_routes::<Certificate>())
         .merge(resource_routes::<Gateway>())
         .merge(resource_routes::<RateLimitPolicy>())
+        .merge(resource_routes::<Topic>())
         .merge(keys::routes())
         .fallback(|| async { ApiError::NoSuchPath })
         .layer(middleware::from_fn_with_state(

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod route;
 pub mod service;
 pub mod state;
+pub mod topic;
 pub mod upstream_tls;
 pub mod websocket;
 pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
@@ -49,6 +50,7 @@ pub use route::{
 };
 pub use service::{Endpoint, MAX_ENDPOINT_WEIGHT, MAX_TIMEOUT_MS, Protocol, Service};
 pub use state::ConfigState;
+pub use topic::{SlowConsumer, Topic, TopicAccess};
 pub use upstream_tls::UpstreamTls;
 pub use websocket::WebSocket;
 
@@ -65,6 +67,8 @@ pub enum Kind {
     Plan,
     Route,
     RateLimitPolicy,
+    /// Broker topics.
+    Topic,
     /// API keys: managed under their consumer, never in a config document.
     ApiKey,
 }
@@ -82,6 +86,7 @@ impl Kind {
             Kind::Plan => "plan",
             Kind::Route => "route",
             Kind::RateLimitPolicy => "rate_limit_policy",
+            Kind::Topic => "topic",
             Kind::ApiKey => "api_key",
         }
     }
@@ -98,6 +103,7 @@ impl Kind {
             Kind::Plan => "plans",
             Kind::Route => "routes",
             Kind::RateLimitPolicy => "rate-limit-policies",
+            Kind::Topic => "topics",
             Kind::ApiKey => "keys",
         }
     }
@@ -113,6 +119,7 @@ impl Kind {
             "plan" => Some(Kind::Plan),
             "route" => Some(Kind::Route),
             "rate_limit_policy" => Some(Kind::RateLimitPolicy),
+            "topic" => Some(Kind::Topic),
             "api_key" => Some(Kind::ApiKey),
             _ => None,
         }
@@ -190,6 +197,9 @@ pub struct ConfigDocument {
     /// Listeners besides the default one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<Gateway>,
+    /// The broker's topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<Topic>,
 }
 
 impl ConfigDocument {
@@ -214,6 +224,7 @@ impl ConfigDocument {
         );
         validate_list("certificates", &self.certificates, &mut errors);
         validate_list("gateways", &self.gateways, &mut errors);
+        validate_list("topics", &self.topics, &mut errors);
         errors
     }
 }

@@ -25,6 +25,7 @@ pub mod access_log;
 pub mod actions;
 pub mod auth;
 pub mod balancing;
+pub mod broker;
 pub mod cluster;
 pub mod cors;
 pub mod gateway;
@@ -235,6 +236,11 @@ pub fn snapshot(
     parts.ratelimit.push(XdsResource::new(
         ratelimit_proto::RESOURCE_NAME,
         ratelimit::ratelimit_config_any(&ratelimit::ratelimit_config(state)),
+        Vec::new(),
+    ));
+    parts.broker.push(XdsResource::new(
+        gatehouse_proto::broker::RESOURCE_NAME,
+        broker::broker_config_any(&broker::broker_config(state)),
         Vec::new(),
     ));
     parts.auth.push(XdsResource::new(

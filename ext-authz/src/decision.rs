@@ -22,6 +22,11 @@ use crate::{
 
 pub const CONSUMER_HEADER: &str = "x-gatehouse-consumer";
 pub const PLAN_HEADER: &str = "x-gatehouse-plan";
+/// The credential's scopes, space-separated (for upstreams such as the
+/// broker that decide per request).
+pub const SCOPES_HEADER: &str = "x-gatehouse-scopes";
+/// The consumer's roles, space-separated.
+pub const ROLES_HEADER: &str = "x-gatehouse-roles";
 const API_KEY_PREFIX: &str = "gk_";
 const API_KEY_ID_LEN: usize = 12;
 
@@ -412,10 +417,16 @@ fn allow(
     source: Source,
 ) -> Allow {
     let consumer = identity.consumer;
-    let mut set_headers = Vec::with_capacity(2 + identity.headers.len());
+    let mut set_headers = Vec::with_capacity(4 + identity.headers.len());
     set_headers.push((CONSUMER_HEADER.to_owned(), consumer.name.clone()));
     if !consumer.plan.is_empty() {
         set_headers.push((PLAN_HEADER.to_owned(), consumer.plan.clone()));
+    }
+    if !identity.scopes.is_empty() {
+        set_headers.push((SCOPES_HEADER.to_owned(), identity.scopes.join(" ")));
+    }
+    if !consumer.roles.is_empty() {
+        set_headers.push((ROLES_HEADER.to_owned(), consumer.roles.join(" ")));
     }
     set_headers.extend(identity.headers);
     let mut remove_headers = Vec::new();

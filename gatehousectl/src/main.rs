@@ -101,7 +101,7 @@ enum Command {
     Export,
     /// Print resources of one kind (services, routes, consumers, jwt-issuers,
     /// introspection-providers, plans, rate-limit-policies, certificates,
-    /// gateways), or one by name.
+    /// gateways, topics), or one by name.
     Get { kind: String, name: Option<String> },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
@@ -342,9 +342,10 @@ async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 "rate-limit-policy" | "rate-limit-policies" | "policies" => "rate-limit-policies",
                 "certificate" | "certificates" | "certs" => "certificates",
                 "gateway" | "gateways" => "gateways",
+                "topic" | "topics" => "topics",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways)"
+                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics)"
                     ))));
                 }
             };

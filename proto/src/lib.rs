@@ -104,6 +104,16 @@ pub mod auth {
     }
 }
 
+/// Gatehouse's own contract with the broker (`proto/gatehouse/broker/v1`).
+pub mod broker {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/gatehouse.broker.v1.rs"));
+
+    /// Name of the single `BrokerConfig` resource.
+    pub const RESOURCE_NAME: &str = "gatehouse_broker";
+    pub const TYPE_URL: &str = "type.googleapis.com/gatehouse.broker.v1.BrokerConfig";
+}
+
 /// Gatehouse's own contract with ratelimit-service (`proto/gatehouse/ratelimit/v1`).
 pub mod ratelimit {
     #![allow(clippy::all)]

@@ -382,6 +382,8 @@ fn node_types(node: &Value) -> Vec<&'static str> {
         vec!["auth"]
     } else if node["types"].get("ratelimit").is_some() {
         vec!["ratelimit"]
+    } else if node["types"].get("broker").is_some() {
+        vec!["broker"]
     } else {
         vec!["cds", "eds", "lds", "rds"]
     }

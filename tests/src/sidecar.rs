@@ -1,5 +1,5 @@
-//! Gatehouse's own services (ext-authz, ratelimit-service) as real
-//! processes subscribed to a control plane.
+//! Gatehouse's own services (ext-authz, ratelimit-service, the broker) as
+//! real processes subscribed to a control plane.
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -47,6 +47,16 @@ impl Sidecar {
         Self::spawn("gatehouse-ratelimit", xds, port, &[], extra).await
     }
 
+    /// Starts the broker (`gatehouse-broker`) on a free port.
+    pub async fn broker(xds: SocketAddr, extra: &[&str]) -> Self {
+        Self::spawn("gatehouse-broker", xds, 0, &[], extra).await
+    }
+
+    /// The service body routing to this sidecar (the broker, say).
+    pub fn service(&self) -> serde_json::Value {
+        serde_json::json!({"endpoints": [{"host": "127.0.0.1", "port": self.addr.port()}]})
+    }
+
     /// Starts ratelimit-service with its wall clock shifted by `offset`
     /// (e.g. `+30s`) through libfaketime; monotonic time is left alone.
     pub async fn ratelimit_skewed(xds: SocketAddr, extra: &[&str], offset: &str) -> Self {
@@ -78,14 +88,14 @@ impl Sidecar {
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
-                "info,gatehouse_ext_authz=debug,gatehouse_ratelimit_service::quota=debug",
+                "info,gatehouse_ext_authz=debug,gatehouse_ratelimit_service::quota=debug,gatehouse_broker=debug",
             )
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
             .kill_on_drop(true)
             .spawn()
-            .expect("start gatehouse-ext-authz");
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
         let ext = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

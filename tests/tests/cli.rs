@@ -236,7 +236,7 @@ async fn the_example_document_is_valid() {
     .await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("would apply 8 changes"),
+        out.stdout.contains("would apply 9 changes"),
         "{}",
         out.stdout
     );

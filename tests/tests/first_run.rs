@@ -104,6 +104,29 @@ async fn run_script_works_on_a_fresh_data_dir_and_its_curl_lines_work() {
         let status = String::from_utf8_lossy(&output.stdout).to_string();
         assert_eq!(status, want.to_string(), "{command}");
     }
+    // The real-time lines: publishing to the demo topic is accepted.
+    let publish = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("/v1/topics/demo/messages") {
+                return Some(line.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("run.sh prints how to publish");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} -s -o /dev/null -w '%{{http_code}}'",
+            publish.replacen("curl -i", "curl", 1)
+        ))
+        .output()
+        .await
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "202", "{publish}");
 
     // Ctrl-C stops everything: the script exits and the ports are free again.
     let pid = script.id().expect("script pid");

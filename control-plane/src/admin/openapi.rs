@@ -12,7 +12,7 @@ use crate::{
     admin::keys::{KeyView, NewKey, Rotation},
     model::{
         Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Plan,
-        RateLimitPolicy, Route, Service,
+        RateLimitPolicy, Route, Service, Topic,
     },
     store::{AdminTokenRecord, Applied, VersionRecord},
 };
@@ -188,6 +188,7 @@ pub fn document() -> Value {
         "rate-limit-policies",
         "rate limit policy",
     );
+    resource_paths::<Topic>(&mut paths, &mut schemas, "topics", "broker topic");
     key_paths(&mut paths, &mut schemas);
     let config = schemas.of::<ConfigDocument>();
     let applied = schemas.of::<Applied>();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Kind, Plan,
-    RateLimitPolicy, Resource, Route, Service, auth::StoredApiKey,
+    RateLimitPolicy, Resource, Route, Service, Topic, auth::StoredApiKey,
 };
 
 /// A stored spec that no longer reads as its kind.
@@ -31,6 +31,7 @@ pub struct ConfigState {
     pub rate_limit_policies: BTreeMap<String, RateLimitPolicy>,
     pub certificates: BTreeMap<String, Certificate>,
     pub gateways: BTreeMap<String, Gateway>,
+    pub topics: BTreeMap<String, Topic>,
     /// Every key, including revoked and expired ones (translation filters).
     pub api_keys: Vec<StoredApiKey>,
 }
@@ -48,6 +49,7 @@ impl ConfigState {
             rate_limit_policies: self.rate_limit_policies.into_values().collect(),
             certificates: self.certificates.into_values().collect(),
             gateways: self.gateways.into_values().collect(),
+            topics: self.topics.into_values().collect(),
         }
     }
 
@@ -72,6 +74,7 @@ impl ConfigState {
             Kind::RateLimitPolicy => restore(&mut self.rate_limit_policies, kind, name, before),
             Kind::Certificate => restore(&mut self.certificates, kind, name, before),
             Kind::Gateway => restore(&mut self.gateways, kind, name, before),
+            Kind::Topic => restore(&mut self.topics, kind, name, before),
             // Keys are not configuration: a rollback never brings back a
             // revoked key nor removes a newer one.
             Kind::ApiKey => Ok(()),

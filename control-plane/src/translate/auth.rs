@@ -33,7 +33,15 @@ pub const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 /// The fail-open filter, for routes that choose `failure_mode: open`.
 pub const EXT_AUTHZ_FAIL_OPEN_FILTER: &str = "gatehouse.ext_authz.fail_open";
 /// Identity headers ext-authz sets; clients may never send them.
-pub const IDENTITY_HEADERS: [&str; 2] = ["x-gatehouse-consumer", "x-gatehouse-plan"];
+/// What ext-authz tells upstreams about the caller (consumer, plan, the
+/// credential's scopes and the consumer's roles, space-separated); never
+/// taken from a client.
+pub const IDENTITY_HEADERS: [&str; 4] = [
+    "x-gatehouse-consumer",
+    "x-gatehouse-plan",
+    "x-gatehouse-scopes",
+    "x-gatehouse-roles",
+];
 
 /// Where Envoy reaches ext-authz and how it treats failures.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use gatehouse_proto::{auth, protobuf::Any, ratelimit, type_url};
+use gatehouse_proto::{auth, broker, protobuf::Any, ratelimit, type_url};
 
 /// The resource types Gatehouse serves, in the order updates are pushed:
 /// clusters before the endpoints that warm them, before the filter
@@ -28,10 +28,12 @@ pub enum ResourceType {
     Auth,
     /// The policies and plans ratelimit-service decides from.
     RateLimit,
+    /// The topics the broker serves.
+    Broker,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 7] = [
+    pub const ALL: [ResourceType; 8] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::ExtensionConfig,
@@ -39,6 +41,7 @@ impl ResourceType {
         ResourceType::Route,
         ResourceType::Auth,
         ResourceType::RateLimit,
+        ResourceType::Broker,
     ];
 
     pub fn type_url(self) -> &'static str {
@@ -50,6 +53,7 @@ impl ResourceType {
             ResourceType::Route => type_url::ROUTE,
             ResourceType::Auth => auth::TYPE_URL,
             ResourceType::RateLimit => ratelimit::TYPE_URL,
+            ResourceType::Broker => broker::TYPE_URL,
         }
     }
 
@@ -67,6 +71,7 @@ impl ResourceType {
             ResourceType::Route => "rds",
             ResourceType::Auth => "auth",
             ResourceType::RateLimit => "ratelimit",
+            ResourceType::Broker => "broker",
         }
     }
 
@@ -79,6 +84,7 @@ impl ResourceType {
                 | ResourceType::Listener
                 | ResourceType::Auth
                 | ResourceType::RateLimit
+                | ResourceType::Broker
         )
     }
 
@@ -157,6 +163,7 @@ pub struct SnapshotParts {
     pub routes: Vec<XdsResource>,
     pub auth: Vec<XdsResource>,
     pub ratelimit: Vec<XdsResource>,
+    pub broker: Vec<XdsResource>,
 }
 
 impl Snapshot {
@@ -175,6 +182,7 @@ impl Snapshot {
             (ResourceType::Route, parts.routes),
             (ResourceType::Auth, parts.auth),
             (ResourceType::RateLimit, parts.ratelimit),
+            (ResourceType::Broker, parts.broker),
         ];
         for (kind, list) in typed {
             let map = &mut snapshot.resources[kind.index()];

@@ -293,7 +293,7 @@ impl StreamState {
                 Some(target)
             }
             // Our own services' state depends on no Envoy resource.
-            ResourceType::Auth | ResourceType::RateLimit => Some(target),
+            ResourceType::Auth | ResourceType::RateLimit | ResourceType::Broker => Some(target),
             ResourceType::ExtensionConfig | ResourceType::Listener | ResourceType::Route => {
                 // Strict order: nothing that routes traffic goes out while
                 // clusters or endpoints are still being delivered, and routes
