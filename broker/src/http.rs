@@ -183,33 +183,55 @@ async fn publish(
             "the body must be JSON",
         );
     };
-    match broker.hub.publish(&topic, rule, &data) {
-        Ok(published) => {
-            let label = TopicLabel {
-                topic: rule.name.clone(),
-            };
-            metrics.published.get_or_create(&label).inc();
-            metrics
-                .dropped
-                .get_or_create(&label)
-                .inc_by(published.dropped);
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({"topic": topic, "id": published.id.to_string()})),
-            )
-                .into_response()
-        }
-        Err(PublishError::TooManyTopics) => {
-            metrics.refuse("too_many_topics");
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_topics",
-                "the broker holds as many topic names as it may",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        }
-    }
+    let label = TopicLabel {
+        topic: rule.name.clone(),
+    };
+    let id = match &broker.shared {
+        // Every instance (this one too) hands it out when Redis announces it.
+        Some(shared) => match shared
+            .publish(&topic, &rule.name, rule.retain, &data.to_string())
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish not stored");
+                metrics.refuse("store_unavailable");
+                return retry_later(
+                    "store_unavailable",
+                    "the message store cannot be reached; nothing was published",
+                );
+            }
+        },
+        None => match broker.hub.publish(&topic, rule, &data) {
+            Ok(published) => {
+                metrics
+                    .dropped
+                    .get_or_create(&label)
+                    .inc_by(published.dropped);
+                published.id
+            }
+            Err(PublishError::TooManyTopics) => {
+                metrics.refuse("too_many_topics");
+                return retry_later(
+                    "too_many_topics",
+                    "the broker holds as many topic names as it may",
+                );
+            }
+        },
+    };
+    metrics.published.get_or_create(&label).inc();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"topic": topic, "id": id.to_string()})),
+    )
+        .into_response()
+}
+
+/// 503 with `Retry-After`.
+fn retry_later(code: &str, detail: &str) -> Response {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, code, detail);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }

@@ -1,8 +1,10 @@
-//! Messages in memory: per topic name the last `retain` messages and the
-//! subscribers; a publish appends and puts the message in each
-//! subscriber's bounded [`Outbox`]. Event ids are `<ms>-<seq>`, ordered
-//! within a topic (the form Redis stream ids take), so a client that
-//! reconnects with its last id gets exactly what came after it.
+//! Per topic name, the subscribers of this instance (and in memory the
+//! last `retain` messages): a message is put in each subscriber's bounded
+//! [`Outbox`]. Event ids are `<ms>-<seq>`, ordered within a topic (Redis
+//! stream ids), and each subscriber is handed an id once, in order: a
+//! client that reconnects with its last id gets exactly what came after
+//! it. With Redis, a subscriber waits while its replay is read (live
+//! messages are held for it), then goes live.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -68,9 +70,12 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(topic: &str, rule: &str, id: EventId, data: &serde_json::Value) -> Self {
-        let frame = serde_json::json!({"type": "message", "topic": topic, "id": id.to_string(), "data": data})
-            .to_string();
+    /// `data` is JSON text (checked when published).
+    pub fn from_json(topic: &str, rule: &str, id: EventId, data: &str) -> Self {
+        let frame = format!(
+            r#"{{"type":"message","topic":{},"id":"{id}","data":{data}}}"#,
+            serde_json::Value::from(topic)
+        );
         Event {
             topic: topic.to_owned(),
             rule: rule.to_owned(),
@@ -147,6 +152,15 @@ impl Outbox {
         put
     }
 
+    /// Closes the connection as a slow consumer.
+    fn close_slow(&self) {
+        let mut queue = self.lock();
+        queue.closing = Some(Closing::SlowConsumer);
+        queue.events.clear();
+        drop(queue);
+        self.notify.notify_one();
+    }
+
     /// Waits for messages (all queued are taken) or for a closing.
     pub async fn take(&self) -> Result<Vec<Arc<Event>>, Closing> {
         loop {
@@ -164,11 +178,67 @@ impl Outbox {
     }
 }
 
+/// One connection's subscription to one topic name.
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    drop_oldest: bool,
+    /// The newest id handed to it: no older or equal one is sent again.
+    last: Option<EventId>,
+    /// While its replay is read from Redis: the live messages held for it.
+    waiting: Option<Vec<Arc<Event>>>,
+}
+
+impl Subscriber {
+    fn offer(&mut self, event: &Arc<Event>) -> Option<Put> {
+        if let Some(waiting) = &mut self.waiting {
+            if waiting.len() >= self.outbox.capacity {
+                self.outbox.close_slow();
+                return Some(Put::Disconnected);
+            }
+            waiting.push(event.clone());
+            return Some(Put::Queued);
+        }
+        if self.last.is_some_and(|last| event.id <= last) {
+            return None;
+        }
+        self.last = Some(event.id);
+        Some(self.outbox.put(event.clone(), self.drop_oldest))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Log {
+    /// In memory only: the messages kept.
     retained: VecDeque<Arc<Event>>,
+    /// The newest id published (in memory) or delivered (with Redis) here.
     last: EventId,
-    subscribers: HashMap<u64, Arc<Outbox>>,
+    subscribers: HashMap<u64, Subscriber>,
+}
+
+impl Log {
+    fn fan_out(&mut self, event: &Arc<Event>, published: &mut Published) {
+        if event.id > self.last {
+            self.last = event.id;
+        }
+        self.subscribers
+            .retain(|_, subscriber| match subscriber.offer(event) {
+                None => true,
+                Some(Put::Queued) => {
+                    published.delivered += 1;
+                    true
+                }
+                Some(Put::DroppedOldest) => {
+                    published.delivered += 1;
+                    published.dropped += 1;
+                    true
+                }
+                Some(Put::Disconnected) => {
+                    published.disconnected += 1;
+                    false
+                }
+            });
+    }
 }
 
 /// Why a publish was refused.
@@ -223,8 +293,7 @@ impl Hub {
         }
         let log = logs.entry(topic.to_owned()).or_default();
         let id = EventId::next(log.last);
-        log.last = id;
-        let event = Arc::new(Event::new(topic, &rule.name, id, data));
+        let event = Arc::new(Event::from_json(topic, &rule.name, id, &data.to_string()));
         if rule.retain > 0 {
             log.retained.push_back(event.clone());
             while log.retained.len() > rule.retain {
@@ -237,28 +306,25 @@ impl Hub {
             id,
             ..Published::default()
         };
-        log.subscribers.retain(
-            |_, outbox| match outbox.put(event.clone(), rule.drop_oldest) {
-                Put::Queued => {
-                    published.delivered += 1;
-                    true
-                }
-                Put::DroppedOldest => {
-                    published.delivered += 1;
-                    published.dropped += 1;
-                    true
-                }
-                Put::Disconnected => {
-                    published.disconnected += 1;
-                    false
-                }
-            },
-        );
+        log.fan_out(&event, &mut published);
         Ok(published)
     }
 
-    /// Adds a subscriber to `topic`; with `after`, first queues the kept
-    /// messages that came after it (returns how many).
+    /// Hands a message published through Redis to this instance's
+    /// subscribers of its topic.
+    pub fn deliver(&self, event: Arc<Event>) -> Published {
+        let mut published = Published {
+            id: event.id,
+            ..Published::default()
+        };
+        if let Some(log) = self.logs().get_mut(&event.topic) {
+            log.fan_out(&event, &mut published);
+        }
+        published
+    }
+
+    /// Adds a subscriber to `topic` (in memory); with `after`, first queues
+    /// the kept messages that came after it (returns how many).
     pub fn subscribe(
         &self,
         topic: &str,
@@ -269,15 +335,87 @@ impl Hub {
     ) -> usize {
         let mut logs = self.logs();
         let log = logs.entry(topic.to_owned()).or_default();
-        let mut replayed = 0;
-        if let Some(after) = after {
-            for event in log.retained.iter().filter(|e| e.id > after) {
-                outbox.put(event.clone(), drop_oldest);
-                replayed += 1;
-            }
-        }
-        log.subscribers.insert(connection, outbox.clone());
+        let backlog: Vec<Arc<Event>> = match after {
+            Some(after) => log
+                .retained
+                .iter()
+                .filter(|e| e.id > after)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut subscriber = Subscriber {
+            outbox: outbox.clone(),
+            drop_oldest,
+            last: after,
+            waiting: None,
+        };
+        let replayed = backlog
+            .iter()
+            .filter(|e| subscriber.offer(e).is_some())
+            .count();
+        log.subscribers.insert(connection, subscriber);
         replayed
+    }
+
+    /// Adds a subscriber whose replay is still to be read: live messages
+    /// are held for it until [`Hub::go_live`].
+    pub fn subscribe_waiting(
+        &self,
+        topic: &str,
+        connection: u64,
+        outbox: &Arc<Outbox>,
+        drop_oldest: bool,
+    ) {
+        let mut logs = self.logs();
+        let log = logs.entry(topic.to_owned()).or_default();
+        log.subscribers.insert(
+            connection,
+            Subscriber {
+                outbox: outbox.clone(),
+                drop_oldest,
+                last: None,
+                waiting: Some(Vec::new()),
+            },
+        );
+    }
+
+    /// Queues a waiting subscriber's replay (what came after `after`), then
+    /// the live messages held for it, each id once: how many were replayed.
+    pub fn go_live(
+        &self,
+        topic: &str,
+        connection: u64,
+        backlog: Vec<Arc<Event>>,
+        after: Option<EventId>,
+    ) -> usize {
+        let mut logs = self.logs();
+        let Some(subscriber) = logs
+            .get_mut(topic)
+            .and_then(|log| log.subscribers.get_mut(&connection))
+        else {
+            return 0;
+        };
+        let held = subscriber.waiting.take().unwrap_or_default();
+        subscriber.last = after;
+        let replayed = backlog
+            .iter()
+            .filter(|e| subscriber.offer(e).is_some())
+            .count();
+        for event in &held {
+            subscriber.offer(event);
+        }
+        replayed
+    }
+
+    /// Topic names with subscribers here, with the newest id delivered to
+    /// them (to read what was missed after Redis came back).
+    pub fn live_topics(&self) -> Vec<(String, EventId)> {
+        self.logs()
+            .iter()
+            .filter(|(_, log)| !log.subscribers.is_empty() && log.last != EventId::default())
+            .map(|(topic, log)| (topic.clone(), log.last))
+            .collect()
     }
 
     pub fn unsubscribe(&self, topic: &str, connection: u64) {
@@ -370,5 +508,27 @@ mod tests {
         let hub = Hub::new(1);
         hub.publish("a", &rule(0, false), &data).expect("a");
         hub.publish("b", &rule(0, false), &data).expect("b");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_subscriber_gets_its_replay_then_what_came_meanwhile_each_once() {
+        let hub = Hub::new(10);
+        let outbox = Arc::new(Outbox::new(10));
+        hub.subscribe_waiting("t", 1, &outbox, false);
+        let event = |ms| Arc::new(Event::from_json("t", "t", EventId { ms, seq: 0 }, "1"));
+        // Announced while the replay is read: 3 (in the replay too) and 4.
+        hub.deliver(event(3));
+        hub.deliver(event(4));
+        let after = Some(EventId { ms: 1, seq: 0 });
+        assert_eq!(hub.go_live("t", 1, vec![event(2), event(3)], after), 2);
+        let ids = |events: Vec<Arc<Event>>| events.iter().map(|e| e.id.ms).collect::<Vec<_>>();
+        assert_eq!(ids(outbox.take().await.expect("messages")), [2, 3, 4]);
+        hub.deliver(event(4));
+        hub.deliver(event(5));
+        assert_eq!(ids(outbox.take().await.expect("messages")), [5]);
+        assert_eq!(
+            hub.live_topics(),
+            [("t".to_owned(), EventId { ms: 5, seq: 0 })]
+        );
     }
 }

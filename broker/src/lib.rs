@@ -4,9 +4,10 @@
 //! services publish with `POST /v1/topics/{topic}/messages`; topics and who
 //! may use them come from the control plane over ADS.
 //!
-//! Rooms: [`topics`] (the rules in force), [`hub`] (messages kept and
-//! fanned out to bounded outboxes), [`session`] (one WebSocket connection),
-//! [`http`] (the endpoints), [`metrics`].
+//! Rooms: [`topics`] (the rules in force), [`hub`] (messages fanned out
+//! to bounded outboxes, kept in memory by default), [`shared`] (several
+//! instances on one Redis: streams keep, pub/sub fans out), [`session`]
+//! (one WebSocket connection), [`http`] (the endpoints), [`metrics`].
 
 use std::{
     collections::HashMap,
@@ -28,6 +29,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod session;
+pub mod shared;
 pub mod topics;
 
 use metrics::{Metrics, ResultLabel};
@@ -65,12 +67,16 @@ pub struct Settings {
     pub node_id: String,
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
     pub limits: Limits,
+    /// Messages shared with other instances through this Redis.
+    pub shared: Option<Arc<shared::RedisLog>>,
 }
 
 /// The broker's shared state.
 pub struct Broker {
     pub topics: ArcSwapOption<Topics>,
     pub hub: hub::Hub,
+    /// With Redis: where messages are kept and announced.
+    pub shared: Option<Arc<shared::RedisLog>>,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Open connections per consumer.
@@ -105,10 +111,11 @@ impl Drop for Slot {
 }
 
 impl Broker {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, shared: Option<Arc<shared::RedisLog>>) -> Self {
         Self {
             topics: ArcSwapOption::empty(),
             hub: hub::Hub::new(limits.max_topic_names),
+            shared,
             metrics: Metrics::new(),
             limits,
             connections: Mutex::default(),
@@ -154,8 +161,12 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), gatehouse_service_kit::ServeError> {
-    let broker = Arc::new(Broker::new(settings.limits));
+    let broker = Arc::new(Broker::new(settings.limits, settings.shared));
     let stop = CancellationToken::new();
+    let mut fan_out = match broker.shared.clone() {
+        Some(shared) => tokio::spawn(shared.fan_out(broker.clone(), stop.clone())),
+        None => tokio::spawn(std::future::pending()),
+    };
     let subscription = Subscription {
         endpoint: settings.xds_endpoint,
         node_id: settings.node_id,
@@ -206,20 +217,23 @@ pub async fn serve(
         joined = &mut xds => {
             halt.cancel();
             let _ = server.await;
-            Some(gatehouse_service_kit::why_ended(joined.map(|()| Ok::<(), TopicsError>(()))))
+            Some(("the xDS subscription", gatehouse_service_kit::why_ended(joined.map(|()| Ok::<(), TopicsError>(())))))
+        }
+        joined = &mut fan_out => {
+            halt.cancel();
+            let _ = server.await;
+            Some(("the fan-out from Redis", gatehouse_service_kit::why_ended(joined.map(|()| Ok::<(), TopicsError>(())))))
         }
     };
     broker.going_away.cancel();
     broker.sessions.close();
     broker.sessions.wait().await;
     stop.cancel();
-    if let Some(why) = ended {
-        tracing::error!(error = %why, "the xDS subscription stopped; stopping");
-        return Err(gatehouse_service_kit::ServeError::TaskEnded {
-            task: "the xDS subscription",
-            why,
-        });
+    if let Some((task, why)) = ended {
+        tracing::error!(task, error = %why, "a background task stopped; stopping");
+        return Err(gatehouse_service_kit::ServeError::TaskEnded { task, why });
     }
     let _ = xds.await;
+    fan_out.abort();
     Ok(())
 }

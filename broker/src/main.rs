@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use gatehouse_service_kit::{CommonArgs, Defaults, Started};
+use gatehouse_service_kit::{CommonArgs, Defaults, StartError, Started};
 
 /// Gatehouse broker: topics over WebSocket, behind the gateway.
 #[derive(Debug, Parser)]
@@ -37,6 +37,11 @@ struct Args {
     #[arg(long, env = "GATEHOUSE_MAX_TOPIC_NAMES", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     max_topic_names: u32,
+
+    /// Share messages with the other instances on this Redis (streams keep
+    /// them, pub/sub fans them out); without it, one instance in memory.
+    #[arg(long, env = "GATEHOUSE_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 /// A pool of one thread per CPU: fan-out writes to many sockets.
@@ -51,15 +56,28 @@ fn main() -> ExitCode {
         ping_interval: Duration::from_millis(args.ping_interval_ms),
         max_topic_names: args.max_topic_names as usize,
     };
+    let redis_url = args.redis_url;
     gatehouse_service_kit::run::main(
         args.common,
         "gatehouse-broker",
         move |started: Started| async move {
+            let shared = match redis_url.as_deref() {
+                None => None,
+                Some(url) => Some(std::sync::Arc::new(
+                    gatehouse_broker::shared::RedisLog::new(url)
+                        .map_err(|e| StartError::Config(format!("--redis-url: {e}")))?,
+                )),
+            };
+            tracing::info!(
+                messages = if shared.is_some() { "redis" } else { "memory" },
+                "broker"
+            );
             let settings = gatehouse_broker::Settings {
                 xds_endpoint: started.xds_url,
                 node_id: started.node_id,
                 xds_token: started.xds_token,
                 limits,
+                shared,
             };
             let shutdown = started.stop.cancelled_owned();
             Ok(tokio::spawn(gatehouse_broker::serve(

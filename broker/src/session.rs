@@ -107,7 +107,7 @@ fn error(topic: &str, error: &str) -> String {
 
 impl Session {
     /// Answers a subscribe: the reply frame (queued replays follow it).
-    fn subscribe(&mut self, topic: &str, after: Option<&str>) -> String {
+    async fn subscribe(&mut self, topic: &str, after: Option<&str>) -> String {
         let metrics = &self.broker.metrics;
         if !is_topic_name(topic) {
             metrics.refuse("bad_topic");
@@ -136,20 +136,37 @@ impl Session {
             metrics.refuse("too_many_subscriptions");
             return error(topic, "too_many_subscriptions");
         }
-        let replayed =
-            self.broker
-                .hub
-                .subscribe(topic, self.id, &self.outbox, after, rule.drop_oldest);
+        let (rule_name, drop_oldest) = (rule.name.clone(), rule.drop_oldest);
+        drop(topics);
+        let hub = &self.broker.hub;
+        let replayed = match &self.broker.shared {
+            None => hub.subscribe(topic, self.id, &self.outbox, after, drop_oldest),
+            Some(shared) => {
+                // Live messages are held while the replay is read.
+                hub.subscribe_waiting(topic, self.id, &self.outbox, drop_oldest);
+                let backlog = match after {
+                    None => Ok(Vec::new()),
+                    Some(after) => shared.after(topic, after).await,
+                };
+                match backlog {
+                    Ok(backlog) => hub.go_live(topic, self.id, backlog, after),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay not read");
+                        hub.unsubscribe(topic, self.id);
+                        metrics.refuse("store_unavailable");
+                        return error(topic, "unavailable");
+                    }
+                }
+            }
+        };
         if self
             .subscribed
-            .insert(topic.to_owned(), rule.name.clone())
+            .insert(topic.to_owned(), rule_name.clone())
             .is_none()
         {
             metrics
                 .subscriptions
-                .get_or_create(&TopicLabel {
-                    topic: rule.name.clone(),
-                })
+                .get_or_create(&TopicLabel { topic: rule_name })
                 .inc();
         }
         json!({"type": "subscribed", "topic": topic, "replayed": replayed}).to_string()
@@ -167,9 +184,11 @@ impl Session {
         json!({"type": "unsubscribed", "topic": topic}).to_string()
     }
 
-    fn command(&mut self, text: &str) -> String {
+    async fn command(&mut self, text: &str) -> String {
         match serde_json::from_str::<Command>(text) {
-            Ok(Command::Subscribe { topic, after }) => self.subscribe(&topic, after.as_deref()),
+            Ok(Command::Subscribe { topic, after }) => {
+                self.subscribe(&topic, after.as_deref()).await
+            }
             Ok(Command::Unsubscribe { topic }) => self.unsubscribe(&topic),
             Err(_) => {
                 self.broker.metrics.refuse("bad_command");
@@ -223,7 +242,7 @@ async fn serve(
 ) -> &'static str {
     let broker = session.broker.clone();
     if let Some((topic, after)) = first {
-        let reply = session.subscribe(&topic, after.as_deref());
+        let reply = session.subscribe(&topic, after.as_deref()).await;
         if !send(sink, Message::Text(reply.into())).await {
             return "client";
         }
@@ -279,7 +298,7 @@ async fn serve(
                             close(sink, 1008, "too many commands").await;
                             return "flood";
                         }
-                        let reply = session.command(&text);
+                        let reply = session.command(&text).await;
                         if !send(sink, Message::Text(reply.into())).await {
                             return "stalled";
                         }

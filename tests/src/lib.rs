@@ -11,6 +11,7 @@
 //! (WebSocket upstreams and clients), and
 //! [`stack`], the one fixture most tests start from.
 
+pub mod broker;
 pub mod control_plane;
 pub mod envoy;
 pub mod flood;

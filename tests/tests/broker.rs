@@ -8,113 +8,17 @@
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    Sidecar, Stack, eventually,
-    websocket::{Next, WsClient, connect, next, send},
+    Stack,
+    broker::Realtime,
+    eventually,
+    websocket::{Next, connect, next, send},
 };
 use serde_json::{Value, json};
 
-struct Realtime {
-    g: Stack,
-    broker: Sidecar,
-    /// A consumer who may publish on `orders.*`.
-    publisher: String,
-    /// A consumer who may only subscribe.
-    reader: String,
-}
-
-/// A gateway with ext-authz and the broker: `/v1/ws` (WebSocket, API key)
-/// and `POST /v1/topics` (API key) go to the broker; topics `orders.*`
-/// (publish needs `orders:publish`, 10 kept, up to 70 KB) and `audit`
-/// (subscribers need the role `auditor`).
-async fn realtime(broker_args: &[&str]) -> Realtime {
-    let g = Stack::auth(&[]).await;
-    let broker = Sidecar::broker(g.cp.xds, broker_args).await;
-    g.cp.apply("/v1/services/broker", broker.service()).await;
-    g.cp.apply(
-        "/v1/routes/realtime",
-        json!({"match": {"path_prefix": "/v1/ws"}, "destination": {"service": "broker"},
-               "websocket": {}, "auth": {"method": "api_key"}}),
-    )
-    .await;
-    g.cp.apply(
-        "/v1/routes/publish",
-        json!({"match": {"path_prefix": "/v1/topics/", "methods": ["POST"]},
-               "destination": {"service": "broker"}, "auth": {"method": "api_key"}}),
-    )
-    .await;
-    g.cp.apply(
-        "/v1/topics/orders",
-        json!({"pattern": "orders.*", "publish": {"scopes": ["orders:publish"]},
-               "retain": 10, "max_message_bytes": 70000}),
-    )
-    .await;
-    g.cp.apply(
-        "/v1/topics/audit",
-        json!({"subscribe": {"roles": ["auditor"]}}),
-    )
-    .await;
-    g.cp.apply("/v1/consumers/shop", json!({})).await;
-    let publisher: Value =
-        g.cp.post(
-            "/v1/consumers/shop/keys",
-            json!({"scopes": ["orders:publish"]}),
-        )
-        .await
-        .json()
-        .await
-        .expect("key");
-    let publisher = publisher["key"].as_str().expect("key").to_owned();
-    let reader = g.cp.consumer_key("alice").await;
-    let version = g.cp.apply("/v1/consumers/alice", json!({})).await;
-    g.cp.until_converged(version).await;
-    g.cp.assert_no_nacks().await;
-    Realtime {
-        g,
-        broker,
-        publisher,
-        reader,
-    }
-}
-
-impl Realtime {
-    fn ws(&self, query: &str) -> String {
-        self.g
-            .envoy
-            .url(&format!("/v1/ws?{query}"))
-            .replacen("http://", "ws://", 1)
-    }
-
-    async fn subscribe(&self, topic: &str, after: Option<&str>) -> WsClient {
-        let mut query = format!("api_key={}&topic={topic}", self.reader);
-        if let Some(after) = after {
-            query.push_str(&format!("&after={after}"));
-        }
-        let mut connected = connect(&self.ws(&query), &[]).await.expect("101");
-        let reply = next(&mut connected.socket, Duration::from_secs(5))
-            .await
-            .json();
-        assert_eq!(reply["type"], "subscribed", "{reply}");
-        connected.socket
-    }
-
-    async fn publish(&self, key: &str, topic: &str, body: &str) -> (u16, Value) {
-        let response = gatehouse_e2e::client()
-            .post(self.g.envoy.url(&format!("/v1/topics/{topic}/messages")))
-            .header("x-api-key", key)
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("an answer");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
 #[tokio::test]
 async fn subscribers_get_what_services_publish_through_the_gateway() {
-    let r = realtime(&[]).await;
-    let mut alice = r.subscribe("orders.eu", None).await;
+    let r = Realtime::start(&[&[]]).await;
+    let mut alice = r.subscribe(0, "orders.eu", None).await;
 
     let (status, first) = r.publish(&r.publisher, "orders.eu", r#"{"n": 1}"#).await;
     assert_eq!(status, 202, "{first}");
@@ -144,9 +48,12 @@ async fn subscribers_get_what_services_publish_through_the_gateway() {
     );
     // An invalid key on the upgrade: 401 from the gateway.
     assert_eq!(
-        connect(&r.ws("api_key=gk_000000000000_nope&topic=orders.eu"), &[])
-            .await
-            .err(),
+        connect(
+            &r.ws(0, "api_key=gk_000000000000_nope&topic=orders.eu"),
+            &[]
+        )
+        .await
+        .err(),
         Some(401)
     );
     // Unknown topic and a topic needing a role: refused on the connection,
@@ -173,7 +80,7 @@ async fn subscribers_get_what_services_publish_through_the_gateway() {
         missed.push(published["id"].clone());
     }
     let last = first["id"].as_str().expect("an id");
-    let mut back = r.subscribe("orders.eu", Some(last)).await;
+    let mut back = r.subscribe(0, "orders.eu", Some(last)).await;
     for id in &missed {
         let got = next(&mut back, Duration::from_secs(5)).await.json();
         assert_eq!(&got["id"], id, "{got}");
@@ -183,7 +90,7 @@ async fn subscribers_get_what_services_publish_through_the_gateway() {
         Next::Silent,
         "nothing twice"
     );
-    let metrics = r.broker.metrics().await;
+    let metrics = r.brokers[0].metrics().await;
     assert!(
         metrics.contains("gatehouse_broker_messages_published_total{topic=\"orders\"} 4"),
         "{metrics}"
@@ -196,15 +103,15 @@ async fn subscribers_get_what_services_publish_through_the_gateway() {
 
 #[tokio::test]
 async fn slow_consumers_floods_and_extra_connections_are_cut_off_alone() {
-    let r = realtime(&["--queue-size=4", "--max-connections-per-consumer=3"]).await;
+    let r = Realtime::start(&[&["--queue-size=4", "--max-connections-per-consumer=3"]]).await;
     let version =
         r.g.cp
             .apply("/v1/topics/bulk", json!({"max_message_bytes": 1048576}))
             .await;
     r.g.cp.until_converged(version).await;
-    let mut steady = r.subscribe("bulk", None).await;
+    let mut steady = r.subscribe(0, "bulk", None).await;
     // A client that never reads.
-    let _stuck = r.subscribe("bulk", None).await;
+    let _stuck = r.subscribe(0, "bulk", None).await;
     // Big messages fill the stuck client's socket buffers and Envoy's,
     // then its queue.
     let body = format!("{{\"pad\": \"{}\"}}", "x".repeat(1_000_000));
@@ -220,7 +127,7 @@ async fn slow_consumers_floods_and_extra_connections_are_cut_off_alone() {
         Duration::from_secs(30),
         "the stuck client cut off",
         || async {
-            let metrics = r.broker.metrics().await;
+            let metrics = r.brokers[0].metrics().await;
             metrics.contains("gatehouse_broker_disconnects_total{reason=\"slow_consumer\"} 1")
                 || metrics.contains("gatehouse_broker_disconnects_total{reason=\"stalled\"} 1")
         },
@@ -228,13 +135,13 @@ async fn slow_consumers_floods_and_extra_connections_are_cut_off_alone() {
     .await;
 
     // The stuck one's slot is free again: alice may hold three at once.
-    let _second = r.subscribe("bulk", None).await;
-    let _third = r.subscribe("bulk", None).await;
-    let fourth = connect(&r.ws(&format!("api_key={}", r.reader)), &[]).await;
+    let _second = r.subscribe(0, "bulk", None).await;
+    let _third = r.subscribe(0, "bulk", None).await;
+    let fourth = connect(&r.ws(0, &format!("api_key={}", r.reader)), &[]).await;
     assert_eq!(fourth.err(), Some(429), "more connections than allowed");
 
     // A flood of subscribe commands: closed with 1008; others unaffected.
-    let mut flood = connect(&r.ws(&format!("api_key={}", r.publisher)), &[])
+    let mut flood = connect(&r.ws(0, &format!("api_key={}", r.publisher)), &[])
         .await
         .expect("101")
         .socket;
@@ -265,9 +172,9 @@ async fn slow_consumers_floods_and_extra_connections_are_cut_off_alone() {
 
 #[tokio::test]
 async fn a_stopping_broker_tells_its_clients_to_go_away() {
-    let mut r = realtime(&[]).await;
-    let mut alice = r.subscribe("orders.eu", None).await;
-    let exit = r.broker.terminate().await;
+    let mut r = Realtime::start(&[&[]]).await;
+    let mut alice = r.subscribe(0, "orders.eu", None).await;
+    let exit = r.brokers[0].terminate().await;
     assert_eq!(
         next(&mut alice, Duration::from_secs(5)).await,
         Next::Closed(Some(1001))
@@ -294,4 +201,31 @@ async fn bad_topics_are_refused_by_field_and_nothing_is_stored() {
         assert!(problem.to_string().contains(field), "{body} → {problem}");
     }
     assert_eq!(g.cp.get("/v1/topics/orders").await.status(), 404);
+}
+
+/// A client that stops answering pings (here: never reads, so its pongs
+/// are never sent) is dropped after two ping intervals, while a client
+/// that reads stays.
+#[tokio::test]
+async fn connections_that_stop_answering_pings_are_dropped() {
+    let r = Realtime::start(&[&["--ping-interval-ms=200"]]).await;
+    let _silent = r.subscribe(0, "orders.eu", None).await;
+    let mut alive = r.subscribe(0, "orders.eu", None).await;
+    let mut dropped = false;
+    for _ in 0..200 {
+        // Reading answers the broker's pings.
+        let _ = next(&mut alive, Duration::from_millis(50)).await;
+        let metrics = r.brokers[0].metrics().await;
+        if metrics.contains("gatehouse_broker_disconnects_total{reason=\"dead\"} 1") {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "the silent client was dropped");
+    assert!(
+        r.brokers[0]
+            .metrics()
+            .await
+            .contains("gatehouse_broker_connections 1")
+    );
 }

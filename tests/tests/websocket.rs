@@ -164,6 +164,28 @@ async fn browsers_authenticate_the_upgrade_in_the_query_or_protocol_and_upstream
     close(&mut by_protocol.socket).await;
 }
 
+/// Rate limits count upgrade requests: the third connection in a minute
+/// of a consumer limited to two is refused with 429.
+#[tokio::test]
+async fn rate_limits_apply_to_the_upgrade() {
+    let g = Stack::new().ext_authz(&[]).ratelimit(&[]).start().await;
+    let _upstream = with_live_service(&g).await;
+    let key = g.cp.consumer_key("alice").await;
+    g.cp.apply(
+        "/v1/routes/live",
+        json!({"match": {"path_prefix": "/live"}, "destination": {"service": "live"},
+               "websocket": {}, "auth": {"method": "api_key"}}),
+    )
+    .await;
+    g.cp.per_consumer_limit(2, "live").await;
+    let url = ws_url(&g, &format!("/live?api_key={key}"));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(connect(&url, &[]).await.expect("101"));
+    }
+    assert_eq!(connect(&url, &[]).await.err(), Some(429));
+}
+
 #[tokio::test]
 async fn invalid_websocket_settings_are_refused_by_field() {
     let g = Stack::new().start().await;
