@@ -13,11 +13,14 @@
 //!   hot path (see [`observability`]).
 //! - `resilience`: the hot-path cost of resilience, and how fast a failing
 //!   endpoint is ejected (see [`resilience`]).
+//! - `broker`: message delivery delay through Envoy and the broker (see
+//!   [`broker`]).
 //!
 //! Build in release mode so the binaries measured are the release ones:
 //! `cargo build --release --workspace --bins && target/release/gatehouse-bench all`.
 
 mod auth;
+mod broker;
 mod load;
 mod observability;
 mod quota;
@@ -107,6 +110,19 @@ enum Command {
     /// Observability: tracing (off, 1 %, 100 %, collector down) and the
     /// JSON access log beside a gateway with neither.
     Observability(Slices),
+    /// Broker: the delay from a publish to each subscriber, through Envoy.
+    Broker {
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 300)]
+        messages: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Two brokers sharing messages through one Redis.
+        #[arg(long)]
+        shared: bool,
+    },
     /// Quota policies: how close three Envoys sharing one limit (through
     /// three ratelimit-services on one Redis) stay to it, with uneven load.
     QuotaAccuracy {
@@ -254,6 +270,12 @@ async fn run(command: Command) {
             observability::run(s.seconds, s.rounds, s.connections).await;
         }
         Command::QuotaAccuracy { warm_up, seconds } => quota::run(warm_up, seconds).await,
+        Command::Broker {
+            subscribers,
+            messages,
+            rate,
+            shared,
+        } => broker::run(subscribers, messages, rate, shared).await,
         Command::Writes {
             seconds,
             rounds,
