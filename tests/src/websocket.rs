@@ -179,6 +179,13 @@ pub async fn send(socket: &mut WsClient, text: &str) -> Result<(), tungstenite::
         .await
 }
 
+/// Sends a binary frame.
+pub async fn send_binary(socket: &mut WsClient, bytes: &[u8]) -> Result<(), tungstenite::Error> {
+    socket
+        .send(tungstenite::Message::Binary(bytes.to_vec().into()))
+        .await
+}
+
 /// Closes the connection normally.
 pub async fn close(socket: &mut WsClient) {
     let _ = socket

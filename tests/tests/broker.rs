@@ -11,7 +11,7 @@ use gatehouse_e2e::{
     Stack,
     broker::Realtime,
     eventually,
-    websocket::{Next, connect, next, send},
+    websocket::{Next, connect, next, send, send_binary},
 };
 use serde_json::{Value, json};
 
@@ -163,6 +163,16 @@ async fn slow_consumers_floods_and_extra_connections_are_cut_off_alone() {
         }
     }
     assert_eq!(closed, Some(1008));
+    // Commands are JSON text: a binary frame is closed with 1003.
+    let mut binary = connect(&r.ws(0, &format!("api_key={}", r.publisher)), &[])
+        .await
+        .expect("101")
+        .socket;
+    send_binary(&mut binary, b"\x00\x01").await.expect("sent");
+    assert_eq!(
+        next(&mut binary, Duration::from_secs(5)).await,
+        Next::Closed(Some(1003))
+    );
     assert_eq!(r.publish(&r.publisher, "bulk", "{}").await.0, 202);
     assert!(matches!(
         next(&mut steady, Duration::from_secs(5)).await,
