@@ -112,6 +112,17 @@ pub mod broker {
     /// Name of the single `BrokerConfig` resource.
     pub const RESOURCE_NAME: &str = "gatehouse_broker";
     pub const TYPE_URL: &str = "type.googleapis.com/gatehouse.broker.v1.BrokerConfig";
+
+    /// A concrete topic name, as the control plane checks patterns and the
+    /// broker checks requests: 1–128 of `a-z 0-9 . _ -`, starting with a
+    /// letter or digit.
+    pub fn is_topic_name(name: &str) -> bool {
+        (1..=128).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            })
+    }
 }
 
 /// Gatehouse's own contract with ratelimit-service (`proto/gatehouse/ratelimit/v1`).

@@ -47,6 +47,20 @@ async fn a_fresh_control_plane_takes_writes_the_moment_it_is_reachable() {
     .await;
 }
 
+/// Runs a printed `curl -i …` line: the status it gets.
+async fn status_of(line: &str) -> String {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} -s -o /dev/null -w '%{{http_code}}'",
+            line.replacen("curl -i", "curl", 1)
+        ))
+        .output()
+        .await
+        .expect("curl runs");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
 /// Runs `scripts/run.sh` exactly as the README says (on the default ports,
 /// with a fresh data directory in place of `.gatehouse/`), then every curl
 /// line it prints, then Ctrl-C.
@@ -92,17 +106,7 @@ async fn run_script_works_on_a_fresh_data_dir_and_its_curl_lines_work() {
     let expected = [200, 401, 200];
     for (line, want) in curls.iter().zip(expected) {
         let command = line.split(" #").next().unwrap_or(line);
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "{} -s -o /dev/null -w '%{{http_code}}'",
-                command.replacen("curl -i", "curl", 1)
-            ))
-            .output()
-            .await
-            .expect("curl runs");
-        let status = String::from_utf8_lossy(&output.stdout).to_string();
-        assert_eq!(status, want.to_string(), "{command}");
+        assert_eq!(status_of(command).await, want.to_string(), "{command}");
     }
     // The real-time lines: publishing to the demo topic is accepted.
     let publish = tokio::time::timeout(Duration::from_secs(10), async {
@@ -117,16 +121,7 @@ async fn run_script_works_on_a_fresh_data_dir_and_its_curl_lines_work() {
     .ok()
     .flatten()
     .expect("run.sh prints how to publish");
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "{} -s -o /dev/null -w '%{{http_code}}'",
-            publish.replacen("curl -i", "curl", 1)
-        ))
-        .output()
-        .await
-        .expect("curl runs");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "202", "{publish}");
+    assert_eq!(status_of(&publish).await, "202", "{publish}");
 
     // Ctrl-C stops everything: the script exits and the ports are free again.
     let pid = script.id().expect("script pid");

@@ -75,15 +75,7 @@ fn default_retain() -> u32 {
     100
 }
 
-/// A concrete topic name: 1–128 of `a-z 0-9 . _ -`, starting with a letter
-/// or digit.
-pub fn is_topic_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
+pub use gatehouse_proto::broker::is_topic_name;
 
 impl Topic {
     /// The pattern in force: `pattern`, or the resource's name.
