@@ -164,6 +164,65 @@ async fn browsers_authenticate_the_upgrade_in_the_query_or_protocol_and_upstream
     close(&mut by_protocol.socket).await;
 }
 
+/// A bearer token from a browser: `?access_token=` or a
+/// `gatehouse.bearer.<token>` protocol entry, verified by ext-authz and
+/// never seen upstream.
+#[tokio::test]
+async fn browsers_send_bearer_tokens_in_the_query_or_protocol() {
+    use gatehouse_e2e::tokens::{TestKey, claims, jwks};
+    const ISS: &str = "https://idp.ws.test/";
+    let g = Stack::auth(&[]).await;
+    let _upstream = with_live_service(&g).await;
+    let key = TestKey::rsa("ws");
+    g.cp.apply(
+        "/v1/jwt-issuers/idp",
+        json!({"issuer": ISS, "jwks": jwks(&[&key]), "algorithms": ["RS256"], "audiences": ["ws"]}),
+    )
+    .await;
+    let version =
+        g.cp.apply(
+            "/v1/routes/live",
+            json!({"match": {"path_prefix": "/live"}, "destination": {"service": "live"},
+               "websocket": {}, "auth": {"method": "jwt"}}),
+        )
+        .await;
+    g.cp.until_converged(version).await;
+    let token = key.sign(&claims(ISS, "ws", "carol"));
+
+    let mut by_query = connect(&ws_url(&g, &format!("/live?access_token={token}")), &[])
+        .await
+        .expect("101");
+    let hello = next(&mut by_query.socket, Duration::from_secs(5))
+        .await
+        .json();
+    assert_eq!(hello["query"], serde_json::Value::Null, "{hello}");
+    assert!(!hello.to_string().contains(&token));
+
+    let offered = format!("chat, gatehouse.bearer.{token}");
+    let mut by_protocol = connect(
+        &ws_url(&g, "/live"),
+        &[("sec-websocket-protocol", &offered)],
+    )
+    .await
+    .expect("101");
+    let hello = next(&mut by_protocol.socket, Duration::from_secs(5))
+        .await
+        .json();
+    assert_eq!(
+        hello["headers"]["sec-websocket-protocol"], "chat",
+        "{hello}"
+    );
+    assert!(!hello.to_string().contains(&token));
+    assert_eq!(
+        connect(&ws_url(&g, "/live?access_token=not.a.token"), &[])
+            .await
+            .err(),
+        Some(401)
+    );
+    close(&mut by_query.socket).await;
+    close(&mut by_protocol.socket).await;
+}
+
 /// Rate limits count upgrade requests: the third connection in a minute
 /// of a consumer limited to two is refused with 429.
 #[tokio::test]
