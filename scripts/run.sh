@@ -115,7 +115,8 @@ Gatehouse is running (Ctrl-C stops it):
 
 Observability:
   metrics    http://$ADMIN/metrics, http://127.0.0.1:18001/metrics, http://127.0.0.1:18002/metrics,
-             http://127.0.0.1:9901/stats/prometheus (Envoy); rules and dashboard: deploy/prometheus, deploy/grafana
+             http://127.0.0.1:18003/metrics, http://127.0.0.1:9901/stats/prometheus (Envoy);
+             rules and dashboard: deploy/prometheus, deploy/grafana
   logs       $DATA_DIR/access.log (Envoy, one JSON object per request, written every 10 s);
              the services log here (auth failures and rate-limit hits: target gatehouse::events)
   traces     $TRACES

@@ -55,6 +55,17 @@ struct Cli {
     )]
     output: Output,
 
+    /// How messages on stderr (errors) are written: `text`, or `json` (one
+    /// object a line, for log collectors), as every Gatehouse binary takes.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +74,23 @@ struct Cli {
 enum Output {
     Human,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An error on stderr, in the chosen format.
+fn report_error(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({"level": "ERROR", "target": "gatehousectl", "message": message})
+        ),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,13 +241,14 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start: {e}");
+            report_error(log_format, &format!("cannot start: {e}"));
             return ExitCode::from(4);
         }
     };
@@ -231,7 +260,7 @@ fn main() -> ExitCode {
         Err((out, failure)) => {
             print!("{out}");
             if !matches!(failure, Failure::Changes) {
-                eprintln!("error: {failure}");
+                report_error(log_format, &failure.to_string());
             }
             ExitCode::from(failure.exit_code())
         }

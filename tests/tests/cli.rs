@@ -223,6 +223,29 @@ async fn unreachable_server_exits_4() {
         .expect("gatehousectl runs");
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    // The same error as one JSON line with --log-format json.
+    let out = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
+        .args([
+            "--log-format",
+            "json",
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "export",
+        ])
+        .output()
+        .await
+        .expect("gatehousectl runs");
+    assert_eq!(out.status.code(), Some(4));
+    let line: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("one JSON object on stderr");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot reach")),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -1,13 +1,17 @@
-//! The services' shared edges: ext-authz and ratelimit-service take the same
-//! common flags, refuse an invalid configuration with exit 64 and a
-//! one-line reason, and log as text or JSON.
+//! The services' shared edges: ext-authz, ratelimit-service and the broker
+//! take the same common flags, refuse an invalid configuration with exit 64
+//! and a one-line reason, and log as text or JSON.
 
 use std::time::Duration;
 
 use gatehouse_e2e::{eventually, free_port, gatehouse_bin, scratch_dir};
 use tokio::process::Command;
 
-const SERVICES: [&str; 2] = ["gatehouse-ext-authz", "gatehouse-ratelimit"];
+const SERVICES: [&str; 3] = [
+    "gatehouse-ext-authz",
+    "gatehouse-ratelimit",
+    "gatehouse-broker",
+];
 
 async fn refused(binary: &str, args: &[&str]) -> String {
     let output = Command::new(gatehouse_bin(binary))
@@ -43,12 +47,17 @@ async fn invalid_common_flags_exit_64_with_one_line_naming_the_flag() {
         assert!(line.contains("--xds-token-file"), "{binary}: {line}");
     }
     let args = ["--listen-addr", "127.0.0.1:0", "--redis-url", "not-a-url"];
-    let line = refused("gatehouse-ratelimit", &args).await;
-    assert!(line.contains("--redis-url"), "{line}");
+    for binary in ["gatehouse-ratelimit", "gatehouse-broker"] {
+        let line = refused(binary, &args).await;
+        assert!(line.contains("--redis-url"), "{binary}: {line}");
+    }
+    let args = ["--listen-addr", "127.0.0.1:0", "--queue-size", "0"];
+    let line = refused("gatehouse-broker", &args).await;
+    assert!(line.contains("--queue-size"), "{line}");
 }
 
 #[tokio::test]
-async fn both_services_log_json_when_asked() {
+async fn every_service_logs_json_when_asked() {
     for binary in SERVICES {
         let port = free_port();
         let log = scratch_dir("gatehouse_json").join("stderr.log");
