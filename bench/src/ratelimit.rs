@@ -293,7 +293,8 @@ async fn gateway_enforcing(
 
 /// On the quota gateway: /jwtq, a JWT verified in Envoy (`verify_in:
 /// envoy`, Envoy's JWT cache on) under a per-consumer quota policy never
-/// reached. Returns the headers of a valid request.
+/// reached, and /jwtonly, the same JWT route without a limit. Returns the
+/// headers of a valid request.
 async fn jwt_quota_route(cp: &gatehouse_e2e::ControlPlane) -> crate::auth::Headers {
     use gatehouse_e2e::tokens::{TestKey, claims, jwks};
     use serde_json::json;
@@ -311,6 +312,13 @@ async fn jwt_quota_route(cp: &gatehouse_e2e::ControlPlane) -> crate::auth::Heade
                "auth": {"method": "jwt", "verify_in": "envoy"}}),
     )
     .await;
+    // The same JWT route without a limit: what the JWT alone costs.
+    cp.apply(
+        "/v1/routes/jwtonly",
+        json!({"match": {"path_prefix": "/jwtonly"}, "destination": {"service": "up"},
+               "auth": {"method": "jwt", "verify_in": "envoy"}}),
+    )
+    .await;
     cp.apply(
         "/v1/rate-limit-policies/per-consumer",
         json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["consumer"],
@@ -325,7 +333,8 @@ async fn jwt_quota_route(cp: &gatehouse_e2e::ControlPlane) -> crate::auth::Heade
 /// Gatehouse on Redis, a quota policy (decided in Envoy over RLQS),
 /// Envoy's `local_ratelimit`.
 /// `only` names the variants to run (`bare`, `floor`, `floor-headers`,
-/// `memory`, `redis`, `leases`, `quota`, `jwt-quota`, `local`); empty runs them all. Fewer
+/// `memory`, `redis`, `leases`, `quota`, `jwt`, `jwt-quota`, `local`); empty runs them
+/// all. Fewer
 /// variants put the slices compared closer together in time.
 pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: &[String]) {
     let upstream = gatehouse_e2e::Upstream::start("up").await;
@@ -384,6 +393,7 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     const QUOTA: &str = "Envoy + Gatehouse quota policy (RLQS: decided in Envoy)";
     const JWT_QUOTA: &str =
         "Envoy + JWT verified in Envoy + per-consumer quota policy (no call out of Envoy)";
+    const JWT_ONLY: &str = "Envoy + JWT verified in Envoy (no limit)";
     const LOCAL: &str = "Envoy local_ratelimit (static)";
     let variant = |name,
                    envoy: &gatehouse_e2e::Envoy,
@@ -449,6 +459,13 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
             variant(QUOTA, &quota_envoy, "/limited", &[("service", quota.pid())]),
         ),
         (
+            "jwt",
+            Variant {
+                headers: &jwt_headers,
+                ..variant(JWT_ONLY, &quota_envoy, "/jwtonly", &[])
+            },
+        ),
+        (
             "jwt-quota",
             Variant {
                 headers: &jwt_headers,
@@ -482,6 +499,8 @@ pub async fn through_envoy(seconds: u64, rounds: usize, connections: u32, only: 
     measured.print_ratio(FLOOR, BARE);
     measured.print_ratio(QUOTA, BARE);
     measured.print_ratio(JWT_QUOTA, BARE);
+    measured.print_ratio(JWT_ONLY, BARE);
+    measured.print_ratio(JWT_QUOTA, JWT_ONLY);
     measured.print_ratio(LOCAL, BARE);
     if only.is_empty() || only.iter().any(|o| o == "leases") {
         print_lease_share(REDIS_LEASING, &leasing).await;
