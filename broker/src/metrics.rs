@@ -31,6 +31,17 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Why connections end (`gatehouse_broker_disconnects_total{reason}`).
+pub const DISCONNECT_REASONS: [&str; 7] = [
+    "client",
+    "slow_consumer",
+    "stalled",
+    "dead",
+    "flood",
+    "protocol",
+    "going_away",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -85,7 +96,12 @@ impl Metrics {
             "Messages dropped from a full queue (drop_oldest topics), by topic resource",
             dropped.clone(),
         );
-        let disconnects = Family::default();
+        let disconnects: Family<ReasonLabel, Counter> = Family::default();
+        // Every reason's series exists from the start, so a rate over it
+        // (the slow-consumer alert) has data before the first disconnect.
+        for reason in DISCONNECT_REASONS {
+            let _ = disconnects.get_or_create(&ReasonLabel { reason });
+        }
         registry.register(
             "disconnects",
             "Connections closed, by reason (client, slow_consumer, stalled, dead, flood, protocol, going_away)",

@@ -62,6 +62,7 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_running_stack() {
     )
     .await;
     let key = g.limited_orders(3).await;
+    let broker = gatehouse_e2e::Sidecar::broker(g.cp.xds, &[]).await;
 
     let limiter = g.limiter().addr;
     let prometheus = Prometheus::start(&[
@@ -83,6 +84,11 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_running_stack() {
         Target {
             job: "gatehouse-ratelimit",
             address: limiter.to_string(),
+            path: "/metrics",
+        },
+        Target {
+            job: "gatehouse-broker",
+            address: broker.addr.to_string(),
             path: "/metrics",
         },
     ])
@@ -116,6 +122,8 @@ async fn every_rule_and_dashboard_query_returns_data_from_a_running_stack() {
         "up{job=\"gatehouse-control-plane\"}",
         "up{job=\"gatehouse-ext-authz\"}",
         "up{job=\"gatehouse-ratelimit\"}",
+        "up{job=\"gatehouse-broker\"}",
+        "gatehouse_broker_disconnects_total",
         "gatehouse:ratelimit_decisions:rate5m{result=\"over_limit\"}",
         "gatehouse:auth_decisions:rate5m{result=\"deny\"}",
     ] {
