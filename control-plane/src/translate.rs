@@ -235,20 +235,34 @@ pub fn snapshot(
     ));
     parts.ratelimit.push(XdsResource::new(
         ratelimit_proto::RESOURCE_NAME,
-        ratelimit::ratelimit_config_any(&ratelimit::ratelimit_config(state)),
+        packed(
+            ratelimit_proto::TYPE_URL,
+            &ratelimit::ratelimit_config(state),
+        ),
         Vec::new(),
     ));
     parts.broker.push(XdsResource::new(
         gatehouse_proto::broker::RESOURCE_NAME,
-        broker::broker_config_any(&broker::broker_config(state)),
+        packed(
+            gatehouse_proto::broker::TYPE_URL,
+            &broker::broker_config(state),
+        ),
         Vec::new(),
     ));
     parts.auth.push(XdsResource::new(
         auth_proto::RESOURCE_NAME,
-        auth::auth_config_any(&auth::auth_config(state, now_ms)),
+        packed(auth_proto::TYPE_URL, &auth::auth_config(state, now_ms)),
         Vec::new(),
     ));
     Ok(Snapshot::new(state.version, parts)?)
+}
+
+/// One of our own services' resources packed for ADS under its type URL.
+fn packed(type_url: &str, message: &impl prost::Message) -> protobuf::Any {
+    protobuf::Any {
+        type_url: type_url.into(),
+        value: message.encode_to_vec(),
+    }
 }
 
 pub(crate) fn duration_ms(ms: u32) -> protobuf::Duration {

@@ -14,8 +14,7 @@ use std::{
     net::SocketAddr,
 };
 
-use gatehouse_proto::{auth, cluster, core, ext_authz, hcm, http_types, protobuf, route, to_any};
-use prost::Message;
+use gatehouse_proto::{auth, cluster, core, ext_authz, hcm, http_types, route, to_any};
 
 use super::{grpc_cluster, grpc_service};
 use crate::{
@@ -241,16 +240,10 @@ fn secret_ref(secret: &SecretRef) -> auth::SecretRef {
     }
 }
 
-/// Packs the auth state as the single resource ext-authz subscribes to.
-pub fn auth_config_any(config: &auth::AuthConfig) -> protobuf::Any {
-    protobuf::Any {
-        type_url: auth::TYPE_URL.into(),
-        value: config.encode_to_vec(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
     use crate::model::{Consumer, auth::StoredApiKey};
 

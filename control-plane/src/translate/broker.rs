@@ -1,8 +1,7 @@
 //! Topics → the broker's one `BrokerConfig` resource (streamed to
 //! `gatehouse-broker` over ADS, like ratelimit-service's policies).
 
-use gatehouse_proto::{broker as proto, protobuf};
-use prost::Message;
+use gatehouse_proto::broker as proto;
 
 use crate::model::{ConfigState, SlowConsumer, TopicAccess};
 
@@ -29,13 +28,5 @@ pub fn broker_config(state: &ConfigState) -> proto::BrokerConfig {
                 drop_oldest: t.slow_consumer == SlowConsumer::DropOldest,
             })
             .collect(),
-    }
-}
-
-/// The config packed for ADS.
-pub fn broker_config_any(config: &proto::BrokerConfig) -> protobuf::Any {
-    protobuf::Any {
-        type_url: proto::TYPE_URL.into(),
-        value: config.encode_to_vec(),
     }
 }

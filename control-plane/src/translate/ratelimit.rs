@@ -13,10 +13,8 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use gatehouse_proto::{
-    core, hcm, metadata_types, protobuf, ratelimit as rl, ratelimit_config, ratelimit_filter,
-    route, to_any,
+    core, hcm, metadata_types, ratelimit as rl, ratelimit_config, ratelimit_filter, route, to_any,
 };
-use prost::Message;
 
 use super::{
     auth::{EXT_AUTHZ_FILTER, IDENTITY_HEADERS},
@@ -255,13 +253,6 @@ fn consumer_plans(state: &ConfigState) -> HashMap<String, String> {
         .values()
         .filter_map(|c| Some((c.name.clone(), c.plan.clone()?)))
         .collect()
-}
-
-pub fn ratelimit_config_any(config: &rl::RateLimitConfig) -> protobuf::Any {
-    protobuf::Any {
-        type_url: rl::TYPE_URL.into(),
-        value: config.encode_to_vec(),
-    }
 }
 
 #[cfg(test)]
