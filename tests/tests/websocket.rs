@@ -8,12 +8,22 @@ use std::time::{Duration, Instant};
 
 use gatehouse_e2e::{
     Stack,
-    websocket::{Next, WsUpstream, close, connect, next, send},
+    websocket::{Connected, Next, WsUpstream, close, connect, next, send},
 };
 use serde_json::json;
 
 fn ws_url(g: &Stack, path: &str) -> String {
     g.envoy.url(path).replacen("http://", "ws://", 1)
+}
+
+/// Connects (101 expected) and reads the upstream's greeting: what it
+/// received.
+async fn greeted(url: &str, headers: &[(&str, &str)]) -> (Connected, serde_json::Value) {
+    let mut connected = connect(url, headers).await.expect("101");
+    let hello = next(&mut connected.socket, Duration::from_secs(5))
+        .await
+        .json();
+    (connected, hello)
 }
 
 async fn with_live_service(g: &Stack) -> WsUpstream {
@@ -48,8 +58,7 @@ async fn only_websocket_routes_upgrade_and_connections_end_when_idle_or_too_old(
 
     // A WebSocket route: greeted, echoed, kept while busy past the idle
     // timeout, closed once silent for it.
-    let mut live = connect(&ws_url(&g, "/live/feed"), &[]).await.expect("101");
-    let hello = next(&mut live.socket, Duration::from_secs(5)).await.json();
+    let (mut live, hello) = greeted(&ws_url(&g, "/live/feed"), &[]).await;
     assert_eq!(hello["path"], "/live/feed");
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2_000) {
@@ -73,8 +82,7 @@ async fn only_websocket_routes_upgrade_and_connections_end_when_idle_or_too_old(
     assert!(silent.elapsed() >= Duration::from_millis(700));
 
     // Busy or not, a connection ends at its maximum duration.
-    let mut brief = connect(&ws_url(&g, "/brief"), &[]).await.expect("101");
-    let _ = next(&mut brief.socket, Duration::from_secs(5)).await;
+    let (mut brief, _) = greeted(&ws_url(&g, "/brief"), &[]).await;
     let opened = Instant::now();
     let ended = loop {
         if send(&mut brief.socket, "x").await.is_err() {
@@ -114,24 +122,19 @@ async fn browsers_authenticate_the_upgrade_in_the_query_or_protocol_and_upstream
     );
 
     // In the query: the upstream sees the other parameters, not the key.
-    let mut by_query = connect(&ws_url(&g, &format!("/live?room=7&api_key={key}")), &[])
-        .await
-        .expect("101");
-    let hello = next(&mut by_query.socket, Duration::from_secs(5))
-        .await
-        .json();
+    let (mut by_query, hello) =
+        greeted(&ws_url(&g, &format!("/live?room=7&api_key={key}")), &[]).await;
     assert_eq!(hello["query"], "room=7", "{hello}");
     assert_eq!(hello["headers"]["x-gatehouse-consumer"], "alice");
 
     // In Sec-WebSocket-Protocol next to the real protocol: the upstream is
     // offered only `chat`, and chooses it.
     let offered = format!("chat, gatehouse.key.{key}");
-    let mut by_protocol = connect(
+    let (mut by_protocol, hello) = greeted(
         &ws_url(&g, "/live"),
         &[("sec-websocket-protocol", &offered)],
     )
-    .await
-    .expect("101");
+    .await;
     assert_eq!(
         by_protocol
             .headers
@@ -139,9 +142,6 @@ async fn browsers_authenticate_the_upgrade_in_the_query_or_protocol_and_upstream
             .and_then(|v| v.to_str().ok()),
         Some("chat")
     );
-    let hello = next(&mut by_protocol.socket, Duration::from_secs(5))
-        .await
-        .json();
     assert_eq!(
         hello["headers"]["sec-websocket-protocol"], "chat",
         "{hello}"
@@ -189,25 +189,17 @@ async fn browsers_send_bearer_tokens_in_the_query_or_protocol() {
     g.cp.until_converged(version).await;
     let token = key.sign(&claims(ISS, "ws", "carol"));
 
-    let mut by_query = connect(&ws_url(&g, &format!("/live?access_token={token}")), &[])
-        .await
-        .expect("101");
-    let hello = next(&mut by_query.socket, Duration::from_secs(5))
-        .await
-        .json();
+    let (mut by_query, hello) =
+        greeted(&ws_url(&g, &format!("/live?access_token={token}")), &[]).await;
     assert_eq!(hello["query"], serde_json::Value::Null, "{hello}");
     assert!(!hello.to_string().contains(&token));
 
     let offered = format!("chat, gatehouse.bearer.{token}");
-    let mut by_protocol = connect(
+    let (mut by_protocol, hello) = greeted(
         &ws_url(&g, "/live"),
         &[("sec-websocket-protocol", &offered)],
     )
-    .await
-    .expect("101");
-    let hello = next(&mut by_protocol.socket, Duration::from_secs(5))
-        .await
-        .json();
+    .await;
     assert_eq!(
         hello["headers"]["sec-websocket-protocol"], "chat",
         "{hello}"
