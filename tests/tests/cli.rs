@@ -210,32 +210,25 @@ async fn invalid_documents_exit_3_and_change_nothing() {
     assert_eq!(usage.code, 2, "usage errors exit 2");
 }
 
-#[tokio::test]
-async fn unreachable_server_exits_4() {
-    let out = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
-        .args([
-            "--server",
-            &format!("http://127.0.0.1:{}", free_port()),
-            "export",
-        ])
+/// `gatehousectl [extra] export` against a port nobody listens on.
+async fn export_from_nowhere(extra: &[&str]) -> std::process::Output {
+    let server = format!("http://127.0.0.1:{}", free_port());
+    tokio::process::Command::new(gatehouse_bin("gatehousectl"))
+        .args(extra)
+        .args(["--server", &server, "export"])
         .output()
         .await
-        .expect("gatehousectl runs");
+        .expect("gatehousectl runs")
+}
+
+#[tokio::test]
+async fn unreachable_server_exits_4() {
+    let out = export_from_nowhere(&[]).await;
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 
     // The same error as one JSON line with --log-format json.
-    let out = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
-        .args([
-            "--log-format",
-            "json",
-            "--server",
-            &format!("http://127.0.0.1:{}", free_port()),
-            "export",
-        ])
-        .output()
-        .await
-        .expect("gatehousectl runs");
+    let out = export_from_nowhere(&["--log-format", "json"]).await;
     assert_eq!(out.status.code(), Some(4));
     let line: serde_json::Value =
         serde_json::from_slice(&out.stderr).expect("one JSON object on stderr");
