@@ -1,0 +1,346 @@
+//! What each command does against the admin API, and how its answer is shown.
+
+use std::{
+    io::{IsTerminal, Read},
+    path::PathBuf,
+};
+
+use serde_json::Value;
+
+use crate::{
+    Failure,
+    cli::{Cli, Command, DocumentArgs, KeysCommand, Output, TokensCommand},
+    client::Client,
+    render::{self, Style},
+};
+
+/// Runs a command; the output is printed even when the command fails.
+/// `--since`: a span like `90m`, `24h` or `7d`, in milliseconds.
+pub fn parse_span(span: &str) -> Result<u64, String> {
+    let unit = span.chars().last().unwrap_or('?');
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => return Err("ends with s, m, h or d (e.g. 24h)".into()),
+    };
+    span[..span.len() - 1]
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(ms))
+        .ok_or_else(|| "a positive number, then s, m, h or d (e.g. 24h)".into())
+}
+
+pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let client =
+        Client::new(&cli.server, cli.actor.clone(), cli.token.clone()).map_err(no_output)?;
+    let style = Style {
+        color: cli.output == Output::Human
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let json = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    match cli.command {
+        Command::Diff {
+            document,
+            exit_code,
+        } => {
+            let applied = apply(&client, &document, true, None)
+                .await
+                .map_err(no_output)?;
+            let changes = applied["changes"].as_array().cloned().unwrap_or_default();
+            let out = match cli.output {
+                Output::Json => json(&applied),
+                Output::Human if changes.is_empty() => "no changes\n".into(),
+                Output::Human => render::diff(&changes, &style),
+            };
+            if exit_code && !changes.is_empty() {
+                return Err((out, Failure::Changes));
+            }
+            Ok(out)
+        }
+        Command::Apply {
+            document,
+            dry_run,
+            if_version,
+        } => {
+            let applied = apply(&client, &document, dry_run, if_version)
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&applied),
+                Output::Human => {
+                    let verb = if dry_run { "would apply" } else { "applied" };
+                    render::applied(&applied, verb, &style)
+                }
+            })
+        }
+        Command::History { limit } => {
+            let versions = client
+                .get(&format!("/v1/config/versions?limit={limit}"))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&versions),
+                Output::Human => render::history(versions.as_array().map_or(&[], Vec::as_slice)),
+            })
+        }
+        Command::Rollback { to } => {
+            let applied = client
+                .post("/v1/config/rollback", &serde_json::json!({ "to": to }))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&applied),
+                Output::Human => {
+                    render::applied(&applied, &format!("rolled back to version {to}:"), &style)
+                }
+            })
+        }
+        Command::Export => {
+            let document = client.get("/v1/config").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&document),
+                Output::Human => render::yaml(&document),
+            })
+        }
+        Command::Get { kind, name } => {
+            let kind = match kind.as_str() {
+                "service" | "services" | "svc" => "services",
+                "route" | "routes" => "routes",
+                "consumer" | "consumers" => "consumers",
+                "jwt-issuer" | "jwt-issuers" | "issuers" => "jwt-issuers",
+                "introspection-provider" | "introspection-providers" => "introspection-providers",
+                "plan" | "plans" => "plans",
+                "rate-limit-policy" | "rate-limit-policies" | "policies" => "rate-limit-policies",
+                "certificate" | "certificates" | "certs" => "certificates",
+                "gateway" | "gateways" => "gateways",
+                "topic" | "topics" => "topics",
+                other => {
+                    return Err(no_output(Failure::Invalid(format!(
+                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics)"
+                    ))));
+                }
+            };
+            let path = match &name {
+                Some(name) => format!("/v1/{kind}/{name}"),
+                None => format!("/v1/{kind}"),
+            };
+            let value = client.get(&path).await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&value),
+                Output::Human => render::yaml(&value),
+            })
+        }
+        Command::Tokens(TokensCommand::Create { name, role }) => {
+            let created = client
+                .post(
+                    "/v1/admin-tokens",
+                    &serde_json::json!({ "name": name, "role": role }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&created),
+                Output::Human => format!(
+                    "created {role} token {name:?}; store it now, it is not shown again:\n{}\n",
+                    created["token"].as_str().unwrap_or_default()
+                ),
+            })
+        }
+        Command::Tokens(TokensCommand::List) => {
+            let tokens = client.get("/v1/admin-tokens").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&tokens),
+                Output::Human => render::yaml(&tokens),
+            })
+        }
+        Command::Tokens(TokensCommand::Revoke { name }) => {
+            client
+                .delete(&format!("/v1/admin-tokens/{name}"))
+                .await
+                .map_err(no_output)?;
+            Ok(format!("revoked token {name:?}\n"))
+        }
+        Command::Keys(command) => keys(&client, command, cli.output).await,
+        Command::Release { reason } => {
+            let released = client
+                .post(
+                    "/v1/status/release",
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&released),
+                Output::Human => render::released(&released),
+            })
+        }
+        Command::Confirm => {
+            let confirmed = client
+                .post("/v1/status/confirm", &serde_json::json!({}))
+                .await
+                .map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&confirmed),
+                Output::Human => format!(
+                    "confirmed: {} held node(s) are served this store's configuration\n",
+                    confirmed["released_nodes"].as_u64().unwrap_or_default()
+                ),
+            })
+        }
+        Command::Usage {
+            consumer,
+            route,
+            since,
+            hourly,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut url = reqwest::Url::parse("http://gatehouse/v1/usage")
+                .map_err(|e| (String::new(), Failure::Invalid(e.to_string())))?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("since", &now.saturating_sub(since).to_string());
+                query.append_pair("by", if hourly { "hour" } else { "total" });
+                if let Some(consumer) = &consumer {
+                    query.append_pair("consumer", consumer);
+                }
+                if let Some(route) = &route {
+                    query.append_pair("route", route);
+                }
+            }
+            let path = format!("/v1/usage?{}", url.query().unwrap_or_default());
+            let usage = client.get(&path).await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&usage),
+                Output::Human => render::usage(&usage),
+            })
+        }
+        Command::Status => {
+            let status = client.get("/v1/status/nodes").await.map_err(no_output)?;
+            Ok(match cli.output {
+                Output::Json => json(&status),
+                Output::Human => render::status(&status),
+            })
+        }
+    }
+}
+
+async fn keys(
+    client: &Client,
+    command: KeysCommand,
+    output: Output,
+) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let json = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    let created = |key: &Value, what: &str| match output {
+        Output::Json => json(key),
+        Output::Human => format!(
+            "{what} key {} for {}; store it now, it is not shown again:\n{}\n",
+            key["id"].as_str().unwrap_or_default(),
+            key["consumer"].as_str().unwrap_or_default(),
+            key["key"].as_str().unwrap_or_default()
+        ),
+    };
+    match command {
+        KeysCommand::Create {
+            consumer,
+            scopes,
+            ttl_seconds,
+        } => {
+            let mut body = serde_json::json!({ "scopes": scopes });
+            if let Some(ttl) = ttl_seconds {
+                body["ttl_seconds"] = ttl.into();
+            }
+            let key = client
+                .post(&format!("/v1/consumers/{consumer}/keys"), &body)
+                .await
+                .map_err(no_output)?;
+            Ok(created(&key, "created"))
+        }
+        KeysCommand::List { consumer } => {
+            let keys = client
+                .get(&format!("/v1/consumers/{consumer}/keys"))
+                .await
+                .map_err(no_output)?;
+            Ok(match output {
+                Output::Json => json(&keys),
+                Output::Human => render::yaml(&keys),
+            })
+        }
+        KeysCommand::Revoke { consumer, id } => {
+            client
+                .post(
+                    &format!("/v1/consumers/{consumer}/keys/{id}/revoke"),
+                    &serde_json::json!({}),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(format!("revoked key {id} of {consumer}\n"))
+        }
+        KeysCommand::Rotate {
+            consumer,
+            id,
+            grace_seconds,
+        } => {
+            let key = client
+                .post(
+                    &format!("/v1/consumers/{consumer}/keys/{id}/rotate"),
+                    &serde_json::json!({ "grace_seconds": grace_seconds }),
+                )
+                .await
+                .map_err(no_output)?;
+            Ok(created(
+                &key,
+                &format!("rotated {id} ({grace_seconds} s grace) into"),
+            ))
+        }
+    }
+}
+
+async fn apply(
+    client: &Client,
+    args: &DocumentArgs,
+    dry_run: bool,
+    if_version: Option<u64>,
+) -> Result<Value, Failure> {
+    let document = read_document(&args.file)?;
+    let mut path = format!("/v1/config?dry_run={dry_run}&prune={}", args.prune);
+    if let Some(version) = if_version {
+        path += &format!("&if_version={version}");
+    }
+    client.put(&path, &document).await
+}
+
+/// Reads a YAML or JSON document into a generic value; the server validates
+/// it and names any bad field by its path in the document.
+fn read_document(path: &PathBuf) -> Result<Value, Failure> {
+    let shown = path.display();
+    let mut text = String::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|e| Failure::Invalid(format!("cannot read {shown}: {e}")))?;
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let value: Value = if is_json {
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Invalid(format!("{shown}: invalid JSON: {e}")))?
+    } else {
+        serde_saphyr::from_str(&text)
+            .map_err(|e| Failure::Invalid(format!("{shown}: invalid YAML: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(Failure::Invalid(format!(
+            "{shown}: the document must be a mapping with `services` and `routes`"
+        )));
+    }
+    Ok(value)
+}
