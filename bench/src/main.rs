@@ -427,6 +427,9 @@ fn service(name: String, port: u32) -> Service {
 
 fn route(i: usize, services: usize) -> Route {
     Route {
+        owner: None,
+        labels: Default::default(),
+        shared: false,
         name: format!("r{i}"),
         matches: RouteMatch {
             path_prefix: Some(format!("/r{i}/")),

@@ -30,13 +30,14 @@ use std::time::Duration;
 
 use crate::{
     model::{
-        Certificate, Consumer, FieldError, Gateway, IntrospectionProvider, JwtIssuer, Plan,
+        Certificate, Consumer, FieldError, Gateway, IntrospectionProvider, JwtIssuer, Owner, Plan,
         RateLimitPolicy, Resource, Route, Service, Topic,
     },
     store::{Origin, Source, Store},
     telemetry::{HttpLabels, Metrics},
     xds::{Rollout, status::NodeRegistry},
 };
+use auth::{MaybeCaller, may_read, scope_of};
 pub use problem::ApiError;
 
 /// Response header carrying the config version after a write.
@@ -44,8 +45,14 @@ pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-conf
 /// Request header naming who makes a change, recorded in the history.
 pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-actor");
 
-/// The store, recording writes under the request's actor.
-fn writer(state: &AdminState, headers: &HeaderMap, source: Source) -> Result<Store, ApiError> {
+/// The store, recording writes under the request's actor and confined to
+/// the caller's owner, if its token is scoped.
+fn writer(
+    state: &AdminState,
+    headers: &HeaderMap,
+    source: Source,
+    caller: &MaybeCaller,
+) -> Result<Store, ApiError> {
     let actor = match headers.get(&ACTOR_HEADER) {
         None => "anonymous".to_owned(),
         Some(value) => value
@@ -65,7 +72,10 @@ fn writer(state: &AdminState, headers: &HeaderMap, source: Source) -> Result<Sto
                 )])
             })?,
     };
-    Ok(state.store.with_origin(Origin { actor, source }))
+    Ok(state
+        .store
+        .with_origin(Origin { actor, source })
+        .with_scope(scope_of(caller).map(str::to_owned)))
 }
 
 #[derive(Clone)]
@@ -113,6 +123,7 @@ pub fn app(state: AdminState) -> Router {
             "/v1/admin-tokens/{name}",
             axum::routing::delete(tokens::revoke_token),
         )
+        .merge(resource_routes::<Owner>())
         .merge(resource_routes::<Service>())
         .merge(resource_routes::<Route>())
         .merge(resource_routes::<Consumer>())
@@ -237,12 +248,39 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn list<R: Resource>(State(state): State<AdminState>) -> Result<Json<Vec<R>>, ApiError> {
-    Ok(Json(state.store.list::<R>().await?))
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only this owner's resources.
+    owner: Option<String>,
+    /// Only resources with this label, `key=value`.
+    label: Option<String>,
+}
+
+async fn list<R: Resource>(
+    State(state): State<AdminState>,
+    caller: MaybeCaller,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<R>>, ApiError> {
+    let axum::extract::Query(query) = query?;
+    let label = match &query.label {
+        None => None,
+        Some(label) => Some(label.split_once('=').ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new("label", "must be key=value")])
+        })?),
+    };
+    let mut resources = state.store.list::<R>().await?;
+    resources.retain(|r| {
+        may_read(&caller, r.owner(), r.shared())
+            && query.owner.as_deref().is_none_or(|o| r.owner() == Some(o))
+            && label.is_none_or(|(k, v)| r.labels().get(k).is_some_and(|l| l == v))
+    });
+    Ok(Json(resources))
 }
 
 async fn read<R: Resource>(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     if !R::is_valid_name(&name) {
@@ -251,15 +289,15 @@ async fn read<R: Resource>(
             name,
         });
     }
-    let (resource, version) =
-        state
-            .store
-            .get_versioned::<R>(&name)
-            .await?
-            .ok_or(ApiError::NotFound {
-                kind: R::KIND,
-                name,
-            })?;
+    let (resource, version) = state
+        .store
+        .get_versioned::<R>(&name)
+        .await?
+        .filter(|(r, _)| may_read(&caller, r.owner(), r.shared()))
+        .ok_or(ApiError::NotFound {
+            kind: R::KIND,
+            name,
+        })?;
     Ok(([(header::ETAG, etag(version))], Json(resource)).into_response())
 }
 
@@ -288,10 +326,14 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 #[tracing::instrument(name = "admin.create", skip_all, fields(kind = R::KIND.plural()))]
 async fn create<R: Resource>(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let resource: R = parse(&body, None)?;
-    let written = state.store.create(&resource).await?;
+    let resource: R = owned_by_caller(parse(&body, None)?, &caller)?;
+    let written = writer(&state, &headers, Source::Api, &caller)?
+        .create(&resource)
+        .await?;
     let location = format!("/v1/{}/{}", R::KIND.plural(), resource.name());
     Ok(written_response(
         StatusCode::CREATED,
@@ -304,12 +346,13 @@ async fn create<R: Resource>(
 #[tracing::instrument(name = "admin.replace", skip_all, fields(kind = R::KIND.plural(), name = %name))]
 async fn replace<R: Resource>(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let resource: R = parse(&body, Some(&name))?;
-    let written = writer(&state, &headers, Source::Api)?
+    let resource: R = owned_by_caller(parse(&body, Some(&name))?, &caller)?;
+    let written = writer(&state, &headers, Source::Api, &caller)?
         .upsert_if(&resource, if_match(&headers)?)
         .await?;
     let status = if written.created {
@@ -323,6 +366,7 @@ async fn replace<R: Resource>(
 #[tracing::instrument(name = "admin.delete", skip_all, fields(kind = R::KIND.plural(), name = %name))]
 async fn delete<R: Resource>(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -332,7 +376,7 @@ async fn delete<R: Resource>(
             name,
         });
     }
-    let version = writer(&state, &headers, Source::Api)?
+    let version = writer(&state, &headers, Source::Api, &caller)?
         .delete_if(R::KIND, &name, if_match(&headers)?)
         .await?;
     Ok((
@@ -340,6 +384,24 @@ async fn delete<R: Resource>(
         [(VERSION_HEADER, version_header(version))],
     )
         .into_response())
+}
+
+/// A resource written by a caller scoped to an owner belongs to that owner:
+/// without `owner` it is given it; naming another is refused.
+fn owned_by_caller<R: Resource>(mut resource: R, caller: &MaybeCaller) -> Result<R, ApiError> {
+    let Some(scope) = scope_of(caller) else {
+        return Ok(resource);
+    };
+    match resource.owner() {
+        None => resource.set_owner(Some(scope.to_owned())),
+        Some(owner) if owner == scope => {}
+        Some(other) => {
+            return Err(ApiError::Forbidden(format!(
+                "a token for {scope} cannot write resources of owner {other}"
+            )));
+        }
+    }
+    Ok(resource)
 }
 
 fn version_header(version: u64) -> HeaderValue {
@@ -398,7 +460,7 @@ pub fn parse<R: Resource>(body: &[u8], path_name: Option<&str>) -> Result<R, Api
         }
     }
     let resource: R = from_value(value)?;
-    let errors = resource.validate();
+    let errors = resource.check();
     if errors.is_empty() {
         Ok(resource)
     } else {

@@ -1,8 +1,9 @@
 //! The operator-facing resource model and its validation: the kinds, the
 //! [`Resource`] trait every kind implements, and the declarative document.
 //! Each kind has its own room: [`service`], [`route`], [`auth`] (who may call
-//! them), [`ratelimit`], [`gateway`], [`websocket`]; shared checks in [`names`] and [`re2`];
-//! the whole configuration at one version in [`state`].
+//! them), [`ratelimit`], [`gateway`], [`websocket`]; who owns what in
+//! [`ownership`]; shared checks in [`names`] and [`re2`]; the whole
+//! configuration at one version in [`state`].
 //!
 //! Everything the admin API accepts passes [`Resource::validate`] first, so the
 //! store only ever holds specs that translate into configuration Envoy accepts.
@@ -18,6 +19,7 @@ pub mod balancing;
 pub mod cors;
 pub mod gateway;
 pub mod names;
+pub mod ownership;
 pub mod ratelimit;
 pub mod re2;
 pub mod resilience;
@@ -35,6 +37,7 @@ pub use cors::{Cors, HeaderRule, HeaderRules};
 pub use gateway::{Certificate, Gateway, GatewayProtocol};
 pub use names::{NAME_PATTERN, check_name, is_dns_label};
 pub(crate) use names::{is_dns_name, is_header_name};
+pub use ownership::{Labels, Owner};
 pub use ratelimit::{Plan, RateLimitPolicy};
 pub use re2::{
     MAX_RE2_PROGRAM_SIZE, RE2_UNICODE_CLASSES, check_re2_regex, re2_program_size_estimate,
@@ -58,6 +61,8 @@ pub use websocket::WebSocket;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 /// Ordered by dependency: what a kind refers to comes before it.
 pub enum Kind {
+    /// Teams: what resources belong to.
+    Owner,
     Service,
     Certificate,
     Gateway,
@@ -77,6 +82,7 @@ impl Kind {
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
+            Kind::Owner => "owner",
             Kind::Service => "service",
             Kind::Certificate => "certificate",
             Kind::Gateway => "gateway",
@@ -94,6 +100,7 @@ impl Kind {
     /// The collection name in the admin API path (`/v1/{plural}`).
     pub fn plural(self) -> &'static str {
         match self {
+            Kind::Owner => "owners",
             Kind::Service => "services",
             Kind::Certificate => "certificates",
             Kind::Gateway => "gateways",
@@ -110,6 +117,7 @@ impl Kind {
 
     pub fn parse(stored: &str) -> Option<Kind> {
         match stored {
+            "owner" => Some(Kind::Owner),
             "service" => Some(Kind::Service),
             "certificate" => Some(Kind::Certificate),
             "gateway" => Some(Kind::Gateway),
@@ -163,6 +171,43 @@ pub trait Resource:
     fn references(&self) -> Vec<Reference> {
         Vec::new()
     }
+
+    /// The team it belongs to; `None`: the operators (`ownership.rs`).
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+
+    /// Kinds without an owner ignore it.
+    fn set_owner(&mut self, _owner: Option<String>) {}
+
+    fn labels(&self) -> &Labels {
+        &ownership::NO_LABELS
+    }
+
+    /// Whether other owners' resources may refer to it.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// [`Resource::validate`] plus the checks common to every kind.
+    fn check(&self) -> Vec<FieldError> {
+        let mut errors = self.validate();
+        errors.extend(ownership::validate_meta(self));
+        errors
+    }
+
+    /// [`Resource::references`] plus its owner, which must exist.
+    fn all_references(&self) -> Vec<Reference> {
+        let mut references = self.references();
+        if let Some(owner) = self.owner() {
+            references.push(Reference {
+                field: "owner".into(),
+                kind: Kind::Owner,
+                name: owner.to_owned(),
+            });
+        }
+        references
+    }
 }
 
 /// A pointer from one resource to another, with the field that holds it.
@@ -177,6 +222,15 @@ pub struct Reference {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDocument {
+    /// The team every resource listed belongs to (`ownership.rs`): applied
+    /// with it, the document sees, changes and prunes only that team's
+    /// resources. A resource may repeat it, not name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = NAME_PATTERN))]
+    pub owner: Option<String>,
+    /// Teams (operators only; not in a document with `owner`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<Owner>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -207,6 +261,16 @@ impl ConfigDocument {
     /// document (`routes[2].match.path_prefix`), and rejects repeated names.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
+        if let Some(owner) = &self.owner {
+            check_name(owner, "owner", &mut errors);
+            if !self.owners.is_empty() {
+                errors.push(FieldError::new(
+                    "owners",
+                    "owners are the operators' to manage: not in a document that belongs to one",
+                ));
+            }
+        }
+        validate_list("owners", &self.owners, &mut errors);
         validate_list("services", &self.services, &mut errors);
         validate_list("routes", &self.routes, &mut errors);
         validate_list("consumers", &self.consumers, &mut errors);
@@ -227,12 +291,87 @@ impl ConfigDocument {
         validate_list("topics", &self.topics, &mut errors);
         errors
     }
+
+    /// Every resource listed, given the document's `owner` where it names
+    /// none; one naming another owner is an error (a document has one owner).
+    pub fn assign_owner(&mut self) -> Vec<FieldError> {
+        let Some(owner) = self.owner.clone() else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        assign("services", &mut self.services, &owner, &mut errors);
+        assign("routes", &mut self.routes, &owner, &mut errors);
+        assign("consumers", &mut self.consumers, &owner, &mut errors);
+        assign("jwt_issuers", &mut self.jwt_issuers, &owner, &mut errors);
+        assign(
+            "introspection_providers",
+            &mut self.introspection_providers,
+            &owner,
+            &mut errors,
+        );
+        assign("plans", &mut self.plans, &owner, &mut errors);
+        assign(
+            "rate_limit_policies",
+            &mut self.rate_limit_policies,
+            &owner,
+            &mut errors,
+        );
+        assign("certificates", &mut self.certificates, &owner, &mut errors);
+        assign("gateways", &mut self.gateways, &owner, &mut errors);
+        assign("topics", &mut self.topics, &owner, &mut errors);
+        errors
+    }
+}
+
+impl ConfigDocument {
+    /// Only `owner`'s resources, as that owner's document: `owner` at the
+    /// top, not repeated on each resource (what `apply` takes back).
+    pub fn of_owner(self, owner: &str) -> ConfigDocument {
+        ConfigDocument {
+            owner: Some(owner.to_owned()),
+            owners: Vec::new(),
+            services: only(self.services, owner),
+            routes: only(self.routes, owner),
+            consumers: only(self.consumers, owner),
+            jwt_issuers: only(self.jwt_issuers, owner),
+            introspection_providers: only(self.introspection_providers, owner),
+            plans: only(self.plans, owner),
+            rate_limit_policies: only(self.rate_limit_policies, owner),
+            certificates: only(self.certificates, owner),
+            gateways: only(self.gateways, owner),
+            topics: only(self.topics, owner),
+        }
+    }
+}
+
+fn only<R: Resource>(resources: Vec<R>, owner: &str) -> Vec<R> {
+    resources
+        .into_iter()
+        .filter(|r| r.owner() == Some(owner))
+        .map(|mut r| {
+            r.set_owner(None);
+            r
+        })
+        .collect()
+}
+
+fn assign<R: Resource>(list: &str, resources: &mut [R], owner: &str, errors: &mut Vec<FieldError>) {
+    for (i, resource) in resources.iter_mut().enumerate() {
+        match resource.owner() {
+            None => resource.set_owner(Some(owner.to_owned())),
+            Some(own) if own == owner => {}
+            Some(other) => errors.push(FieldError::new(
+                format!("{list}[{i}].owner"),
+                format!("the document belongs to {owner:?}; a document has one owner, not also {other:?}"),
+            )),
+        }
+    }
 }
 
 fn validate_list<R: Resource>(list: &str, resources: &[R], errors: &mut Vec<FieldError>) {
     let mut names = BTreeSet::new();
     for (i, resource) in resources.iter().enumerate() {
-        for e in resource.validate() {
+        for e in resource.check() {
             errors.push(FieldError::new(
                 format!("{list}[{i}].{}", e.field),
                 e.message,

@@ -29,13 +29,14 @@ mod error;
 mod health;
 mod history;
 mod migrations;
+mod ownership;
 mod queue;
 mod rejections;
 mod rows;
 mod traffic;
 mod url;
 
-pub use admin_tokens::AdminTokenRecord;
+pub use admin_tokens::{AdminTokenRecord, NewAdminToken, TokenIdentity};
 pub use apply::{Applied, ApplyOptions};
 pub use error::{AdmissionError, StoreError};
 pub use history::{Change, ChangeOp, VersionRecord};
@@ -153,6 +154,8 @@ pub struct Store {
     health: Arc<health::Health>,
     writes: Arc<queue::WriteQueue>,
     origin: Origin,
+    /// The owner a scoped caller may change (`store/ownership.rs`).
+    scope: Option<String>,
     admission: Option<Arc<dyn Admission>>,
 }
 
@@ -197,6 +200,7 @@ impl Store {
             health: Arc::default(),
             writes: Arc::default(),
             origin: Origin::default(),
+            scope: None,
             admission: None,
         })
     }
@@ -212,6 +216,15 @@ impl Store {
         Store {
             origin,
             ..self.clone()
+        }
+    }
+
+    /// The same store, letting writes change only `owner`'s resources
+    /// (a scoped admin token); `None`: anything.
+    pub fn with_scope(self, owner: Option<String>) -> Store {
+        Store {
+            scope: owner,
+            ..self
         }
     }
 
@@ -309,9 +322,10 @@ impl Store {
             kind: R::KIND,
             name: resource.name().to_owned(),
             spec: encode(resource),
-            references: resource.references(),
+            references: resource.all_references(),
             create_only: mode == WriteMode::Create,
             expected,
+            scope: self.scope.clone(),
         };
         let (effect, version) = self.submit(edit).await?;
         Ok(Written {
@@ -338,6 +352,7 @@ impl Store {
             kind,
             name: name.to_owned(),
             expected,
+            scope: self.scope.clone(),
         };
         Ok(self.submit(edit).await?.1)
     }
@@ -348,19 +363,23 @@ impl Store {
         Ok((state.version, state.into_document()))
     }
 
-    /// Runs the admission check on the configuration as the transaction
-    /// leaves it (its version is the one being written); returns what the
-    /// check prepared from it.
+    /// Checks the configuration as the transaction leaves it (its version is
+    /// the one being written): ownership rules always, then the admission
+    /// check; returns what the admission prepared from it.
     async fn admit(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         version: u64,
     ) -> Result<Option<Prepared>, StoreError> {
+        let mut state = load_from(tx).await?;
+        state.version = version;
+        let errors = crate::model::ownership::check_state(&state);
+        if !errors.is_empty() {
+            return Err(AdmissionError::Refused(errors).into());
+        }
         let Some(admission) = &self.admission else {
             return Ok(None);
         };
-        let mut state = load_from(tx).await?;
-        state.version = version;
         Ok(admission.admit(&state).await?)
     }
 
@@ -398,6 +417,7 @@ impl Store {
             .bind(origin.source.as_str())
             .execute(&mut *tx)
             .await?;
+            ownership::record_owners(&mut tx, *version).await?;
         }
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")

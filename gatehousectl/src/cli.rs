@@ -96,18 +96,34 @@ pub enum Command {
     History {
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only versions that changed this owner's resources.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Restore an earlier version's configuration, as a new version.
     Rollback {
         #[arg(long)]
         to: u64,
     },
-    /// Print the whole configuration as a document `apply` takes.
-    Export,
-    /// Print resources of one kind (services, routes, consumers, jwt-issuers,
-    /// introspection-providers, plans, rate-limit-policies, certificates,
-    /// gateways, topics), or one by name.
-    Get { kind: String, name: Option<String> },
+    /// Print the whole configuration as a document `apply` takes; with
+    /// `--owner`, that owner's document (`owner` at the top).
+    Export {
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Print resources of one kind (owners, services, routes, consumers,
+    /// jwt-issuers, introspection-providers, plans, rate-limit-policies,
+    /// certificates, gateways, topics), or one by name.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only those with this label (`key=value`).
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Connected Envoys and the config versions they acknowledged.
     Status,
     /// Requests per route and consumer (with 401/403, 429, errors and
@@ -177,6 +193,14 @@ pub enum TokensCommand {
         /// viewer (reads), editor (reads and writes) or admin (also tokens).
         #[arg(long, value_parser = ["viewer", "editor", "admin"])]
         role: String,
+        /// Scope the token to one owner: it writes only that owner's
+        /// resources (viewer or editor).
+        #[arg(long)]
+        owner: Option<String>,
+        /// What a scoped token reads: all (default) or own (its owner's and
+        /// shared resources).
+        #[arg(long, value_parser = ["all", "own"], requires = "owner")]
+        read: Option<String>,
     },
     /// List tokens (names, roles, prefixes; never secrets).
     List,
@@ -189,7 +213,12 @@ pub struct DocumentArgs {
     /// YAML or JSON document; `-` reads standard input.
     #[arg(long, short)]
     pub file: PathBuf,
-    /// Delete resources the document does not list.
+    /// Delete resources the document does not list (with an owner: only
+    /// that owner's).
     #[arg(long)]
     pub prune: bool,
+    /// The owner the document belongs to (as its top-level `owner`): only
+    /// that owner's resources are seen, changed and pruned.
+    #[arg(long)]
+    pub owner: Option<String>,
 }

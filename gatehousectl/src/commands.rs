@@ -78,11 +78,13 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 }
             })
         }
-        Command::History { limit } => {
-            let versions = client
-                .get(&format!("/v1/config/versions?limit={limit}"))
-                .await
-                .map_err(no_output)?;
+        Command::History { limit, owner } => {
+            let limit = limit.to_string();
+            let path = with_query(
+                "/v1/config/versions",
+                &[("limit", Some(&limit)), ("owner", owner.as_ref())],
+            );
+            let versions = client.get(&path).await.map_err(no_output)?;
             Ok(match cli.output {
                 Output::Json => json(&versions),
                 Output::Human => render::history(versions.as_array().map_or(&[], Vec::as_slice)),
@@ -100,15 +102,22 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 }
             })
         }
-        Command::Export => {
-            let document = client.get("/v1/config").await.map_err(no_output)?;
+        Command::Export { owner } => {
+            let path = with_query("/v1/config", &[("owner", owner.as_ref())]);
+            let document = client.get(&path).await.map_err(no_output)?;
             Ok(match cli.output {
                 Output::Json => json(&document),
                 Output::Human => render::yaml(&document),
             })
         }
-        Command::Get { kind, name } => {
+        Command::Get {
+            kind,
+            name,
+            owner,
+            label,
+        } => {
             let kind = match kind.as_str() {
+                "owner" | "owners" | "teams" => "owners",
                 "service" | "services" | "svc" => "services",
                 "route" | "routes" => "routes",
                 "consumer" | "consumers" => "consumers",
@@ -121,13 +130,16 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 "topic" | "topics" => "topics",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics)"
+                        "unknown kind {other:?} (owners, services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics)"
                     ))));
                 }
             };
             let path = match &name {
                 Some(name) => format!("/v1/{kind}/{name}"),
-                None => format!("/v1/{kind}"),
+                None => with_query(
+                    &format!("/v1/{kind}"),
+                    &[("owner", owner.as_ref()), ("label", label.as_ref())],
+                ),
             };
             let value = client.get(&path).await.map_err(no_output)?;
             Ok(match cli.output {
@@ -135,18 +147,28 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 Output::Human => render::yaml(&value),
             })
         }
-        Command::Tokens(TokensCommand::Create { name, role }) => {
+        Command::Tokens(TokensCommand::Create {
+            name,
+            role,
+            owner,
+            read,
+        }) => {
+            let mut body = serde_json::json!({ "name": name, "role": role });
+            if let Some(owner) = &owner {
+                body["owner"] = owner.as_str().into();
+            }
+            if let Some(read) = &read {
+                body["read"] = read.as_str().into();
+            }
             let created = client
-                .post(
-                    "/v1/admin-tokens",
-                    &serde_json::json!({ "name": name, "role": role }),
-                )
+                .post("/v1/admin-tokens", &body)
                 .await
                 .map_err(no_output)?;
+            let scoped = owner.map_or(String::new(), |o| format!(" for owner {o}"));
             Ok(match cli.output {
                 Output::Json => json(&created),
                 Output::Human => format!(
-                    "created {role} token {name:?}; store it now, it is not shown again:\n{}\n",
+                    "created {role} token {name:?}{scoped}; store it now, it is not shown again:\n{}\n",
                     created["token"].as_str().unwrap_or_default()
                 ),
             })
@@ -201,20 +223,17 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let mut url = reqwest::Url::parse("http://gatehouse/v1/usage")
-                .map_err(|e| (String::new(), Failure::Invalid(e.to_string())))?;
-            {
-                let mut query = url.query_pairs_mut();
-                query.append_pair("since", &now.saturating_sub(since).to_string());
-                query.append_pair("by", if hourly { "hour" } else { "total" });
-                if let Some(consumer) = &consumer {
-                    query.append_pair("consumer", consumer);
-                }
-                if let Some(route) = &route {
-                    query.append_pair("route", route);
-                }
-            }
-            let path = format!("/v1/usage?{}", url.query().unwrap_or_default());
+            let since = now.saturating_sub(since).to_string();
+            let by = if hourly { "hour" } else { "total" }.to_owned();
+            let path = with_query(
+                "/v1/usage",
+                &[
+                    ("since", Some(&since)),
+                    ("by", Some(&by)),
+                    ("consumer", consumer.as_ref()),
+                    ("route", route.as_ref()),
+                ],
+            );
             let usage = client.get(&path).await.map_err(no_output)?;
             Ok(match cli.output {
                 Output::Json => json(&usage),
@@ -310,11 +329,31 @@ async fn apply(
     if_version: Option<u64>,
 ) -> Result<Value, Failure> {
     let document = read_document(&args.file)?;
-    let mut path = format!("/v1/config?dry_run={dry_run}&prune={}", args.prune);
-    if let Some(version) = if_version {
-        path += &format!("&if_version={version}");
-    }
+    let (dry_run, prune) = (dry_run.to_string(), args.prune.to_string());
+    let if_version = if_version.map(|v| v.to_string());
+    let path = with_query(
+        "/v1/config",
+        &[
+            ("dry_run", Some(&dry_run)),
+            ("prune", Some(&prune)),
+            ("if_version", if_version.as_ref()),
+            ("owner", args.owner.as_ref()),
+        ],
+    );
     client.put(&path, &document).await
+}
+
+/// `path` with the given query parameters (absent ones left out), encoded.
+fn with_query(path: &str, pairs: &[(&str, Option<&String>)]) -> String {
+    let mut encoded = reqwest::Url::parse("http://gatehouse/").map_or(String::new(), |mut url| {
+        url.query_pairs_mut()
+            .extend_pairs(pairs.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
+        url.query().unwrap_or_default().to_owned()
+    });
+    if !encoded.is_empty() {
+        encoded.insert(0, '?');
+    }
+    format!("{path}{encoded}")
 }
 
 /// Reads a YAML or JSON document into a generic value; the server validates

@@ -154,10 +154,25 @@ pub fn status(body: &Value) -> String {
 }
 
 /// The version history as a table, newest first.
+/// The owners a version touched; `-` for only the operators' resources.
+fn owners(owners: &Value) -> String {
+    let names: Vec<&str> = owners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
 pub fn history(versions: &[Value]) -> String {
     let mut out = format!(
-        "{:>8}  {:<20}  {:<20}  {:<8}  CHANGES\n",
-        "VERSION", "WHEN (UTC)", "ACTOR", "SOURCE"
+        "{:>8}  {:<20}  {:<20}  {:<8}  {:<12}  CHANGES\n",
+        "VERSION", "WHEN (UTC)", "ACTOR", "SOURCE", "OWNERS"
     );
     for v in versions {
         let changes: Vec<String> = v["changes"]
@@ -175,11 +190,12 @@ pub fn history(versions: &[Value]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:>8}  {:<20}  {:<20}  {:<8}  {}",
+            "{:>8}  {:<20}  {:<20}  {:<8}  {:<12}  {}",
             v["version"].as_u64().unwrap_or_default(),
             utc(v["at_ms"].as_i64().unwrap_or_default()),
             v["actor"].as_str().unwrap_or_default(),
             v["source"].as_str().unwrap_or_default(),
+            owners(&v["owners"]),
             v["note"]
                 .as_str()
                 .map_or_else(|| changes.join(", "), str::to_owned)

@@ -8,11 +8,12 @@
 //! Rooms: [`process`] (names, ports, waiting), [`control_plane`],
 //! [`envoy`], [`upstream`] (real HTTP upstreams that can misbehave),
 //! [`sidecar`] (ext-authz, ratelimit-service), [`postgres`], [`websocket`]
-//! (WebSocket upstreams and clients), and
+//! (WebSocket upstreams and clients), [`ctl`] (the real `gatehousectl`), and
 //! [`stack`], the one fixture most tests start from.
 
 pub mod broker;
 pub mod control_plane;
+pub mod ctl;
 pub mod envoy;
 pub mod flood;
 pub mod load;

@@ -4,30 +4,9 @@
 use std::path::Path;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, free_port, gatehouse_bin,
-    scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, ctl::ctl, free_port,
+    gatehouse_bin, scratch_dir,
 };
-
-struct Ctl {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn ctl(cp: &ControlPlane, args: &[&str]) -> Ctl {
-    let output = tokio::process::Command::new(gatehouse_bin("gatehousectl"))
-        .args(args)
-        .env("GATEHOUSE_SERVER", format!("http://{}", cp.admin))
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("gatehousectl runs");
-    Ctl {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into(),
-        stderr: String::from_utf8_lossy(&output.stderr).into(),
-    }
-}
 
 fn document(dir: &Path, name: &str, upstream: &Upstream, routes: &[(&str, &str)]) -> String {
     let mut yaml = format!(

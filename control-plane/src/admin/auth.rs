@@ -48,11 +48,42 @@ impl Role {
     }
 }
 
-/// Who a request authenticated as.
+/// Who a request authenticated as; handlers find it in the request's
+/// extensions when authentication is enforced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// A token scoped to one owner writes only its resources.
+    pub owner: Option<String>,
+    /// …and, with this, reads only them (and shared ones).
+    pub read_own_only: bool,
+}
+
+impl Caller {
+    /// The owner this caller is confined to, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Whether this caller may read a resource of `owner` (`shared`: one
+    /// the operators share).
+    pub fn may_read(&self, owner: Option<&str>, shared: bool) -> bool {
+        !self.read_own_only || shared || owner == self.scope()
+    }
+}
+
+/// The caller of a request, if authentication is enforced.
+pub type MaybeCaller = Option<axum::Extension<Caller>>;
+
+/// The owner a request's caller is confined to, if any.
+pub fn scope_of(caller: &MaybeCaller) -> Option<&str> {
+    caller.as_ref().and_then(|c| c.scope())
+}
+
+/// Whether a request's caller may read a resource of `owner`.
+pub fn may_read(caller: &MaybeCaller, owner: Option<&str>, shared: bool) -> bool {
+    caller.as_ref().is_none_or(|c| c.may_read(owner, shared))
 }
 
 /// The role a request needs.
@@ -122,10 +153,25 @@ pub async fn authenticate(
         ))
         .into_response();
     }
+    if caller.scope().is_some() && scoped_callers_refused(request.method(), request.uri().path()) {
+        return ApiError::Forbidden(format!(
+            "token {:?} is scoped to an owner; this needs an unscoped token",
+            caller.name
+        ))
+        .into_response();
+    }
     if let Ok(actor) = HeaderValue::from_str(&caller.name) {
         request.headers_mut().insert(ACTOR_HEADER, actor);
     }
+    request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// What a token scoped to one owner may never do, whatever its role: write
+/// owners, or restore a version of the whole configuration.
+fn scoped_callers_refused(method: &Method, path: &str) -> bool {
+    let writes = !matches!(*method, Method::GET | Method::HEAD);
+    writes && (path == "/v1/config/rollback" || path.starts_with("/v1/owners"))
 }
 
 async fn lookup(state: &AdminState, presented: &str) -> Result<Option<Caller>, ApiError> {
@@ -135,13 +181,17 @@ async fn lookup(state: &AdminState, presented: &str) -> Result<Option<Caller>, A
         return Ok(Some(Caller {
             name: "bootstrap".into(),
             role: Role::Admin,
+            owner: None,
+            read_own_only: false,
         }));
     }
     let found = state.store.find_admin_token(&hash(presented)).await?;
-    Ok(found.and_then(|(name, role)| {
+    Ok(found.and_then(|token| {
         Some(Caller {
-            name,
-            role: Role::parse(&role)?,
+            name: token.name,
+            role: Role::parse(&token.role)?,
+            owner: token.owner,
+            read_own_only: token.read_own_only,
         })
     }))
 }
@@ -177,5 +227,23 @@ mod tests {
             Some(Role::Admin)
         );
         assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
+    }
+
+    #[test]
+    fn scoped_callers_cannot_roll_back_or_manage_owners() {
+        assert!(scoped_callers_refused(&Method::POST, "/v1/config/rollback"));
+        assert!(scoped_callers_refused(&Method::PUT, "/v1/owners/team-a"));
+        assert!(!scoped_callers_refused(&Method::GET, "/v1/owners"));
+        assert!(!scoped_callers_refused(&Method::PUT, "/v1/config"));
+        let caller = Caller {
+            name: "ci-a".into(),
+            role: Role::Editor,
+            owner: Some("team-a".into()),
+            read_own_only: true,
+        };
+        assert!(caller.may_read(Some("team-a"), false));
+        assert!(caller.may_read(None, true));
+        assert!(!caller.may_read(Some("team-b"), false));
+        assert!(!caller.may_read(None, false));
     }
 }

@@ -10,7 +10,11 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{AdminState, ApiError, VERSION_HEADER, decode_json, if_match, version_header, writer};
+use super::{
+    AdminState, ApiError, VERSION_HEADER,
+    auth::{MaybeCaller, scope_of},
+    decode_json, if_match, version_header, writer,
+};
 use crate::{
     model::{ConfigDocument, FieldError},
     store::{ApplyOptions, Source},
@@ -35,19 +39,53 @@ pub(super) struct ApplyQuery {
     prune: bool,
     /// Apply only if the configuration is still at this version.
     if_version: Option<u64>,
+    /// The owner the document belongs to (as its `owner` field).
+    owner: Option<String>,
+}
+
+/// The owner a document is applied or exported for: the query's, the
+/// document's and the token's must agree.
+fn document_owner(
+    requested: [Option<&str>; 2],
+    caller: &MaybeCaller,
+) -> Result<Option<String>, ApiError> {
+    let mut owner: Option<&str> = None;
+    for o in requested.into_iter().flatten() {
+        match owner {
+            Some(seen) if seen != o => {
+                return Err(ApiError::Validation(vec![FieldError::new(
+                    "owner",
+                    format!("the document is for {seen:?} and for {o:?}: a document has one owner"),
+                )]));
+            }
+            _ => owner = Some(o),
+        }
+    }
+    match (scope_of(caller), owner) {
+        (Some(scope), Some(o)) if scope != o => Err(ApiError::Forbidden(format!(
+            "a token for {scope} cannot change resources of owner {o}"
+        ))),
+        (Some(scope), _) => Ok(Some(scope.to_owned())),
+        (None, o) => Ok(o.map(str::to_owned)),
+    }
 }
 
 /// Applies a whole document atomically (see [`Store::apply`]).
 pub(super) async fn apply_config(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     query: Result<Query<ApplyQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let if_match = if_match(&headers)?;
-    let document: ConfigDocument = decode_json(&body)?;
-    let errors = document.validate();
+    let mut document: ConfigDocument = decode_json(&body)?;
+    document.owner = document_owner([query.owner.as_deref(), document.owner.as_deref()], &caller)?;
+    let mut errors = document.validate();
+    if errors.is_empty() {
+        errors = document.assign_owner();
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -55,8 +93,9 @@ pub(super) async fn apply_config(
         prune: query.prune,
         dry_run: query.dry_run,
         if_version: query.if_version.or(if_match),
+        whole: false,
     };
-    let applied = writer(&state, &headers, Source::Apply)?
+    let applied = writer(&state, &headers, Source::Apply, &caller)?
         .apply(&document, options)
         .await?;
     Ok((
@@ -66,9 +105,35 @@ pub(super) async fn apply_config(
         .into_response())
 }
 
-/// The whole configuration in the format `PUT /v1/config` takes.
-pub(super) async fn export_config(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let (version, document) = state.store.export().await?;
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExportQuery {
+    /// Only this owner's resources, as a document with `owner` at the top.
+    owner: Option<String>,
+}
+
+/// The whole configuration in the format `PUT /v1/config` takes; with an
+/// owner (or for a token that reads only its own), that owner's document.
+pub(super) async fn export_config(
+    State(state): State<AdminState>,
+    caller: MaybeCaller,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let own_only = caller.as_ref().is_some_and(|c| c.read_own_only);
+    let owner = match (query.owner, own_only) {
+        (Some(owner), true) if Some(owner.as_str()) != scope_of(&caller) => {
+            return Err(ApiError::Forbidden(format!(
+                "this token reads only its own owner's resources, not {owner}'s"
+            )));
+        }
+        (owner, true) => owner.or(scope_of(&caller).map(str::to_owned)),
+        (owner, false) => owner,
+    };
+    let (version, mut document) = state.store.export().await?;
+    if let Some(owner) = owner {
+        document = document.of_owner(&owner);
+    }
     let etag = HeaderValue::from_str(&format!("\"{version}\""))
         .unwrap_or(HeaderValue::from_static("\"0\""));
     Ok((
@@ -88,6 +153,8 @@ pub(super) struct HistoryQuery {
     limit: u32,
     /// Only versions older than this (for paging).
     before: Option<u64>,
+    /// Only versions that touched this owner's resources.
+    owner: Option<String>,
 }
 
 fn default_history_limit() -> u32 {
@@ -96,12 +163,19 @@ fn default_history_limit() -> u32 {
 
 pub(super) async fn versions(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
+    let own_only = caller.as_ref().is_some_and(|c| c.read_own_only);
+    let owner = if own_only {
+        scope_of(&caller).map(str::to_owned)
+    } else {
+        query.owner
+    };
     let history = state
         .store
-        .history(query.limit.clamp(1, 1000), query.before)
+        .history(query.limit.clamp(1, 1000), query.before, owner.as_deref())
         .await?;
     Ok(Json(history).into_response())
 }
@@ -122,11 +196,12 @@ struct RollbackRequest {
 /// Restores an earlier version's configuration as a new version.
 pub(super) async fn rollback(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: RollbackRequest = decode_json(&body)?;
-    let applied = writer(&state, &headers, Source::Rollback)?
+    let applied = writer(&state, &headers, Source::Rollback, &caller)?
         .rollback(request.to)
         .await
         .map_err(|e| match e {

@@ -12,10 +12,14 @@ use axum::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AdminState, ApiError, VERSION_HEADER, decode_json, version_header, writer};
+use super::{
+    AdminState, ApiError, VERSION_HEADER,
+    auth::{MaybeCaller, may_read, scope_of},
+    decode_json, version_header, writer,
+};
 use crate::{
     model::{
-        FieldError, Kind,
+        Consumer, FieldError, Kind, Resource,
         auth::{ApiKeyStatus, StoredApiKey, is_consumer_name, mint_api_key},
     },
     store::Source,
@@ -187,13 +191,38 @@ fn created(stored: &StoredApiKey, key: String, version: u64, now: i64) -> Respon
         .into_response()
 }
 
+/// A caller scoped to an owner manages only its own consumers' keys.
+async fn may_change_keys(
+    state: &AdminState,
+    caller: &MaybeCaller,
+    consumer: &str,
+) -> Result<(), ApiError> {
+    let Some(scope) = scope_of(caller) else {
+        return Ok(());
+    };
+    let owner = state
+        .store
+        .get::<Consumer>(consumer)
+        .await?
+        .and_then(|c| c.owner);
+    if owner.as_deref() == Some(scope) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "consumer {consumer:?} belongs to {}; a token for {scope} manages only its own consumers' keys",
+        crate::model::ownership::describe(owner.as_deref())
+    )))
+}
+
 async fn create(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let consumer = consumer_path(name)?;
+    may_change_keys(&state, &caller, &consumer).await?;
     let request: NewKey = if body.is_empty() {
         NewKey::default()
     } else {
@@ -206,7 +235,7 @@ async fn create(
         return Err(ApiError::Validation(errors));
     }
     let (stored, key) = mint(&consumer, request.scopes, expires_at_ms, now)?;
-    let version = writer(&state, &headers, Source::Api)?
+    let version = writer(&state, &headers, Source::Api, &caller)?
         .create_api_key(&stored)
         .await?;
     Ok(created(&stored, key, version, now))
@@ -214,9 +243,23 @@ async fn create(
 
 async fn list(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     let consumer = consumer_path(name)?;
+    if caller.as_ref().is_some_and(|c| c.read_own_only) {
+        let visible = state
+            .store
+            .get::<Consumer>(&consumer)
+            .await?
+            .is_some_and(|c| may_read(&caller, c.owner(), c.shared()));
+        if !visible {
+            return Err(ApiError::NotFound {
+                kind: Kind::Consumer,
+                name: consumer,
+            });
+        }
+    }
     let now = now_ms();
     let keys = state.store.list_api_keys(&consumer).await?;
     Ok(Json(
@@ -228,12 +271,14 @@ async fn list(
 
 async fn revoke(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let consumer = consumer_path(name)?;
+    may_change_keys(&state, &caller, &consumer).await?;
     let id = key_path(id)?;
-    let version = writer(&state, &headers, Source::Api)?
+    let version = writer(&state, &headers, Source::Api, &caller)?
         .revoke_api_key(&consumer, &id)
         .await?;
     Ok((
@@ -245,11 +290,13 @@ async fn revoke(
 
 async fn rotate(
     State(state): State<AdminState>,
+    caller: MaybeCaller,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let consumer = consumer_path(name)?;
+    may_change_keys(&state, &caller, &consumer).await?;
     let id = key_path(id)?;
     let request: Rotation = decode_json(&body)?;
     let now = now_ms();
@@ -283,7 +330,7 @@ async fn rotate(
     };
     let (stored, key) = mint(&consumer, scopes, expires_at_ms, now)?;
     let grace_until = now + (request.grace_seconds as i64) * 1000;
-    let version = writer(&state, &headers, Source::Api)?
+    let version = writer(&state, &headers, Source::Api, &caller)?
         .rotate_api_key(&id, grace_until, &stored)
         .await?;
     Ok(created(&stored, key, version, now))

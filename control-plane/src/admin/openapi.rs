@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     admin::keys::{KeyView, NewKey, Rotation},
     model::{
-        Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Plan,
-        RateLimitPolicy, Route, Service, Topic,
+        Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Owner,
+        Plan, RateLimitPolicy, Route, Service, Topic,
     },
     store::{AdminTokenRecord, Applied, VersionRecord},
 };
@@ -95,7 +95,13 @@ fn resource_paths<R: JsonSchema>(
     paths.insert(
         format!("/v1/{plural}"),
         json!({
-            "get": operation(&format!("List {plural}"), ("200", ok("All of them", json!({"type": "array", "items": schema}))), &[401, 403, 503]),
+            "get": with_parameters(
+                operation(&format!("List {plural} (a token that reads only its own owner's sees those and shared ones)"), ("200", ok("All of them", json!({"type": "array", "items": schema}))), &[401, 403, 422, 503]),
+                json!([
+                    {"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "only this owner's"},
+                    {"name": "label", "in": "query", "schema": {"type": "string"}, "description": "only those with this label, key=value"}
+                ]),
+            ),
             "post": with_body(
                 operation(&format!("Create a {kind} (409 if the name exists)"), ("201", ok("Created", schema.clone())), &[401, 403, 409, 422, 503]),
                 schema.clone(),
@@ -169,6 +175,7 @@ pub fn document() -> Value {
             .into_generator(),
     };
     let mut paths = Map::new();
+    resource_paths::<Owner>(&mut paths, &mut schemas, "owners", "owner (team)");
     resource_paths::<Service>(&mut paths, &mut schemas, "services", "service");
     resource_paths::<Route>(&mut paths, &mut schemas, "routes", "route");
     resource_paths::<Consumer>(&mut paths, &mut schemas, "consumers", "consumer");
@@ -220,16 +227,20 @@ pub fn document() -> Value {
         (
             "/v1/config",
             json!({
-                "get": operation("Export the whole configuration (ETag: the config version)", ("200", ok("The document", config.clone())), &[401, 403, 503]),
+                "get": with_parameters(
+                    operation("Export the whole configuration (ETag: the config version)", ("200", ok("The document", config.clone())), &[401, 403, 422, 503]),
+                    json!([{"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "only this owner's resources, as its document (owner at the top)"}]),
+                ),
                 "put": with_parameters(
                     with_body(
-                        operation("Apply a whole document atomically", ("200", ok("The changes, and the new version", applied.clone())), &[401, 403, 412, 422, 503]),
+                        operation("Apply a whole document atomically; with an owner (the document's `owner`, this parameter or a scoped token), only that owner's resources are seen, changed and pruned", ("200", ok("The changes, and the new version", applied.clone())), &[401, 403, 409, 412, 422, 503]),
                         config,
                     ),
                     json!([
                         {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
                         {"name": "prune", "in": "query", "schema": {"type": "boolean"}},
-                        {"name": "if_version", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                        {"name": "if_version", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "owner", "in": "query", "schema": {"type": "string"}}
                     ]),
                 ),
             }),
@@ -245,7 +256,8 @@ pub fn document() -> Value {
                 operation("Version history, newest first", ("200", ok("Versions", json!({"type": "array", "items": version_record.clone()}))), &[401, 403, 422, 503]),
                 json!([
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295_u64}},
-                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "only versions that changed this owner's resources"}
                 ]),
             )}),
         ),
@@ -316,7 +328,9 @@ pub fn document() -> Value {
                 "post": with_body(
                     operation("Create an admin token; the secret is returned once", ("201", ok("Created", token)), &[401, 403, 409, 422, 503]),
                     json!({"type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
-                        "name": {"type": "string"}, "role": {"enum": ["viewer", "editor", "admin"]}}}),
+                        "name": {"type": "string"}, "role": {"enum": ["viewer", "editor", "admin"]},
+                        "owner": {"type": "string", "description": "scoped to this owner: writes only its resources (viewer or editor)"},
+                        "read": {"enum": ["all", "own"], "default": "all", "description": "with owner: what the token reads"}}}),
                 ),
             }),
         ),

@@ -109,7 +109,13 @@ impl From<StoreError> for ApiError {
             | StoreError::HistoryUnavailable(_)
             | StoreError::TokenExists(_)
             | StoreError::KeyNotActive(_)
+            | StoreError::OwnedByOther { .. }
+            | StoreError::OwnerHasTokens { .. }
             | StoreError::NothingHeld => ApiError::Conflict(e.to_string()),
+            StoreError::Forbidden(message) => ApiError::Forbidden(message),
+            StoreError::UnknownOwner(_) => {
+                ApiError::Validation(vec![FieldError::new("owner", e.to_string())])
+            }
             StoreError::NoSuchVersion(_) => ApiError::Missing(e.to_string()),
             StoreError::VersionMismatch { .. } | StoreError::ResourceChanged { .. } => {
                 ApiError::PreconditionFailed(e.to_string())

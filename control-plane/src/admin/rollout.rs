@@ -61,7 +61,7 @@ pub(super) async fn release(
             format!("at most {MAX_REASON} bytes, without control characters"),
         )]));
     }
-    let released = writer(&state, &headers, Source::Release)?
+    let released = writer(&state, &headers, Source::Release, &None)?
         .release_rejections(request.reason.as_deref())
         .await?;
     state.rollout.release();

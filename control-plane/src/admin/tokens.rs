@@ -11,13 +11,28 @@ use axum::{
 use serde_json::Value;
 
 use super::{AdminState, ApiError, auth, decode_json};
-use crate::model::FieldError;
+use crate::{model::FieldError, store::NewAdminToken};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
     role: auth::Role,
+    /// Scoped to one owner: writes only its resources.
+    #[serde(default)]
+    owner: Option<String>,
+    /// What a scoped token reads: `all` (default) or `own` (its owner's and
+    /// shared resources).
+    #[serde(default)]
+    read: ReadScope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReadScope {
+    #[default]
+    All,
+    Own,
 }
 
 pub(super) async fn create_token(
@@ -30,6 +45,17 @@ pub(super) async fn create_token(
     if request.name == "bootstrap" {
         errors.push(FieldError::new("name", "\"bootstrap\" is reserved"));
     }
+    if let Some(owner) = &request.owner {
+        crate::model::check_name(owner, "owner", &mut errors);
+        if request.role == auth::Role::Admin {
+            errors.push(FieldError::new(
+                "owner",
+                "an admin token cannot be scoped to an owner (use viewer or editor)",
+            ));
+        }
+    } else if request.read == ReadScope::Own {
+        errors.push(FieldError::new("read", "`own` needs an `owner`"));
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -39,12 +65,14 @@ pub(super) async fn create_token(
     })?;
     let record = state
         .store
-        .create_admin_token(
-            &request.name,
-            request.role.as_str(),
-            &issued.hash,
-            &issued.prefix,
-        )
+        .create_admin_token(NewAdminToken {
+            name: &request.name,
+            role: request.role.as_str(),
+            token_hash: &issued.hash,
+            prefix: &issued.prefix,
+            owner: request.owner.as_deref(),
+            read_own_only: request.read == ReadScope::Own,
+        })
         .await?;
     let mut body = serde_json::to_value(&record).unwrap_or_default();
     // The only time the secret is ever shown.

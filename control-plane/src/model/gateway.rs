@@ -18,6 +18,16 @@ const MAX_PATH_LEN: usize = 4096;
 pub struct Certificate {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// Absolute path of the PEM certificate chain on the Envoy hosts.
     pub cert_chain_file: String,
     /// Absolute path of the PEM private key on the Envoy hosts.
@@ -35,6 +45,7 @@ fn check_path(path: &str, field: &str, errors: &mut Vec<FieldError>) {
 
 impl Resource for Certificate {
     const KIND: Kind = Kind::Certificate;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name
@@ -68,6 +79,16 @@ fn any_address() -> String {
 pub struct Gateway {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// IP address Envoy binds.
     #[serde(default = "any_address")]
     pub address: String,
@@ -82,6 +103,7 @@ pub struct Gateway {
 
 impl Resource for Gateway {
     const KIND: Kind = Kind::Gateway;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

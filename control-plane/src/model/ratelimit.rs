@@ -122,6 +122,16 @@ impl CountBy {
 pub struct RateLimitPolicy {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     pub limit: Limit,
     #[serde(default)]
     pub algorithm: RateLimitAlgorithm,
@@ -161,6 +171,7 @@ impl RateLimitPolicy {
 
 impl Resource for RateLimitPolicy {
     const KIND: Kind = Kind::RateLimitPolicy;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name
@@ -245,6 +256,16 @@ impl Resource for RateLimitPolicy {
 pub struct Plan {
     /// The plan name consumers carry (`free`, `pro`...).
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     pub limits: Vec<Limit>,
     #[serde(default)]
     pub algorithm: RateLimitAlgorithm,
@@ -252,6 +273,7 @@ pub struct Plan {
 
 impl Resource for Plan {
     const KIND: Kind = Kind::Plan;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

@@ -18,6 +18,16 @@ use super::{
 pub struct Route {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     #[serde(rename = "match")]
     pub matches: RouteMatch,
     /// Where requests go; absent only with `redirect` or `direct_response`.
@@ -194,6 +204,7 @@ const METHODS: &[&str] = &[
 
 impl Resource for Route {
     const KIND: Kind = Kind::Route;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

@@ -33,6 +33,16 @@ fn default_connect_timeout_ms() -> u32 {
 pub struct Service {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
@@ -89,6 +99,7 @@ pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 
 impl Resource for Service {
     const KIND: Kind = Kind::Service;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Kind, Plan,
-    RateLimitPolicy, Resource, Route, Service, Topic, auth::StoredApiKey,
+    Certificate, ConfigDocument, Consumer, Gateway, IntrospectionProvider, JwtIssuer, Kind, Owner,
+    Plan, RateLimitPolicy, Resource, Route, Service, Topic, auth::StoredApiKey,
 };
 
 /// A stored spec that no longer reads as its kind.
@@ -22,6 +22,8 @@ pub struct CorruptSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigState {
     pub version: u64,
+    /// Teams (translation ignores them).
+    pub owners: BTreeMap<String, Owner>,
     pub services: BTreeMap<String, Service>,
     pub routes: BTreeMap<String, Route>,
     pub consumers: BTreeMap<String, Consumer>,
@@ -40,6 +42,8 @@ impl ConfigState {
     /// The state as a document (the format `apply` takes and `export` gives).
     pub fn into_document(self) -> ConfigDocument {
         ConfigDocument {
+            owner: None,
+            owners: self.owners.into_values().collect(),
             services: self.services.into_values().collect(),
             routes: self.routes.into_values().collect(),
             consumers: self.consumers.into_values().collect(),
@@ -63,6 +67,7 @@ impl ConfigState {
         before: Option<String>,
     ) -> Result<(), CorruptSpec> {
         match kind {
+            Kind::Owner => restore(&mut self.owners, kind, name, before),
             Kind::Service => restore(&mut self.services, kind, name, before),
             Kind::Route => restore(&mut self.routes, kind, name, before),
             Kind::Consumer => restore(&mut self.consumers, kind, name, before),

@@ -20,6 +20,16 @@ pub const MAX_RETAIN: u32 = 10_000;
 pub struct Topic {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// The topic names covered: one name (lower-case letters, digits, `.`,
     /// `_`, `-`), or `prefix.*` for every name under `prefix.`. Defaults to
     /// the resource's name.
@@ -99,6 +109,7 @@ fn check_access(access: &TopicAccess, field: &str, errors: &mut Vec<FieldError>)
 
 impl Resource for Topic {
     const KIND: Kind = Kind::Topic;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

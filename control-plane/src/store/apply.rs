@@ -3,13 +3,14 @@
 //! function of the document and the stored specs; the transaction only
 //! carries the plan out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use sqlx::Row;
 
 use super::{
-    Change, ChangeOp, Store, StoreError,
+    AdmissionError, Change, ChangeOp, Store, StoreError,
+    ownership::owned,
     rows::{bump_version, delete_row, encode, record_change, replace_references, upsert_row},
 };
 use crate::model::{ConfigDocument, Kind, Reference, Resource};
@@ -23,6 +24,9 @@ pub struct ApplyOptions {
     /// Refuse unless the configuration is still at this version (the one the
     /// caller diffed against).
     pub if_version: Option<u64>,
+    /// The document is the whole configuration (a rollback): prune across
+    /// every owner, whichever the document lists.
+    pub whole: bool,
 }
 
 /// The outcome of a declarative apply.
@@ -48,6 +52,7 @@ pub(super) struct Desired {
 /// their place in the document (`routes[2].destination.service`).
 pub(super) fn desired(document: &ConfigDocument) -> BTreeMap<Key, Desired> {
     let mut desired = BTreeMap::new();
+    collect(&mut desired, "owners", &document.owners);
     collect(&mut desired, "services", &document.services);
     collect(&mut desired, "routes", &document.routes);
     collect(&mut desired, "consumers", &document.consumers);
@@ -72,7 +77,7 @@ pub(super) fn desired(document: &ConfigDocument) -> BTreeMap<Key, Desired> {
 fn collect<R: Resource>(desired: &mut BTreeMap<Key, Desired>, list: &str, resources: &[R]) {
     for (i, resource) in resources.iter().enumerate() {
         let references = resource
-            .references()
+            .all_references()
             .into_iter()
             .map(|r| Reference {
                 field: format!("{list}[{i}].{}", r.field),
@@ -90,22 +95,18 @@ fn collect<R: Resource>(desired: &mut BTreeMap<Key, Desired>, list: &str, resour
 }
 
 /// What an apply does to the stored resources (`existing`: their specs):
-/// creations and updates in dependency order, then, with `prune`, deletions
-/// of everything unlisted in reverse order. References are checked against
-/// the resulting state, so nothing kept can dangle.
+/// creations and updates in dependency order, then deletions of everything
+/// unlisted that is `prunable` in reverse order. References are checked
+/// against the resulting state, so nothing kept can dangle.
 pub(super) fn plan(
     desired: &BTreeMap<Key, Desired>,
     existing: &BTreeMap<Key, String>,
-    prune: bool,
+    prunable: impl Fn(&Key) -> bool,
 ) -> Result<Vec<(ChangeOp, Key)>, StoreError> {
-    let deleted: Vec<&Key> = if prune {
-        existing
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let deleted: Vec<&Key> = existing
+        .keys()
+        .filter(|k| !desired.contains_key(*k) && prunable(k))
+        .collect();
     let remains = |key: &Key| {
         desired.contains_key(key) || (existing.contains_key(key) && !deleted.contains(&key))
     };
@@ -142,12 +143,29 @@ pub(super) fn plan(
 impl Store {
     /// Applies a whole document atomically: one transaction, one version,
     /// all or nothing (see [`plan`]).
+    ///
+    /// A document with an `owner` sees, changes and prunes only that owner's
+    /// resources; listing another owner's is a conflict. One without (the
+    /// operators') may change anything and prunes the operators' resources
+    /// and those of the owners it lists.
     pub async fn apply(
         &self,
         document: &ConfigDocument,
         options: ApplyOptions,
     ) -> Result<Applied, StoreError> {
-        let desired = desired(document);
+        let mut document = document.clone();
+        let errors = document.assign_owner();
+        if !errors.is_empty() {
+            return Err(AdmissionError::Refused(errors).into());
+        }
+        if let Some(scope) = &self.scope
+            && document.owner.as_ref() != Some(scope)
+        {
+            return Err(StoreError::Forbidden(format!(
+                "a token for {scope} applies only documents with `owner: {scope}`"
+            )));
+        }
+        let desired = desired(&document);
         let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
@@ -169,7 +187,54 @@ impl Store {
                 existing.insert((kind, row.try_get(1)?), row.try_get(2)?);
             }
         }
-        let changes = plan(&desired, &existing, options.prune)?;
+        let owner_of = |key: &Key| existing.get(key).and_then(|spec| owned(spec).owner);
+        if let Some(owner) = &document.owner {
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT name FROM resources WHERE kind = $1 AND name = $2")
+                    .bind(Kind::Owner.as_str())
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if known.is_none() {
+                return Err(StoreError::UnknownOwner(owner.clone()));
+            }
+            for key in desired.keys().filter(|k| existing.contains_key(*k)) {
+                let holder = owner_of(key);
+                if holder.as_ref() != Some(owner) {
+                    return Err(StoreError::OwnedByOther {
+                        kind: key.0,
+                        name: key.1.clone(),
+                        owner: holder,
+                    });
+                }
+            }
+        }
+        if let Some(scope) = &self.scope {
+            for key in desired.keys() {
+                let before = existing.get(key).map(String::as_str);
+                let after = desired.get(key).map(|d| d.spec.as_str());
+                super::ownership::check_scope(scope, key.0, &key.1, before, after)?;
+            }
+        }
+        // Whose resources a prune may delete.
+        let pruned: Option<BTreeSet<Option<String>>> = match (&document.owner, options.whole) {
+            (_, true) => None,
+            (Some(owner), false) => Some(BTreeSet::from([Some(owner.clone())])),
+            (None, false) => Some(
+                desired
+                    .values()
+                    .map(|d| owned(&d.spec).owner)
+                    .chain([None])
+                    .collect(),
+            ),
+        };
+        let prunable = |key: &Key| {
+            options.prune
+                && pruned
+                    .as_ref()
+                    .is_none_or(|owners| owners.contains(&owner_of(key)))
+        };
+        let changes = plan(&desired, &existing, prunable)?;
         let spec = |text: Option<&String>| text.and_then(|t| serde_json::from_str(t).ok());
         let listed = |changes: &[(ChangeOp, Key)]| {
             changes
@@ -261,7 +326,7 @@ mod tests {
             (key(Kind::Service, "a"), "a1".to_owned()),
             (key(Kind::Service, "b"), "b1".to_owned()),
         ]);
-        let changes = plan(&desired, &existing, false).expect("plan");
+        let changes = plan(&desired, &existing, |_| false).expect("plan");
         assert_eq!(
             changes,
             vec![
@@ -277,9 +342,12 @@ mod tests {
             (key(Kind::Service, "a"), "a".to_owned()),
             (key(Kind::Route, "r"), "r".to_owned()),
         ]);
-        assert_eq!(plan(&BTreeMap::new(), &existing, false).expect("plan"), []);
         assert_eq!(
-            plan(&BTreeMap::new(), &existing, true).expect("plan"),
+            plan(&BTreeMap::new(), &existing, |_| false).expect("plan"),
+            []
+        );
+        assert_eq!(
+            plan(&BTreeMap::new(), &existing, |_| true).expect("plan"),
             vec![
                 (ChangeOp::Delete, key(Kind::Route, "r")),
                 (ChangeOp::Delete, key(Kind::Service, "a")),
@@ -292,8 +360,8 @@ mod tests {
         let desired = BTreeMap::from([(key(Kind::Route, "r"), want("r", &[(Kind::Service, "a")]))]);
         let existing = BTreeMap::from([(key(Kind::Service, "a"), "a".to_owned())]);
         // Kept without prune; gone with it, so the route would dangle.
-        assert!(plan(&desired, &existing, false).is_ok());
-        let err = plan(&desired, &existing, true).expect_err("dangling");
+        assert!(plan(&desired, &existing, |_| false).is_ok());
+        let err = plan(&desired, &existing, |_| true).expect_err("dangling");
         assert!(
             matches!(&err, StoreError::MissingReference { field, name, .. }
                 if field == "routes[0].destination.service" && name == "a"),

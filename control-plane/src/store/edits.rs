@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::{
     ChangeOp, StoreError,
+    ownership::check_scope,
     rows::{current, delete_row, record_change, replace_references, upsert_row},
 };
 use crate::model::{Kind, Reference};
@@ -27,11 +28,14 @@ pub(super) enum Edit {
         create_only: bool,
         /// `If-Match`: the version the resource must be at.
         expected: Option<u64>,
+        /// A caller scoped to this owner changes only its resources.
+        scope: Option<String>,
     },
     Delete {
         kind: Kind,
         name: String,
         expected: Option<u64>,
+        scope: Option<String>,
     },
 }
 
@@ -61,6 +65,7 @@ pub(super) async fn apply_edit(
             references,
             create_only,
             expected,
+            scope,
         } => {
             let kind = *kind;
             let current = current(tx, kind, name).await?;
@@ -69,6 +74,11 @@ pub(super) async fn apply_edit(
                 return Ok(Err(e));
             }
             let existing = current.map(|(spec, _)| spec);
+            if let Some(scope) = scope
+                && let Err(e) = check_scope(scope, kind, name, existing.as_deref(), Some(spec))
+            {
+                return Ok(Err(e));
+            }
             if *create_only && existing.is_some() {
                 return Ok(Err(StoreError::AlreadyExists {
                     kind,
@@ -116,11 +126,17 @@ pub(super) async fn apply_edit(
             kind,
             name,
             expected,
+            scope,
         } => {
             let kind = *kind;
             let current = current(tx, kind, name).await?;
             let current_version = current.as_ref().map(|c| c.1);
             if let Err(e) = super::rows::check_expected(kind, name, *expected, current_version) {
+                return Ok(Err(e));
+            }
+            if let (Some(scope), Some((before, _))) = (scope, &current)
+                && let Err(e) = check_scope(scope, kind, name, Some(before), None)
+            {
                 return Ok(Err(e));
             }
             let used_by = sqlx::query(
@@ -145,6 +161,20 @@ pub(super) async fn apply_edit(
                     name: name.clone(),
                     used_by,
                 }));
+            }
+            if kind == Kind::Owner {
+                let tokens: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM admin_tokens WHERE owner = $1 ORDER BY name LIMIT 10",
+                )
+                .bind(name)
+                .fetch_all(&mut **tx)
+                .await?;
+                if !tokens.is_empty() {
+                    return Ok(Err(StoreError::OwnerHasTokens {
+                        owner: name.clone(),
+                        tokens,
+                    }));
+                }
             }
             let Some((before, _)) = current else {
                 return Ok(Err(StoreError::NotFound {

@@ -45,6 +45,22 @@ pub enum StoreError {
         expected: u64,
         actual: Option<u64>,
     },
+    /// A caller scoped to one owner reached beyond it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A scoped apply lists a resource another owner holds.
+    #[error("{} {name:?} belongs to {}; change it through its owner or the operators", kind.as_str(), crate::model::ownership::describe(owner.as_deref()))]
+    OwnedByOther {
+        kind: Kind,
+        name: String,
+        owner: Option<String>,
+    },
+    /// Admin tokens are scoped to the owner being deleted.
+    #[error("owner {owner:?} still has admin tokens scoped to it: {}; revoke them first", tokens.join(", "))]
+    OwnerHasTokens { owner: String, tokens: Vec<String> },
+    /// An owner named by a scoped token or apply does not exist.
+    #[error("owner {0:?} does not exist (see /v1/owners)")]
+    UnknownOwner(String),
     #[error("API key {0:?} is revoked or expired")]
     KeyNotActive(String),
     #[error("admin token {0:?} already exists")]
@@ -93,6 +109,10 @@ impl StoreError {
             StoreError::NoSuchVersion(_) => "no_such_version",
             StoreError::TokenExists(_) => "token_exists",
             StoreError::KeyNotActive(_) => "key_not_active",
+            StoreError::Forbidden(_) => "forbidden",
+            StoreError::OwnedByOther { .. } => "owned_by_other",
+            StoreError::UnknownOwner(_) => "unknown_owner",
+            StoreError::OwnerHasTokens { .. } => "owner_has_tokens",
             StoreError::ResourceChanged { .. } => "resource_changed",
             StoreError::HistoryUnavailable(_) => "history_unavailable",
             StoreError::UnsupportedUrl => "unsupported_url",

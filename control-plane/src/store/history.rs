@@ -47,23 +47,36 @@ pub struct VersionRecord {
     /// Why a version that changed no resource was made (a release).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The owners whose resources it changed (none: only the operators').
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
     pub changes: Vec<Change>,
 }
 
 impl Store {
-    /// The newest versions first: who, when, how, and what changed.
+    /// The newest versions first: who, when, how, and what changed; with
+    /// `owner`, only the versions that changed that owner's resources.
     pub async fn history(
         &self,
         limit: u32,
         before: Option<u64>,
+        owner: Option<&str>,
     ) -> Result<Vec<VersionRecord>, StoreError> {
         let before = before.map_or(i64::MAX, |b| b as i64);
+        // Owner names are DNS labels: no `%` or `_` to escape; anything else matches nothing.
+        let pattern = match owner {
+            Some(o) if crate::model::is_dns_label(o) => format!("%,{o},%"),
+            Some(_) => return Ok(Vec::new()),
+            None => "%".into(),
+        };
         let versions = sqlx::query(
-            "SELECT version, at_ms, actor, source, note FROM config_versions WHERE version < $1 \
+            "SELECT version, at_ms, actor, source, note, owners FROM config_versions \
+             WHERE version < $1 AND COALESCE(owners, '') LIKE $3 \
              ORDER BY version DESC LIMIT $2",
         )
         .bind(before)
         .bind(i64::from(limit))
+        .bind(pattern)
         .fetch_all(&self.pool)
         .await?;
         let mut records = Vec::with_capacity(versions.len());
@@ -75,6 +88,7 @@ impl Store {
                 actor: row.try_get(2)?,
                 source: row.try_get(3)?,
                 note: row.try_get(4)?,
+                owners: super::ownership::split(row.try_get(5)?),
                 changes: self.changes(version as u64, false).await?,
             });
         }
@@ -84,7 +98,7 @@ impl Store {
     /// One version with its changes' specs before and after.
     pub async fn version_record(&self, version: u64) -> Result<VersionRecord, StoreError> {
         let row = sqlx::query(
-            "SELECT version, at_ms, actor, source, note FROM config_versions WHERE version = $1",
+            "SELECT version, at_ms, actor, source, note, owners FROM config_versions WHERE version = $1",
         )
         .bind(version as i64)
         .fetch_optional(&self.pool)
@@ -96,6 +110,7 @@ impl Store {
             actor: row.try_get(2)?,
             source: row.try_get(3)?,
             note: row.try_get(4)?,
+            owners: super::ownership::split(row.try_get(5)?),
             changes: self.changes(version, true).await?,
         })
     }
@@ -144,6 +159,7 @@ impl Store {
                 prune: true,
                 dry_run: false,
                 if_version: Some(current),
+                whole: true,
             };
             match writer.apply(&document, options).await {
                 Err(StoreError::VersionMismatch { .. }) if attempts < 3 => attempts += 1,

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "traffic usage",
         include_str!("../../../migrations/0008_traffic_usage.sql"),
     ),
+    (
+        9,
+        "ownership",
+        include_str!("../../../migrations/0009_ownership.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -340,6 +340,9 @@ mod tests {
         state.consumers.insert(
             "alice".into(),
             Consumer {
+                owner: None,
+                labels: Default::default(),
+                shared: false,
                 name: "alice".into(),
                 plan: Some("pro".into()),
                 roles: vec!["buyer".into()],

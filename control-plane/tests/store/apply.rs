@@ -133,7 +133,7 @@ async fn concurrent_applies_never_interleave(store: Store) {
     assert_eq!(versions.last(), Some(&latest));
     assert_eq!(store.load().await.unwrap().routes.len(), 1);
     // The history is gap-free and every version records what it changed.
-    let history = store.history(100, None).await.unwrap();
+    let history = store.history(100, None, None).await.unwrap();
     let recorded: Vec<u64> = history.iter().rev().map(|v| v.version).collect();
     assert_eq!(recorded, (1..=latest).collect::<Vec<_>>());
     assert!(history.iter().all(|v| !v.changes.is_empty()));

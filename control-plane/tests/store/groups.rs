@@ -74,7 +74,7 @@ async fn parallel_writes_share_checks_but_keep_their_versions(store: Store) {
         runs < WRITERS / 4,
         "{runs} checks for {WRITERS} writes: groups share one"
     );
-    let history = store.history(1_000, None).await.unwrap();
+    let history = store.history(1_000, None, None).await.unwrap();
     assert_eq!(history.len(), WRITERS + 1, "one entry per version");
     let actors: BTreeSet<&str> = history.iter().map(|v| v.actor.as_str()).collect();
     assert!(actors.contains("ci-0") && actors.contains(&*format!("ci-{}", WRITERS - 1)));

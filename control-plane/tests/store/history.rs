@@ -17,7 +17,7 @@ async fn history_records_who_how_and_what(store: Store) {
         .unwrap();
     store.upsert(&service("a", 81)).await.unwrap();
     store.delete(Kind::Route, "r").await.unwrap();
-    let history = store.history(10, None).await.unwrap();
+    let history = store.history(10, None, None).await.unwrap();
     let summary: Vec<(u64, &str, &str, usize)> = history
         .iter()
         .map(|v| {
@@ -51,7 +51,7 @@ async fn history_records_who_how_and_what(store: Store) {
         81
     );
     assert_eq!(
-        store.history(10, Some(2)).await.unwrap().len(),
+        store.history(10, Some(2), None).await.unwrap().len(),
         1,
         "paging by version"
     );

@@ -9,6 +9,7 @@
 mod apply;
 mod groups;
 mod history;
+mod ownership;
 mod support;
 mod traffic;
 mod writes;

@@ -78,6 +78,9 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         Vec::new()
     };
     Route {
+        owner: None,
+        labels: Default::default(),
+        shared: false,
         name: name.into(),
         matches: gatehouse_control_plane::model::RouteMatch {
             path_prefix: Some(format!("/{name}")),
@@ -128,6 +131,7 @@ pub(crate) const APPLY: ApplyOptions = ApplyOptions {
     prune: false,
     dry_run: false,
     if_version: None,
+    whole: false,
 };
 
 macro_rules! store_suite {

@@ -246,7 +246,7 @@ async fn every_change_passes_admission_before_commit(store: Store) {
         "refusals and dry runs announce nothing"
     );
     assert!(store.get::<Route>("refused").await.unwrap().is_none());
-    assert_eq!(store.history(10, None).await.unwrap().len(), 2);
+    assert_eq!(store.history(10, None, None).await.unwrap().len(), 2);
 }
 
 store_suite!(

@@ -16,6 +16,16 @@ use crate::model::{FieldError, Kind, Resource};
 pub struct Consumer {
     #[schemars(regex(pattern = CONSUMER_NAME_PATTERN))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// Free-text tier (free, pro, enterprise...) used by rate limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TOKEN_PATTERN))]
@@ -28,6 +38,7 @@ pub struct Consumer {
 
 impl Resource for Consumer {
     const KIND: Kind = Kind::Consumer;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name
@@ -87,6 +98,9 @@ mod tests {
     #[test]
     fn consumer_names_and_tokens() {
         let consumer = Consumer {
+            owner: None,
+            labels: Default::default(),
+            shared: false,
             name: "alice@example.com".into(),
             plan: Some("pro".into()),
             roles: vec!["admin".into(), "admin".into(), "has space".into()],

@@ -19,6 +19,16 @@ fn default_introspection_timeout_ms() -> u32 {
 pub struct IntrospectionProvider {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     pub endpoint: String,
     pub client_id: String,
     /// The client secret, by reference.
@@ -38,6 +48,7 @@ pub struct IntrospectionProvider {
 
 impl Resource for IntrospectionProvider {
     const KIND: Kind = Kind::IntrospectionProvider;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name

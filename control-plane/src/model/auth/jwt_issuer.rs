@@ -73,6 +73,16 @@ fn default_jwks_refresh_seconds() -> u32 {
 pub struct JwtIssuer {
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// The team it belongs to (`/v1/owners`); absent: the operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub owner: Option<String>,
+    /// Free key/value labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::model::Labels,
+    /// Other owners' resources may refer to it (set by the operators).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// The exact `iss` claim of this issuer's tokens.
     pub issuer: String,
     /// Where the issuer publishes its keys (fetched, cached, refreshed).
@@ -127,6 +137,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl Resource for JwtIssuer {
     const KIND: Kind = Kind::JwtIssuer;
+    crate::model::ownership::owned!();
 
     fn name(&self) -> &str {
         &self.name
