@@ -8,6 +8,7 @@
 //! [`auth`]; the OpenAPI document is in [`openapi`].
 
 pub mod auth;
+mod canary;
 mod config;
 pub(crate) mod keys;
 pub mod openapi;
@@ -115,6 +116,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/usage", get(usage::usage))
         .route("/v1/status/release", axum::routing::post(rollout::release))
         .route("/v1/status/confirm", axum::routing::post(rollout::confirm))
+        .route("/v1/rollout", get(canary::status).post(canary::start))
+        .route("/v1/rollout/promote", axum::routing::post(canary::promote))
+        .route("/v1/rollout/abort", axum::routing::post(canary::abort))
         .route(
             "/v1/admin-tokens",
             get(tokens::list_tokens).post(tokens::create_token),

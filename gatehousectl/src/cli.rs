@@ -152,6 +152,9 @@ pub enum Command {
     /// because they hold a configuration it does not have (`status` shows
     /// them) are served it. Needs an admin token.
     Confirm,
+    /// Canary rollouts: new versions go to part of the fleet first.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Admin API tokens (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -183,6 +186,33 @@ pub enum KeysCommand {
         #[arg(long)]
         grace_seconds: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a canary: nodes matching any condition get every new version;
+    /// the rest stay on the version served now.
+    Start {
+        /// Envoy node cluster (repeat for several).
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        /// Envoy node id (repeat for several).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// A share of the nodes (1-99), chosen by a stable hash of their id.
+        #[arg(long)]
+        percent: Option<u8>,
+    },
+    /// Every node gets the newest version.
+    Promote,
+    /// The canary nodes go back; what the canary changed is held back
+    /// (`release` lets it out again).
+    Abort {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The current or last canary and the nodes in it.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     Failure,
-    cli::{Cli, Command, DocumentArgs, KeysCommand, Output, TokensCommand},
+    cli::{Cli, Command, DocumentArgs, KeysCommand, Output, RolloutCommand, TokensCommand},
     client::Client,
     render::{self, Style},
 };
@@ -188,6 +188,7 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(format!("revoked token {name:?}\n"))
         }
         Command::Keys(command) => keys(&client, command, cli.output).await,
+        Command::Rollout(command) => rollout(&client, command, cli.output).await,
         Command::Release { reason } => {
             let released = client
                 .post(
@@ -320,6 +321,47 @@ async fn keys(
             ))
         }
     }
+}
+
+async fn rollout(
+    client: &Client,
+    command: RolloutCommand,
+    output: Output,
+) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let (answer, done) = match command {
+        RolloutCommand::Start {
+            clusters,
+            nodes,
+            percent,
+        } => {
+            let selector =
+                serde_json::json!({"clusters": clusters, "nodes": nodes, "percent": percent});
+            let body = serde_json::json!({ "selector": selector });
+            (client.post("/v1/rollout", &body).await, "canary started")
+        }
+        RolloutCommand::Promote => (
+            client
+                .post("/v1/rollout/promote", &serde_json::json!({}))
+                .await,
+            "canary promoted",
+        ),
+        RolloutCommand::Abort { reason } => (
+            client
+                .post(
+                    "/v1/rollout/abort",
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await,
+            "canary aborted",
+        ),
+        RolloutCommand::Status => (client.get("/v1/rollout").await, "canary"),
+    };
+    let answer = answer.map_err(no_output)?;
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n",
+        Output::Human => format!("{done}:\n{}", render::yaml(&answer)),
+    })
 }
 
 async fn apply(

@@ -168,10 +168,14 @@ pub async fn authenticate(
 }
 
 /// What a token scoped to one owner may never do, whatever its role: write
-/// owners, or restore a version of the whole configuration.
+/// owners, restore a version of the whole configuration, or steer a canary
+/// of the whole fleet.
 fn scoped_callers_refused(method: &Method, path: &str) -> bool {
     let writes = !matches!(*method, Method::GET | Method::HEAD);
-    writes && (path == "/v1/config/rollback" || path.starts_with("/v1/owners"))
+    writes
+        && (path == "/v1/config/rollback"
+            || path.starts_with("/v1/owners")
+            || path.starts_with("/v1/rollout"))
 }
 
 async fn lookup(state: &AdminState, presented: &str) -> Result<Option<Caller>, ApiError> {

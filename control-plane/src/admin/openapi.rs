@@ -15,6 +15,7 @@ use crate::{
         Plan, RateLimitPolicy, Route, Service, Topic,
     },
     store::{AdminTokenRecord, Applied, VersionRecord},
+    xds::rollout::{CanaryStatus, Selector},
 };
 
 /// JSON Schema (2020-12) of the declarative configuration document.
@@ -201,6 +202,8 @@ pub fn document() -> Value {
     let applied = schemas.of::<Applied>();
     let version_record = schemas.of::<VersionRecord>();
     let token = schemas.of::<AdminTokenRecord>();
+    let canary = schemas.of::<CanaryStatus>();
+    let selector = schemas.of::<Selector>();
     let any_object = json!({"type": "object"});
     let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
     let entries = [
@@ -273,6 +276,28 @@ pub fn document() -> Value {
             json!({"post": with_body(
                 operation("Restore a version's configuration as a new version", ("200", ok("The changes", applied)), &[401, 403, 409, 412, 422, 503]),
                 json!({"type": "object", "required": ["to"], "additionalProperties": false, "properties": {"to": {"type": "integer", "minimum": 0}}}),
+            )}),
+        ),
+        (
+            "/v1/rollout",
+            json!({
+                "get": operation("The current or last canary rollout and the connected nodes in it", ("200", ok("Canary", json!({"type": "object", "properties": {
+                    "canary": {"anyOf": [canary.clone(), {"type": "null"}]}, "canary_nodes": {"type": "array", "items": {"type": "string"}}}}))), &[401, 403]),
+                "post": with_body(
+                    operation("Start a canary: matching nodes get every new version, the rest stay on the one served now (409 if one runs or a version is held back; 422 if the selector matches no connected node)", ("201", ok("Started", canary.clone())), &[401, 403, 409, 422]),
+                    json!({"type": "object", "required": ["selector"], "additionalProperties": false, "properties": {"selector": selector}}),
+                ),
+            }),
+        ),
+        (
+            "/v1/rollout/promote",
+            json!({"post": operation("Promote the running canary: every node gets the newest version", ("200", ok("Promoted", canary.clone())), &[401, 403, 409])}),
+        ),
+        (
+            "/v1/rollout/abort",
+            json!({"post": with_body(
+                operation("Abort the running canary: its nodes go back to the stable version and what it changed is held back like a refused version", ("200", ok("Aborted", canary)), &[401, 403, 409, 422]),
+                json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string", "maxLength": 1000}}}),
             )}),
         ),
         (

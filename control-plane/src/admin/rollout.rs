@@ -29,6 +29,7 @@ pub(super) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
         "served_version": rollout.served_version,
         "held_back": rollout.held_back,
         "rejections": rollout.rejections,
+        "canary": rollout.canary,
         "held_nodes": held_nodes,
         "nodes": nodes,
     }))

@@ -27,6 +27,9 @@ use tracing::{error, info, warn};
 use super::snapshot::{ResourceType, Snapshot};
 use crate::{clock::now_ms, store::RejectedResource};
 
+mod canary;
+pub use canary::{CanaryError, CanaryStatus, Phase, Pin, Selector};
+
 /// Where the rollout keeps what nodes refused, so that a restarted control
 /// plane and the other replicas keep the fleet off it too (the store).
 pub trait RefusalLog: Send + Sync + 'static {
@@ -66,6 +69,9 @@ pub struct RolloutStatus {
     pub held_back: bool,
     /// Most recent first.
     pub rejections: Vec<Rejection>,
+    /// The current or last canary (`rollout/canary.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +84,10 @@ struct State {
     rejections: VecDeque<Rejection>,
     /// When each recent version was first offered (for ACK delays).
     offered: VecDeque<(u64, Instant)>,
+    /// The current or last canary.
+    canary: Option<CanaryStatus>,
+    /// While a canary runs: what the other nodes stay on.
+    pinned: Option<Arc<Snapshot>>,
 }
 
 impl State {
@@ -132,6 +142,8 @@ impl State {
 pub struct Rollout {
     state: Arc<Mutex<State>>,
     served: watch::Sender<Option<Arc<Snapshot>>>,
+    /// While a canary runs: who is in it and what the rest are pinned to.
+    pin: watch::Sender<Option<Arc<Pin>>>,
     /// Where refusals are recorded, if anywhere.
     refusals: Option<Arc<dyn RefusalLog>>,
 }
@@ -149,6 +161,7 @@ impl Default for Rollout {
         Self {
             state: Arc::default(),
             served: watch::channel(None).0,
+            pin: watch::channel(None).0,
             refusals: None,
         }
     }
@@ -336,6 +349,14 @@ impl Rollout {
             );
             self.served.send_replace(Some(good));
         }
+        // Only canary nodes are given anything new while a canary runs.
+        let reason = format!("node {node} rejected version {version}: {error_detail}");
+        if self.abort_canary(&reason).is_ok() {
+            warn!(
+                node,
+                version, "a canary node refused the configuration: canary aborted"
+            );
+        }
     }
 
     /// Forgets every refusal (an operator released them, or another
@@ -369,6 +390,7 @@ impl Rollout {
                 served_version,
                 held_back: latest_version != served_version,
                 rejections: s.rejections.iter().cloned().collect(),
+                canary: canary::view(s),
             }
         })
     }

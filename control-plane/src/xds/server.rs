@@ -246,7 +246,9 @@ impl StreamTask {
         tx: mpsc::Sender<Result<W::Response, Status>>,
     ) {
         let mut snapshots = self.rollout.watch();
+        let mut pins = self.rollout.pin();
         let mut node = String::new();
+        let mut cluster = String::new();
         let mut state = StreamState::new(W::VARIANT);
         let mut handle = None;
         // What the node said it holds, until it is served (see guard.rs).
@@ -259,6 +261,7 @@ impl StreamTask {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
+                changed = pins.changed() => if changed.is_err() { break },
                 confirmed = confirmations.changed() => {
                     if confirmed.is_err() { break }
                     if claim.take().is_some() && held.is() {
@@ -268,10 +271,11 @@ impl StreamTask {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         if handle.is_none() {
-                            let (id, cluster) = W::node(&request).unwrap_or(("", ""));
-                            info!(node = id, cluster, variant = ?W::VARIANT, "node connected");
+                            let (id, their_cluster) = W::node(&request).unwrap_or(("", ""));
+                            info!(node = id, cluster = their_cluster, variant = ?W::VARIANT, "node connected");
                             node = id.to_owned();
-                            handle = Some(self.registry.connect(id, cluster, W::VARIANT));
+                            cluster = their_cluster.to_owned();
+                            handle = Some(self.registry.connect(id, their_cluster, W::VARIANT));
                         }
                         if !state.served_any()
                             && let Some(said) = W::claim(&request)
@@ -307,7 +311,14 @@ impl StreamTask {
                 },
             }
             let snapshot = snapshots.borrow_and_update().clone();
-            let Some(snapshot) = snapshot else { continue };
+            let pin = pins.borrow_and_update().clone();
+            let Some(mut snapshot) = snapshot else {
+                continue;
+            };
+            // While a canary runs, only its nodes get what is newest.
+            if let Some(pin) = &pin {
+                snapshot = pin.snapshot_for(&node, &cluster, &snapshot);
+            }
             let latest = self
                 .rollout
                 .status()

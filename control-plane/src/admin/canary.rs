@@ -1,0 +1,114 @@
+//! Canary rollouts over the API: start one for part of the fleet, promote
+//! it to every node, or abort it (see `xds/rollout/canary.rs`).
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::{AdminState, ApiError, decode_json};
+use crate::{
+    model::FieldError,
+    xds::rollout::{CanaryError, Selector},
+};
+
+/// Longest reason an abort may give.
+const MAX_REASON: usize = 1_000;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    selector: Selector,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Abort {
+    reason: Option<String>,
+}
+
+impl From<CanaryError> for ApiError {
+    fn from(e: CanaryError) -> Self {
+        match e {
+            CanaryError::NoNodeMatches(_) => {
+                ApiError::Validation(vec![FieldError::new("selector", e.to_string())])
+            }
+            CanaryError::Running(_) | CanaryError::NotRunning(_) | CanaryError::NotSteady => {
+                ApiError::Conflict(e.to_string())
+            }
+        }
+    }
+}
+
+/// The current or last canary, and which connected nodes are in it.
+pub(super) async fn status(State(state): State<AdminState>) -> Response {
+    let canary = state.rollout.canary();
+    let in_canary: Vec<String> = match &canary {
+        Some(c) if c.phase == crate::xds::rollout::Phase::Running => state
+            .nodes
+            .nodes()
+            .into_iter()
+            .filter(|n| c.selector.matches(&n.id, &n.cluster))
+            .map(|n| n.id)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Json(json!({"canary": canary, "canary_nodes": in_canary})).into_response()
+}
+
+/// Starts a canary: the nodes the selector matches get every new version;
+/// the rest stay on what is served now.
+pub(super) async fn start(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: Start = decode_json(&body)?;
+    let problems = request.selector.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(
+            problems
+                .into_iter()
+                .map(|(field, message)| FieldError::new(field, message))
+                .collect(),
+        ));
+    }
+    let connected: Vec<(String, String)> = state
+        .nodes
+        .nodes()
+        .into_iter()
+        .map(|n| (n.id, n.cluster))
+        .collect();
+    let started = state.rollout.start_canary(request.selector, &connected)?;
+    Ok((StatusCode::CREATED, Json(started)).into_response())
+}
+
+pub(super) async fn promote(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    Ok(Json(state.rollout.promote_canary()?).into_response())
+}
+
+pub(super) async fn abort(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: Abort = if body.is_empty() {
+        Abort::default()
+    } else {
+        decode_json(&body)?
+    };
+    if let Some(reason) = &request.reason
+        && (reason.len() > MAX_REASON || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "reason",
+            format!("at most {MAX_REASON} bytes, without control characters"),
+        )]));
+    }
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "aborted by an operator".into());
+    Ok(Json(state.rollout.abort_canary(&reason)?).into_response())
+}
