@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admission;
 pub mod clock;
 pub mod config;
+pub mod fleet_stats;
 pub mod model;
 pub mod secret;
 pub mod store;
@@ -190,6 +191,12 @@ impl ControlPlane {
                 Ok::<(), std::convert::Infallible>(())
             }
         });
+        let fleet_stats = fleet_stats::FleetStats::default();
+        let mut analysis = tokio::spawn(fleet_stats::analyse(
+            fleet_stats.clone(),
+            rollout.clone(),
+            token.clone(),
+        ));
         let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone());
         let mut xds = tokio::spawn(
             tonic::transport::Server::builder()
@@ -209,6 +216,10 @@ impl ControlPlane {
                     usage::TrafficUsageService::server(self.store.clone(), self.usage_retention),
                     self.xds_token.clone(),
                 ))
+                .add_service(InterceptedService::new(
+                    fleet_stats.server(),
+                    self.xds_token.clone(),
+                ))
                 .serve_with_incoming_shutdown(
                     xds::limits::bounded(self.xds, self.xds_max_connections),
                     token.clone().cancelled_owned(),
@@ -221,6 +232,7 @@ impl ControlPlane {
             r = &mut sync => Some(StartError::Serve("sync", why_ended(r))),
             r = &mut admin => Some(StartError::Serve("admin", why_ended(r))),
             r = &mut xds => Some(StartError::Serve("xDS", why_ended(r))),
+            r = &mut analysis => Some(StartError::Serve("canary analysis", why_ended(r.map(Ok::<(), std::convert::Infallible>)))),
         };
         tracing::info!("shutting down");
         token.cancel();
@@ -233,6 +245,9 @@ impl ControlPlane {
             }
             if !xds.is_finished() {
                 let _ = xds.await;
+            }
+            if !analysis.is_finished() {
+                let _ = analysis.await;
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {

@@ -45,6 +45,7 @@ pub use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http
 pub use envoy_types::pb::envoy::service::accesslog::v3 as accesslog_service;
 pub use envoy_types::pb::envoy::service::auth::v3 as auth_service;
 pub use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+pub use envoy_types::pb::envoy::service::metrics::v3 as metrics_service;
 pub use envoy_types::pb::envoy::service::rate_limit_quota::v3 as quota_service;
 pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
@@ -52,6 +53,7 @@ pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
 pub use envoy_types::pb::envoy::r#type::v3 as http_types;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
+pub use envoy_types::pb::io::prometheus::client as prometheus;
 pub use envoy_types::pb::opentelemetry::proto::common::v1 as otel_common;
 pub use envoy_types::pb::xds::core::v3 as xds_core;
 pub use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;

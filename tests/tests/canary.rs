@@ -1,13 +1,15 @@
 //! Canary rollouts of configuration through three real Envoys: while a
 //! canary runs only its node gets new versions; promote gives them to all;
-//! a NACK on the canary aborts it and never reaches the other two. Every
+//! a NACK on the canary aborts it and never reaches the other two; a canary
+//! whose upstream starts failing is aborted by its analysis. Every
 //! node shares the listener (SO_REUSEPORT), so per-node checks read the
 //! control plane's node status and each Envoy's config dump.
 
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, ctl::ctl, eventually, free_port,
+    Behaviour, ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, ctl::ctl,
+    eventually, free_port, reqwest,
 };
 use serde_json::{Value, json};
 
@@ -160,4 +162,85 @@ async fn a_canary_gets_new_versions_first_and_a_nack_never_reaches_the_rest() {
 async fn ok_start(cp: &ControlPlane, node: &str) {
     let out = ctl(cp, &["rollout", "start", "--node", node]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
+
+/// Requests to `url`, each on a new connection (so the kernel spreads them
+/// over every Envoy sharing the port), until `done` or 60 s; the statuses.
+async fn load_until(url: &str, done: impl AsyncFn() -> bool) -> Vec<u16> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        for _ in 0..10 {
+            if let Ok(response) = client.get(url).send().await {
+                statuses.push(response.status().as_u16());
+            }
+        }
+        if done().await {
+            return statuses;
+        }
+    }
+    panic!("not done within 60 s; statuses seen: {statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_upstream_starts_failing_is_aborted_by_its_analysis() {
+    let good = Upstream::start("good").await;
+    // A fifth of its answers are 500s.
+    let flaky = Upstream::start_with("flaky", Behaviour::failing(5, 500)).await;
+    let proxy_port = free_port();
+    let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
+    cp.apply("/v1/services/good", good.service("good")).await;
+    cp.apply("/v1/services/flaky", flaky.service("flaky")).await;
+    let base = cp
+        .apply(
+            "/v1/routes/api",
+            json!({"match": {"path_prefix": "/api"}, "destination": {"service": "good"}}),
+        )
+        .await;
+    let canary = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let _second = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    let _third = Envoy::start(cp.xds, proxy_port, XdsVariant::Delta).await;
+    cp.until_converged(base).await;
+
+    let started = cp
+        .post(
+            "/v1/rollout",
+            json!({"selector": {"nodes": [canary.node_id]},
+                   "analysis": {"min_requests": 10, "window_ms": 10000}}),
+        )
+        .await;
+    assert_eq!(started.status().as_u16(), 201);
+    let switched = cp
+        .apply(
+            "/v1/routes/api",
+            json!({"match": {"path_prefix": "/api"}, "destination": {"service": "flaky"}}),
+        )
+        .await;
+    until_rds(&cp, &canary.node_id, switched).await;
+    let at = std::time::Instant::now();
+    let url = canary.url("/api/x");
+    let statuses = load_until(&url, async || {
+        cp.nodes().await["canary"]["phase"] == "aborted"
+    })
+    .await;
+    let detected = at.elapsed();
+    assert!(
+        statuses.contains(&500),
+        "the canary did fail some: {statuses:?}"
+    );
+    let status = cp.nodes().await;
+    let reason = status["canary"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("error rate"), "{reason}");
+    eprintln!("canary aborted {detected:?} after its upstream started failing: {reason}");
+    // The canary node is back on the stable routes: everything answers 200.
+    until_rds(&cp, &canary.node_id, base).await;
+    let after = load_until(&url, async || true).await;
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    assert!(flaky.hit_count() > 0);
 }

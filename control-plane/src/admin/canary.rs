@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{AdminState, ApiError, decode_json};
 use crate::{
     model::FieldError,
-    xds::rollout::{CanaryError, Selector},
+    xds::rollout::{Analysis, CanaryError, Selector},
 };
 
 /// Longest reason an abort may give.
@@ -23,6 +23,9 @@ const MAX_REASON: usize = 1_000;
 #[serde(deny_unknown_fields)]
 struct Start {
     selector: Selector,
+    /// Thresholds of the automatic analysis (defaults when absent).
+    #[serde(default)]
+    analysis: Analysis,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -67,7 +70,8 @@ pub(super) async fn start(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: Start = decode_json(&body)?;
-    let problems = request.selector.problems();
+    let mut problems = request.selector.problems();
+    problems.extend(request.analysis.problems());
     if !problems.is_empty() {
         return Err(ApiError::Validation(
             problems
@@ -82,7 +86,9 @@ pub(super) async fn start(
         .into_iter()
         .map(|n| (n.id, n.cluster))
         .collect();
-    let started = state.rollout.start_canary(request.selector, &connected)?;
+    let started = state
+        .rollout
+        .start_canary(request.selector, request.analysis, &connected)?;
     Ok((StatusCode::CREATED, Json(started)).into_response())
 }
 

@@ -15,7 +15,7 @@ use crate::{
         Plan, RateLimitPolicy, Route, Service, Topic,
     },
     store::{AdminTokenRecord, Applied, VersionRecord},
-    xds::rollout::{CanaryStatus, Selector},
+    xds::rollout::{Analysis, CanaryStatus, Selector},
 };
 
 /// JSON Schema (2020-12) of the declarative configuration document.
@@ -204,6 +204,7 @@ pub fn document() -> Value {
     let token = schemas.of::<AdminTokenRecord>();
     let canary = schemas.of::<CanaryStatus>();
     let selector = schemas.of::<Selector>();
+    let analysis = schemas.of::<Analysis>();
     let any_object = json!({"type": "object"});
     let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
     let entries = [
@@ -285,7 +286,7 @@ pub fn document() -> Value {
                     "canary": {"anyOf": [canary.clone(), {"type": "null"}]}, "canary_nodes": {"type": "array", "items": {"type": "string"}}}}))), &[401, 403]),
                 "post": with_body(
                     operation("Start a canary: matching nodes get every new version, the rest stay on the one served now (409 if one runs or a version is held back; 422 if the selector matches no connected node)", ("201", ok("Started", canary.clone())), &[401, 403, 409, 422]),
-                    json!({"type": "object", "required": ["selector"], "additionalProperties": false, "properties": {"selector": selector}}),
+                    json!({"type": "object", "required": ["selector"], "additionalProperties": false, "properties": {"selector": selector, "analysis": analysis}}),
                 ),
             }),
         ),

@@ -27,7 +27,9 @@ use tracing::{error, info, warn};
 use super::snapshot::{ResourceType, Snapshot};
 use crate::{clock::now_ms, store::RejectedResource};
 
+pub mod analysis;
 mod canary;
+pub use analysis::Analysis;
 pub use canary::{CanaryError, CanaryStatus, Phase, Pin, Selector};
 
 /// Where the rollout keeps what nodes refused, so that a restarted control

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Rollout, Snapshot};
+use super::{Rollout, Snapshot, analysis::Analysis};
 use crate::{clock::now_ms, store::RejectedResource, xds::snapshot::ResourceType};
 
 /// Which nodes are in a canary: any node matching one of the conditions.
@@ -99,10 +99,12 @@ pub enum Phase {
 }
 
 /// The current or last canary, as status shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct CanaryStatus {
     pub phase: Phase,
     pub selector: Selector,
+    /// Its automatic analysis' thresholds (`analysis.rs`).
+    pub analysis: Analysis,
     /// What the other nodes stay on while it runs.
     pub stable_version: u64,
     /// The newest version the canary nodes were given.
@@ -146,6 +148,7 @@ impl Rollout {
     pub fn start_canary(
         &self,
         selector: Selector,
+        analysis: Analysis,
         connected: &[(String, String)],
     ) -> Result<CanaryStatus, CanaryError> {
         if !connected.iter().any(|(n, c)| selector.matches(n, c)) {
@@ -162,6 +165,7 @@ impl Rollout {
             let status = CanaryStatus {
                 phase: Phase::Running,
                 selector: selector.clone(),
+                analysis,
                 stable_version: stable.version,
                 canary_version: None,
                 started_at_ms: now_ms() as u64,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::xds::rollout::analysis::Analysis;
 use crate::xds::snapshot::{SnapshotParts, XdsResource};
 use gatehouse_proto::protobuf::Any;
 
@@ -50,7 +51,7 @@ fn only_canary_nodes_get_new_versions_until_promoted() {
     let rollout = Rollout::default();
     rollout.offer(snapshot(1, "one"));
     let started = rollout
-        .start_canary(by_cluster("canary"), &nodes())
+        .start_canary(by_cluster("canary"), Analysis::default(), &nodes())
         .expect("started");
     assert_eq!(started.stable_version, 1);
     rollout.offer(snapshot(2, "two"));
@@ -71,7 +72,7 @@ fn an_abort_sends_canary_nodes_back_and_holds_the_change() {
     let rollout = Rollout::default();
     rollout.offer(snapshot(1, "one"));
     rollout
-        .start_canary(by_cluster("canary"), &nodes())
+        .start_canary(by_cluster("canary"), Analysis::default(), &nodes())
         .expect("started");
     rollout.offer(snapshot(2, "two"));
     let aborted = rollout.abort_canary("errors").expect("aborted");
@@ -96,7 +97,7 @@ fn a_nack_during_a_canary_aborts_it() {
     let rollout = Rollout::default();
     rollout.offer(snapshot(1, "one"));
     rollout
-        .start_canary(by_cluster("canary"), &nodes())
+        .start_canary(by_cluster("canary"), Analysis::default(), &nodes())
         .expect("started");
     let bad = snapshot(2, "bad");
     rollout.offer(bad.clone());
@@ -124,19 +125,19 @@ fn a_nack_during_a_canary_aborts_it() {
 fn starting_needs_a_matching_node_and_a_steady_fleet() {
     let rollout = Rollout::default();
     assert_eq!(
-        rollout.start_canary(by_cluster("canary"), &nodes()),
+        rollout.start_canary(by_cluster("canary"), Analysis::default(), &nodes()),
         Err(CanaryError::NotSteady)
     );
     rollout.offer(snapshot(1, "one"));
     assert_eq!(
-        rollout.start_canary(by_cluster("nowhere"), &nodes()),
+        rollout.start_canary(by_cluster("nowhere"), Analysis::default(), &nodes()),
         Err(CanaryError::NoNodeMatches(3))
     );
     rollout
-        .start_canary(by_cluster("canary"), &nodes())
+        .start_canary(by_cluster("canary"), Analysis::default(), &nodes())
         .expect("started");
     assert_eq!(
-        rollout.start_canary(by_cluster("canary"), &nodes()),
+        rollout.start_canary(by_cluster("canary"), Analysis::default(), &nodes()),
         Err(CanaryError::Running(1))
     );
 }
