@@ -21,6 +21,7 @@
 
 mod auth;
 mod broker;
+mod canary;
 mod load;
 mod observability;
 mod quota;
@@ -110,6 +111,14 @@ enum Command {
     /// Observability: tracing (off, 1 %, 100 %, collector down) and the
     /// JSON access log beside a gateway with neither.
     Observability(Slices),
+    /// Canary rollouts: promote → every node, and the analysis' detection
+    /// delay for a canary failing 20 % of requests.
+    Canary {
+        #[arg(long, default_value_t = 10)]
+        envoys: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Broker: the delay from a publish to each subscriber, through Envoy.
     Broker {
         #[arg(long, default_value_t = 100)]
@@ -270,6 +279,7 @@ async fn run(command: Command) {
             observability::run(s.seconds, s.rounds, s.connections).await;
         }
         Command::QuotaAccuracy { warm_up, seconds } => quota::run(warm_up, seconds).await,
+        Command::Canary { envoys, rounds } => canary::run(envoys, rounds).await,
         Command::Broker {
             subscribers,
             messages,
