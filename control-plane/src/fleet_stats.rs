@@ -25,7 +25,7 @@ use crate::{
     xds::{
         Rollout,
         rollout::{
-            Phase,
+            Phase, Placement,
             analysis::{Window, verdict},
         },
     },
@@ -46,7 +46,7 @@ struct Sample {
 
 #[derive(Debug, Default)]
 struct NodeStats {
-    cluster: String,
+    placement: Placement,
     samples: VecDeque<Sample>,
     /// The cumulative histogram last reported, per connection manager.
     last_buckets: HashMap<String, Vec<(f64, u64)>>,
@@ -65,12 +65,12 @@ impl FleetStats {
     }
 
     /// Takes in one report of `node`.
-    fn record(&self, node: &str, cluster: &str, families: &[MetricFamily]) {
+    fn record(&self, node: &Placement, families: &[MetricFamily]) {
         let now = now_ms();
         self.with(|nodes| {
             nodes.retain(|_, n| now - n.last_seen_ms < FORGET_AFTER_MS);
-            let stats = nodes.entry(node.to_owned()).or_default();
-            stats.cluster = cluster.to_owned();
+            let stats = nodes.entry(node.id.clone()).or_default();
+            stats.placement = node.clone();
             stats.last_seen_ms = now;
             let window = traffic(families, &mut stats.last_buckets);
             stats.samples.push_back(Sample { at_ms: now, window });
@@ -80,13 +80,13 @@ impl FleetStats {
         });
     }
 
-    /// The traffic since `since_ms` of the nodes `in_group` picks (by id
-    /// and cluster), and of the others.
-    pub fn split(&self, since_ms: i64, in_group: impl Fn(&str, &str) -> bool) -> (Window, Window) {
+    /// The traffic since `since_ms` of the nodes `in_group` picks, and of
+    /// the others.
+    pub fn split(&self, since_ms: i64, in_group: impl Fn(&Placement) -> bool) -> (Window, Window) {
         self.with(|nodes| {
             let (mut group, mut rest) = (Window::default(), Window::default());
-            for (id, stats) in nodes.iter() {
-                let target = if in_group(id, &stats.cluster) {
+            for stats in nodes.values() {
+                let target = if in_group(&stats.placement) {
                     &mut group
                 } else {
                     &mut rest
@@ -188,14 +188,13 @@ impl MetricsService for Sink {
         request: Request<Streaming<StreamMetricsMessage>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
         let mut stream = request.into_inner();
-        let (mut node, mut cluster) = (String::new(), String::new());
+        let mut node = Placement::default();
         while let Some(message) = stream.message().await? {
             if let Some(n) = message.identifier.and_then(|i| i.node) {
-                node = n.id;
-                cluster = n.cluster;
+                node = Placement::of(&n);
             }
-            if !node.is_empty() {
-                self.stats.record(&node, &cluster, &message.envoy_metrics);
+            if !node.id.is_empty() {
+                self.stats.record(&node, &message.envoy_metrics);
             }
         }
         Ok(Response::new(StreamMetricsResponse {}))
@@ -219,7 +218,7 @@ pub async fn analyse(stats: FleetStats, rollout: Rollout, shutdown: Cancellation
         let started = i64::try_from(canary.started_at_ms).unwrap_or(i64::MAX);
         let window = i64::try_from(canary.analysis.window_ms).unwrap_or(i64::MAX);
         let since = started.max(now - window);
-        let (ours, theirs) = stats.split(since, |id, cluster| canary.selector.matches(id, cluster));
+        let (ours, theirs) = stats.split(since, |node| canary.selector.matches(node));
         if let Some(reason) = verdict(&canary.analysis, &ours, &theirs) {
             if rollout.abort_canary(&reason).is_ok() {
                 tracing::warn!(%reason, "canary analysis failed: canary aborted");

@@ -199,6 +199,9 @@ pub enum RolloutCommand {
         /// Envoy node id (repeat for several).
         #[arg(long = "node")]
         nodes: Vec<String>,
+        /// Zone of the node's locality (repeat for several).
+        #[arg(long = "zone")]
+        zones: Vec<String>,
         /// A share of the nodes (1-99), chosen by a stable hash of their id.
         #[arg(long)]
         percent: Option<u8>,

@@ -333,10 +333,11 @@ async fn rollout(
         RolloutCommand::Start {
             clusters,
             nodes,
+            zones,
             percent,
         } => {
-            let selector =
-                serde_json::json!({"clusters": clusters, "nodes": nodes, "percent": percent});
+            let selector = serde_json::json!({"clusters": clusters, "nodes": nodes,
+                "zones": zones, "percent": percent});
             let body = serde_json::json!({ "selector": selector });
             (client.post("/v1/rollout", &body).await, "canary started")
         }

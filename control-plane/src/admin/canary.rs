@@ -53,9 +53,9 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
     let in_canary: Vec<String> = match &canary {
         Some(c) if c.phase == crate::xds::rollout::Phase::Running => state
             .nodes
-            .nodes()
+            .placements()
             .into_iter()
-            .filter(|n| c.selector.matches(&n.id, &n.cluster))
+            .filter(|n| c.selector.matches(n))
             .map(|n| n.id)
             .collect(),
         _ => Vec::new(),
@@ -80,15 +80,11 @@ pub(super) async fn start(
                 .collect(),
         ));
     }
-    let connected: Vec<(String, String)> = state
-        .nodes
-        .nodes()
-        .into_iter()
-        .map(|n| (n.id, n.cluster))
-        .collect();
-    let started = state
-        .rollout
-        .start_canary(request.selector, request.analysis, &connected)?;
+    let started = state.rollout.start_canary(
+        request.selector,
+        request.analysis,
+        &state.nodes.placements(),
+    )?;
     Ok((StatusCode::CREATED, Json(started)).into_response())
 }
 

@@ -30,7 +30,7 @@ use crate::{clock::now_ms, store::RejectedResource};
 pub mod analysis;
 mod canary;
 pub use analysis::Analysis;
-pub use canary::{CanaryError, CanaryStatus, Phase, Pin, Selector};
+pub use canary::{CanaryError, CanaryStatus, Phase, Pin, Placement, Selector};
 
 /// Where the rollout keeps what nodes refused, so that a restarted control
 /// plane and the other replicas keep the fleet off it too (the store).

@@ -4,6 +4,7 @@
 //! [`StreamState`], and after every request or new snapshot sends whatever the
 //! state says is due. Streams end when the node goes away or on shutdown.
 
+use crate::xds::rollout::Placement;
 use std::pin::Pin;
 
 use gatehouse_proto::discovery::{
@@ -118,7 +119,7 @@ trait Wire: Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
     const VARIANT: Variant;
-    fn node(request: &Self::Request) -> Option<(&str, &str)>;
+    fn node(request: &Self::Request) -> Option<&gatehouse_proto::core::Node>;
     fn decode(request: &Self::Request) -> Request<'_>;
     /// What a node's first request for a type says it already holds.
     fn claim(request: &Self::Request) -> Option<Claim>;
@@ -132,11 +133,8 @@ impl Wire for StateOfTheWorld {
     type Response = DiscoveryResponse;
     const VARIANT: Variant = Variant::StateOfTheWorld;
 
-    fn node(request: &DiscoveryRequest) -> Option<(&str, &str)> {
-        request
-            .node
-            .as_ref()
-            .map(|n| (n.id.as_str(), n.cluster.as_str()))
+    fn node(request: &DiscoveryRequest) -> Option<&gatehouse_proto::core::Node> {
+        request.node.as_ref()
     }
 
     fn decode(r: &DiscoveryRequest) -> Request<'_> {
@@ -174,11 +172,8 @@ impl Wire for Delta {
     type Response = DeltaDiscoveryResponse;
     const VARIANT: Variant = Variant::Delta;
 
-    fn node(request: &DeltaDiscoveryRequest) -> Option<(&str, &str)> {
-        request
-            .node
-            .as_ref()
-            .map(|n| (n.id.as_str(), n.cluster.as_str()))
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&gatehouse_proto::core::Node> {
+        request.node.as_ref()
     }
 
     fn decode(r: &DeltaDiscoveryRequest) -> Request<'_> {
@@ -248,7 +243,7 @@ impl StreamTask {
         let mut snapshots = self.rollout.watch();
         let mut pins = self.rollout.pin();
         let mut node = String::new();
-        let mut cluster = String::new();
+        let mut placement = Placement::default();
         let mut state = StreamState::new(W::VARIANT);
         let mut handle = None;
         // What the node said it holds, until it is served (see guard.rs).
@@ -271,11 +266,10 @@ impl StreamTask {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         if handle.is_none() {
-                            let (id, their_cluster) = W::node(&request).unwrap_or(("", ""));
-                            info!(node = id, cluster = their_cluster, variant = ?W::VARIANT, "node connected");
-                            node = id.to_owned();
-                            cluster = their_cluster.to_owned();
-                            handle = Some(self.registry.connect(id, their_cluster, W::VARIANT));
+                            placement = W::node(&request).map(Placement::of).unwrap_or_default();
+                            info!(node = placement.id, cluster = placement.cluster, zone = placement.zone, variant = ?W::VARIANT, "node connected");
+                            node = placement.id.clone();
+                            handle = Some(self.registry.connect(&placement, W::VARIANT));
                         }
                         if !state.served_any()
                             && let Some(said) = W::claim(&request)
@@ -317,7 +311,7 @@ impl StreamTask {
             };
             // While a canary runs, only its nodes get what is newest.
             if let Some(pin) = &pin {
-                snapshot = pin.snapshot_for(&node, &cluster, &snapshot);
+                snapshot = pin.snapshot_for(&placement, &snapshot);
             }
             let latest = self
                 .rollout

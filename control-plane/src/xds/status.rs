@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{
+    rollout::Placement,
     snapshot::ResourceType,
     stream::{RequestOutcome, Variant},
 };
@@ -19,6 +20,9 @@ use super::{
 pub struct NodeStatus {
     pub id: String,
     pub cluster: String,
+    /// Its locality's zone, if it names one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub zone: String,
     pub variant: &'static str,
     pub connected_at_ms: u64,
     /// Why the node is held on the configuration it has (it holds one this
@@ -84,10 +88,11 @@ impl NodeRegistry {
     }
 
     /// Registers a stream; the handle removes it when dropped.
-    pub fn connect(&self, id: &str, cluster: &str, variant: Variant) -> StreamHandle {
+    pub fn connect(&self, node: &Placement, variant: Variant) -> StreamHandle {
         let status = NodeStatus {
-            id: id.to_owned(),
-            cluster: cluster.to_owned(),
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            zone: node.zone.clone(),
             variant: match variant {
                 Variant::StateOfTheWorld => "sotw",
                 Variant::Delta => "delta",
@@ -119,6 +124,18 @@ impl NodeRegistry {
     /// Confirmations so far, to wait for the next.
     pub fn confirmations(&self) -> watch::Receiver<u64> {
         self.confirmations.subscribe()
+    }
+
+    /// Where every connected node is (what canary selectors match).
+    pub fn placements(&self) -> Vec<Placement> {
+        self.nodes()
+            .into_iter()
+            .map(|n| Placement {
+                id: n.id,
+                cluster: n.cluster,
+                zone: n.zone,
+            })
+            .collect()
     }
 
     pub fn nodes(&self) -> Vec<NodeStatus> {

@@ -24,6 +24,9 @@ pub struct Selector {
     /// Envoy node ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Zones of the nodes' locality (the bootstrap's `node.locality.zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
     /// A share of the nodes, 1-99, chosen by a stable hash of their id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u8>,
@@ -33,10 +36,14 @@ impl Selector {
     /// What is wrong with it, as (field, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if self.clusters.is_empty() && self.nodes.is_empty() && self.percent.is_none() {
+        if self.clusters.is_empty()
+            && self.nodes.is_empty()
+            && self.zones.is_empty()
+            && self.percent.is_none()
+        {
             problems.push((
                 "selector",
-                "name clusters, nodes or a percent of nodes".to_owned(),
+                "name clusters, nodes, zones or a percent of nodes".to_owned(),
             ));
         }
         if let Some(p) = self.percent
@@ -51,13 +58,42 @@ impl Selector {
         if self.nodes.iter().any(long) {
             problems.push(("selector.nodes", "1-256 characters each".to_owned()));
         }
+        if self.zones.iter().any(long) {
+            problems.push(("selector.zones", "1-256 characters each".to_owned()));
+        }
         problems
     }
 
-    pub fn matches(&self, node: &str, cluster: &str) -> bool {
-        self.clusters.iter().any(|c| c == cluster)
-            || self.nodes.iter().any(|n| n == node)
-            || self.percent.is_some_and(|p| bucket(node) < u64::from(p))
+    pub fn matches(&self, node: &Placement) -> bool {
+        self.clusters.contains(&node.cluster)
+            || self.nodes.contains(&node.id)
+            || (!node.zone.is_empty() && self.zones.contains(&node.zone))
+            || self
+                .percent
+                .is_some_and(|p| bucket(&node.id) < u64::from(p))
+    }
+}
+
+/// Where a node is: what selectors match on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub id: String,
+    pub cluster: String,
+    /// Its locality's zone (may be empty).
+    pub zone: String,
+}
+
+impl Placement {
+    pub fn of(node: &gatehouse_proto::core::Node) -> Placement {
+        Placement {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            zone: node
+                .locality
+                .as_ref()
+                .map(|l| l.zone.clone())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -81,8 +117,8 @@ pub struct Pin {
 impl Pin {
     /// The snapshot a node is served: the newest for canary nodes, the
     /// stable one for the rest.
-    pub fn snapshot_for(&self, node: &str, cluster: &str, newest: &Arc<Snapshot>) -> Arc<Snapshot> {
-        if self.selector.matches(node, cluster) {
+    pub fn snapshot_for(&self, node: &Placement, newest: &Arc<Snapshot>) -> Arc<Snapshot> {
+        if self.selector.matches(node) {
             newest.clone()
         } else {
             self.stable.clone()
@@ -142,16 +178,15 @@ fn describe(status: &CanaryStatus) -> String {
 }
 
 impl Rollout {
-    /// Starts a canary: nodes matching `selector` (of `connected`, as
-    /// `(id, cluster)`) get every new version; the rest stay on what is
-    /// served now.
+    /// Starts a canary: nodes matching `selector` (of those `connected`)
+    /// get every new version; the rest stay on what is served now.
     pub fn start_canary(
         &self,
         selector: Selector,
         analysis: Analysis,
-        connected: &[(String, String)],
+        connected: &[Placement],
     ) -> Result<CanaryStatus, CanaryError> {
-        if !connected.iter().any(|(n, c)| selector.matches(n, c)) {
+        if !connected.iter().any(|n| selector.matches(n)) {
             return Err(CanaryError::NoNodeMatches(connected.len()));
         }
         let status = self.with(|s| {

@@ -19,22 +19,22 @@ fn snapshot(version: u64, content: &str) -> Arc<Snapshot> {
     Arc::new(Snapshot::new(version, parts).expect("consistent"))
 }
 
-fn nodes() -> Vec<(String, String)> {
-    ["a", "b", "c"]
-        .iter()
-        .map(|n| {
-            (
-                (*n).to_owned(),
-                if *n == "a" { "canary" } else { "edge" }.to_owned(),
-            )
-        })
-        .collect()
+fn place(id: &str, cluster: &str) -> Placement {
+    Placement {
+        id: id.into(),
+        cluster: cluster.into(),
+        zone: String::new(),
+    }
+}
+
+fn nodes() -> Vec<Placement> {
+    vec![place("a", "canary"), place("b", "edge"), place("c", "edge")]
 }
 
 fn served_to(rollout: &Rollout, node: &str, cluster: &str) -> Option<u64> {
     let newest = rollout.watch().borrow().clone()?;
     Some(match rollout.pin().borrow().as_ref() {
-        Some(pin) => pin.snapshot_for(node, cluster, &newest).version,
+        Some(pin) => pin.snapshot_for(&place(node, cluster), &newest).version,
         None => newest.version,
     })
 }
@@ -149,7 +149,7 @@ fn selectors_match_by_cluster_id_or_share() {
         ..Selector::default()
     };
     let matched = (0..1000)
-        .filter(|i| selector.matches(&format!("node-{i}"), "edge"))
+        .filter(|i| selector.matches(&place(&format!("node-{i}"), "edge")))
         .count();
     assert!((400..600).contains(&matched), "{matched}");
     assert!(Selector::default().problems().len() == 1);
@@ -162,5 +162,13 @@ fn selectors_match_by_cluster_id_or_share() {
         nodes: vec!["x".into()],
         ..Selector::default()
     };
-    assert!(by_id.matches("x", "") && !by_id.matches("y", ""));
+    assert!(by_id.matches(&place("x", "")) && !by_id.matches(&place("y", "")));
+    let by_zone = Selector {
+        zones: vec!["eu-1a".into()],
+        ..Selector::default()
+    };
+    let mut zoned = place("z", "edge");
+    assert!(!by_zone.matches(&zoned));
+    zoned.zone = "eu-1a".into();
+    assert!(by_zone.matches(&zoned));
 }
