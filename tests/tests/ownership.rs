@@ -359,3 +359,37 @@ async fn bad_ownership_input_is_refused_and_changes_nothing() {
     assert_eq!(cp.delete("/v1/owners/team-a").await.status().as_u16(), 409);
     assert_eq!(cp.version().await, version, "nothing changed");
 }
+
+#[tokio::test]
+async fn the_team_examples_apply() {
+    let cp = ControlPlane::start(ControlPlaneOptions::new(free_port())).await;
+    let example = |name: &str| {
+        gatehouse_e2e::workspace_root()
+            .join("examples/teams")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    ok(&ctl(&cp, &["apply", "-f", &example("operators.yaml"), "--prune"]).await);
+    let out = ctl(&cp, &["apply", "-f", &example("orders.yaml"), "--prune"]).await;
+    ok(&out);
+    assert!(out.stdout.contains("applied 2 changes"), "{}", out.stdout);
+    // The operators' document, pruned again, leaves the team's alone.
+    let again = ctl(
+        &cp,
+        &[
+            "diff",
+            "-f",
+            &example("operators.yaml"),
+            "--prune",
+            "--exit-code",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (again.code, again.stdout.as_str()),
+        (0, "no changes\n"),
+        "{}",
+        again.stderr
+    );
+}
