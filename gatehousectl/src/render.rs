@@ -109,6 +109,25 @@ pub fn status(body: &Value) -> String {
             r["error_detail"].as_str().unwrap_or_default(),
         );
     }
+    let canary = &body["canary"];
+    match canary["phase"].as_str() {
+        Some("running") => {
+            let _ = writeln!(
+                out,
+                "canary running: version {} on its nodes, the rest stay on {} (gatehousectl rollout status)",
+                canary["canary_version"].as_u64().map_or("-".into(), |v| v.to_string()),
+                canary["stable_version"].as_u64().unwrap_or_default(),
+            );
+        }
+        Some("aborted") => {
+            let _ = writeln!(
+                out,
+                "last canary aborted: {}",
+                canary["reason"].as_str().unwrap_or_default()
+            );
+        }
+        _ => {}
+    }
     for node in body["nodes"].as_array().into_iter().flatten() {
         if let Some(why) = node["held"].as_str() {
             let _ = writeln!(
