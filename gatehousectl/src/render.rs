@@ -115,7 +115,9 @@ pub fn status(body: &Value) -> String {
             let _ = writeln!(
                 out,
                 "canary running: version {} on its nodes, the rest stay on {} (gatehousectl rollout status)",
-                canary["canary_version"].as_u64().map_or("-".into(), |v| v.to_string()),
+                canary["canary_version"]
+                    .as_u64()
+                    .map_or("-".into(), |v| v.to_string()),
                 canary["stable_version"].as_u64().unwrap_or_default(),
             );
         }
