@@ -124,8 +124,12 @@ pub enum Command {
         #[arg(long)]
         label: Option<String>,
     },
-    /// Connected Envoys and the config versions they acknowledged.
-    Status,
+    /// Connected Envoys and the config versions they acknowledged; with
+    /// `--owner`, whether that owner's newest change reached them.
+    Status {
+        #[arg(long)]
+        owner: Option<String>,
+    },
     /// Requests per route and consumer (with 401/403, 429, errors and
     /// bytes), summed over the span or hour by hour.
     Usage {

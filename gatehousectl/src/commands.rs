@@ -241,8 +241,9 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 Output::Human => render::usage(&usage),
             })
         }
-        Command::Status => {
-            let status = client.get("/v1/status/nodes").await.map_err(no_output)?;
+        Command::Status { owner } => {
+            let path = with_query("/v1/status/nodes", &[("owner", owner.as_ref())]);
+            let status = client.get(&path).await.map_err(no_output)?;
             Ok(match cli.output {
                 Output::Json => json(&status),
                 Output::Human => render::status(&status),
@@ -356,11 +357,12 @@ async fn rollout(
                 .await,
             "canary aborted",
         ),
-        RolloutCommand::Status => (client.get("/v1/rollout").await, "canary"),
+        RolloutCommand::Status => (client.get("/v1/rollout").await, ""),
     };
     let answer = answer.map_err(no_output)?;
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n",
+        Output::Human if done.is_empty() => render::yaml(&answer),
         Output::Human => format!("{done}:\n{}", render::yaml(&answer)),
     })
 }

@@ -109,6 +109,23 @@ pub fn status(body: &Value) -> String {
             r["error_detail"].as_str().unwrap_or_default(),
         );
     }
+    let owner = &body["owner"];
+    if let Some(name) = owner["name"].as_str() {
+        let _ = match owner["latest_version"].as_u64() {
+            None => writeln!(out, "owner {name}: no version changed its resources"),
+            Some(v) => writeln!(
+                out,
+                "owner {name}: newest change version {v}, {} ({} of {} nodes have it)",
+                if owner["served"] == true {
+                    "served"
+                } else {
+                    "not served yet (held back, or still rolling out)"
+                },
+                owner["nodes_current"].as_u64().unwrap_or_default(),
+                owner["nodes"].as_u64().unwrap_or_default(),
+            ),
+        };
+    }
     let canary = &body["canary"];
     match canary["phase"].as_str() {
         Some("running") => {

@@ -275,6 +275,32 @@ async fn two_teams_apply_and_prune_in_parallel_without_touching_each_other() {
     for v in &versions {
         assert_eq!(v["owners"], json!(["team-a"]), "{v}");
     }
+    // Status by owner: team-a's newest change reached the one Envoy.
+    let newest = versions[0]["version"].as_u64();
+    gatehouse_e2e::eventually(
+        std::time::Duration::from_secs(10),
+        "team-a's newest change to reach the node",
+        || async {
+            let out = ctl(
+                &cp,
+                &[
+                    "--token", &ci_a, "status", "--owner", "team-a", "-o", "json",
+                ],
+            )
+            .await;
+            let status: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            status["owner"]["latest_version"].as_u64() == newest
+                && status["owner"]["served"] == true
+                && status["owner"]["nodes_current"] == 1
+        },
+    )
+    .await;
+    let human = ctl(&cp, &["--token", &ci_a, "status", "--owner", "team-a"]).await;
+    assert!(
+        human.stdout.contains("owner team-a: newest change version"),
+        "{}",
+        human.stdout
+    );
     let human = ctl(&cp, &["--token", BOOTSTRAP, "history", "--limit", "3"]).await;
     assert!(human.stdout.contains("OWNERS"), "{}", human.stdout);
     cp.assert_no_nacks().await;

@@ -303,7 +303,10 @@ pub fn document() -> Value {
         ),
         (
             "/v1/status/nodes",
-            json!({"get": operation("Connected Envoys: acked version and last NACK per type", ("200", ok("Nodes", any_object.clone())), &[401, 403])}),
+            json!({"get": with_parameters(
+                operation("Connected Envoys: acked version and last NACK per type; the rollout and canary state", ("200", ok("Nodes", any_object.clone())), &[401, 403, 422, 503]),
+                json!([{"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "also: this owner's newest change version, whether it is served and how many nodes have it"}]),
+            )}),
         ),
         (
             "/v1/usage",

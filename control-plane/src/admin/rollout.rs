@@ -6,7 +6,7 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::State,
+    extract::{Query, State, rejection::QueryRejection},
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
@@ -18,13 +18,25 @@ use crate::{model::FieldError, store::Source};
 /// Longest reason a release may give.
 const MAX_REASON: usize = 1_000;
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NodesQuery {
+    /// Also: whether this owner's newest change reached the fleet.
+    owner: Option<String>,
+}
+
 /// The fleet's rollout (newest and served version, rejections) and every
-/// connected node with what it acknowledged.
-pub(super) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
+/// connected node with what it acknowledged; with `?owner=`, how far that
+/// owner's newest change got (the one part that reads the store).
+pub(super) async fn nodes(
+    State(state): State<AdminState>,
+    query: Result<Query<NodesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
     let rollout = state.rollout.status();
     let nodes = state.nodes.nodes();
     let held_nodes = nodes.iter().filter(|n| n.held.is_some()).count();
-    Json(json!({
+    let mut body = json!({
         "latest_version": rollout.latest_version,
         "served_version": rollout.served_version,
         "held_back": rollout.held_back,
@@ -32,7 +44,38 @@ pub(super) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
         "canary": rollout.canary,
         "held_nodes": held_nodes,
         "nodes": nodes,
-    }))
+    });
+    if let Some(owner) = query.owner {
+        let newest = state
+            .store
+            .history(1, None, Some(&owner))
+            .await?
+            .first()
+            .map(|v| v.version);
+        // A node is current when every type it takes is at that version or later.
+        let current = nodes
+            .iter()
+            .filter(|n| {
+                newest.is_some_and(|v| {
+                    !n.types.is_empty()
+                        && n.types.values().all(|t| {
+                            t.acked_version
+                                .as_deref()
+                                .and_then(|a| a.parse::<u64>().ok())
+                                .is_some_and(|a| a >= v)
+                        })
+                })
+            })
+            .count();
+        body["owner"] = json!({
+            "name": owner,
+            "latest_version": newest,
+            "served": newest.is_some_and(|v| rollout.served_version.is_some_and(|s| s >= v)),
+            "nodes_current": current,
+            "nodes": nodes.len(),
+        });
+    }
+    Ok(Json(body))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
