@@ -16,9 +16,6 @@ use crate::{
     xds::rollout::{Analysis, CanaryError, Selector},
 };
 
-/// Longest reason an abort may give.
-const MAX_REASON: usize = 1_000;
-
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Start {
@@ -26,12 +23,6 @@ struct Start {
     /// Thresholds of the automatic analysis (defaults when absent).
     #[serde(default)]
     analysis: Analysis,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Abort {
-    reason: Option<String>,
 }
 
 impl From<CanaryError> for ApiError {
@@ -96,21 +87,6 @@ pub(super) async fn abort(
     State(state): State<AdminState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: Abort = if body.is_empty() {
-        Abort::default()
-    } else {
-        decode_json(&body)?
-    };
-    if let Some(reason) = &request.reason
-        && (reason.len() > MAX_REASON || reason.chars().any(char::is_control))
-    {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "reason",
-            format!("at most {MAX_REASON} bytes, without control characters"),
-        )]));
-    }
-    let reason = request
-        .reason
-        .unwrap_or_else(|| "aborted by an operator".into());
+    let reason = super::rollout::reason(&body)?.unwrap_or_else(|| "aborted by an operator".into());
     Ok(Json(state.rollout.abort_canary(&reason)?).into_response())
 }

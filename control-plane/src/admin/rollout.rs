@@ -80,22 +80,17 @@ pub(super) async fn nodes(
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReleaseRequest {
-    /// Why (kept in the history).
+struct ReasonBody {
     reason: Option<String>,
 }
 
-/// Forgets every recorded refusal so the newest version rolls out again,
-/// as a version of its own in the history (source `release`, with a note).
-pub(super) async fn release(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let request: ReleaseRequest = if body.is_empty() {
-        ReleaseRequest::default()
+/// The optional `{"reason": …}` body of a release or a canary abort (an
+/// empty body gives none), checked.
+pub(super) fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
+    let request: ReasonBody = if body.is_empty() {
+        ReasonBody::default()
     } else {
-        decode_json(&body)?
+        decode_json(body)?
     };
     if let Some(reason) = &request.reason
         && (reason.len() > MAX_REASON || reason.chars().any(char::is_control))
@@ -105,8 +100,20 @@ pub(super) async fn release(
             format!("at most {MAX_REASON} bytes, without control characters"),
         )]));
     }
+    Ok(request.reason)
+}
+
+/// Forgets every recorded refusal so the newest version rolls out again,
+/// as a version of its own in the history (source `release`, with a note).
+pub(super) async fn release(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Why: kept in the history.
+    let reason = reason(&body)?;
     let released = writer(&state, &headers, Source::Release, &None)?
-        .release_rejections(request.reason.as_deref())
+        .release_rejections(reason.as_deref())
         .await?;
     state.rollout.release();
     tracing::warn!(

@@ -410,13 +410,13 @@ impl Rollout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::xds::snapshot::{SnapshotParts, XdsResource};
     use gatehouse_proto::protobuf::Any;
 
     /// A snapshot whose single route configuration has `content`.
-    fn snapshot(version: u64, content: &str) -> Arc<Snapshot> {
+    pub(in crate::xds::rollout) fn snapshot(version: u64, content: &str) -> Arc<Snapshot> {
         let routes = XdsResource::new(
             "routes",
             Any {

@@ -1,23 +1,6 @@
 use super::*;
 use crate::xds::rollout::analysis::Analysis;
-use crate::xds::snapshot::{SnapshotParts, XdsResource};
-use gatehouse_proto::protobuf::Any;
-
-fn snapshot(version: u64, content: &str) -> Arc<Snapshot> {
-    let routes = XdsResource::new(
-        "routes",
-        Any {
-            type_url: ResourceType::Route.type_url().into(),
-            value: content.as_bytes().to_vec(),
-        },
-        vec![],
-    );
-    let parts = SnapshotParts {
-        routes: vec![routes],
-        ..Default::default()
-    };
-    Arc::new(Snapshot::new(version, parts).expect("consistent"))
-}
+use crate::xds::rollout::tests::snapshot;
 
 fn place(id: &str, cluster: &str) -> Placement {
     Placement {
