@@ -188,15 +188,17 @@ async fn load_until(url: &str, done: impl AsyncFn() -> bool) -> Vec<u16> {
     panic!("not done within 60 s; statuses seen: {statuses:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_whose_upstream_starts_failing_is_aborted_by_its_analysis() {
+/// A canary whose new route sends `/api` to an upstream behaving as
+/// `behaviour`, under load over three Envoys: the analysis aborts it with a
+/// reason starting `reason`, and afterwards every request answers 200.
+/// Returns the statuses seen while it ran.
+async fn aborted_by_analysis(behaviour: Behaviour, reason: &str) -> Vec<u16> {
     let good = Upstream::start("good").await;
-    // A fifth of its answers are 500s.
-    let flaky = Upstream::start_with("flaky", Behaviour::failing(5, 500)).await;
+    let worse = Upstream::start_with("worse", behaviour).await;
     let proxy_port = free_port();
     let cp = ControlPlane::start(ControlPlaneOptions::new(proxy_port)).await;
     cp.apply("/v1/services/good", good.service("good")).await;
-    cp.apply("/v1/services/flaky", flaky.service("flaky")).await;
+    cp.apply("/v1/services/worse", worse.service("worse")).await;
     let base = cp
         .apply(
             "/v1/routes/api",
@@ -219,7 +221,7 @@ async fn a_canary_whose_upstream_starts_failing_is_aborted_by_its_analysis() {
     let switched = cp
         .apply(
             "/v1/routes/api",
-            json!({"match": {"path_prefix": "/api"}, "destination": {"service": "flaky"}}),
+            json!({"match": {"path_prefix": "/api"}, "destination": {"service": "worse"}}),
         )
         .await;
     until_rds(&cp, &canary.node_id, switched).await;
@@ -230,17 +232,34 @@ async fn a_canary_whose_upstream_starts_failing_is_aborted_by_its_analysis() {
     })
     .await;
     let detected = at.elapsed();
-    assert!(
-        statuses.contains(&500),
-        "the canary did fail some: {statuses:?}"
-    );
     let status = cp.nodes().await;
-    let reason = status["canary"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.starts_with("error rate"), "{reason}");
-    eprintln!("canary aborted {detected:?} after its upstream started failing: {reason}");
+    let why = status["canary"]["reason"].as_str().unwrap_or_default();
+    assert!(why.starts_with(reason), "{why}");
+    eprintln!("canary aborted {detected:?} after the switch: {why}");
     // The canary node is back on the stable routes: everything answers 200.
     until_rds(&cp, &canary.node_id, base).await;
     let after = load_until(&url, async || true).await;
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
-    assert!(flaky.hit_count() > 0);
+    assert!(worse.hit_count() > 0, "the canary did use the new upstream");
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_upstream_starts_failing_is_aborted_by_its_analysis() {
+    // A fifth of its answers are 500s.
+    let statuses = aborted_by_analysis(Behaviour::failing(5, 500), "error rate").await;
+    assert!(
+        statuses.contains(&500),
+        "the canary did fail some: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_upstream_turns_slow_is_aborted_on_p99() {
+    // Every answer takes 300 ms; the rest answer within milliseconds.
+    let statuses = aborted_by_analysis(Behaviour::delayed(Duration::from_millis(300)), "p99").await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "slow, not failing: {statuses:?}"
+    );
 }
