@@ -190,12 +190,14 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// while its database is down. Node status needs no store.
 ///
 /// While the store is known to be down, requests that need it are answered
-/// 503 at once; a request that finds it unreachable has the store checked
+/// 503 at once (node status and canaries do not: a canary can be aborted
+/// while the store is down); a request that finds it unreachable has the store checked
 /// (a direct connection attempt) so the next ones need not wait.
 async fn require_store(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let needs_store = path.starts_with("/v1/")
         && !path.starts_with("/v1/status/")
+        && !path.starts_with("/v1/rollout")
         && path != "/v1/openapi.json"
         && path != "/v1/config/schema.json";
     if needs_store {
