@@ -8,7 +8,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -57,6 +60,8 @@ struct NodeStats {
 #[derive(Debug, Clone, Default)]
 pub struct FleetStats {
     nodes: Arc<Mutex<HashMap<String, NodeStats>>>,
+    /// When silent nodes were last forgotten.
+    forgotten_at_ms: Arc<AtomicI64>,
 }
 
 impl FleetStats {
@@ -68,7 +73,12 @@ impl FleetStats {
     fn record(&self, node: &Placement, families: &[MetricFamily]) {
         let now = now_ms();
         self.with(|nodes| {
-            nodes.retain(|_, n| now - n.last_seen_ms < FORGET_AFTER_MS);
+            // Forgetting is a pass over every node: once a minute, not per report.
+            // (Under the lock: only one report does it.)
+            if now - self.forgotten_at_ms.load(Ordering::Relaxed) >= 60_000 {
+                self.forgotten_at_ms.store(now, Ordering::Relaxed);
+                nodes.retain(|_, n| now - n.last_seen_ms < FORGET_AFTER_MS);
+            }
             let stats = nodes.entry(node.id.clone()).or_default();
             stats.placement = node.clone();
             stats.last_seen_ms = now;

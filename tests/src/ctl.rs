@@ -26,3 +26,16 @@ pub async fn ctl(cp: &ControlPlane, args: &[&str]) -> Ctl {
         stderr: String::from_utf8_lossy(&output.stderr).into(),
     }
 }
+
+/// `gatehousectl [before…] diff -f document --prune --exit-code` finds
+/// nothing to change: the document is what is stored.
+pub async fn assert_no_changes(cp: &ControlPlane, before: &[&str], document: &str) {
+    let args = [before, &["diff", "-f", document, "--prune", "--exit-code"]].concat();
+    let out = ctl(cp, &args).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "no changes\n"),
+        "{}",
+        out.stderr
+    );
+}

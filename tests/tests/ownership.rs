@@ -8,7 +8,7 @@ use std::path::Path;
 
 use gatehouse_e2e::{
     ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant,
-    ctl::{Ctl, ctl},
+    ctl::{Ctl, assert_no_changes, ctl},
     free_port, reqwest, scratch_dir,
 };
 use serde_json::{Value, json};
@@ -118,25 +118,7 @@ async fn two_teams_apply_and_prune_in_parallel_without_touching_each_other() {
             "each team has exactly its latest routes"
         );
         // Each sees only its own: its document has nothing left to change.
-        let diff = ctl(
-            &cp,
-            &[
-                "--token",
-                &ci_a,
-                "diff",
-                "-f",
-                &doc_a,
-                "--prune",
-                "--exit-code",
-            ],
-        )
-        .await;
-        assert_eq!(
-            (diff.code, diff.stdout.as_str()),
-            (0, "no changes\n"),
-            "{}",
-            diff.stderr
-        );
+        assert_no_changes(&cp, &["--token", &ci_a], &doc_a).await;
     }
     envoy.until_status("/a/6/x", 200).await;
     envoy.until_status("/b/5/x", 200).await;
@@ -237,25 +219,7 @@ async fn two_teams_apply_and_prune_in_parallel_without_touching_each_other() {
     );
     assert!(!export.stdout.contains("a-6"), "{}", export.stdout);
     let exported = write(&dir, "exported-b.yaml", &export.stdout);
-    let round = ctl(
-        &cp,
-        &[
-            "--token",
-            &ci_b,
-            "diff",
-            "-f",
-            &exported,
-            "--prune",
-            "--exit-code",
-        ],
-    )
-    .await;
-    assert_eq!(
-        (round.code, round.stdout.as_str()),
-        (0, "no changes\n"),
-        "{}",
-        round.stderr
-    );
+    assert_no_changes(&cp, &["--token", &ci_b], &exported).await;
 
     // History by owner: every version shown touched team-a.
     let history = ctl(
@@ -401,21 +365,5 @@ async fn the_team_examples_apply() {
     ok(&out);
     assert!(out.stdout.contains("applied 2 changes"), "{}", out.stdout);
     // The operators' document, pruned again, leaves the team's alone.
-    let again = ctl(
-        &cp,
-        &[
-            "diff",
-            "-f",
-            &example("operators.yaml"),
-            "--prune",
-            "--exit-code",
-        ],
-    )
-    .await;
-    assert_eq!(
-        (again.code, again.stdout.as_str()),
-        (0, "no changes\n"),
-        "{}",
-        again.stderr
-    );
+    assert_no_changes(&cp, &[], &example("operators.yaml")).await;
 }

@@ -87,14 +87,7 @@ impl Store {
         let created_at_ms = now_ms();
         let mut tx = self.pool.begin().await?;
         if let Some(owner) = token.owner {
-            let known: Option<String> =
-                sqlx::query_scalar("SELECT name FROM resources WHERE kind = 'owner' AND name = $1")
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if known.is_none() {
-                return Err(StoreError::UnknownOwner(owner.to_owned()));
-            }
+            super::ownership::ensure_owner(&mut tx, owner).await?;
         }
         let inserted = sqlx::query(
             "INSERT INTO admin_tokens (name, role, token_hash, prefix, created_at_ms, owner, read_own_only) \

@@ -189,15 +189,7 @@ impl Store {
         }
         let owner_of = |key: &Key| existing.get(key).and_then(|spec| owned(spec).owner);
         if let Some(owner) = &document.owner {
-            let known: Option<String> =
-                sqlx::query_scalar("SELECT name FROM resources WHERE kind = $1 AND name = $2")
-                    .bind(Kind::Owner.as_str())
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if known.is_none() {
-                return Err(StoreError::UnknownOwner(owner.clone()));
-            }
+            super::ownership::ensure_owner(&mut tx, owner).await?;
             for key in desired.keys().filter(|k| existing.contains_key(*k)) {
                 let holder = owner_of(key);
                 if holder.as_ref() != Some(owner) {

@@ -89,6 +89,23 @@ pub(super) async fn record_owners(
     Ok(())
 }
 
+/// Refuses an owner that is not registered (`/v1/owners`).
+pub(super) async fn ensure_owner(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+) -> Result<(), StoreError> {
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT name FROM resources WHERE kind = $1 AND name = $2")
+            .bind(Kind::Owner.as_str())
+            .bind(owner)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match known {
+        Some(_) => Ok(()),
+        None => Err(StoreError::UnknownOwner(owner.to_owned())),
+    }
+}
+
 pub(super) fn joined(owners: &BTreeSet<String>) -> String {
     if owners.is_empty() {
         return String::new();
