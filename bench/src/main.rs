@@ -468,6 +468,7 @@ fn route(i: usize, services: usize) -> Route {
         fault: None,
         max_body_bytes: None,
         websocket: None,
+        require_tls: false,
     }
 }
 

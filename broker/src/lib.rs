@@ -66,6 +66,8 @@ pub struct Settings {
     pub xds_endpoint: String,
     pub node_id: String,
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
+    /// The CA of an `https://` xDS endpoint.
+    pub xds_ca: Option<gatehouse_xds_client::XdsCa>,
     pub limits: Limits,
     /// Messages shared with other instances through this Redis.
     pub shared: Option<Arc<shared::RedisLog>>,
@@ -173,6 +175,7 @@ pub async fn serve(
         node_cluster: "gatehouse-broker".into(),
         type_url: proto::TYPE_URL.into(),
         token: settings.xds_token,
+        ca: settings.xds_ca.clone(),
     };
     let receiving = broker.clone();
     let counting = broker.metrics.clone();

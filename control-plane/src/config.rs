@@ -4,6 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
 
+mod tls;
+pub use tls::{TlsArgs, XdsIdentity};
+
 use gatehouse_service_kit::{TelemetryArgs, parse_sampling_percent};
 
 use crate::{
@@ -40,6 +43,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Bootstrap admin token (role admin, name "bootstrap"); at least 32 characters.
     /// With it, every admin API call needs a token. Required to bind the admin
@@ -442,6 +448,9 @@ pub enum ConfigError {
     },
     #[error("{0} must be at least {MIN_BOOTSTRAP_LEN} characters")]
     ShortSecret(&'static str),
+    /// The xDS certificate or the key-encryption key cannot be used.
+    #[error("{0}")]
+    XdsTls(String),
     #[error("--access-log-otlp on needs --otlp-endpoint (the collector to send the records to)")]
     OtlpLogsWithoutCollector,
 }

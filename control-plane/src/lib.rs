@@ -11,6 +11,7 @@ pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod fleet_stats;
+pub mod keyring;
 pub mod model;
 pub mod secret;
 pub mod store;
@@ -79,6 +80,10 @@ pub struct ControlPlane {
     admin_limits: gatehouse_service_kit::HttpLimits,
     xds_max_connections: usize,
     usage_retention: Duration,
+    /// TLS on the xDS port.
+    xds_tls: Option<config::XdsIdentity>,
+    /// xDS streams are encrypted and authenticated (TLS and a token).
+    xds_secure: bool,
 }
 
 impl ControlPlane {
@@ -108,8 +113,23 @@ impl ControlPlane {
                 "changes are checked by translation only (no Envoy to validate with)"
             ),
         }
+        let xds_tls = config.tls.xds_identity()?;
+        let xds_secure = xds_tls.is_some() && xds_token.is_some();
+        let keyring = config.tls.keyring()?;
+        match (&xds_tls, &keyring) {
+            (Some(_), _) => tracing::info!(secure = xds_secure, "xDS is served over TLS"),
+            (None, Some(_)) => tracing::warn!(
+                "a key-encryption key is set but the xDS port is plaintext: uploaded private \
+                 keys are refused (--xds-tls-cert-file)"
+            ),
+            (None, None) => {}
+        }
         let store = Store::connect_lazy(&config.database_url())?
-            .with_admission(admission::gate(config.proxy_settings(), envoy));
+            .with_admission(admission::gate(config.proxy_settings(), envoy))
+            .with_keys(store::KeyPolicy {
+                keyring,
+                deliverable: xds_secure,
+            });
         // Connection bounds, not descriptors, decide how many are served.
         gatehouse_service_kit::raise_open_files_limit();
         gatehouse_service_kit::alloc::return_freed_memory();
@@ -131,6 +151,8 @@ impl ControlPlane {
             admin_limits: config.admin_limits(),
             xds_max_connections: config.xds_max_connections,
             usage_retention: Duration::from_secs(u64::from(config.usage_retention_days) * 86_400),
+            xds_tls,
+            xds_secure,
         })
     }
 
@@ -197,9 +219,18 @@ impl ControlPlane {
             rollout.clone(),
             token.clone(),
         ));
-        let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone());
+        let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone())
+            .secure(self.xds_secure);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &self.xds_tls {
+            let identity =
+                tonic::transport::Identity::from_pem(&identity.cert_pem, identity.key_pem.expose());
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| StartError::Serve("xDS TLS", e.to_string()))?;
+        }
         let mut xds = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))

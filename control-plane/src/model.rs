@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub mod actions;
 pub mod auth;
 pub mod balancing;
+pub mod certificate;
 pub mod cors;
 pub mod gateway;
 pub mod names;
@@ -33,8 +34,9 @@ pub mod websocket;
 pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
 pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy, LoadBalancing};
+pub use certificate::Certificate;
 pub use cors::{Cors, HeaderRule, HeaderRules};
-pub use gateway::{Certificate, Gateway, GatewayProtocol};
+pub use gateway::{Gateway, GatewayProtocol};
 pub use names::{NAME_PATTERN, check_name, is_dns_label};
 pub(crate) use names::{is_dns_name, is_header_name};
 pub use ownership::{Labels, Owner};
@@ -187,6 +189,18 @@ pub trait Resource:
     /// Whether other owners' resources may refer to it.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Private keys uploaded with the resource, by the hex SHA-256 of their
+    /// public key: the store keeps them encrypted, never in the spec.
+    fn private_keys(&self) -> Vec<(String, &crate::secret::Secret)> {
+        Vec::new()
+    }
+
+    /// The public key (hex SHA-256 of its SubjectPublicKeyInfo) whose
+    /// private key the store must hold for this resource.
+    fn needs_private_key(&self) -> Option<String> {
+        None
     }
 
     /// [`Resource::validate`] plus the checks common to every kind.

@@ -28,6 +28,7 @@ mod edits;
 mod error;
 mod health;
 mod history;
+mod keys;
 mod migrations;
 mod ownership;
 mod queue;
@@ -40,6 +41,7 @@ pub use admin_tokens::{AdminTokenRecord, NewAdminToken, TokenIdentity};
 pub use apply::{Applied, ApplyOptions};
 pub use error::{AdmissionError, StoreError};
 pub use history::{Change, ChangeOp, VersionRecord};
+pub use keys::KeyPolicy;
 pub use queue::{MAX_BATCH, MAX_QUEUED};
 
 use edits::Edit;
@@ -157,6 +159,8 @@ pub struct Store {
     /// The owner a scoped caller may change (`store/ownership.rs`).
     scope: Option<String>,
     admission: Option<Arc<dyn Admission>>,
+    /// How uploaded private keys are sealed (`store/keys.rs`).
+    keys: KeyPolicy,
 }
 
 impl fmt::Debug for Store {
@@ -202,6 +206,7 @@ impl Store {
             origin: Origin::default(),
             scope: None,
             admission: None,
+            keys: KeyPolicy::default(),
         })
     }
 
@@ -257,7 +262,9 @@ impl Store {
     /// so the state is consistent without relying on isolation levels.
     pub async fn load(&self) -> Result<ConfigState, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        load_from(&mut conn).await
+        let mut state = load_from(&mut conn).await?;
+        keys::load(&mut conn, self.keys.keyring.as_deref(), &mut state).await?;
+        Ok(state)
     }
 
     pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, StoreError> {
@@ -323,6 +330,7 @@ impl Store {
             name: resource.name().to_owned(),
             spec: encode(resource),
             references: resource.all_references(),
+            keys: self.key_writes(resource, "")?,
             create_only: mode == WriteMode::Create,
             expected,
             scope: self.scope.clone(),
@@ -372,6 +380,7 @@ impl Store {
         version: u64,
     ) -> Result<Option<Prepared>, StoreError> {
         let mut state = load_from(tx).await?;
+        keys::load(tx, self.keys.keyring.as_deref(), &mut state).await?;
         state.version = version;
         let errors = crate::model::ownership::check_state(&state);
         if !errors.is_empty() {

@@ -407,8 +407,20 @@ fn serve(rollout: &Rollout, snapshot: Arc<Snapshot>, metrics: &Metrics, served: 
         return;
     }
     *served = Some(version);
-    rollout.offer(snapshot);
+    rollout.offer(snapshot.clone());
     metrics.snapshot_version.set(version as i64);
+    metrics.certificate_not_after_seconds.clear();
+    for c in &snapshot.certificates {
+        if let Some(not_after) = c.not_after_s {
+            let label = crate::telemetry::CertificateLabel {
+                certificate: c.name.clone(),
+            };
+            metrics
+                .certificate_not_after_seconds
+                .get_or_create(&label)
+                .set(not_after);
+        }
+    }
     metrics
         .snapshot_served_at_seconds
         .set(crate::clock::now_ms() / 1000);

@@ -23,6 +23,11 @@ pub struct TypeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub certificate: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -52,6 +57,8 @@ pub struct Metrics {
     /// `time() - this`).
     pub snapshot_served_at_seconds: Gauge,
     pub store_errors: Family<ResultLabel, Counter>,
+    /// notAfter of each served uploaded certificate (alert 14 days before).
+    pub certificate_not_after_seconds: Family<CertificateLabel, Gauge>,
     pub admin_requests: Family<HttpLabels, Counter>,
 }
 
@@ -122,6 +129,12 @@ impl Default for Metrics {
             "Store failures, by kind",
             store_errors.clone(),
         );
+        let certificate_not_after_seconds = Family::default();
+        registry.register(
+            "certificate_not_after_seconds",
+            "notAfter (Unix time) of each uploaded certificate being served",
+            certificate_not_after_seconds.clone(),
+        );
         let admin_requests = Family::default();
         registry.register(
             "admin_requests",
@@ -141,6 +154,7 @@ impl Default for Metrics {
             snapshot_version,
             snapshot_served_at_seconds,
             store_errors,
+            certificate_not_after_seconds,
             admin_requests,
         }
     }

@@ -26,6 +26,7 @@ pub mod actions;
 pub mod auth;
 pub mod balancing;
 pub mod broker;
+pub mod certificate;
 pub mod cluster;
 pub mod cors;
 pub mod gateway;
@@ -79,6 +80,11 @@ pub enum TranslateError {
         second: String,
         address: String,
     },
+    #[error(
+        "certificate {0:?}: its private key is not in the store (upload private_key_pem again) \
+         or cannot be decrypted with this control plane's key-encryption key"
+    )]
+    MissingPrivateKey(String),
     #[error(transparent)]
     Inconsistent(#[from] ConsistencyError),
 }
@@ -204,12 +210,9 @@ pub fn snapshot(
         listener_clusters.clone(),
     ));
     gateway::check_addresses(state, proxy)?;
+    (parts.secrets, parts.certificates) = certificate::secrets(state)?;
     for gateway in state.gateways.values() {
-        let certificate = gateway
-            .certificate
-            .as_ref()
-            .and_then(|name| state.certificates.get(name));
-        let listener = gateway::listener(gateway, certificate, proxy);
+        let listener = gateway::listener(gateway, proxy);
         parts.listeners.push(XdsResource::new(
             listener.name.clone(),
             to_any(&listener),

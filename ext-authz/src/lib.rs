@@ -50,6 +50,8 @@ pub struct Settings {
     pub node_id: String,
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
+    /// The CA of an `https://` xDS endpoint.
+    pub xds_ca: Option<gatehouse_xds_client::XdsCa>,
     /// How often API key use is reported to the control plane.
     pub usage_report_interval: Duration,
     /// How often repeated authentication failures are summarised.
@@ -150,11 +152,13 @@ fn settings_usage(
     endpoint: &str,
     interval: Duration,
     token: Option<gatehouse_xds_client::XdsToken>,
+    ca: Option<gatehouse_xds_client::XdsCa>,
 ) -> usage::Reporting {
     usage::Reporting {
         endpoint: endpoint.to_owned(),
         interval,
         token,
+        ca,
     }
 }
 
@@ -175,6 +179,7 @@ pub async fn serve(
         node_cluster: "gatehouse-ext-authz".into(),
         type_url: auth::TYPE_URL.into(),
         token: settings.xds_token.clone(),
+        ca: settings.xds_ca.clone(),
     };
     let xds = tokio::spawn(gatehouse_xds_client::run(
         subscription,
@@ -185,6 +190,7 @@ pub async fn serve(
         &subscription_endpoint,
         settings.usage_report_interval,
         settings.xds_token,
+        settings.xds_ca,
     );
     let reporter = tokio::spawn(usage::report(
         reporting.clone(),

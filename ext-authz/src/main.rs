@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 xds_endpoint: started.xds_url,
                 node_id: started.node_id,
                 xds_token: started.xds_token,
+                xds_ca: started.xds_ca,
                 usage_report_interval: interval,
                 event_summary: started.event_summary,
                 usage_consumers,

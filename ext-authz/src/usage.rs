@@ -17,13 +17,15 @@ pub struct Reporting {
     pub interval: Duration,
     /// The control plane's xDS token, if it requires one.
     pub token: Option<gatehouse_xds_client::XdsToken>,
+    /// The CA of an `https://` endpoint.
+    pub ca: Option<gatehouse_xds_client::XdsCa>,
 }
 
 impl Reporting {
     /// A channel to the control plane, connected on first use; `None` for
     /// an endpoint that is not a URI.
     pub fn channel(&self) -> Option<tonic::transport::Channel> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone()).ok()?;
+        let endpoint = gatehouse_xds_client::endpoint(&self.endpoint, self.ca.as_ref()).ok()?;
         Some(
             endpoint
                 .connect_timeout(Duration::from_secs(2))

@@ -35,6 +35,7 @@ pub use envoy_types::pb::envoy::extensions::filters::http::rate_limit_quota::v3 
 pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
 pub use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
+pub use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 pub use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 pub use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as early_header_mutation;
 pub use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3 as network_inputs;
@@ -67,6 +68,8 @@ pub mod type_url {
     /// ECDS: an HTTP filter's configuration, delivered apart from its listener.
     pub const EXTENSION_CONFIG: &str =
         "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+    /// SDS: TLS certificates and keys, delivered apart from listeners and clusters.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 }
 
 /// Packs a message into a `google.protobuf.Any` with its canonical type URL.

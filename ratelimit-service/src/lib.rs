@@ -44,6 +44,8 @@ pub struct Settings {
     pub node_id: String,
     /// Presented to the control plane if it requires one.
     pub xds_token: Option<gatehouse_xds_client::XdsToken>,
+    /// The CA of an `https://` xDS endpoint.
+    pub xds_ca: Option<gatehouse_xds_client::XdsCa>,
     pub counters: Counters,
     /// The Redis where instances share quota splits.
     pub quota_redis: Option<QuotaRedis>,
@@ -117,6 +119,7 @@ pub async fn serve(
         node_cluster: "gatehouse-ratelimit".into(),
         type_url: rl::TYPE_URL.into(),
         token: settings.xds_token.clone(),
+        ca: settings.xds_ca.clone(),
     };
     let xds = tokio::spawn(gatehouse_xds_client::run(
         subscription,

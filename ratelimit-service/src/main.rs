@@ -86,6 +86,7 @@ fn main() -> ExitCode {
                 xds_endpoint: started.xds_url,
                 node_id: started.node_id,
                 xds_token: started.xds_token,
+                xds_ca: started.xds_ca,
                 counters,
                 quota_redis: redis_url.map(|url| gatehouse_ratelimit_service::QuotaRedis {
                     url,

@@ -75,6 +75,11 @@ impl CommonArgs {
     pub fn xds_token(&self) -> Result<Option<XdsToken>, TokenError> {
         self.xds_token.token()
     }
+
+    /// The CA of an `https://` xDS URL (`--xds-ca-file`).
+    pub fn xds_ca(&self) -> Result<Option<gatehouse_xds_client::XdsCa>, TokenError> {
+        self.xds_token.ca()
+    }
 }
 
 /// A service's own defaults for the common flags.

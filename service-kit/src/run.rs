@@ -19,6 +19,8 @@ pub struct Started {
     pub xds_url: String,
     pub node_id: String,
     pub xds_token: Option<XdsToken>,
+    /// The CA of an `https://` xDS URL.
+    pub xds_ca: Option<gatehouse_xds_client::XdsCa>,
     /// Cancelled when the service should stop taking requests
     /// (`stop.cancelled_owned()` is the server's shutdown future).
     pub stop: CancellationToken,
@@ -68,10 +70,16 @@ where
         service,
         crate::trace::Roots::Never,
     );
-    let xds_token = match common.xds_token() {
-        Ok(token) => token,
-        Err(e) => return failed(StartError::Config(e.to_string())),
+    let (xds_token, xds_ca) = match (common.xds_token(), common.xds_ca()) {
+        (Ok(token), Ok(ca)) => (token, ca),
+        (Err(e), _) | (_, Err(e)) => return failed(StartError::Config(e.to_string())),
     };
+    if common.xds_url.starts_with("https://") && xds_ca.is_none() {
+        return failed(StartError::Config(
+            "an https:// --xds-url needs --xds-ca-file (the CA of the control plane's certificate)"
+                .into(),
+        ));
+    }
     let listener = match TcpListener::bind(common.listen_addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -88,6 +96,7 @@ where
         xds_url: common.xds_url.clone(),
         node_id: common.node_id.clone(),
         xds_token,
+        xds_ca,
         stop: stop.clone(),
         event_summary: Duration::from_millis(common.event_summary_ms),
     };

@@ -96,6 +96,22 @@ impl Envoy {
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
+    /// Starts Envoy reaching the control plane over TLS (verified against
+    /// `ca` for the name `localhost`) with `token`, as `envoy/bootstrap.yaml`
+    /// shows in its comments.
+    pub async fn start_with_xds_tls(
+        xds: SocketAddr,
+        proxy_port: u16,
+        token: &str,
+        ca: &std::path::Path,
+    ) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        let node_id = unique("envoy");
+        let bootstrap = xds_tls_bootstrap(&bootstrap_yaml(&node_id, "GRPC", xds.port()), ca)
+            .replace("Bearer ${GATEHOUSE_XDS_TOKEN}", &format!("Bearer {token}"));
+        Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
+    }
+
     /// Starts Envoy with runtime overrides in its bootstrap (a node configured
     /// differently from the rest of the fleet).
     pub async fn start_with_runtime(
@@ -352,6 +368,33 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// `bootstrap` with TLS on its xDS cluster, verifying the control plane's
+/// certificate against `ca` for `localhost`.
+pub fn xds_tls_bootstrap(bootstrap: &str, ca: &std::path::Path) -> String {
+    let cluster = "    - name: gatehouse_xds\n      type: STRICT_DNS\n";
+    assert!(
+        bootstrap.contains(cluster),
+        "bootstrap template changed shape"
+    );
+    let socket = format!(
+        "{cluster}      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          sni: localhost
+          common_tls_context:
+            alpn_protocols: [h2]
+            validation_context:
+              trusted_ca: {{ filename: {} }}
+              match_typed_subject_alt_names:
+                - san_type: DNS
+                  matcher: {{ exact: localhost }}
+",
+        ca.display()
+    );
+    bootstrap.replace(cluster, &socket)
 }
 
 /// The repository's `envoy/bootstrap.yaml` with this test's node id, xDS

@@ -18,6 +18,7 @@ pub mod envoy;
 pub mod flood;
 pub mod load;
 pub mod otlp;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;
@@ -33,6 +34,7 @@ pub use reqwest;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions};
 pub use envoy::{Answer, Envoy, XdsVariant, bootstrap_yaml};
+pub use pki::Pki;
 pub use postgres::postgres_database;
 pub use process::{
     client, envoy_bin, eventually, free_port, gatehouse_bin, rss_kb, scratch_dir, unique,

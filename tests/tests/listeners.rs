@@ -98,8 +98,9 @@ async fn gateways_serve_tls_from_referenced_files_and_plain_http() {
     assert!(body.to_string().contains("both bind"), "{body}");
     assert_eq!(cp.version().await, version, "nothing committed");
 
-    // A key file Envoy cannot read: the node NACKs, the rollout holds back,
-    // and the gateway keeps serving with the last good certificate.
+    // A key file Envoy cannot read: the node NACKs the secret (SDS; the
+    // listener is untouched), the rollout holds back, and the gateway keeps
+    // serving with the last good certificate.
     let broken = cp
         .apply(
             "/v1/certificates/edge",
@@ -109,10 +110,10 @@ async fn gateways_serve_tls_from_referenced_files_and_plain_http() {
         .await;
     let status = cp.until_held_back().await;
     assert_eq!(status["latest_version"], json!(broken));
-    assert_eq!(status["rejections"][0]["type"], json!("lds"), "{status}");
+    assert_eq!(status["rejections"][0]["type"], json!("sds"), "{status}");
     assert_eq!(
         status["rejections"][0]["resources"],
-        json!(["gateway_tls"]),
+        json!(["cert_edge"]),
         "{status}"
     );
     assert_eq!(

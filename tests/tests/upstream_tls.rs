@@ -4,85 +4,18 @@
 //! test. Verified by CA and name; a backend that requires a client
 //! certificate gets Gatehouse's.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use gatehouse_e2e::{Envoy, Stack, Upstream, free_port, probe, scratch_dir};
+use gatehouse_e2e::{Envoy, Pki, Stack, Upstream, free_port, probe, scratch_dir};
 use serde_json::json;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success(), "openssl {args:?}");
-}
 
 /// A CA, a server certificate for backend.test (and 127.0.0.1) and a
 /// client certificate, all signed by the CA.
 fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:backend.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    for name in ["server", "client"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        );
-    }
+    let pki = Pki::new(dir.to_path_buf());
+    pki.ca("ca");
+    pki.server("ca", "server", &["backend.test", "127.0.0.1"]);
+    pki.leaf("ca", "client", "extendedKeyUsage=clientAuth\n");
 }
 
 /// A static Envoy terminating TLS on `port` in front of `upstream`,

@@ -40,6 +40,28 @@ pub struct Subscription {
     pub type_url: String,
     /// Presented on every stream when the control plane requires one.
     pub token: Option<XdsToken>,
+    /// The CA that signed the control plane's xDS certificate (`https://`).
+    pub ca: Option<XdsCa>,
+}
+
+/// The PEM CA bundle an `https://` xDS endpoint is verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsCa(pub String);
+
+/// A channel endpoint for the control plane's port: TLS verified against
+/// `ca` for `https://` URLs (which need one), plaintext for `http://`.
+pub fn endpoint(
+    url: &str,
+    ca: Option<&XdsCa>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+    match ca {
+        Some(ca) if url.starts_with("https://") => endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca.0)),
+        ),
+        _ => Ok(endpoint),
+    }
 }
 
 /// The shared secret a control plane may require of its xDS clients. Never
@@ -73,6 +95,11 @@ pub struct TokenArgs {
     /// File holding the xDS token.
     #[arg(long, env = "GATEHOUSE_XDS_TOKEN_FILE")]
     pub xds_token_file: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle that signed the control plane's xDS certificate, for
+    /// an `https://` --xds-url.
+    #[arg(long, env = "GATEHOUSE_XDS_CA_FILE")]
+    pub xds_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why an xDS token cannot be used; never shows the token.
@@ -82,7 +109,7 @@ pub enum TokenError {
     Empty,
     #[error("the xDS token must be printable ASCII")]
     NotAscii,
-    #[error("cannot read --xds-token-file {path}: {source}")]
+    #[error("cannot read {}: {source}", path.display())]
     File {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -90,6 +117,21 @@ pub enum TokenError {
 }
 
 impl TokenArgs {
+    /// The CA bundle of `--xds-ca-file`, if given.
+    pub fn ca(&self) -> Result<Option<XdsCa>, TokenError> {
+        self.xds_ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map(XdsCa)
+                    .map_err(|source| TokenError::File {
+                        path: path.clone(),
+                        source,
+                    })
+            })
+            .transpose()
+    }
+
     /// The token from the flag (or environment variable) or the file.
     pub fn token(&self) -> Result<Option<XdsToken>, TokenError> {
         match (&self.xds_token, &self.xds_token_file) {
@@ -205,7 +247,7 @@ async fn session(
     received: &mut bool,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(subscription.endpoint.clone())
+    let endpoint = endpoint(&subscription.endpoint, subscription.ca.as_ref())
         .map_err(|e| SessionError::Endpoint(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);

@@ -127,6 +127,9 @@ impl From<StoreError> for ApiError {
                     format!("{} {name:?} does not exist", kind.as_str()),
                 )])
             }
+            StoreError::PrivateKey { field, message } => {
+                ApiError::Validation(vec![FieldError::new(field, message)])
+            }
             StoreError::Admission(AdmissionError::Refused(errors)) => ApiError::Validation(errors),
             StoreError::Admission(AdmissionError::Unavailable(reason)) => {
                 tracing::error!(reason, "cannot check the change; nothing committed");

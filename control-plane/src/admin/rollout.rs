@@ -42,6 +42,7 @@ pub(super) async fn nodes(
         "held_back": rollout.held_back,
         "rejections": rollout.rejections,
         "canary": rollout.canary,
+        "certificates": rollout.certificates,
         "held_nodes": held_nodes,
         "nodes": nodes,
     });

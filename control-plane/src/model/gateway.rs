@@ -1,64 +1,15 @@
-//! Gateways (listeners Envoy opens besides the default one from
-//! `--proxy-addr`) and TLS certificates, which are held by reference: a
-//! certificate names PEM files on the Envoy hosts, so private keys never pass
-//! through Gatehouse, its store, its API or the xDS stream.
+//! Gateways: listeners Envoy opens besides the default one from
+//! `--proxy-addr`. An `https` gateway serves a default certificate and more
+//! by SNI, with a minimum TLS version, cipher suites and HSTS; an `http`
+//! gateway can redirect everything to HTTPS. Certificates are in
+//! `certificate.rs`.
 
 use std::net::IpAddr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, Kind, NAME_PATTERN, Reference, Resource, check_name};
-
-const MAX_PATH_LEN: usize = 4096;
-
-/// A certificate chain and its key, as files on every Envoy host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Certificate {
-    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
-    pub name: String,
-    /// The team it belongs to (`/v1/owners`); absent: the operators.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
-    pub owner: Option<String>,
-    /// Free key/value labels.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: crate::model::Labels,
-    /// Other owners' resources may refer to it (set by the operators).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub shared: bool,
-    /// Absolute path of the PEM certificate chain on the Envoy hosts.
-    pub cert_chain_file: String,
-    /// Absolute path of the PEM private key on the Envoy hosts.
-    pub private_key_file: String,
-}
-
-fn check_path(path: &str, field: &str, errors: &mut Vec<FieldError>) {
-    if !path.starts_with('/') || path.len() > MAX_PATH_LEN || path.chars().any(char::is_control) {
-        errors.push(FieldError::new(
-            field,
-            format!("must be an absolute file path of at most {MAX_PATH_LEN} characters"),
-        ));
-    }
-}
-
-impl Resource for Certificate {
-    const KIND: Kind = Kind::Certificate;
-    crate::model::ownership::owned!();
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        check_name(&self.name, "name", &mut errors);
-        check_path(&self.cert_chain_file, "cert_chain_file", &mut errors);
-        check_path(&self.private_key_file, "private_key_file", &mut errors);
-        errors
-    }
-}
+use super::{FieldError, Kind, NAME_PATTERN, Reference, Resource, check_name, is_dns_name};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -96,9 +47,139 @@ pub struct Gateway {
     pub port: u32,
     #[serde(default)]
     pub protocol: GatewayProtocol,
-    /// The certificate an `https` gateway serves (required there, refused for `http`).
+    /// The certificate an `https` gateway serves to clients whose SNI names
+    /// none of `sni` (required there, refused for `http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// More certificates, chosen by the server name the client sends (SNI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
+    /// Oldest TLS version accepted (`https`): 1.2 (default) or 1.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// TLS 1.2 cipher suites offered, in BoringSSL's names (`https`; empty:
+    /// Envoy's defaults). TLS 1.3's suites are not configurable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    /// `Strict-Transport-Security: max-age=<this>; includeSubDomains` on
+    /// every response (`https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 63072000))]
+    pub hsts_max_age_s: Option<u32>,
+    /// `http` only: answer every request with a redirect to HTTPS on this
+    /// port (443: no port in the location).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub redirect_to_https_port: Option<u32>,
+}
+
+/// A certificate served to clients asking for one of `server_names`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Host names (`api.example.com`) or one-label wildcards (`*.example.com`).
+    #[schemars(length(min = 1, max = 64))]
+    pub server_names: Vec<String>,
+    pub certificate: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// The TLS 1.2 cipher suites a gateway may name (BoringSSL's, forward secret).
+pub const CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+impl Gateway {
+    fn validate_tls(&self, errors: &mut Vec<FieldError>) {
+        let https = self.protocol == GatewayProtocol::Https;
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for (i, entry) in self.sni.iter().enumerate() {
+            if entry.server_names.is_empty() || entry.server_names.len() > 64 {
+                errors.push(FieldError::new(
+                    format!("sni[{i}].server_names"),
+                    "must list 1 to 64 names",
+                ));
+            }
+            for (j, name) in entry.server_names.iter().enumerate() {
+                let field = format!("sni[{i}].server_names[{j}]");
+                let host = name.strip_prefix("*.").unwrap_or(name);
+                if !is_dns_name(host) || host.is_empty() || name != &name.to_ascii_lowercase() {
+                    errors.push(FieldError::new(
+                        field,
+                        "must be a lowercase host name or *.<host name>",
+                    ));
+                } else if let Some((_, first)) = seen.iter().find(|(n, _)| n == name) {
+                    errors.push(FieldError::new(
+                        field,
+                        format!("{name:?} is already served by sni[{first}]"),
+                    ));
+                } else {
+                    seen.push((name, i));
+                }
+            }
+        }
+        for (i, suite) in self.cipher_suites.iter().enumerate() {
+            if !CIPHER_SUITES.contains(&suite.as_str()) {
+                errors.push(FieldError::new(
+                    format!("cipher_suites[{i}]"),
+                    format!("must be one of {}", CIPHER_SUITES.join(", ")),
+                ));
+            }
+        }
+        if !https {
+            let set = [
+                ("sni", !self.sni.is_empty()),
+                ("tls_min_version", self.tls_min_version.is_some()),
+                ("cipher_suites", !self.cipher_suites.is_empty()),
+                ("hsts_max_age_s", self.hsts_max_age_s.is_some()),
+            ];
+            for (field, _) in set.iter().filter(|(_, set)| *set) {
+                errors.push(FieldError::new(*field, "only an https gateway takes it"));
+            }
+        }
+        if https && self.redirect_to_https_port.is_some() {
+            errors.push(FieldError::new(
+                "redirect_to_https_port",
+                "only an http gateway redirects to HTTPS",
+            ));
+        }
+        if let Some(port) = self.redirect_to_https_port
+            && !(1..=65535).contains(&port)
+        {
+            errors.push(FieldError::new(
+                "redirect_to_https_port",
+                "must be between 1 and 65535",
+            ));
+        }
+        if let Some(age) = self.hsts_max_age_s
+            && !(1..=63_072_000).contains(&age)
+        {
+            errors.push(FieldError::new(
+                "hsts_max_age_s",
+                "must be between 1 and 63072000 (two years)",
+            ));
+        }
+    }
+
+    /// Every certificate the gateway serves: the default, then by SNI.
+    pub fn certificates(&self) -> impl Iterator<Item = &str> {
+        self.certificate
+            .iter()
+            .map(String::as_str)
+            .chain(self.sni.iter().map(|s| s.certificate.as_str()))
+    }
 }
 
 impl Resource for Gateway {
@@ -133,10 +214,16 @@ impl Resource for Gateway {
             }
             _ => {}
         }
+        self.validate_tls(&mut errors);
         errors
     }
 
     fn references(&self) -> Vec<Reference> {
+        let sni = self.sni.iter().enumerate().map(|(i, s)| Reference {
+            field: format!("sni[{i}].certificate"),
+            kind: Kind::Certificate,
+            name: s.certificate.clone(),
+        });
         self.certificate
             .iter()
             .map(|name| Reference {
@@ -144,6 +231,7 @@ impl Resource for Gateway {
                 kind: Kind::Certificate,
                 name: name.clone(),
             })
+            .chain(sni)
             .collect()
     }
 }
@@ -154,18 +242,6 @@ mod tests {
 
     fn fields(errors: Vec<FieldError>) -> Vec<String> {
         errors.into_iter().map(|e| e.field).collect()
-    }
-
-    #[test]
-    fn certificates_are_absolute_paths() {
-        let c: Certificate = serde_json::from_value(serde_json::json!({
-            "name": "edge", "cert_chain_file": "certs/edge.pem", "private_key_file": "/k\n"
-        }))
-        .expect("json");
-        assert_eq!(
-            fields(c.validate()),
-            ["cert_chain_file", "private_key_file"]
-        );
     }
 
     #[test]
@@ -183,5 +259,40 @@ mod tests {
         assert!(ok.validate().is_empty());
         assert_eq!(ok.address, "0.0.0.0");
         assert_eq!(ok.references()[0].kind, Kind::Certificate);
+    }
+
+    #[test]
+    fn sni_names_are_host_names_served_once() {
+        let g: Gateway = serde_json::from_value(serde_json::json!({
+            "name": "tls", "port": 8443, "protocol": "https", "certificate": "edge",
+            "sni": [
+                {"server_names": ["api.example.com", "*.example.com"], "certificate": "a"},
+                {"server_names": ["api.example.com", "Bad.example.com", "*"], "certificate": "b"},
+            ],
+            "cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256", "RC4-MD5"],
+            "tls_min_version": "1.3", "hsts_max_age_s": 0
+        }))
+        .expect("json");
+        assert_eq!(
+            fields(g.validate()),
+            [
+                "sni[1].server_names[0]",
+                "sni[1].server_names[1]",
+                "sni[1].server_names[2]",
+                "cipher_suites[1]",
+                "hsts_max_age_s"
+            ]
+        );
+        assert_eq!(g.certificates().collect::<Vec<_>>(), ["edge", "a", "b"]);
+        assert_eq!(g.references()[2].field, "sni[1].certificate");
+        let plain: Gateway = serde_json::from_value(serde_json::json!({
+            "name": "plain", "port": 8080, "redirect_to_https_port": 443,
+            "sni": [{"server_names": ["a.example.com"], "certificate": "a"}]
+        }))
+        .expect("json");
+        assert_eq!(
+            fields(plain.validate()),
+            ["sni", "certificate"].map(String::from)[..1]
+        );
     }
 }

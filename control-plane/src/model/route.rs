@@ -86,6 +86,10 @@ pub struct Route {
     /// WebSocket upgrades allowed on this route (off elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocket>,
+    /// Served over TLS only: a cleartext request gets 403 `tls_required`
+    /// (never a redirect: its credentials already crossed in the clear).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.

@@ -36,6 +36,9 @@ pub struct ConfigState {
     pub topics: BTreeMap<String, Topic>,
     /// Every key, including revoked and expired ones (translation filters).
     pub api_keys: Vec<StoredApiKey>,
+    /// Uploaded certificates' private keys, decrypted, by the hex SHA-256 of
+    /// their public key (`Certificate::needs_private_key`).
+    pub private_keys: BTreeMap<String, crate::secret::Secret>,
 }
 
 impl ConfigState {

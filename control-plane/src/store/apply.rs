@@ -166,6 +166,12 @@ impl Store {
             )));
         }
         let desired = desired(&document);
+        let mut key_writes = super::keys::KeyWrites::default();
+        for (i, certificate) in document.certificates.iter().enumerate() {
+            let writes = self.key_writes(certificate, &format!("certificates[{i}]."))?;
+            key_writes.sealed.extend(writes.sealed);
+            key_writes.needed.extend(writes.needed);
+        }
         let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await?;
         let version = bump_version(&mut tx).await?;
@@ -227,6 +233,7 @@ impl Store {
                     .is_none_or(|owners| owners.contains(&owner_of(key)))
         };
         let changes = plan(&desired, &existing, prunable)?;
+        super::keys::write(&mut tx, &key_writes).await??;
         let spec = |text: Option<&String>| text.and_then(|t| serde_json::from_str(t).ok());
         let listed = |changes: &[(ChangeOp, Key)]| {
             changes

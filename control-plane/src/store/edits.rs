@@ -24,6 +24,8 @@ pub(super) enum Edit {
         /// The encoded spec.
         spec: String,
         references: Vec<Reference>,
+        /// Uploaded private keys to store and keys that must be stored.
+        keys: super::keys::KeyWrites,
         /// Refuse when the resource exists already.
         create_only: bool,
         /// `If-Match`: the version the resource must be at.
@@ -63,6 +65,7 @@ pub(super) async fn apply_edit(
             name,
             spec,
             references,
+            keys,
             create_only,
             expected,
             scope,
@@ -84,6 +87,9 @@ pub(super) async fn apply_edit(
                     kind,
                     name: name.clone(),
                 }));
+            }
+            if let Err(e) = super::keys::write(tx, keys).await? {
+                return Ok(Err(e));
             }
             if existing.as_deref() == Some(spec.as_str()) {
                 return Ok(Ok(Effect {

@@ -61,6 +61,9 @@ pub enum StoreError {
     /// An owner named by a scoped token or apply does not exist.
     #[error("owner {0:?} does not exist (see /v1/owners)")]
     UnknownOwner(String),
+    /// An uploaded private key cannot be stored, or is missing.
+    #[error("{field}: {message}")]
+    PrivateKey { field: String, message: String },
     #[error("API key {0:?} is revoked or expired")]
     KeyNotActive(String),
     #[error("admin token {0:?} already exists")]
@@ -109,6 +112,7 @@ impl StoreError {
             StoreError::NoSuchVersion(_) => "no_such_version",
             StoreError::TokenExists(_) => "token_exists",
             StoreError::KeyNotActive(_) => "key_not_active",
+            StoreError::PrivateKey { .. } => "private_key",
             StoreError::Forbidden(_) => "forbidden",
             StoreError::OwnedByOther { .. } => "owned_by_other",
             StoreError::UnknownOwner(_) => "unknown_owner",

@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ownership",
         include_str!("../../../migrations/0009_ownership.sql"),
     ),
+    (
+        10,
+        "certificate keys",
+        include_str!("../../../migrations/0010_certificate_keys.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -8,7 +8,8 @@ use std::{cmp::Reverse, collections::BTreeMap};
 use gatehouse_proto::{matcher, protobuf, route};
 
 use super::{
-    actions, auth, balancing, cors, duration_ms, quota, ratelimit, retry, shedding, websocket,
+    actions, auth, balancing, cors, duration_ms, gateway, quota, ratelimit, retry, shedding,
+    websocket,
 };
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
@@ -63,7 +64,7 @@ fn virtual_host(
         domains,
         routes: routes
             .into_iter()
-            .map(|r| {
+            .flat_map(|r| {
                 let mut envoy = envoy_route(r);
                 actions::apply(r, &mut envoy);
                 auth::apply_route_policy(r, &mut envoy, &context.spoofable, context.state);
@@ -85,7 +86,9 @@ fn virtual_host(
                         .collect();
                     action.hash_policy = balancing::hash_policy(&services);
                 }
-                envoy
+                // A TLS-only route is refused in the clear before it matches.
+                let refusal = r.require_tls.then(|| gateway::tls_refusal(&envoy));
+                refusal.into_iter().chain([envoy])
             })
             .collect(),
         ..Default::default()

@@ -48,12 +48,9 @@ fn context(service: &Service, t: &UpstreamTls, state: &ConfigState) -> tls::Upst
         .and_then(|name| state.certificates.get(name));
     tls::UpstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
-            tls_certificates: client
-                .map(|c| tls::TlsCertificate {
-                    certificate_chain: Some(file(&c.cert_chain_file)),
-                    private_key: Some(file(&c.private_key_file)),
-                    ..Default::default()
-                })
+            // The client certificate by SDS, like the gateways'.
+            tls_certificate_sds_secret_configs: client
+                .map(|c| super::certificate::sds_config(&c.name))
                 .into_iter()
                 .collect(),
             validation_context_type: Some(

@@ -74,6 +74,8 @@ pub struct RolloutStatus {
     /// The current or last canary (`rollout/canary.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// The served snapshot's certificates and when they expire.
+    pub certificates: Vec<super::snapshot::CertificateExpiry>,
 }
 
 #[derive(Debug, Default)]
@@ -393,6 +395,10 @@ impl Rollout {
                 held_back: latest_version != served_version,
                 rejections: s.rejections.iter().cloned().collect(),
                 canary: canary::view(s),
+                certificates: s
+                    .current()
+                    .map(|c| c.certificates.clone())
+                    .unwrap_or_default(),
             }
         })
     }

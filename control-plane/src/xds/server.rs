@@ -36,6 +36,8 @@ pub struct XdsServer {
     registry: NodeRegistry,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Streams are encrypted and authenticated: uploaded keys may go out.
+    secure: bool,
 }
 
 impl XdsServer {
@@ -64,7 +66,14 @@ impl XdsServer {
             registry,
             metrics,
             shutdown,
+            secure: false,
         }
+    }
+
+    /// Whether the port is on TLS with a token (`StreamState::secure`).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
 
     /// The tonic service, ready to add to a router.
@@ -82,6 +91,7 @@ impl XdsServer {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            secure: self.secure,
         };
         tokio::spawn(task.run::<W>(inbound, tx));
         ReceiverStream::new(rx)
@@ -232,6 +242,7 @@ struct StreamTask {
     registry: NodeRegistry,
     metrics: Metrics,
     shutdown: CancellationToken,
+    secure: bool,
 }
 
 impl StreamTask {
@@ -244,7 +255,7 @@ impl StreamTask {
         let mut pins = self.rollout.pin();
         let mut node = String::new();
         let mut placement = Placement::default();
-        let mut state = StreamState::new(W::VARIANT);
+        let mut state = StreamState::new(W::VARIANT).secure(self.secure);
         let mut handle = None;
         // What the node said it holds, until it is served (see guard.rs).
         let mut claim: Option<Claim> = None;

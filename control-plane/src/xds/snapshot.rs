@@ -22,6 +22,8 @@ pub enum ResourceType {
     /// HTTP filter configurations (ECDS) the listeners refer to: kept out of
     /// the listener so changing them does not drain its connections.
     ExtensionConfig,
+    /// TLS certificates (SDS), named by listeners and clusters.
+    Secret,
     Listener,
     Route,
     /// The authentication state ext-authz decides from.
@@ -33,10 +35,11 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 8] = [
+    pub const ALL: [ResourceType; 9] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::ExtensionConfig,
+        ResourceType::Secret,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::Auth,
@@ -49,6 +52,7 @@ impl ResourceType {
             ResourceType::Cluster => type_url::CLUSTER,
             ResourceType::Endpoint => type_url::ENDPOINT,
             ResourceType::ExtensionConfig => type_url::EXTENSION_CONFIG,
+            ResourceType::Secret => type_url::SECRET,
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE,
             ResourceType::Auth => auth::TYPE_URL,
@@ -67,6 +71,7 @@ impl ResourceType {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::ExtensionConfig => "ecds",
+            ResourceType::Secret => "sds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
             ResourceType::Auth => "auth",
@@ -102,6 +107,8 @@ pub struct XdsResource {
     pub resource: Any,
     /// Clusters this resource sends traffic to (routes, listeners).
     pub clusters: Vec<String>,
+    /// Holds a private key: sent only over an encrypted, authenticated stream.
+    pub sensitive: bool,
 }
 
 impl XdsResource {
@@ -112,6 +119,7 @@ impl XdsResource {
             version,
             resource,
             clusters,
+            sensitive: false,
         }
     }
 }
@@ -142,11 +150,23 @@ pub enum ConsistencyError {
     OrphanEndpoints(String),
 }
 
+/// When a served certificate expires (`/v1/status/nodes`, the
+/// `gatehouse_certificate_not_after_seconds` metric).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateExpiry {
+    pub name: String,
+    /// notAfter in seconds since the Unix epoch; unknown (`None`) for files
+    /// on the Envoy hosts, which Envoy's own expiry metric covers.
+    pub not_after_s: Option<i64>,
+}
+
 /// Everything one Envoy needs, checked for consistency before it is served.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// The store's config version this snapshot was built from.
     pub version: u64,
+    /// The certificates its secrets carry.
+    pub certificates: Vec<CertificateExpiry>,
     resources: [Resources; ResourceType::ALL.len()],
     /// Clusters whose endpoints arrive over EDS (and so must be warmed).
     eds_clusters: BTreeSet<String>,
@@ -159,8 +179,10 @@ pub struct SnapshotParts {
     pub eds_clusters: BTreeSet<String>,
     pub endpoints: Vec<XdsResource>,
     pub extension_configs: Vec<XdsResource>,
+    pub secrets: Vec<XdsResource>,
     pub listeners: Vec<XdsResource>,
     pub routes: Vec<XdsResource>,
+    pub certificates: Vec<CertificateExpiry>,
     pub auth: Vec<XdsResource>,
     pub ratelimit: Vec<XdsResource>,
     pub broker: Vec<XdsResource>,
@@ -171,6 +193,7 @@ impl Snapshot {
     pub fn new(version: u64, parts: SnapshotParts) -> Result<Self, ConsistencyError> {
         let mut snapshot = Snapshot {
             version,
+            certificates: parts.certificates,
             eds_clusters: parts.eds_clusters,
             ..Snapshot::default()
         };
@@ -178,6 +201,7 @@ impl Snapshot {
             (ResourceType::Cluster, parts.clusters),
             (ResourceType::Endpoint, parts.endpoints),
             (ResourceType::ExtensionConfig, parts.extension_configs),
+            (ResourceType::Secret, parts.secrets),
             (ResourceType::Listener, parts.listeners),
             (ResourceType::Route, parts.routes),
             (ResourceType::Auth, parts.auth),

@@ -122,6 +122,9 @@ pub struct StreamState {
     variant: Variant,
     types: [TypeState; ResourceType::ALL.len()],
     nonces: u64,
+    /// The connection is encrypted and authenticated: sensitive resources
+    /// (uploaded private keys) may go out on it.
+    secure: bool,
 }
 
 impl StreamState {
@@ -130,7 +133,14 @@ impl StreamState {
             variant,
             types: Default::default(),
             nonces: 0,
+            secure: false,
         }
+    }
+
+    /// Marks the stream as encrypted and authenticated (TLS and a token).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
 
     fn state(&self, kind: ResourceType) -> &TypeState {
@@ -273,6 +283,7 @@ impl StreamState {
             .resources(kind)
             .iter()
             .filter(|(name, _)| wanted(name))
+            .filter(|(_, r)| self.secure || !r.sensitive)
             .map(|(name, r)| (name.clone(), Held::from(r)))
             .collect();
         match kind {
@@ -292,8 +303,12 @@ impl StreamState {
                 }
                 Some(target)
             }
-            // Our own services' state depends on no Envoy resource.
-            ResourceType::Auth | ResourceType::RateLimit | ResourceType::Broker => Some(target),
+            // Our own services' state depends on no Envoy resource; nor
+            // does a secret.
+            ResourceType::Auth
+            | ResourceType::RateLimit
+            | ResourceType::Broker
+            | ResourceType::Secret => Some(target),
             ResourceType::ExtensionConfig | ResourceType::Listener | ResourceType::Route => {
                 // Strict order: nothing that routes traffic goes out while
                 // clusters or endpoints are still being delivered, and routes

@@ -108,6 +108,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         fault: None,
         max_body_bytes: None,
         websocket: None,
+        require_tls: false,
     }
 }
 
