@@ -240,7 +240,10 @@ async fn uploaded_certificates_by_sni_rotate_over_sds_without_touching_the_liste
     // every request (both trusting the old and new CA) see no failure; the
     // listener is not modified; new handshakes get the new certificate.
     let modified_before = envoy.stat("listener_manager.listener_modified").await;
-    assert!(modified_before.is_some(), "Envoy counts listener modifications");
+    assert!(
+        modified_before.is_some(),
+        "Envoy counts listener modifications"
+    );
     let running = Arc::new(AtomicBool::new(true));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();

@@ -45,6 +45,17 @@ async fn invalid_common_flags_exit_64_with_one_line_naming_the_flag() {
         let args = ["--listen-addr", "127.0.0.1:0", "--xds-token-file", &missing];
         let line = refused(binary, &args).await;
         assert!(line.contains("--xds-token-file"), "{binary}: {line}");
+        let args = ["--listen-addr", "127.0.0.1:0", "--xds-ca-file", &missing];
+        let line = refused(binary, &args).await;
+        assert!(line.contains("--xds-ca-file"), "{binary}: {line}");
+        let args = [
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--xds-url",
+            "https://127.0.0.1:1",
+        ];
+        let line = refused(binary, &args).await;
+        assert!(line.contains("--xds-ca-file"), "{binary}: {line}");
     }
     let args = ["--listen-addr", "127.0.0.1:0", "--redis-url", "not-a-url"];
     for binary in ["gatehouse-ratelimit", "gatehouse-broker"] {

@@ -109,8 +109,9 @@ pub enum TokenError {
     Empty,
     #[error("the xDS token must be printable ASCII")]
     NotAscii,
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {flag} {}: {source}", path.display())]
     File {
+        flag: &'static str,
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -125,6 +126,7 @@ impl TokenArgs {
                 std::fs::read_to_string(path)
                     .map(XdsCa)
                     .map_err(|source| TokenError::File {
+                        flag: "--xds-ca-file",
                         path: path.clone(),
                         source,
                     })
@@ -138,6 +140,7 @@ impl TokenArgs {
             (Some(token), _) => Ok(Some(token.clone())),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|source| TokenError::File {
+                    flag: "--xds-token-file",
                     path: path.clone(),
                     source,
                 })?
