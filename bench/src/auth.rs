@@ -180,6 +180,7 @@ async fn in_process() {
             headers: &http.headers,
             path: &http.path,
             context,
+            peer_certificate: "",
         };
         let started = Instant::now();
         for _ in 0..200_000 {

@@ -74,6 +74,15 @@ pub enum TranslateError {
         first: String,
         second: String,
     },
+    #[error(
+        "consumers {first:?} and {second:?} both claim the client certificate {identity}: \
+         one certificate identifies one consumer"
+    )]
+    CertificateIdentityTwice {
+        identity: String,
+        first: String,
+        second: String,
+    },
     #[error("listeners {first:?} and {second:?} both bind {address}")]
     AddressInUse {
         first: String,
@@ -174,6 +183,7 @@ pub fn snapshot(
         }
     }
     jwt::check_issuers(state)?;
+    auth::check_certificate_identities(state)?;
     let mut listener_clusters = vec![
         auth::EXT_AUTHZ_CLUSTER.to_owned(),
         ratelimit::RATELIMIT_CLUSTER.to_owned(),

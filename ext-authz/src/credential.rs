@@ -30,6 +30,8 @@ pub enum Source {
     Query(&'static str),
     /// An entry of `Sec-WebSocket-Protocol`.
     Protocol,
+    /// The TLS client certificate (nothing to remove from the request).
+    Certificate,
 }
 
 pub enum Credential<'a> {
@@ -136,6 +138,11 @@ pub fn query_values<'a>(path: &'a str, name: &str) -> Vec<Cow<'a, str>> {
             (percent_decode(key) == name).then(|| percent_decode(value))
         })
         .collect()
+}
+
+/// Percent-decodes `s` (`+` as a space, invalid escapes kept as they are).
+pub fn percent_decode_str(s: &str) -> Cow<'_, str> {
+    percent_decode(s)
 }
 
 fn percent_decode(s: &str) -> Cow<'_, str> {

@@ -36,6 +36,7 @@ pub enum Method {
     ApiKey = 0,
     Jwt = 1,
     Introspection = 2,
+    Mtls = 3,
 }
 
 impl Method {
@@ -44,6 +45,7 @@ impl Method {
             Method::ApiKey => "api_key",
             Method::Jwt => "jwt",
             Method::Introspection => "introspection",
+            Method::Mtls => "mtls",
         }
     }
 }
@@ -55,6 +57,8 @@ pub struct RequestView<'a> {
     /// Path with query string.
     pub path: &'a str,
     pub context: &'a HashMap<String, String>,
+    /// The client certificate Envoy verified, URL-encoded PEM ("" if none).
+    pub peer_certificate: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,7 @@ struct Policy<'a> {
     api_key: bool,
     jwt: bool,
     introspection: bool,
+    mtls: bool,
     scopes: Vec<&'a str>,
     roles: Vec<&'a str>,
     strip: bool,
@@ -105,6 +110,7 @@ impl<'a> Policy<'a> {
             api_key: false,
             jwt: false,
             introspection: false,
+            mtls: false,
             scopes: Vec::new(),
             roles: Vec::new(),
             strip: false,
@@ -118,6 +124,7 @@ impl<'a> Policy<'a> {
                             "api_key" => policy.api_key = true,
                             "jwt" => policy.jwt = true,
                             "introspection" => policy.introspection = true,
+                            "mtls" => policy.mtls = true,
                             _ => {}
                         }
                     }
@@ -129,7 +136,7 @@ impl<'a> Policy<'a> {
                 _ => {}
             }
         }
-        (policy.api_key || policy.jwt || policy.introspection).then_some(policy)
+        (policy.api_key || policy.jwt || policy.introspection || policy.mtls).then_some(policy)
     }
 
     fn bearer(&self) -> bool {
@@ -170,6 +177,12 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             None,
         );
     };
+    if policy.mtls {
+        return match certificate_identity(state, request.peer_certificate) {
+            Ok(identity) => authorize(state, &policy, request, identity, Source::Certificate),
+            Err(deny) => Decision::Deny(deny),
+        };
+    }
     let accepted = credential::Accepted {
         api_key: policy.api_key,
         bearer: policy.bearer(),
@@ -223,6 +236,52 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             }
         },
     };
+    authorize(state, &policy, request, identity, source)
+}
+
+/// The consumer a verified client certificate is mapped to.
+fn certificate_identity(state: &AuthState, certificate: &str) -> Result<Identity, Deny> {
+    let refuse = |status, code, message| Deny {
+        status,
+        code,
+        message,
+        challenge: String::new(),
+        method: Some(Method::Mtls),
+        consumer: None,
+    };
+    let Some(identities) = crate::peer::identities(certificate) else {
+        return Err(refuse(
+            401,
+            "client_certificate_required",
+            "a client certificate is required",
+        ));
+    };
+    let entry = identities
+        .iter()
+        .find_map(|id| state.certificates.get(id))
+        .ok_or_else(|| {
+            refuse(
+                403,
+                "unknown_client_certificate",
+                "the client certificate is not mapped to a consumer",
+            )
+        })?;
+    Ok(Identity {
+        method: Method::Mtls,
+        consumer: entry.consumer.clone(),
+        scopes: entry.scopes.clone(),
+        headers: Vec::new(),
+    })
+}
+
+/// Scopes and roles, then the answer.
+fn authorize(
+    state: &AuthState,
+    policy: &Policy<'_>,
+    request: &RequestView<'_>,
+    identity: Identity,
+    source: Source,
+) -> Decision {
     if !policy
         .scopes
         .iter()
@@ -255,7 +314,7 @@ pub async fn decide(state: &AuthState, request: &RequestView<'_>) -> Decision {
             &identity,
         );
     }
-    Decision::Allow(allow(state, &policy, request, identity, source))
+    Decision::Allow(allow(state, policy, request, identity, source))
 }
 
 fn deny(
@@ -437,7 +496,7 @@ fn allow(
         Source::Header if policy.strip => remove_headers.push(
             match identity.method {
                 Method::ApiKey => credential::API_KEY_HEADER,
-                Method::Jwt | Method::Introspection => "authorization",
+                Method::Jwt | Method::Introspection | Method::Mtls => "authorization",
             }
             .to_owned(),
         ),
@@ -448,7 +507,7 @@ fn allow(
             Some(rest) => set_headers.push((credential::PROTOCOL_HEADER.to_owned(), rest)),
             None => remove_headers.push(credential::PROTOCOL_HEADER.to_owned()),
         },
-        Source::Header | Source::Query(_) => {}
+        Source::Header | Source::Query(_) | Source::Certificate => {}
     }
     let is_set = |name: &str| set_headers.iter().any(|(h, _)| h == name);
     // Identity headers the client sent that we are not overwriting.

@@ -21,6 +21,7 @@ pub mod decision;
 pub mod introspect;
 pub mod jwt;
 pub mod metrics;
+pub mod peer;
 pub mod secret;
 pub mod server;
 pub mod state;

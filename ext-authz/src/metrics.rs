@@ -43,7 +43,7 @@ pub struct Metrics {
     jwks_fetches: Family<SourceLabels, Counter>,
     introspections: Family<SourceLabels, Counter>,
     /// Handles for the hot path: allowed decisions by method, resolved once.
-    allowed: [Counter; 3],
+    allowed: [Counter; 4],
     /// Traffic per route and consumer, from Envoy's usage log.
     pub traffic: Traffic,
 }
@@ -100,7 +100,7 @@ impl Metrics {
             "Token introspection calls by provider and result",
             introspections.clone(),
         );
-        let allowed = ["api_key", "jwt", "introspection"].map(|method| {
+        let allowed = ["api_key", "jwt", "introspection", "mtls"].map(|method| {
             decisions
                 .get_or_create(&DecisionLabels {
                     result: "allow",

@@ -99,6 +99,9 @@ async fn respond(
         headers: http.map_or(&EMPTY, |h| &h.headers),
         path: http.map_or("", |h| h.path.as_str()),
         context: attributes.map_or(&EMPTY, |a| &a.context_extensions),
+        peer_certificate: attributes
+            .and_then(|a| a.source.as_ref())
+            .map_or("", |s| s.certificate.as_str()),
     };
     let decision = decide(state, &view).await;
     record(&view, &decision);

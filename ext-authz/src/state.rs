@@ -36,6 +36,12 @@ pub struct KeyEntry {
     pub last_used_ms: AtomicI64,
 }
 
+/// The consumer a client certificate identity maps to, and its scopes.
+pub struct CertificateEntry {
+    pub consumer: Arc<Consumer>,
+    pub scopes: Vec<String>,
+}
+
 /// A verified JWT, reusable until it expires or its issuer's keys change.
 #[derive(Clone)]
 pub struct CachedJwt {
@@ -48,6 +54,8 @@ pub struct AuthState {
     /// The control plane's config version this state came from.
     pub version: String,
     pub keys: HashMap<String, KeyEntry>,
+    /// Client certificate identities (`spki:`, `uri:`, `dns:`) to consumers.
+    pub certificates: HashMap<String, CertificateEntry>,
     pub consumers: HashMap<String, Arc<Consumer>>,
     /// Issuers by their `iss`.
     pub issuers: HashMap<String, Vec<Arc<Issuer>>>,
@@ -68,6 +76,7 @@ impl AuthState {
     ) -> AuthState {
         let mut consumers = HashMap::new();
         let mut keys = HashMap::new();
+        let mut certificates = HashMap::new();
         for c in config.consumers {
             let consumer = Arc::new(Consumer {
                 name: c.name.clone(),
@@ -90,6 +99,24 @@ impl AuthState {
                         scopes: key.scopes,
                         expires_at: key.expires_at,
                         last_used_ms: AtomicI64::new(last_used),
+                    },
+                );
+            }
+            for identity in c.certificates {
+                let key = if !identity.spki_sha256.is_empty() {
+                    format!("spki:{}", identity.spki_sha256)
+                } else if !identity.uri.is_empty() {
+                    format!("uri:{}", identity.uri)
+                } else if !identity.dns.is_empty() {
+                    format!("dns:{}", identity.dns)
+                } else {
+                    continue;
+                };
+                certificates.insert(
+                    key,
+                    CertificateEntry {
+                        consumer: consumer.clone(),
+                        scopes: identity.scopes,
                     },
                 );
             }
@@ -125,6 +152,7 @@ impl AuthState {
         AuthState {
             version: version.to_owned(),
             keys,
+            certificates,
             consumers,
             issuers,
             providers,

@@ -27,7 +27,7 @@ mod route_auth;
 
 pub use crate::secret::{API_KEY_PREFIX, MintedKey, mint_api_key};
 pub use api_key::{ApiKeyStatus, StoredApiKey};
-pub use consumer::{Consumer, is_consumer_name};
+pub use consumer::{CertificateIdentity, Consumer, is_consumer_name};
 pub use introspection::IntrospectionProvider;
 pub use jwt_issuer::{JwtAlgorithm, JwtIssuer};
 pub use route_auth::{AuthMethod, FailureMode, RouteAuth, VerifyIn};

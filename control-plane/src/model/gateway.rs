@@ -66,11 +66,34 @@ pub struct Gateway {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 63072000))]
     pub hsts_max_age_s: Option<u32>,
+    /// Ask for (or require) client certificates signed by a CA of the
+    /// bundle (`https`); `mtls` routes map them to consumers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificates>,
     /// `http` only: answer every request with a redirect to HTTPS on this
     /// port (443: no port in the location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub redirect_to_https_port: Option<u32>,
+}
+
+/// Client certificates a gateway asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificates {
+    /// `request`: a client may present one (routes decide); `require`: the
+    /// handshake fails without one. Either way a certificate presented must
+    /// be signed by a CA of `ca_pem`.
+    pub mode: ClientCertificateMode,
+    /// PEM CA certificates that sign client certificates.
+    pub ca_pem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificateMode {
+    Request,
+    Require,
 }
 
 /// A certificate served to clients asking for one of `server_names`.
@@ -138,8 +161,14 @@ impl Gateway {
                 ));
             }
         }
+        if let Some(client) = &self.client_certificates
+            && let Err(e) = super::certificate::chain_info(&client.ca_pem)
+        {
+            errors.push(FieldError::new("client_certificates.ca_pem", e));
+        }
         if !https {
             let set = [
+                ("client_certificates", self.client_certificates.is_some()),
                 ("sni", !self.sni.is_empty()),
                 ("tls_min_version", self.tls_min_version.is_some()),
                 ("cipher_suites", !self.cipher_suites.is_empty()),

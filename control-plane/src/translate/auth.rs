@@ -16,7 +16,7 @@ use std::{
 
 use gatehouse_proto::{auth, cluster, core, ext_authz, hcm, http_types, route, to_any};
 
-use super::{grpc_cluster, grpc_service};
+use super::{TranslateError, grpc_cluster, grpc_service};
 use crate::{
     model::ConfigState,
     model::{
@@ -67,6 +67,25 @@ pub fn ext_authz_cluster(settings: &ExtAuthzSettings) -> cluster::Cluster {
 }
 
 /// The two ext_authz filters, disabled unless a route enables one.
+/// No client certificate identifies two consumers.
+pub fn check_certificate_identities(state: &ConfigState) -> Result<(), TranslateError> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for consumer in state.consumers.values() {
+        for key in consumer.certificates.iter().filter_map(|c| c.key()) {
+            if let Some(first) = seen.insert(key.clone(), &consumer.name)
+                && first != consumer.name
+            {
+                return Err(TranslateError::CertificateIdentityTwice {
+                    identity: key,
+                    first: first.to_owned(),
+                    second: consumer.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn ext_authz_filters(settings: &ExtAuthzSettings) -> Vec<hcm::HttpFilter> {
     [
         (EXT_AUTHZ_FILTER, false, "closed"),
@@ -82,6 +101,8 @@ pub fn ext_authz_filters(settings: &ExtAuthzSettings) -> Vec<hcm::HttpFilter> {
                 code: i32::from(settings.status_on_error),
             }),
             stat_prefix: stat_prefix.into(),
+            // `mtls` routes: the client certificate Envoy verified.
+            include_peer_certificate: true,
             services: Some(ext_authz::ext_authz::Services::GrpcService(grpc_service(
                 EXT_AUTHZ_CLUSTER,
                 Some(settings.timeout_ms),
@@ -171,6 +192,16 @@ pub fn auth_config(state: &ConfigState, now_ms: i64) -> auth::AuthConfig {
             roles: c.roles.clone(),
             metadata: c.metadata.clone().into_iter().collect(),
             api_keys: Vec::new(),
+            certificates: c
+                .certificates
+                .iter()
+                .map(|i| auth::CertificateIdentity {
+                    spki_sha256: i.spki_sha256.clone().unwrap_or_default(),
+                    uri: i.uri.clone().unwrap_or_default(),
+                    dns: i.dns.clone().unwrap_or_default().to_ascii_lowercase(),
+                    scopes: i.scopes.clone(),
+                })
+                .collect(),
         })
         .collect();
     let mut keys: Vec<_> = state
@@ -347,6 +378,7 @@ mod tests {
                 plan: Some("pro".into()),
                 roles: vec!["buyer".into()],
                 metadata: Default::default(),
+                certificates: Vec::new(),
             },
         );
         let key = |id: &str, expires: Option<i64>, revoked: Option<i64>| StoredApiKey {

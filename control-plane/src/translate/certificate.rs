@@ -11,7 +11,7 @@
 use gatehouse_proto::{core, tls};
 
 use crate::{
-    model::{Certificate, ConfigState, Resource},
+    model::{Certificate, ConfigState, Gateway, Resource},
     translate::TranslateError,
     xds::snapshot::{CertificateExpiry, XdsResource},
 };
@@ -19,6 +19,37 @@ use crate::{
 /// The SDS name of a certificate's secret.
 pub fn secret_name(certificate: &str) -> String {
     format!("cert_{certificate}")
+}
+
+/// The SDS name of the CA bundle a gateway verifies client certificates with.
+pub fn client_ca_secret_name(gateway: &Gateway) -> String {
+    format!("client_ca_{}", gateway.name)
+}
+
+pub fn client_ca_sds_config(gateway: &Gateway) -> tls::SdsSecretConfig {
+    tls::SdsSecretConfig {
+        name: client_ca_secret_name(gateway),
+        sds_config: Some(super::ads()),
+    }
+}
+
+/// The validation context of a gateway asking for client certificates.
+fn client_ca_secret(gateway: &Gateway) -> Option<XdsResource> {
+    let client = gateway.client_certificates.as_ref()?;
+    let secret = tls::Secret {
+        name: client_ca_secret_name(gateway),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(inline(&client.ca_pem)),
+                ..Default::default()
+            },
+        )),
+    };
+    Some(XdsResource::new(
+        secret.name.clone(),
+        gatehouse_proto::to_any(&secret),
+        Vec::new(),
+    ))
 }
 
 /// How a listener or cluster names a certificate's secret (over ADS).
@@ -102,10 +133,11 @@ pub fn secrets(
             not_after_s: c.info().map(|i| i.not_after_s),
         })
         .collect();
-    let secrets = used
+    let mut secrets: Vec<XdsResource> = used
         .into_iter()
         .map(|c| secret(c, state))
         .collect::<Result<_, _>>()?;
+    secrets.extend(state.gateways.values().filter_map(client_ca_secret));
     Ok((secrets, expiry))
 }
 

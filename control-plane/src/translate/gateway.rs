@@ -9,9 +9,16 @@ use std::net::IpAddr;
 
 use gatehouse_proto::{core, hcm, header_mutation, listener, route, tls, tls_inspector, to_any};
 
-use super::{ProxySettings, certificate::sds_config, http_connection_manager, listener_for};
+use super::{
+    ProxySettings,
+    certificate::{client_ca_sds_config, sds_config},
+    http_connection_manager, listener_for,
+};
 use crate::{
-    model::{ConfigState, Gateway, gateway::TlsVersion},
+    model::{
+        ConfigState, Gateway,
+        gateway::{ClientCertificateMode, TlsVersion},
+    },
     translate::TranslateError,
 };
 
@@ -27,6 +34,19 @@ pub fn listener(gateway: &Gateway, proxy: &ProxySettings) -> listener::Listener 
         manager.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
             https_redirect(&name, port),
         ));
+    }
+    if gateway.client_certificates.is_some() {
+        // Upstreams get Gatehouse's own XFCC for a verified client
+        // certificate; a client-sent one is never passed on (every other
+        // listener sanitises it too, Envoy's default).
+        use hcm::http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
+        manager.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+        manager.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+            subject: Some(gatehouse_proto::protobuf::BoolValue { value: true }),
+            uri: true,
+            dns: true,
+            ..Default::default()
+        });
     }
     if let Some(age) = gateway.hsts_max_age_s {
         // Before the router, like every filter.
@@ -80,7 +100,17 @@ pub fn tls_transport_socket(gateway: &Gateway, certificate: &str) -> core::Trans
                 ..Default::default()
             }),
             alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            validation_context_type: gateway.client_certificates.as_ref().map(|_| {
+                tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                    client_ca_sds_config(gateway),
+                )
+            }),
             ..Default::default()
+        }),
+        require_client_certificate: gateway.client_certificates.as_ref().map(|c| {
+            gatehouse_proto::protobuf::BoolValue {
+                value: c.mode == ClientCertificateMode::Require,
+            }
         }),
         ..Default::default()
     };

@@ -106,6 +106,7 @@ pub(crate) async fn decide_with(
             headers: &headers,
             path,
             context,
+            peer_certificate: "",
         },
     )
     .await

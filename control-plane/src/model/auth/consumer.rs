@@ -34,6 +34,81 @@ pub struct Consumer {
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Client certificates that identify this consumer on `mtls` routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateIdentity>,
+}
+
+/// A client certificate, by its public key or one of its names; Envoy has
+/// verified it against the gateway's CA before ext-authz looks it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateIdentity {
+    /// Hex SHA-256 of the certificate's SubjectPublicKeyInfo
+    /// (`openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub spki_sha256: Option<String>,
+    /// A URI SAN, such as a SPIFFE id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// A DNS SAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// Scopes the certificate grants (checked against a route's `scopes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+impl CertificateIdentity {
+    /// The lookup key ext-authz matches: `spki:<hex>`, `uri:<uri>` or `dns:<name>`.
+    pub fn key(&self) -> Option<String> {
+        match (&self.spki_sha256, &self.uri, &self.dns) {
+            (Some(spki), None, None) => Some(format!("spki:{spki}")),
+            (None, Some(uri), None) => Some(format!("uri:{uri}")),
+            (None, None, Some(dns)) => Some(format!("dns:{}", dns.to_ascii_lowercase())),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, field: &str, errors: &mut Vec<FieldError>) {
+        if self.key().is_none() {
+            errors.push(FieldError::new(
+                field,
+                "give exactly one of spki_sha256, uri or dns",
+            ));
+        }
+        if let Some(spki) = &self.spki_sha256
+            && (spki.len() != 64
+                || !spki
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        {
+            errors.push(FieldError::new(
+                format!("{field}.spki_sha256"),
+                "must be 64 lowercase hex digits",
+            ));
+        }
+        if let Some(uri) = &self.uri
+            && (!uri.contains(':')
+                || uri.len() > 2048
+                || uri.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            errors.push(FieldError::new(
+                format!("{field}.uri"),
+                "must be an absolute URI (scheme:...) without spaces",
+            ));
+        }
+        if let Some(dns) = &self.dns
+            && !crate::model::is_dns_name(dns)
+        {
+            errors.push(FieldError::new(
+                format!("{field}.dns"),
+                "must be a DNS name",
+            ));
+        }
+        check_tokens(&format!("{field}.scopes"), &self.scopes, errors);
+    }
 }
 
 impl Resource for Consumer {
@@ -76,6 +151,15 @@ impl Resource for Consumer {
                 ));
             }
         }
+        if self.certificates.len() > MAX_METADATA {
+            errors.push(FieldError::new(
+                "certificates",
+                format!("at most {MAX_METADATA} entries"),
+            ));
+        }
+        for (i, identity) in self.certificates.iter().enumerate() {
+            identity.validate(&format!("certificates[{i}]"), &mut errors);
+        }
         errors
     }
 }
@@ -105,8 +189,35 @@ mod tests {
             plan: Some("pro".into()),
             roles: vec!["admin".into(), "admin".into(), "has space".into()],
             metadata: BTreeMap::new(),
+            certificates: vec![
+                CertificateIdentity {
+                    uri: Some("spiffe://example.org/alice".into()),
+                    ..Default::default()
+                },
+                CertificateIdentity {
+                    uri: Some("spiffe://x".into()),
+                    dns: Some("a.example".into()),
+                    ..Default::default()
+                },
+                CertificateIdentity {
+                    spki_sha256: Some("AB".into()),
+                    ..Default::default()
+                },
+            ],
         };
-        assert_eq!(fields(consumer.validate()), vec!["roles[1]", "roles[2]"]);
+        assert_eq!(
+            fields(consumer.validate()),
+            vec![
+                "roles[1]",
+                "roles[2]",
+                "certificates[1]",
+                "certificates[2].spki_sha256"
+            ]
+        );
+        assert_eq!(
+            consumer.certificates[0].key().as_deref(),
+            Some("uri:spiffe://example.org/alice")
+        );
         assert!(!is_consumer_name("../etc"));
         assert!(!is_consumer_name(""));
     }

@@ -20,7 +20,10 @@ pub enum AuthMethod {
     Jwt,
     /// An opaque bearer token checked by an introspection provider.
     Introspection,
-    /// Any configured method.
+    /// A client certificate (an `https` gateway with `client_certificates`)
+    /// mapped to a consumer by its public key or a SAN.
+    Mtls,
+    /// Any configured method but `mtls`.
     Any,
 }
 
@@ -32,6 +35,7 @@ impl AuthMethod {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
             AuthMethod::Introspection => "introspection",
+            AuthMethod::Mtls => "mtls",
             AuthMethod::Any => "api_key,jwt,introspection",
         }
     }
