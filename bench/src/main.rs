@@ -469,6 +469,7 @@ fn route(i: usize, services: usize) -> Route {
         max_body_bytes: None,
         websocket: None,
         require_tls: false,
+        version: None,
     }
 }
 

@@ -30,6 +30,7 @@ pub mod service;
 pub mod state;
 pub mod topic;
 pub mod upstream_tls;
+pub mod version;
 pub mod websocket;
 pub use actions::{DirectResponse, Fault, FaultAbort, FaultDelay, Mirror, Redirect};
 pub use auth::{Consumer, IntrospectionProvider, JwtIssuer, RouteAuth};
@@ -57,6 +58,7 @@ pub use service::{Endpoint, MAX_ENDPOINT_WEIGHT, MAX_TIMEOUT_MS, Protocol, Servi
 pub use state::ConfigState;
 pub use topic::{SlowConsumer, Topic, TopicAccess};
 pub use upstream_tls::UpstreamTls;
+pub use version::ApiVersion;
 pub use websocket::WebSocket;
 
 /// The kinds of resource the admin API manages.

@@ -41,6 +41,7 @@ pub mod shedding;
 pub mod tracing;
 pub mod upstream_tls;
 pub mod usage_log;
+pub mod version;
 pub mod websocket;
 pub use auth::ExtAuthzSettings;
 pub use cluster::{cluster, grpc_cluster, load_assignment, uses_eds};

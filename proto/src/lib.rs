@@ -52,6 +52,7 @@ pub use envoy_types::pb::envoy::service::ratelimit::v3 as ratelimit_service;
 pub use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 pub use envoy_types::pb::envoy::r#type::metadata::v3 as metadata_types;
 pub use envoy_types::pb::envoy::r#type::v3 as http_types;
+pub use envoy_types::pb::google::api::expr::v1alpha1 as cel;
 pub use envoy_types::pb::google::protobuf;
 pub use envoy_types::pb::google::rpc;
 pub use envoy_types::pb::io::prometheus::client as prometheus;

@@ -32,7 +32,7 @@ pub use introspection::IntrospectionProvider;
 pub use jwt_issuer::{JwtAlgorithm, JwtIssuer};
 pub use route_auth::{AuthMethod, FailureMode, RouteAuth, VerifyIn};
 
-pub(super) fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && s.len() <= 128

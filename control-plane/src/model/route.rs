@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Cors, DirectResponse, Fault, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, Mirror,
+    ApiVersion, Cors, DirectResponse, Fault, FieldError, HeaderRules, Kind, MAX_TIMEOUT_MS, Mirror,
     NAME_PATTERN, Redirect, Reference, Resource, Retries, RouteAuth, RoutePriority, WebSocket,
     check_name, check_re2_regex, is_dns_name, is_header_name,
 };
@@ -90,6 +90,9 @@ pub struct Route {
     /// (never a redirect: its credentials already crossed in the clear).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// The API version this route serves, and its deprecation and sunset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ApiVersion>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -220,6 +223,9 @@ impl Resource for Route {
         self.validate_match(&mut errors);
         self.validate_action(&mut errors);
         self.validate_extras(&mut errors);
+        if let Some(version) = &self.version {
+            version.validate(&mut errors);
+        }
         self.validate_rewrite(&mut errors);
         self.validate_websocket(&mut errors);
         if let Some(auth) = &self.auth {

@@ -5,7 +5,7 @@ use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
     HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, quota, ratelimit,
-    resilience, shedding, socket_address, tracing, usage_log, websocket,
+    resilience, shedding, socket_address, tracing, usage_log, version, websocket,
 };
 
 /// Name of the default listener.
@@ -37,25 +37,30 @@ pub fn http_connection_manager(
             },
         )),
         // CORS first: a preflight is answered before authentication.
-        http_filters: [cors::cors_filter(), jwt::jwt_filter()]
-            .into_iter()
-            .chain(jwt::rbac_filters())
-            .chain(auth::ext_authz_filters(&proxy.ext_authz))
-            .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
-            // Quota policies: the route names its policy, Envoy decides.
-            .chain([quota::header_mutation_filter(), quota::quota_filter()])
-            // Shedding after the checks: it measures the upstream's latency.
-            .chain([shedding::shedding_filter(&proxy.shedding)])
-            // Faults after the checks: a drill never lets a request skip them.
-            .chain([actions::fault_filter(), actions::buffer_filter()])
-            .chain([hcm::HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
-                    &router::Router::default(),
-                ))),
-                ..Default::default()
-            }])
-            .collect(),
+        // Then a retired API version: refused before anyone is asked for credentials.
+        http_filters: [
+            cors::cors_filter(),
+            version::sunset_filter(),
+            jwt::jwt_filter(),
+        ]
+        .into_iter()
+        .chain(jwt::rbac_filters())
+        .chain(auth::ext_authz_filters(&proxy.ext_authz))
+        .chain([ratelimit::ratelimit_filter(&proxy.ratelimit)])
+        // Quota policies: the route names its policy, Envoy decides.
+        .chain([quota::header_mutation_filter(), quota::quota_filter()])
+        // Shedding after the checks: it measures the upstream's latency.
+        .chain([shedding::shedding_filter(&proxy.shedding)])
+        // Faults after the checks: a drill never lets a request skip them.
+        .chain([actions::fault_filter(), actions::buffer_filter()])
+        .chain([hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                &router::Router::default(),
+            ))),
+            ..Default::default()
+        }])
+        .collect(),
         // An edge proxy: the peer address is the client; paths are normalised
         // before matching so `/a/../b` and `//b` cannot dodge a route.
         use_remote_address: Some(protobuf::BoolValue { value: true }),
@@ -64,6 +69,7 @@ pub fn http_connection_manager(
         merge_slashes: true,
         local_reply_config: Some({
             let mut replies = jwt::local_replies();
+            replies.mappers.insert(0, version::sunset_reply());
             replies.mappers.extend(resilience::overload_replies());
             replies
         }),

@@ -9,7 +9,7 @@ use gatehouse_proto::{matcher, protobuf, route};
 
 use super::{
     actions, auth, balancing, cors, duration_ms, gateway, quota, ratelimit, retry, shedding,
-    websocket,
+    version, websocket,
 };
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
 
@@ -72,6 +72,7 @@ fn virtual_host(
                 cors::apply(r, &mut envoy);
                 shedding::apply(r, &mut envoy);
                 websocket::apply(r, &mut envoy);
+                version::apply(r, &mut envoy);
                 // Refused before translation when there are two.
                 let quota_policy = quota::route_policy(r, context.state).ok().flatten();
                 quota::apply(r, &mut envoy, quota_policy);

@@ -109,6 +109,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         max_body_bytes: None,
         websocket: None,
         require_tls: false,
+        version: None,
     }
 }
 
