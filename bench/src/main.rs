@@ -470,6 +470,7 @@ fn route(i: usize, services: usize) -> Route {
         websocket: None,
         require_tls: false,
         version: None,
+        gateways: Vec::new(),
     }
 }
 

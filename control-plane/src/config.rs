@@ -162,6 +162,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "GATEHOUSE_PROXY_ADDR", default_value = "0.0.0.0:8000")]
     pub proxy_addr: SocketAddr,
 
+    /// Fleets (Envoy node clusters) that open the default listener,
+    /// comma-separated; empty: every Envoy.
+    #[arg(long, env = "GATEHOUSE_PROXY_FLEETS", value_delimiter = ',', value_parser = parse_fleet)]
+    pub proxy_fleets: Vec<String>,
+
     /// File Envoy writes its access log to, one line per request
     /// (`/dev/stdout`: Envoy's standard output; `off`: none).
     #[arg(long, env = "GATEHOUSE_ACCESS_LOG", default_value = "/dev/stdout")]
@@ -286,6 +291,7 @@ impl Config {
                 deny_when_unreachable: self.proxy.ratelimit_deny_when_unreachable,
             },
             xff_trusted_hops: self.proxy.xff_trusted_hops,
+            default_fleets: self.proxy.proxy_fleets.clone(),
             shedding: SheddingSettings {
                 target_latency_ms: self.proxy.shed_target_latency_ms,
                 max_concurrency: self.proxy.shed_max_concurrency,
@@ -453,6 +459,14 @@ pub enum ConfigError {
     XdsTls(String),
     #[error("--access-log-otlp on needs --otlp-endpoint (the collector to send the records to)")]
     OtlpLogsWithoutCollector,
+}
+
+fn parse_fleet(value: &str) -> Result<String, String> {
+    if crate::model::gateway::is_fleet(value) {
+        Ok(value.to_owned())
+    } else {
+        Err("a fleet is an Envoy node cluster: 1-63 letters, digits, '.', '_' or '-'".into())
+    }
 }
 
 /// A secret from its flag (or environment variable) or its file, at least

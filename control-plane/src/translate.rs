@@ -120,6 +120,9 @@ pub struct ProxySettings {
     pub shedding: shedding::SheddingSettings,
     /// Tracing in Envoy; off without a collector.
     pub tracing: Option<tracing::TracingSettings>,
+    /// The fleets (node clusters) that open the default listener; empty:
+    /// every Envoy.
+    pub default_fleets: Vec<String>,
 }
 
 impl Default for ProxySettings {
@@ -135,6 +138,7 @@ impl Default for ProxySettings {
             xff_trusted_hops: 0,
             shedding: shedding::SheddingSettings::default(),
             tracing: None,
+            default_fleets: Vec::new(),
         }
     }
 }
@@ -215,38 +219,71 @@ pub fn snapshot(
         to_any(&quota::quota_filter_config(state)),
         vec![ratelimit::RATELIMIT_CLUSTER.to_owned()],
     ));
-    parts.listeners.push(XdsResource::new(
-        HTTP_LISTENER,
-        to_any(&http_listener(proxy)),
-        listener_clusters.clone(),
-    ));
+    parts.listeners.push(
+        XdsResource::new(
+            HTTP_LISTENER,
+            to_any(&http_listener(proxy)),
+            listener_clusters.clone(),
+        )
+        .for_fleets(proxy.default_fleets.clone()),
+    );
     gateway::check_addresses(state, proxy)?;
     (parts.secrets, parts.certificates) = certificate::secrets(state)?;
-    for gateway in state.gateways.values() {
-        let listener = gateway::listener(gateway, proxy);
-        parts.listeners.push(XdsResource::new(
-            listener.name.clone(),
-            to_any(&listener),
-            listener_clusters.clone(),
-        ));
-    }
-    let routes: Vec<&Route> = state.routes.values().collect();
-    let referenced: BTreeSet<String> = routes
-        .iter()
-        .flat_map(|r| r.destination.services())
-        .map(str::to_owned)
+    let context = RouteContext {
+        spoofable: auth::spoofable_headers(state),
+        state,
+    };
+    let mut route_config = |name: &str, routes: Vec<&Route>, fleets: Vec<String>| {
+        let referenced: BTreeSet<String> = routes
+            .iter()
+            .flat_map(|r| r.destination.services())
+            .map(str::to_owned)
+            .collect();
+        let mut config = route_configuration(&routes, &context);
+        config.name = name.to_owned();
+        parts.routes.push(
+            XdsResource::new(name, to_any(&config), referenced.into_iter().collect())
+                .for_fleets(fleets),
+        );
+    };
+    // Routes without gateways go everywhere; a gateway some route names
+    // gets its own route configuration with those routes added.
+    let everywhere: Vec<&Route> = state
+        .routes
+        .values()
+        .filter(|r| r.gateways.is_empty())
         .collect();
-    parts.routes.push(XdsResource::new(
-        HTTP_ROUTES,
-        to_any(&route_configuration(
-            &routes,
-            &RouteContext {
-                spoofable: auth::spoofable_headers(state),
-                state,
-            },
-        )),
-        referenced.into_iter().collect(),
-    ));
+    route_config(HTTP_ROUTES, everywhere.clone(), Vec::new());
+    let mut gateway_listeners = Vec::new();
+    for gateway in state.gateways.values() {
+        let fleets: Vec<String> = gateway.fleet.iter().cloned().collect();
+        let named: Vec<&Route> = state
+            .routes
+            .values()
+            .filter(|r| r.gateways.contains(&gateway.name))
+            .collect();
+        let rds = if named.is_empty() {
+            HTTP_ROUTES.to_owned()
+        } else {
+            let rds = gateway::route_config_name(gateway);
+            route_config(
+                &rds,
+                everywhere.iter().copied().chain(named).collect(),
+                fleets.clone(),
+            );
+            rds
+        };
+        let listener = gateway::listener(gateway, proxy, &rds);
+        gateway_listeners.push(
+            XdsResource::new(
+                listener.name.clone(),
+                to_any(&listener),
+                listener_clusters.clone(),
+            )
+            .for_fleets(fleets),
+        );
+    }
+    parts.listeners.extend(gateway_listeners);
     parts.ratelimit.push(XdsResource::new(
         ratelimit_proto::RESOURCE_NAME,
         packed(

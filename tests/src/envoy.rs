@@ -112,6 +112,20 @@ impl Envoy {
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
+    /// Starts Envoy in `fleet`: its node `cluster`.
+    pub async fn start_in_fleet(xds: SocketAddr, proxy_port: u16, fleet: &str) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        let node_id = unique("envoy");
+        let bootstrap = bootstrap_yaml(&node_id, "GRPC", xds.port());
+        assert!(
+            bootstrap.contains("  cluster: gatehouse\n"),
+            "bootstrap template changed shape"
+        );
+        let bootstrap =
+            bootstrap.replace("  cluster: gatehouse\n", &format!("  cluster: {fleet}\n"));
+        Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
+    }
+
     /// Starts Envoy with runtime overrides in its bootstrap (a node configured
     /// differently from the rest of the fleet).
     pub async fn start_with_runtime(

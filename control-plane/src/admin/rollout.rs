@@ -36,6 +36,14 @@ pub(super) async fn nodes(
     let rollout = state.rollout.status();
     let nodes = state.nodes.nodes();
     let held_nodes = nodes.iter().filter(|n| n.held.is_some()).count();
+    // Nodes by fleet (their node `cluster`).
+    let mut fleets: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for n in &nodes {
+        fleets
+            .entry(n.cluster.as_str())
+            .or_default()
+            .push(n.id.as_str());
+    }
     let mut body = json!({
         "latest_version": rollout.latest_version,
         "served_version": rollout.served_version,
@@ -44,6 +52,7 @@ pub(super) async fn nodes(
         "canary": rollout.canary,
         "certificates": rollout.certificates,
         "held_nodes": held_nodes,
+        "fleets": fleets,
         "nodes": nodes,
     });
     if let Some(owner) = query.owner {

@@ -40,6 +40,11 @@ pub struct Gateway {
     /// Other owners' resources may refer to it (set by the operators).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// The fleet whose Envoys open it: their node `cluster` (absent: every
+    /// Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"))]
+    pub fleet: Option<String>,
     /// IP address Envoy binds.
     #[serde(default = "any_address")]
     pub address: String,
@@ -123,6 +128,14 @@ pub const CIPHER_SUITES: &[&str] = &[
     "ECDHE-ECDSA-CHACHA20-POLY1305",
     "ECDHE-RSA-CHACHA20-POLY1305",
 ];
+
+/// A fleet name: an Envoy node `cluster` value.
+pub fn is_fleet(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
 
 impl Gateway {
     fn validate_tls(&self, errors: &mut Vec<FieldError>) {
@@ -244,6 +257,14 @@ impl Resource for Gateway {
             _ => {}
         }
         self.validate_tls(&mut errors);
+        if let Some(fleet) = &self.fleet
+            && !is_fleet(fleet)
+        {
+            errors.push(FieldError::new(
+                "fleet",
+                "must be an Envoy node cluster: 1-63 letters, digits, '.', '_' or '-'",
+            ));
+        }
         errors
     }
 

@@ -93,6 +93,10 @@ pub struct Route {
     /// The API version this route serves, and its deprecation and sunset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<ApiVersion>,
+    /// Served only on these gateways' listeners (empty: on the default
+    /// listener and every gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
 }
 
 /// Exactly one of the path matchers, plus optional method, host and header conditions.
@@ -226,6 +230,9 @@ impl Resource for Route {
         if let Some(version) = &self.version {
             version.validate(&mut errors);
         }
+        for (i, gateway) in self.gateways.iter().enumerate() {
+            check_name(gateway, &format!("gateways[{i}]"), &mut errors);
+        }
         self.validate_rewrite(&mut errors);
         self.validate_websocket(&mut errors);
         if let Some(auth) = &self.auth {
@@ -267,6 +274,11 @@ impl Resource for Route {
                 name: mirror.service.clone(),
             });
         }
+        references.extend(self.gateways.iter().enumerate().map(|(i, g)| Reference {
+            field: format!("gateways[{i}]"),
+            kind: Kind::Gateway,
+            name: g.clone(),
+        }));
         references
     }
 }

@@ -27,9 +27,20 @@ pub fn listener_name(gateway: &Gateway) -> String {
     format!("gateway_{}", gateway.name)
 }
 
-pub fn listener(gateway: &Gateway, proxy: &ProxySettings) -> listener::Listener {
+/// The route configuration of a gateway some route names.
+pub fn route_config_name(gateway: &Gateway) -> String {
+    format!("routes_{}", gateway.name)
+}
+
+/// The gateway's listener, taking its routes from `rds`.
+pub fn listener(gateway: &Gateway, proxy: &ProxySettings, rds: &str) -> listener::Listener {
     let name = listener_name(gateway);
     let mut manager = http_connection_manager(proxy, &name);
+    if let Some(hcm::http_connection_manager::RouteSpecifier::Rds(routes)) =
+        &mut manager.route_specifier
+    {
+        routes.route_config_name = rds.to_owned();
+    }
     if let Some(port) = gateway.redirect_to_https_port {
         manager.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
             https_redirect(&name, port),
@@ -269,7 +280,7 @@ mod tests {
             "sni": [{"server_names": ["api.example.com"], "certificate": "api"}],
             "tls_min_version": "1.3", "hsts_max_age_s": 600
         }));
-        let l = listener(&g, &ProxySettings::default());
+        let l = listener(&g, &ProxySettings::default(), super::super::HTTP_ROUTES);
         assert_eq!(l.name, "gateway_public");
         assert_eq!(l.filter_chains.len(), 2);
         assert_eq!(l.listener_filters.len(), 1, "tls_inspector reads the SNI");
@@ -331,7 +342,7 @@ mod tests {
         let g = gateway(serde_json::json!({
             "name": "plain", "port": 8080, "redirect_to_https_port": 8443
         }));
-        let l = listener(&g, &ProxySettings::default());
+        let l = listener(&g, &ProxySettings::default(), super::super::HTTP_ROUTES);
         assert!(l.filter_chains[0].transport_socket.is_none());
         let Some(ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
             panic!("hcm");

@@ -281,6 +281,7 @@ impl StreamTask {
                             info!(node = placement.id, cluster = placement.cluster, zone = placement.zone, variant = ?W::VARIANT, "node connected");
                             node = placement.id.clone();
                             handle = Some(self.registry.connect(&placement, W::VARIANT));
+                            state.set_fleet(&placement.cluster);
                         }
                         if !state.served_any()
                             && let Some(said) = W::claim(&request)

@@ -109,6 +109,8 @@ pub struct XdsResource {
     pub clusters: Vec<String>,
     /// Holds a private key: sent only over an encrypted, authenticated stream.
     pub sensitive: bool,
+    /// The fleets (node `cluster`s) that get it; empty: every node.
+    pub fleets: Vec<String>,
 }
 
 impl XdsResource {
@@ -120,7 +122,14 @@ impl XdsResource {
             resource,
             clusters,
             sensitive: false,
+            fleets: Vec::new(),
         }
+    }
+
+    /// Only nodes of `fleets` get it (none given: every node).
+    pub fn for_fleets(mut self, fleets: Vec<String>) -> Self {
+        self.fleets = fleets;
+        self
     }
 }
 

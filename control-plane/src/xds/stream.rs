@@ -125,6 +125,9 @@ pub struct StreamState {
     /// The connection is encrypted and authenticated: sensitive resources
     /// (uploaded private keys) may go out on it.
     secure: bool,
+    /// The node's fleet (its `cluster`): resources for other fleets are
+    /// never sent.
+    fleet: Option<String>,
 }
 
 impl StreamState {
@@ -134,7 +137,22 @@ impl StreamState {
             types: Default::default(),
             nonces: 0,
             secure: false,
+            fleet: None,
         }
+    }
+
+    /// The node's fleet, from its first request.
+    pub fn set_fleet(&mut self, fleet: &str) {
+        self.fleet = Some(fleet.to_owned());
+    }
+
+    fn for_this_node(&self, resource: &XdsResource) -> bool {
+        (self.secure || !resource.sensitive)
+            && (resource.fleets.is_empty()
+                || self
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| resource.fleets.contains(f)))
     }
 
     /// Marks the stream as encrypted and authenticated (TLS and a token).
@@ -283,7 +301,7 @@ impl StreamState {
             .resources(kind)
             .iter()
             .filter(|(name, _)| wanted(name))
-            .filter(|(_, r)| self.secure || !r.sensitive)
+            .filter(|(_, r)| self.for_this_node(r))
             .map(|(name, r)| (name.clone(), Held::from(r)))
             .collect();
         match kind {

@@ -110,6 +110,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         websocket: None,
         require_tls: false,
         version: None,
+        gateways: Vec::new(),
     }
 }
 

@@ -248,3 +248,44 @@ fn delta_reconnect_skips_what_the_node_already_holds() {
         "nothing changed: empty first answer"
     );
 }
+
+#[test]
+fn a_node_gets_only_its_fleets_resources_and_sensitive_ones_only_when_secure() {
+    let mut secret = res("cert_edge", "key", &[]);
+    secret.sensitive = true;
+    let snap = Snapshot::new(
+        1,
+        SnapshotParts {
+            listeners: vec![
+                res("everywhere", "a", &[]),
+                res("internal", "b", &[]).for_fleets(vec!["internal".into()]),
+                res("public", "c", &[]).for_fleets(vec!["public".into()]),
+            ],
+            routes: vec![res("routes_internal", "r", &[]).for_fleets(vec!["internal".into()])],
+            secrets: vec![secret],
+            ..SnapshotParts::default()
+        },
+    )
+    .expect("consistent");
+    let mut stream = StreamState::new(Variant::StateOfTheWorld);
+    stream.set_fleet("public");
+    stream.on_request(&request(Listener, "", vec![]));
+    // Asking by name for another fleet's routes gets nothing.
+    stream.on_request(&request(Route, "", vec!["routes_internal"]));
+    stream.on_request(&request(Secret, "", vec!["cert_edge"]));
+    let pushes = stream.pushes(&snap);
+    let by_kind = |kind| {
+        pushes
+            .iter()
+            .find(|p| p.kind == kind)
+            .map(names)
+            .unwrap_or_default()
+    };
+    assert_eq!(by_kind(Listener), ["everywhere", "public"]);
+    assert!(by_kind(Route).is_empty());
+    assert!(by_kind(Secret).is_empty(), "a plaintext stream gets no key");
+    let mut secure = StreamState::new(Variant::StateOfTheWorld).secure(true);
+    secure.set_fleet("internal");
+    secure.on_request(&request(Secret, "", vec!["cert_edge"]));
+    assert_eq!(names(&secure.pushes(&snap)[0]), ["cert_edge"]);
+}
