@@ -11,6 +11,7 @@ pub mod auth;
 mod canary;
 mod config;
 pub(crate) mod keys;
+mod node_tokens;
 pub mod openapi;
 pub mod problem;
 mod rollout;
@@ -126,6 +127,14 @@ pub fn app(state: AdminState) -> Router {
         .route(
             "/v1/admin-tokens/{name}",
             axum::routing::delete(tokens::revoke_token),
+        )
+        .route(
+            "/v1/xds-tokens",
+            get(node_tokens::list).post(node_tokens::create),
+        )
+        .route(
+            "/v1/xds-tokens/{name}",
+            axum::routing::delete(node_tokens::revoke),
         )
         .merge(resource_routes::<Owner>())
         .merge(resource_routes::<Service>())

@@ -219,6 +219,7 @@ impl ControlPlane {
             rollout.clone(),
             token.clone(),
         ));
+        let xds_token = self.xds_token.clone().with_node_tokens(rollout.clone());
         let xds_service = XdsServer::new(rollout, nodes, self.metrics.clone(), token.clone())
             .secure(self.xds_secure);
         let mut builder = tonic::transport::Server::builder();
@@ -237,19 +238,19 @@ impl ControlPlane {
                 .max_concurrent_streams(xds::limits::MAX_STREAMS_PER_CONNECTION)
                 .add_service(InterceptedService::new(
                     xds_service.into_service(),
-                    self.xds_token.clone(),
+                    xds_token.clone(),
                 ))
                 .add_service(InterceptedService::new(
                     usage::KeyUsageService::server(self.store.clone()),
-                    self.xds_token.clone(),
+                    xds_token.clone(),
                 ))
                 .add_service(InterceptedService::new(
                     usage::TrafficUsageService::server(self.store.clone(), self.usage_retention),
-                    self.xds_token.clone(),
+                    xds_token.clone(),
                 ))
                 .add_service(InterceptedService::new(
                     fleet_stats.server(),
-                    self.xds_token.clone(),
+                    xds_token.clone(),
                 ))
                 .serve_with_incoming_shutdown(
                     xds::limits::bounded(self.xds, self.xds_max_connections),

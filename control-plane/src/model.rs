@@ -20,6 +20,7 @@ pub mod certificate;
 pub mod cors;
 pub mod gateway;
 pub mod names;
+pub mod node_token;
 pub mod ownership;
 pub mod ratelimit;
 pub mod re2;

@@ -73,6 +73,19 @@ pub fn issue_xds_token() -> Result<Secret, getrandom::Error> {
     Ok(Secret(format!("ghx_{}", hex::encode(bytes))))
 }
 
+/// A new node or fleet xDS token (`ghn_` + 64 hex digits), its hash and
+/// display prefix.
+pub fn issue_node_token() -> Result<IssuedToken, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)?;
+    let secret = format!("ghn_{}", hex::encode(bytes));
+    Ok(IssuedToken {
+        hash: hash(&secret),
+        prefix: secret[..10].to_owned(),
+        secret: Secret(secret),
+    })
+}
+
 /// The hex SHA-256 of a secret, as stored.
 pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))

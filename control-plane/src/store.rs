@@ -30,6 +30,7 @@ mod health;
 mod history;
 mod keys;
 mod migrations;
+mod node_tokens;
 mod ownership;
 mod queue;
 mod rejections;

@@ -229,6 +229,7 @@ pub fn snapshot(
     );
     gateway::check_addresses(state, proxy)?;
     (parts.secrets, parts.certificates) = certificate::secrets(state)?;
+    parts.node_tokens = state.node_tokens.clone();
     let context = RouteContext {
         spoofable: auth::spoofable_headers(state),
         state,

@@ -165,6 +165,26 @@ pub enum Command {
     /// A consumer's API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// xDS tokens bound to a fleet or a node (needs an admin token).
+    #[command(subcommand, name = "xds-tokens")]
+    XdsTokens(XdsTokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum XdsTokensCommand {
+    /// Create a token for the Envoys of a fleet (their node cluster) and/or
+    /// one node; it is printed once.
+    Create {
+        name: String,
+        #[arg(long, required_unless_present = "node")]
+        fleet: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List tokens (names, bindings, prefixes; never the tokens).
+    List,
+    /// Revoke a token: the streams using it are closed.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,10 @@ use serde_json::Value;
 
 use crate::{
     Failure,
-    cli::{Cli, Command, DocumentArgs, KeysCommand, Output, RolloutCommand, TokensCommand},
+    cli::{
+        Cli, Command, DocumentArgs, KeysCommand, Output, RolloutCommand, TokensCommand,
+        XdsTokensCommand,
+    },
     client::Client,
     render::{self, Style},
 };
@@ -188,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
             Ok(format!("revoked token {name:?}\n"))
         }
         Command::Keys(command) => keys(&client, command, cli.output).await,
+        Command::XdsTokens(command) => xds_tokens(&client, command, cli.output).await,
         Command::Rollout(command) => rollout(&client, command, cli.output).await,
         Command::Release { reason } => {
             let released = client
@@ -427,4 +431,51 @@ fn read_document(path: &PathBuf) -> Result<Value, Failure> {
         )));
     }
     Ok(value)
+}
+
+async fn xds_tokens(
+    client: &Client,
+    command: XdsTokensCommand,
+    output: Output,
+) -> Result<String, (String, Failure)> {
+    let no_output = |f| (String::new(), f);
+    let json = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    match command {
+        XdsTokensCommand::Create { name, fleet, node } => {
+            let mut body = serde_json::json!({ "name": name });
+            if let Some(fleet) = &fleet {
+                body["fleet"] = fleet.as_str().into();
+            }
+            if let Some(node) = &node {
+                body["node"] = node.as_str().into();
+            }
+            let created = client
+                .post("/v1/xds-tokens", &body)
+                .await
+                .map_err(no_output)?;
+            Ok(match output {
+                Output::Json => json(&created),
+                Output::Human => format!(
+                    "created xDS token {name:?}; put it in the Envoy bootstrap now, it is not shown again:\n{}\n",
+                    created["token"].as_str().unwrap_or_default()
+                ),
+            })
+        }
+        XdsTokensCommand::List => {
+            let tokens = client.get("/v1/xds-tokens").await.map_err(no_output)?;
+            Ok(match output {
+                Output::Json => json(&tokens),
+                Output::Human => render::yaml(&tokens),
+            })
+        }
+        XdsTokensCommand::Revoke { name } => {
+            client
+                .delete(&format!("/v1/xds-tokens/{name}"))
+                .await
+                .map_err(no_output)?;
+            Ok(format!(
+                "revoked xDS token {name:?}; its streams are closed\n"
+            ))
+        }
+    }
 }

@@ -96,19 +96,21 @@ impl Envoy {
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
-    /// Starts Envoy reaching the control plane over TLS (verified against
-    /// `ca` for the name `localhost`) with `token`, as `envoy/bootstrap.yaml`
-    /// shows in its comments.
+    /// Starts Envoy of `fleet` (its node cluster) reaching the control
+    /// plane over TLS (verified against `ca` for the name `localhost`) with
+    /// `token`, as `envoy/bootstrap.yaml` shows in its comments.
     pub async fn start_with_xds_tls(
         xds: SocketAddr,
         proxy_port: u16,
         token: &str,
         ca: &std::path::Path,
+        fleet: &str,
     ) -> Self {
         let dir = scratch_dir("gatehouse_envoy");
         let node_id = unique("envoy");
         let bootstrap = xds_tls_bootstrap(&bootstrap_yaml(&node_id, "GRPC", xds.port()), ca)
-            .replace("Bearer ${GATEHOUSE_XDS_TOKEN}", &format!("Bearer {token}"));
+            .replace("Bearer ${GATEHOUSE_XDS_TOKEN}", &format!("Bearer {token}"))
+            .replace("  cluster: gatehouse\n", &format!("  cluster: {fleet}\n"));
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 

@@ -81,7 +81,14 @@ async fn uploaded_certificates_by_sni_rotate_over_sds_without_touching_the_liste
         ..ControlPlaneOptions::new(proxy_port)
     })
     .await;
-    let envoy = Envoy::start_with_xds_tls(cp.xds, proxy_port, TOKEN, &pki.path("xds-ca.crt")).await;
+    let envoy = Envoy::start_with_xds_tls(
+        cp.xds,
+        proxy_port,
+        TOKEN,
+        &pki.path("xds-ca.crt"),
+        "gatehouse",
+    )
+    .await;
     let web = Upstream::start("web").await;
     let (tls_port, redirect_port) = (free_port(), free_port());
     let mut a = uploaded(&pki, "a");

@@ -92,6 +92,7 @@ fn required_role(method: &Method, path: &str) -> Option<Role> {
         return None; // health, readiness, metrics
     }
     if path.starts_with("/v1/admin-tokens")
+        || path.starts_with("/v1/xds-tokens")
         || path == "/v1/status/release"
         || path == "/v1/status/confirm"
     {

@@ -202,6 +202,7 @@ pub fn document() -> Value {
     let applied = schemas.of::<Applied>();
     let version_record = schemas.of::<VersionRecord>();
     let token = schemas.of::<AdminTokenRecord>();
+    let node_token = schemas.of::<crate::model::node_token::StoredNodeToken>();
     let canary = schemas.of::<CanaryStatus>();
     let selector = schemas.of::<Selector>();
     let analysis = schemas.of::<Analysis>();
@@ -362,6 +363,27 @@ pub fn document() -> Value {
                         "read": {"enum": ["all", "own"], "default": "all", "description": "with owner: what the token reads"}}}),
                 ),
             }),
+        ),
+        (
+            "/v1/xds-tokens",
+            json!({
+                "get": operation("List node and fleet xDS tokens (never the tokens)", ("200", ok("Tokens", json!({"type": "array", "items": node_token.clone()}))), &[401, 403, 503]),
+                "post": with_body(
+                    operation("Create an xDS token bound to a fleet and/or a node; the token is returned once (admin role)", ("201", ok("Created", node_token)), &[401, 403, 409, 422, 503]),
+                    json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                        "name": {"type": "string"},
+                        "fleet": {"type": "string", "description": "only nodes whose cluster is this"},
+                        "node": {"type": "string", "description": "only the node with this id"}}}),
+                ),
+            }),
+        ),
+        (
+            "/v1/xds-tokens/{name}",
+            json!({"delete": with_parameters(
+                json!({"summary": "Revoke an xDS token: its streams are closed", "responses": {"204": {"description": "Revoked"},
+                    "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"], "404": problem_responses(&[404])["404"]}}),
+                name_parameter(),
+            )}),
         ),
         (
             "/v1/admin-tokens/{name}",

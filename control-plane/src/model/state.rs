@@ -39,6 +39,8 @@ pub struct ConfigState {
     /// Uploaded certificates' private keys, decrypted, by the hex SHA-256 of
     /// their public key (`Certificate::needs_private_key`).
     pub private_keys: BTreeMap<String, crate::secret::Secret>,
+    /// Per-node and per-fleet xDS tokens (hashes).
+    pub node_tokens: Vec<crate::model::node_token::StoredNodeToken>,
 }
 
 impl ConfigState {

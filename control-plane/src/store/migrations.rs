@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "certificate keys",
         include_str!("../../../migrations/0010_certificate_keys.sql"),
     ),
+    (
+        11,
+        "xds tokens",
+        include_str!("../../../migrations/0011_xds_tokens.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -13,7 +13,8 @@ pub(super) async fn load_from(conn: &mut sqlx::AnyConnection) -> Result<ConfigSt
     let rows = sqlx::query(
         "SELECT '' AS kind, '' AS name, CAST(version AS TEXT) AS spec FROM config_version WHERE id = 1 \
          UNION ALL SELECT kind, name, spec FROM resources \
-         UNION ALL SELECT 'api_key', id, spec FROM api_keys",
+         UNION ALL SELECT 'api_key', id, spec FROM api_keys \
+         UNION ALL SELECT 'xds_token', name, spec FROM xds_tokens",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -22,6 +23,15 @@ pub(super) async fn load_from(conn: &mut sqlx::AnyConnection) -> Result<ConfigSt
         let kind: String = row.try_get(0)?;
         let name: String = row.try_get(1)?;
         let spec: String = row.try_get(2)?;
+        if kind == "xds_token" {
+            let token = serde_json::from_str(&spec).map_err(|source| StoreError::Corrupt {
+                kind: Kind::ApiKey,
+                name: name.clone(),
+                source,
+            })?;
+            state.node_tokens.push(token);
+            continue;
+        }
         match Kind::parse(&kind) {
             None if kind.is_empty() => {
                 state.version = spec.parse().unwrap_or_default();

@@ -1,25 +1,58 @@
-//! Who may use the xDS port: with a token configured, every stream (ADS and
-//! the key usage reports) must present it as `authorization: Bearer …`,
-//! compared in constant time; anything else is refused `UNAUTHENTICATED`
-//! before a byte of configuration is sent or a report is read.
+//! Who may use the xDS port. With a token configured, every stream (ADS,
+//! the stats sink and the usage reports) must present as `authorization:
+//! Bearer …` either the shared token (compared in constant time) or a node
+//! or fleet token minted through the admin API (found by its SHA-256 in the
+//! newest configuration). Anything else is refused `UNAUTHENTICATED` before
+//! a byte of configuration is sent or a report is read. A node token's
+//! binding travels with the request: the ADS stream serves only the nodes
+//! it admits and ends when the token is revoked (`server.rs`).
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
-use crate::secret::Secret;
+use super::Rollout;
+use crate::{model::node_token::StoredNodeToken, secret::Secret};
+
+/// The node token a stream presented (absent: the shared token).
+#[derive(Clone, Debug)]
+pub struct NodeBinding(pub StoredNodeToken);
+
+impl NodeBinding {
+    /// Whether the token is still in the newest configuration.
+    pub fn valid(&self, rollout: &Rollout) -> bool {
+        rollout.latest().is_some_and(|s| {
+            s.node_tokens
+                .iter()
+                .any(|t| t.name == self.0.name && t.sha256 == self.0.sha256)
+        })
+    }
+}
 
 /// The check tonic runs on every call to the xDS port.
 #[derive(Clone, Debug)]
-pub struct NodeToken(Option<Secret>);
+pub struct NodeToken {
+    shared: Option<Secret>,
+    /// Where node tokens are looked up (the newest snapshot).
+    rollout: Option<Rollout>,
+}
 
 impl NodeToken {
     /// `None`: every client is served (the port should then be loopback only).
     pub fn new(token: Option<Secret>) -> Self {
-        Self(token)
+        Self {
+            shared: token,
+            rollout: None,
+        }
     }
 
-    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.0 else {
+    /// Accepts the node and fleet tokens of `rollout`'s newest snapshot too.
+    pub fn with_node_tokens(mut self, rollout: Rollout) -> Self {
+        self.rollout = Some(rollout);
+        self
+    }
+
+    pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.shared else {
             return Ok(request);
         };
         let presented = request
@@ -29,11 +62,27 @@ impl NodeToken {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated(
-                "this control plane requires its xDS token",
-            ))
+            return Ok(request);
+        }
+        let hash = crate::secret::hash(presented);
+        let bound = self
+            .rollout
+            .as_ref()
+            .and_then(Rollout::latest)
+            .and_then(|s| {
+                s.node_tokens
+                    .iter()
+                    .find(|t| bool::from(t.sha256.as_bytes().ct_eq(hash.as_bytes())))
+                    .cloned()
+            });
+        match bound {
+            Some(binding) if !presented.is_empty() => {
+                request.extensions_mut().insert(NodeBinding(binding));
+                Ok(request)
+            }
+            _ => Err(Status::unauthenticated(
+                "this control plane requires its xDS token or a node token",
+            )),
         }
     }
 }
@@ -60,22 +109,16 @@ mod tests {
 
     #[test]
     fn only_the_configured_token_passes() {
-        let check = NodeToken::new(Some(Secret::new("the-right-token-123".into())));
-        assert!(
-            check
-                .check(with(Some("Bearer the-right-token-123")))
-                .is_ok()
-        );
-        for refused in [
+        let guard = NodeToken::new(Some(Secret::new("s3cret-token".into())));
+        assert!(guard.check(with(Some("Bearer s3cret-token"))).is_ok());
+        for bad in [
             None,
-            Some("Bearer the-wrong-token-123"),
-            Some("the-right-token-123"),
-            Some("Bearer the-right-token-1234"),
+            Some("Bearer wrong"),
+            Some("s3cret-token"),
             Some("Bearer "),
         ] {
-            let status = check.check(with(refused)).expect_err("refused");
+            let status = guard.check(with(bad)).expect_err("refused");
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
-            assert!(!status.message().contains("right-token"));
         }
     }
 

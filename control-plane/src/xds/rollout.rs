@@ -385,6 +385,11 @@ impl Rollout {
         }
     }
 
+    /// The newest snapshot built from the store (served or held back).
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.with(|s| s.latest.clone())
+    }
+
     pub fn status(&self) -> RolloutStatus {
         self.with(|s| {
             let latest_version = s.latest.as_ref().map(|l| l.version);

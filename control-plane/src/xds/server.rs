@@ -20,6 +20,7 @@ use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
 use super::{
+    auth::NodeBinding,
     guard::{Claim, mismatch},
     rollout::Rollout,
     snapshot::ResourceType,
@@ -84,6 +85,7 @@ impl XdsServer {
     fn spawn<W: Wire>(
         &self,
         inbound: Streaming<W::Request>,
+        binding: Option<NodeBinding>,
     ) -> ReceiverStream<Result<W::Response, Status>> {
         let (tx, rx) = mpsc::channel(16);
         let task = StreamTask {
@@ -92,6 +94,7 @@ impl XdsServer {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             secure: self.secure,
+            binding,
         };
         tokio::spawn(task.run::<W>(inbound, tx));
         ReceiverStream::new(rx)
@@ -109,8 +112,9 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: GrpcRequest<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let binding = request.extensions().get::<NodeBinding>().cloned();
         Ok(Response::new(Box::pin(
-            self.spawn::<StateOfTheWorld>(request.into_inner()),
+            self.spawn::<StateOfTheWorld>(request.into_inner(), binding),
         )))
     }
 
@@ -118,8 +122,9 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let binding = request.extensions().get::<NodeBinding>().cloned();
         Ok(Response::new(Box::pin(
-            self.spawn::<Delta>(request.into_inner()),
+            self.spawn::<Delta>(request.into_inner(), binding),
         )))
     }
 }
@@ -243,6 +248,8 @@ struct StreamTask {
     metrics: Metrics,
     shutdown: CancellationToken,
     secure: bool,
+    /// The node token the stream presented (`auth.rs`).
+    binding: Option<NodeBinding>,
 }
 
 impl StreamTask {
@@ -280,6 +287,17 @@ impl StreamTask {
                             placement = W::node(&request).map(Placement::of).unwrap_or_default();
                             info!(node = placement.id, cluster = placement.cluster, zone = placement.zone, variant = ?W::VARIANT, "node connected");
                             node = placement.id.clone();
+                            if let Some(binding) = &self.binding
+                                && !binding.0.admits(&placement.id, &placement.cluster)
+                            {
+                                warn!(node = placement.id, cluster = placement.cluster, token = binding.0.name, "a node token used outside its binding");
+                                let _ = tx
+                                    .send(Err(Status::permission_denied(
+                                        "this xDS token is bound to another fleet or node",
+                                    )))
+                                    .await;
+                                break;
+                            }
                             handle = Some(self.registry.connect(&placement, W::VARIANT));
                             state.set_fleet(&placement.cluster);
                         }
@@ -315,6 +333,19 @@ impl StreamTask {
                         break;
                     }
                 },
+            }
+            if let Some(binding) = &self.binding
+                && !binding.valid(&self.rollout)
+            {
+                info!(
+                    node,
+                    token = binding.0.name,
+                    "xDS token revoked: closing the stream"
+                );
+                let _ = tx
+                    .send(Err(Status::unauthenticated("this xDS token was revoked")))
+                    .await;
+                break;
             }
             let snapshot = snapshots.borrow_and_update().clone();
             let pin = pins.borrow_and_update().clone();

@@ -176,6 +176,8 @@ pub struct Snapshot {
     pub version: u64,
     /// The certificates its secrets carry.
     pub certificates: Vec<CertificateExpiry>,
+    /// Per-node and per-fleet xDS tokens valid at this version (hashes).
+    pub node_tokens: Arc<Vec<crate::model::node_token::StoredNodeToken>>,
     resources: [Resources; ResourceType::ALL.len()],
     /// Clusters whose endpoints arrive over EDS (and so must be warmed).
     eds_clusters: BTreeSet<String>,
@@ -192,6 +194,7 @@ pub struct SnapshotParts {
     pub listeners: Vec<XdsResource>,
     pub routes: Vec<XdsResource>,
     pub certificates: Vec<CertificateExpiry>,
+    pub node_tokens: Vec<crate::model::node_token::StoredNodeToken>,
     pub auth: Vec<XdsResource>,
     pub ratelimit: Vec<XdsResource>,
     pub broker: Vec<XdsResource>,
@@ -203,6 +206,7 @@ impl Snapshot {
         let mut snapshot = Snapshot {
             version,
             certificates: parts.certificates,
+            node_tokens: Arc::new(parts.node_tokens),
             eds_clusters: parts.eds_clusters,
             ..Snapshot::default()
         };
