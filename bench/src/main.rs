@@ -28,6 +28,7 @@ mod quota;
 mod ratelimit;
 mod resilience;
 mod side_by_side;
+mod tls;
 mod writes;
 
 use std::time::{Duration, Instant};
@@ -111,6 +112,9 @@ enum Command {
     /// Observability: tracing (off, 1 %, 100 %, collector down) and the
     /// JSON access log beside a gateway with neither.
     Observability(Slices),
+    /// TLS termination vs plaintext on one route (kept-alive and a new
+    /// connection per request), and certificate rotation under load.
+    Tls(Slices),
     /// Canary rollouts: promote → every node, and the analysis' detection
     /// delay for a canary failing 20 % of requests.
     Canary {
@@ -280,6 +284,7 @@ async fn run(command: Command) {
         }
         Command::QuotaAccuracy { warm_up, seconds } => quota::run(warm_up, seconds).await,
         Command::Canary { envoys, rounds } => canary::run(envoys, rounds).await,
+        Command::Tls(s) => tls::run(s.seconds, s.rounds, s.connections).await,
         Command::Broker {
             subscribers,
             messages,
