@@ -476,6 +476,7 @@ fn route(i: usize, services: usize) -> Route {
         require_tls: false,
         version: None,
         gateways: Vec::new(),
+        grpc: None,
     }
 }
 

@@ -147,6 +147,7 @@ pub fn app(state: AdminState) -> Router {
         .merge(resource_routes::<Gateway>())
         .merge(resource_routes::<RateLimitPolicy>())
         .merge(resource_routes::<Topic>())
+        .merge(resource_routes::<crate::model::GrpcApi>())
         .merge(keys::routes())
         .fallback(|| async { ApiError::NoSuchPath })
         .layer(middleware::from_fn_with_state(

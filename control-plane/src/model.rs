@@ -19,6 +19,7 @@ pub mod balancing;
 pub mod certificate;
 pub mod cors;
 pub mod gateway;
+pub mod grpc_api;
 pub mod names;
 pub mod node_token;
 pub mod ownership;
@@ -39,6 +40,7 @@ pub use balancing::{ConnectionPool, Dns, DnsFamily, HashCookie, HashOn, LbPolicy
 pub use certificate::Certificate;
 pub use cors::{Cors, HeaderRule, HeaderRules};
 pub use gateway::{Gateway, GatewayProtocol};
+pub use grpc_api::GrpcApi;
 pub use names::{NAME_PATTERN, check_name, is_dns_label};
 pub(crate) use names::{is_dns_name, is_header_name};
 pub use ownership::{Labels, Owner};
@@ -71,6 +73,8 @@ pub enum Kind {
     Service,
     Certificate,
     Gateway,
+    /// gRPC APIs routes transcode to (descriptor sets).
+    GrpcApi,
     Consumer,
     JwtIssuer,
     IntrospectionProvider,
@@ -91,6 +95,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::Certificate => "certificate",
             Kind::Gateway => "gateway",
+            Kind::GrpcApi => "grpc_api",
             Kind::Consumer => "consumer",
             Kind::JwtIssuer => "jwt_issuer",
             Kind::IntrospectionProvider => "introspection_provider",
@@ -109,6 +114,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::Certificate => "certificates",
             Kind::Gateway => "gateways",
+            Kind::GrpcApi => "grpc-apis",
             Kind::Consumer => "consumers",
             Kind::JwtIssuer => "jwt-issuers",
             Kind::IntrospectionProvider => "introspection-providers",
@@ -126,6 +132,7 @@ impl Kind {
             "service" => Some(Kind::Service),
             "certificate" => Some(Kind::Certificate),
             "gateway" => Some(Kind::Gateway),
+            "grpc_api" => Some(Kind::GrpcApi),
             "consumer" => Some(Kind::Consumer),
             "jwt_issuer" => Some(Kind::JwtIssuer),
             "introspection_provider" => Some(Kind::IntrospectionProvider),
@@ -271,6 +278,9 @@ pub struct ConfigDocument {
     /// The broker's topics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<Topic>,
+    /// gRPC APIs (descriptor sets) routes transcode to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_apis: Vec<GrpcApi>,
 }
 
 impl ConfigDocument {
@@ -306,6 +316,7 @@ impl ConfigDocument {
         validate_list("certificates", &self.certificates, &mut errors);
         validate_list("gateways", &self.gateways, &mut errors);
         validate_list("topics", &self.topics, &mut errors);
+        validate_list("grpc_apis", &self.grpc_apis, &mut errors);
         errors
     }
 
@@ -336,6 +347,7 @@ impl ConfigDocument {
         assign("certificates", &mut self.certificates, &owner, &mut errors);
         assign("gateways", &mut self.gateways, &owner, &mut errors);
         assign("topics", &mut self.topics, &owner, &mut errors);
+        assign("grpc_apis", &mut self.grpc_apis, &owner, &mut errors);
         errors
     }
 }
@@ -357,6 +369,7 @@ impl ConfigDocument {
             certificates: only(self.certificates, owner),
             gateways: only(self.gateways, owner),
             topics: only(self.topics, owner),
+            grpc_apis: only(self.grpc_apis, owner),
         }
     }
 }

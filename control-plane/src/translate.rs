@@ -30,6 +30,7 @@ pub mod certificate;
 pub mod cluster;
 pub mod cors;
 pub mod gateway;
+pub mod grpc;
 pub mod jwt;
 pub mod listener;
 pub mod quota;

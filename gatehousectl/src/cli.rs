@@ -113,7 +113,7 @@ pub enum Command {
     },
     /// Print resources of one kind (owners, services, routes, consumers,
     /// jwt-issuers, introspection-providers, plans, rate-limit-policies,
-    /// certificates, gateways, topics), or one by name.
+    /// certificates, gateways, topics, grpc-apis), or one by name.
     Get {
         kind: String,
         name: Option<String>,

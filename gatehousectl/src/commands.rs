@@ -131,9 +131,10 @@ pub async fn run(cli: Cli) -> Result<String, (String, Failure)> {
                 "certificate" | "certificates" | "certs" => "certificates",
                 "gateway" | "gateways" => "gateways",
                 "topic" | "topics" => "topics",
+                "grpc-api" | "grpc-apis" => "grpc-apis",
                 other => {
                     return Err(no_output(Failure::Invalid(format!(
-                        "unknown kind {other:?} (owners, services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics)"
+                        "unknown kind {other:?} (owners, services, routes, consumers, jwt-issuers, introspection-providers, plans, rate-limit-policies, certificates, gateways, topics, grpc-apis)"
                     ))));
                 }
             };

@@ -29,6 +29,8 @@ pub use envoy_types::pb::envoy::extensions::filters::http::buffer::v3 as buffer;
 pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors;
 pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 pub use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+pub use envoy_types::pb::envoy::extensions::filters::http::grpc_json_transcoder::v3 as grpc_json_transcoder;
+pub use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3 as grpc_web;
 pub use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3 as header_mutation;
 pub use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt_authn;
 pub use envoy_types::pb::envoy::extensions::filters::http::rate_limit_quota::v3 as quota_filter;

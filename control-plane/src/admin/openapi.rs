@@ -197,6 +197,12 @@ pub fn document() -> Value {
         "rate limit policy",
     );
     resource_paths::<Topic>(&mut paths, &mut schemas, "topics", "broker topic");
+    resource_paths::<crate::model::GrpcApi>(
+        &mut paths,
+        &mut schemas,
+        "grpc-apis",
+        "gRPC API (descriptor set)",
+    );
     key_paths(&mut paths, &mut schemas);
     let config = schemas.of::<ConfigDocument>();
     let applied = schemas.of::<Applied>();

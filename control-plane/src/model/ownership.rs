@@ -164,6 +164,7 @@ pub fn check_state(state: &ConfigState) -> Vec<FieldError> {
     entries(&state.certificates, &mut all);
     entries(&state.gateways, &mut all);
     entries(&state.topics, &mut all);
+    entries(&state.grpc_apis, &mut all);
     if all.iter().all(|e| e.owner.is_none()) {
         return Vec::new();
     }

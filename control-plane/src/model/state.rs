@@ -34,6 +34,7 @@ pub struct ConfigState {
     pub certificates: BTreeMap<String, Certificate>,
     pub gateways: BTreeMap<String, Gateway>,
     pub topics: BTreeMap<String, Topic>,
+    pub grpc_apis: BTreeMap<String, crate::model::GrpcApi>,
     /// Every key, including revoked and expired ones (translation filters).
     pub api_keys: Vec<StoredApiKey>,
     /// Uploaded certificates' private keys, decrypted, by the hex SHA-256 of
@@ -59,6 +60,7 @@ impl ConfigState {
             certificates: self.certificates.into_values().collect(),
             gateways: self.gateways.into_values().collect(),
             topics: self.topics.into_values().collect(),
+            grpc_apis: self.grpc_apis.into_values().collect(),
         }
     }
 
@@ -85,6 +87,7 @@ impl ConfigState {
             Kind::Certificate => restore(&mut self.certificates, kind, name, before),
             Kind::Gateway => restore(&mut self.gateways, kind, name, before),
             Kind::Topic => restore(&mut self.topics, kind, name, before),
+            Kind::GrpcApi => restore(&mut self.grpc_apis, kind, name, before),
             // Keys are not configuration: a rollback never brings back a
             // revoked key nor removes a newer one.
             Kind::ApiKey => Ok(()),

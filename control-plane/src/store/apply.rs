@@ -71,6 +71,7 @@ pub(super) fn desired(document: &ConfigDocument) -> BTreeMap<Key, Desired> {
     collect(&mut desired, "certificates", &document.certificates);
     collect(&mut desired, "gateways", &document.gateways);
     collect(&mut desired, "topics", &document.topics);
+    collect(&mut desired, "grpc_apis", &document.grpc_apis);
     desired
 }
 

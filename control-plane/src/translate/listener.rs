@@ -4,7 +4,7 @@
 use gatehouse_proto::{core, hcm, listener, protobuf, router, to_any};
 
 use super::{
-    HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, jwt, quota, ratelimit,
+    HTTP_ROUTES, ProxySettings, access_log, actions, ads, auth, cors, grpc, jwt, quota, ratelimit,
     resilience, shedding, socket_address, tracing, usage_log, version, websocket,
 };
 
@@ -53,6 +53,9 @@ pub fn http_connection_manager(
         .chain([shedding::shedding_filter(&proxy.shedding)])
         // Faults after the checks: a drill never lets a request skip them.
         .chain([actions::fault_filter(), actions::buffer_filter()])
+        // Protocol translation last: checks and limits see the request as
+        // the client sent it.
+        .chain(grpc::filters())
         .chain([hcm::HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(

@@ -8,7 +8,7 @@ use std::{cmp::Reverse, collections::BTreeMap};
 use gatehouse_proto::{matcher, protobuf, route};
 
 use super::{
-    actions, auth, balancing, cors, duration_ms, gateway, quota, ratelimit, retry, shedding,
+    actions, auth, balancing, cors, duration_ms, gateway, grpc, quota, ratelimit, retry, shedding,
     version, websocket,
 };
 use crate::model::{ConfigState, HeaderMatch, PathMatch, Route};
@@ -73,6 +73,7 @@ fn virtual_host(
                 shedding::apply(r, &mut envoy);
                 websocket::apply(r, &mut envoy);
                 version::apply(r, &mut envoy);
+                grpc::apply(r, context.state, &mut envoy);
                 // Refused before translation when there are two.
                 let quota_policy = quota::route_policy(r, context.state).ok().flatten();
                 quota::apply(r, &mut envoy, quota_policy);

@@ -111,6 +111,7 @@ pub(crate) fn route(name: &str, services: &[&str]) -> Route {
         require_tls: false,
         version: None,
         gateways: Vec::new(),
+        grpc: None,
     }
 }
 
