@@ -80,9 +80,12 @@ impl Sidecar {
         let log = dir.join(unique(binary)).with_extension("log");
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
+        // `extra` may name its own `--xds-url` (an https:// one, say).
+        let default_url = (!extra.iter().any(|a| a.starts_with("--xds-url")))
+            .then(|| format!("--xds-url=http://{xds}"));
         let child = Command::new(gatehouse_bin(binary))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
-            .arg(format!("--xds-url=http://{xds}"))
+            .args(default_url)
             .arg(format!("--node-id={}", unique(binary)))
             .args(extra)
             .envs(env.iter().copied())

@@ -2,13 +2,14 @@
 //! fleet or a node, minted and revoked through the admin API and
 //! `gatehousectl`. A node token serves only the nodes it is bound to; a
 //! revoked token's streams are closed and it cannot reconnect; the shared
-//! token keeps working.
+//! token keeps working; our own services reach the TLS port with
+//! `--xds-ca-file`.
 
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Pki, Upstream, ctl::ctl, eventually, free_port,
-    probe, scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Pki, Sidecar, Upstream, ctl::ctl, eventually,
+    free_port, probe, scratch_dir,
 };
 use gatehouse_proto::{core, discovery, type_url};
 use serde_json::{Value, json};
@@ -144,6 +145,14 @@ async fn fleet_tokens_serve_only_their_fleet_and_revoked_ones_are_cut_off() {
         ads_as(&pki, cp.xds, "ghn_0000", "internal").await,
         Err(tonic::Code::Unauthenticated)
     );
+
+    // Our own services reach the TLS port too (--xds-url https://,
+    // --xds-ca-file) and receive their configuration.
+    let url = format!("--xds-url=https://localhost:{}", cp.xds.port());
+    let ca_arg = format!("--xds-ca-file={}", ca.display());
+    let token_arg = format!("--xds-token={SHARED}");
+    let limiter = Sidecar::ratelimit(cp.xds, 0, &[&url, &ca_arg, &token_arg]).await;
+    drop(limiter);
 
     // Revoked: the internal Envoy is disconnected and stays so; the public
     // one is untouched.
