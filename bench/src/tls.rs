@@ -10,19 +10,12 @@ use std::time::Duration;
 
 use gatehouse_e2e::{
     ControlPlane, ControlPlaneOptions, Envoy, Pki, Upstream, XdsVariant, free_port, scratch_dir,
-    workspace_root,
 };
 use serde_json::json;
 
 use crate::side_by_side::{Variant, interleaved};
 
-fn fixture(name: &str) -> String {
-    workspace_root()
-        .join("tests/fixtures/tls")
-        .join(name)
-        .display()
-        .to_string()
-}
+use gatehouse_e2e::tls_fixture as fixture;
 
 /// `wrk` for `seconds` with a new connection per request: (req/s, errors).
 async fn new_connections(url: &str, seconds: u64, connections: u32) -> (f64, u64) {

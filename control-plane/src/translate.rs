@@ -318,6 +318,18 @@ fn packed(type_url: &str, message: &impl prost::Message) -> protobuf::Any {
     }
 }
 
+/// `content-type: application/json` on a response Gatehouse writes itself.
+pub(crate) fn json_content_type() -> core::HeaderValueOption {
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: "content-type".into(),
+            value: "application/json".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn duration_ms(ms: u32) -> protobuf::Duration {
     protobuf::Duration {
         seconds: i64::from(ms / 1000),

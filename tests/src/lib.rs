@@ -16,6 +16,7 @@ pub mod control_plane;
 pub mod ctl;
 pub mod envoy;
 pub mod flood;
+pub mod grpc;
 pub mod load;
 pub mod otlp;
 pub mod pki;
@@ -34,7 +35,7 @@ pub use reqwest;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions};
 pub use envoy::{Answer, Envoy, XdsVariant, bootstrap_yaml};
-pub use pki::Pki;
+pub use pki::{Pki, tls_fixture};
 pub use postgres::postgres_database;
 pub use process::{
     client, envoy_bin, eventually, free_port, gatehouse_bin, rss_kb, scratch_dir, unique,

@@ -6,6 +6,16 @@ use std::{
     process::Command,
 };
 
+/// The path of a file of `tests/fixtures/tls` (the fixed test CA, its
+/// `localhost` certificate and key, an expired one).
+pub fn tls_fixture(name: &str) -> String {
+    crate::workspace_root()
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 /// A directory of keys and certificates.
 pub struct Pki {
     pub dir: PathBuf,

@@ -10,24 +10,10 @@ use gatehouse_e2e::{Stack, eventually};
 use serde_json::{Value, json};
 
 fn rfc3339(unix_s: u64) -> String {
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let days = (unix_s / 86_400) as i64;
-    let secs = unix_s % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp(unix_s as i64)
+        .expect("a time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

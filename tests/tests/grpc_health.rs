@@ -10,19 +10,8 @@ use tonic_health::ServingStatus;
 
 #[tokio::test]
 async fn grpc_health_checks_follow_the_services_status() {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (reporter, port) =
+        gatehouse_e2e::grpc::health_server(&[("orders", ServingStatus::Serving)]).await;
     let g = Stack::new().start().await;
     let version = g
         .cp

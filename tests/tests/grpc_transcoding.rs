@@ -25,23 +25,11 @@ fn descriptor_set() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_and_grpc_web_reach_a_real_grpc_server() {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status("billing", ServingStatus::NotServing)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (_reporter, port) = gatehouse_e2e::grpc::health_server(&[
+        ("orders", ServingStatus::Serving),
+        ("billing", ServingStatus::NotServing),
+    ])
+    .await;
     let g = Stack::new()
         .configure(|o| o.validate_with_envoy = true)
         .start()

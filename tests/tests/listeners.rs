@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use gatehouse_e2e::{
     ControlPlane, ControlPlaneOptions, Envoy, Upstream, XdsVariant, eventually, free_port,
-    workspace_root,
 };
 use serde_json::{Value, json};
 
-fn fixture(name: &str) -> String {
-    workspace_root()
-        .join("tests/fixtures/tls")
-        .join(name)
-        .display()
-        .to_string()
-}
+use gatehouse_e2e::tls_fixture as fixture;
 
 fn tls_client() -> reqwest::Client {
     let pem = std::fs::read(fixture("ca.crt")).expect("fixture CA");

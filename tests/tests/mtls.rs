@@ -8,16 +8,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use gatehouse_e2e::{Pki, Stack, eventually, free_port, scratch_dir, workspace_root};
+use gatehouse_e2e::{Pki, Stack, eventually, free_port, scratch_dir};
 use serde_json::{Value, json};
 
-fn fixture(name: &str) -> String {
-    workspace_root()
-        .join("tests/fixtures/tls")
-        .join(name)
-        .display()
-        .to_string()
-}
+use gatehouse_e2e::tls_fixture as fixture;
 
 /// A client trusting the fixture CA (Envoy's server certificate), with
 /// `identity` (a leaf of `pki`) as its client certificate when given.

@@ -218,14 +218,7 @@ pub fn tls_refusal(envoy: &route::Route) -> route::Route {
                 ..Default::default()
             },
         )),
-        response_headers_to_add: vec![core::HeaderValueOption {
-            header: Some(core::HeaderValue {
-                key: "content-type".into(),
-                value: "application/json".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
+        response_headers_to_add: vec![super::json_content_type()],
         ..Default::default()
     }
 }

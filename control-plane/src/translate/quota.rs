@@ -277,14 +277,7 @@ fn bucket_settings(p: &RateLimitPolicy) -> quota_filter::RateLimitQuotaBucketSet
             http_body: Some(protobuf::BytesValue {
                 value: body.into_bytes(),
             }),
-            response_headers_to_add: vec![core::HeaderValueOption {
-                header: Some(core::HeaderValue {
-                    key: "content-type".into(),
-                    value: "application/json".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
+            response_headers_to_add: vec![super::json_content_type()],
             ..Default::default()
         }),
         no_assignment_behavior: Some(settings::NoAssignmentBehavior {
