@@ -226,8 +226,13 @@ impl ControlPlane {
         if let Some(identity) = &self.xds_tls {
             let identity =
                 tonic::transport::Identity::from_pem(&identity.cert_pem, identity.key_pem.expose());
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &self.xds_tls.as_ref().and_then(|t| t.client_ca_pem.clone()) {
+                // Every client presents a certificate from this bundle.
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
             builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .tls_config(tls)
                 .map_err(|e| StartError::Serve("xDS TLS", e.to_string()))?;
         }
         let mut xds = tokio::spawn(

@@ -114,6 +114,31 @@ impl Envoy {
         Self::start_config(&bootstrap, node_id, dir, proxy_port, None).await
     }
 
+    /// Starts Envoy as node `node_id` over an mTLS xDS port: TLS verified
+    /// against `ca`, presenting the client certificate `cert`/`key`.
+    pub async fn start_with_xds_mtls(
+        xds: SocketAddr,
+        proxy_port: u16,
+        token: &str,
+        ca: &std::path::Path,
+        (node_id, cert, key): (&str, &std::path::Path, &std::path::Path),
+    ) -> Self {
+        let dir = scratch_dir("gatehouse_envoy");
+        let bootstrap = xds_tls_bootstrap(&bootstrap_yaml(node_id, "GRPC", xds.port()), ca)
+            .replace("Bearer ${GATEHOUSE_XDS_TOKEN}", &format!("Bearer {token}"));
+        let anchor = "          common_tls_context:\n            alpn_protocols: [h2]\n";
+        assert!(bootstrap.contains(anchor), "TLS bootstrap changed shape");
+        let bootstrap = bootstrap.replace(
+            anchor,
+            &format!(
+                "{anchor}            tls_certificates:\n              - certificate_chain: {{ filename: {} }}\n                private_key: {{ filename: {} }}\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        Self::start_config(&bootstrap, node_id.to_owned(), dir, proxy_port, None).await
+    }
+
     /// Starts Envoy in `fleet`: its node `cluster`.
     pub async fn start_in_fleet(xds: SocketAddr, proxy_port: u16, fleet: &str) -> Self {
         let dir = scratch_dir("gatehouse_envoy");

@@ -86,7 +86,10 @@ impl Sidecar {
         let child = Command::new(gatehouse_bin(binary))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
             .args(default_url)
-            .arg(format!("--node-id={}", unique(binary)))
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--node-id")))
+                    .then(|| format!("--node-id={}", unique(binary))),
+            )
             .args(extra)
             .envs(env.iter().copied())
             .env(

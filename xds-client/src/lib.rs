@@ -44,9 +44,22 @@ pub struct Subscription {
     pub ca: Option<XdsCa>,
 }
 
-/// The PEM CA bundle an `https://` xDS endpoint is verified against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XdsCa(pub String);
+/// How to reach an `https://` xDS endpoint: the PEM CA bundle its
+/// certificate is verified against, and this node's client certificate and
+/// key when the control plane requires one (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct XdsCa {
+    pub ca: String,
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for XdsCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsCa")
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
 
 /// A channel endpoint for the control plane's port: TLS verified against
 /// `ca` for `https://` URLs (which need one), plaintext for `http://`.
@@ -56,10 +69,14 @@ pub fn endpoint(
 ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
     match ca {
-        Some(ca) if url.starts_with("https://") => endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca.0)),
-        ),
+        Some(ca) if url.starts_with("https://") => {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca.ca));
+            if let Some((cert, key)) = &ca.identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint.tls_config(tls)
+        }
         _ => Ok(endpoint),
     }
 }
@@ -100,6 +117,23 @@ pub struct TokenArgs {
     /// an `https://` --xds-url.
     #[arg(long, env = "GATEHOUSE_XDS_CA_FILE")]
     pub xds_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate naming this node's id, for a control plane
+    /// that requires one (--xds-tls-client-ca-file there).
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_CLIENT_CERT_FILE",
+        requires_all = ["xds_client_key_file", "xds_ca_file"]
+    )]
+    pub xds_client_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --xds-client-cert-file.
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_CLIENT_KEY_FILE",
+        requires = "xds_client_cert_file"
+    )]
+    pub xds_client_key_file: Option<std::path::PathBuf>,
 }
 
 /// Why an xDS token cannot be used; never shows the token.
@@ -120,18 +154,27 @@ pub enum TokenError {
 impl TokenArgs {
     /// The CA bundle of `--xds-ca-file`, if given.
     pub fn ca(&self) -> Result<Option<XdsCa>, TokenError> {
-        self.xds_ca_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read_to_string(path)
-                    .map(XdsCa)
-                    .map_err(|source| TokenError::File {
-                        flag: "--xds-ca-file",
-                        path: path.clone(),
-                        source,
-                    })
+        let read = |flag: &'static str, path: &std::path::PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| TokenError::File {
+                flag,
+                path: path.clone(),
+                source,
             })
-            .transpose()
+        };
+        let Some(ca) = &self.xds_ca_file else {
+            return Ok(None);
+        };
+        let identity = match (&self.xds_client_cert_file, &self.xds_client_key_file) {
+            (Some(cert), Some(key)) => Some((
+                read("--xds-client-cert-file", cert)?,
+                read("--xds-client-key-file", key)?,
+            )),
+            _ => None,
+        };
+        Ok(Some(XdsCa {
+            ca: read("--xds-ca-file", ca)?,
+            identity,
+        }))
     }
 
     /// The token from the flag (or environment variable) or the file.

@@ -28,6 +28,16 @@ pub struct TlsArgs {
     )]
     pub xds_tls_key_file: Option<PathBuf>,
 
+    /// PEM CA bundle of node client certificates: with it, every xDS client
+    /// must present a certificate it signed that names the client's node id
+    /// (a DNS or URI SAN, or the subject CN).
+    #[arg(
+        long,
+        env = "GATEHOUSE_XDS_TLS_CLIENT_CA_FILE",
+        requires = "xds_tls_cert_file"
+    )]
+    pub xds_tls_client_ca_file: Option<PathBuf>,
+
     /// Key-encryption key sealing uploaded certificate keys at rest: 32
     /// bytes as 64 hex digits or base64. Without one, certificates can only
     /// name files on the Envoy hosts.
@@ -48,6 +58,8 @@ pub struct TlsArgs {
 pub struct XdsIdentity {
     pub cert_pem: String,
     pub key_pem: Secret,
+    /// Client certificates required, signed by this bundle.
+    pub client_ca_pem: Option<String>,
 }
 
 impl TlsArgs {
@@ -73,9 +85,19 @@ impl TlsArgs {
                 "--xds-tls-key-file does not match --xds-tls-cert-file".into(),
             ));
         }
+        let client_ca_pem = self
+            .xds_tls_client_ca_file
+            .as_ref()
+            .map(|path| read("--xds-tls-client-ca-file", path))
+            .transpose()?;
+        if let Some(ca) = &client_ca_pem {
+            certificate::chain_info(ca)
+                .map_err(|e| ConfigError::XdsTls(format!("--xds-tls-client-ca-file {e}")))?;
+        }
         Ok(Some(XdsIdentity {
             cert_pem,
             key_pem: Secret::new(key_pem),
+            client_ca_pem,
         }))
     }
 

@@ -28,6 +28,36 @@ impl NodeBinding {
     }
 }
 
+/// The names a node's client certificate gives it: DNS and URI SANs and
+/// the subject's common name (a node id must be one of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerNames(pub Vec<String>);
+
+impl PeerNames {
+    /// From the first (leaf) certificate of a TLS peer, if it parses.
+    pub fn of(der: &[u8]) -> Option<Self> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut names: Vec<String> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .collect();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            names.extend(san.value.general_names.iter().filter_map(|n| match n {
+                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                GeneralName::URI(uri) => Some((*uri).to_owned()),
+                _ => None,
+            }));
+        }
+        Some(Self(names))
+    }
+
+    pub fn admits(&self, node_id: &str) -> bool {
+        self.0.iter().any(|n| n == node_id)
+    }
+}
+
 /// The check tonic runs on every call to the xDS port.
 #[derive(Clone, Debug)]
 pub struct NodeToken {

@@ -20,7 +20,7 @@ use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    auth::NodeBinding,
+    auth::{NodeBinding, PeerNames},
     guard::{Claim, mismatch},
     rollout::Rollout,
     snapshot::ResourceType,
@@ -86,6 +86,7 @@ impl XdsServer {
         &self,
         inbound: Streaming<W::Request>,
         binding: Option<NodeBinding>,
+        peer: Option<PeerNames>,
     ) -> ReceiverStream<Result<W::Response, Status>> {
         let (tx, rx) = mpsc::channel(16);
         let task = StreamTask {
@@ -95,10 +96,17 @@ impl XdsServer {
             shutdown: self.shutdown.clone(),
             secure: self.secure,
             binding,
+            peer,
         };
         tokio::spawn(task.run::<W>(inbound, tx));
         ReceiverStream::new(rx)
     }
+}
+
+/// The client certificate's names, on an mTLS xDS port.
+fn peer_names<T>(request: &GrpcRequest<T>) -> Option<PeerNames> {
+    let certs = request.peer_certs()?;
+    PeerNames::of(certs.first()?.as_ref())
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -113,9 +121,12 @@ impl AggregatedDiscoveryService for XdsServer {
         request: GrpcRequest<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let binding = request.extensions().get::<NodeBinding>().cloned();
-        Ok(Response::new(Box::pin(
-            self.spawn::<StateOfTheWorld>(request.into_inner(), binding),
-        )))
+        let peer = peer_names(&request);
+        Ok(Response::new(Box::pin(self.spawn::<StateOfTheWorld>(
+            request.into_inner(),
+            binding,
+            peer,
+        ))))
     }
 
     async fn delta_aggregated_resources(
@@ -123,9 +134,12 @@ impl AggregatedDiscoveryService for XdsServer {
         request: GrpcRequest<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let binding = request.extensions().get::<NodeBinding>().cloned();
-        Ok(Response::new(Box::pin(
-            self.spawn::<Delta>(request.into_inner(), binding),
-        )))
+        let peer = peer_names(&request);
+        Ok(Response::new(Box::pin(self.spawn::<Delta>(
+            request.into_inner(),
+            binding,
+            peer,
+        ))))
     }
 }
 
@@ -250,6 +264,8 @@ struct StreamTask {
     secure: bool,
     /// The node token the stream presented (`auth.rs`).
     binding: Option<NodeBinding>,
+    /// The names of the node's client certificate (an mTLS xDS port).
+    peer: Option<PeerNames>,
 }
 
 impl StreamTask {
@@ -287,6 +303,17 @@ impl StreamTask {
                             placement = W::node(&request).map(Placement::of).unwrap_or_default();
                             info!(node = placement.id, cluster = placement.cluster, zone = placement.zone, variant = ?W::VARIANT, "node connected");
                             node = placement.id.clone();
+                            if let Some(peer) = &self.peer
+                                && !peer.admits(&placement.id)
+                            {
+                                warn!(node = placement.id, names = ?peer.0, "a client certificate naming another node");
+                                let _ = tx
+                                    .send(Err(Status::permission_denied(
+                                        "this client certificate does not name the node",
+                                    )))
+                                    .await;
+                                break;
+                            }
                             if let Some(binding) = &self.binding
                                 && !binding.0.admits(&placement.id, &placement.cluster)
                             {
