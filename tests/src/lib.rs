@@ -11,6 +11,7 @@
 //! (WebSocket upstreams and clients), [`ctl`] (the real `gatehousectl`), and
 //! [`stack`], the one fixture most tests start from.
 
+pub mod ads;
 pub mod broker;
 pub mod control_plane;
 pub mod ctl;

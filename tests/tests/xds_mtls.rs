@@ -7,65 +7,39 @@
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Pki, Sidecar, Upstream, eventually, free_port, probe,
-    scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Pki, Sidecar, Upstream,
+    ads::{AdsProbe, first_answer},
+    eventually, free_port, probe, scratch_dir,
 };
-use gatehouse_proto::{core, discovery, type_url};
 use serde_json::json;
 
 const SHARED: &str = "shared-xds-token-for-the-mtls-test-0123456789";
 
-/// An ADS stream as node `id` presenting `identity` (a leaf of `pki`):
-/// `Ok` when the control plane answers its first request.
+/// An ADS stream as node `id` presenting `identity` (a leaf of `pki`).
 async fn ads_as(
     pki: &Pki,
     xds: std::net::SocketAddr,
     id: &str,
     identity: Option<&str>,
 ) -> Result<(), String> {
-    use discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
-        tonic::transport::Certificate::from_pem(pki.read("xds-ca.crt")),
-    );
-    if let Some(leaf) = identity {
-        tls = tls.identity(tonic::transport::Identity::from_pem(
+    let ca = pki.read("xds-ca.crt");
+    let identity = identity.map(|leaf| {
+        (
             pki.read(&format!("{leaf}.crt")),
             pki.read(&format!("{leaf}.key")),
-        ));
-    }
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", xds.port()))
-            .expect("endpoint")
-            .tls_config(tls)
-            .expect("tls")
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let first = discovery::DiscoveryRequest {
-        node: Some(core::Node {
-            id: id.into(),
-            cluster: "gatehouse".into(),
-            ..Default::default()
-        }),
-        type_url: type_url::CLUSTER.into(),
-        ..Default::default()
-    };
-    let mut request = tonic::Request::new(tokio_stream::iter([first]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {SHARED}").parse().expect("ascii"),
-    );
-    let mut responses = client
-        .stream_aggregated_resources(request)
-        .await
-        .map_err(|s| format!("{:?}", s.code()))?
-        .into_inner();
-    match tokio::time::timeout(Duration::from_secs(5), responses.message()).await {
-        Ok(Ok(Some(_))) => Ok(()),
-        Ok(Err(status)) => Err(format!("{:?}", status.code())),
-        other => Err(format!("no answer: {other:?}")),
-    }
+        )
+    });
+    first_answer(
+        xds,
+        AdsProbe {
+            ca: &ca,
+            identity,
+            token: SHARED,
+            node_id: id,
+            cluster: "gatehouse",
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,60 +8,39 @@
 use std::time::Duration;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, Pki, Sidecar, Upstream, ctl::ctl, eventually,
-    free_port, probe, scratch_dir,
+    ControlPlane, ControlPlaneOptions, Envoy, Pki, Sidecar, Upstream,
+    ads::{AdsProbe, first_answer},
+    ctl::ctl,
+    eventually, free_port, probe, scratch_dir,
 };
-use gatehouse_proto::{core, discovery, type_url};
 use serde_json::{Value, json};
 
 const SHARED: &str = "shared-xds-token-for-the-fleet-test-0123456789";
 
-/// Opens an ADS stream over TLS as a node of `cluster` with `token` and
-/// returns how the control plane answered the first request.
+/// An ADS stream over TLS as a node of `cluster` with `token`: how the
+/// control plane answered its first request.
 async fn ads_as(
     pki: &Pki,
     xds: std::net::SocketAddr,
     token: &str,
     cluster: &str,
 ) -> Result<(), tonic::Code> {
-    use discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     let ca = pki.read("xds-ca.crt");
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", xds.port()))
-            .expect("endpoint")
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            )
-            .expect("tls")
-            .connect()
-            .await
-            .expect("connects");
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let first = discovery::DiscoveryRequest {
-        node: Some(core::Node {
-            id: format!("probe-{cluster}"),
-            cluster: cluster.into(),
-            ..Default::default()
-        }),
-        type_url: type_url::CLUSTER.into(),
-        ..Default::default()
+    let node_id = format!("probe-{cluster}");
+    let probe = AdsProbe {
+        ca: &ca,
+        identity: None,
+        token,
+        node_id: &node_id,
+        cluster,
     };
-    let mut request = tonic::Request::new(tokio_stream::iter([first]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    let mut responses = client
-        .stream_aggregated_resources(request)
+    first_answer(xds, probe)
         .await
-        .map_err(|s| s.code())?
-        .into_inner();
-    match tokio::time::timeout(Duration::from_secs(5), responses.message()).await {
-        Ok(Ok(Some(_))) => Ok(()),
-        Ok(Err(status)) => Err(status.code()),
-        other => panic!("no answer: {other:?}"),
-    }
+        .map_err(|e| match e.as_str() {
+            "PermissionDenied" => tonic::Code::PermissionDenied,
+            "Unauthenticated" => tonic::Code::Unauthenticated,
+            other => panic!("unexpected: {other}"),
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
