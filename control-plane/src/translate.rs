@@ -318,6 +318,27 @@ fn packed(type_url: &str, message: &impl prost::Message) -> protobuf::Any {
     }
 }
 
+/// A header set to `value`, replacing any the message already has.
+pub(crate) fn set_header(key: &str, value: String) -> core::HeaderValueOption {
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: key.into(),
+            value,
+            ..Default::default()
+        }),
+        append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// A file Envoy reads on its own host.
+pub(crate) fn file_source(path: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    }
+}
+
 /// `content-type: application/json` on a response Gatehouse writes itself.
 pub(crate) fn json_content_type() -> core::HeaderValueOption {
     core::HeaderValueOption {

@@ -10,8 +10,10 @@
 
 use gatehouse_proto::{core, tls};
 
+use super::file_source;
+
 use crate::{
-    model::{Certificate, ConfigState, Gateway, Resource},
+    model::{Certificate, ConfigState, Gateway, certificate::ChainInfo},
     translate::TranslateError,
     xds::snapshot::{CertificateExpiry, XdsResource},
 };
@@ -60,13 +62,6 @@ pub fn sds_config(certificate: &str) -> tls::SdsSecretConfig {
     }
 }
 
-fn file(path: &str) -> core::DataSource {
-    core::DataSource {
-        specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
-        ..Default::default()
-    }
-}
-
 fn inline(text: &str) -> core::DataSource {
     core::DataSource {
         specifier: Some(core::data_source::Specifier::InlineBytes(
@@ -78,13 +73,21 @@ fn inline(text: &str) -> core::DataSource {
 
 /// The secret of one certificate; an uploaded one needs its key in `state`.
 pub fn secret(c: &Certificate, state: &ConfigState) -> Result<XdsResource, TranslateError> {
+    secret_of(c, c.info().as_ref(), state)
+}
+
+/// [`secret`] with the uploaded chain's details already read.
+fn secret_of(
+    c: &Certificate,
+    info: Option<&ChainInfo>,
+    state: &ConfigState,
+) -> Result<XdsResource, TranslateError> {
     let (chain, key, sensitive) = match (&c.cert_chain_file, &c.private_key_file) {
-        (Some(chain), Some(key)) => (file(chain), file(key), false),
+        (Some(chain), Some(key)) => (file_source(chain), file_source(key), false),
         _ => {
             let pem = c.cert_chain_pem.as_deref().unwrap_or_default();
-            let key = c
-                .needs_private_key()
-                .and_then(|spki| state.private_keys.get(&spki))
+            let key = info
+                .and_then(|i| state.private_keys.get(&i.spki_sha256))
                 .ok_or_else(|| TranslateError::MissingPrivateKey(c.name.clone()))?;
             (inline(pem), inline(key.expose()), true)
         }
@@ -122,20 +125,22 @@ pub fn secrets(
                 .filter_map(|s| s.tls.as_ref()?.client_certificate.as_deref()),
         )
         .collect();
-    let used: Vec<&Certificate> = used
+    // Each uploaded chain is parsed once, for its key and its expiry.
+    let used: Vec<(&Certificate, Option<ChainInfo>)> = used
         .into_iter()
         .filter_map(|name| state.certificates.get(name))
+        .map(|c| (c, c.info()))
         .collect();
     let expiry = used
         .iter()
-        .map(|c| CertificateExpiry {
+        .map(|(c, info)| CertificateExpiry {
             name: c.name.clone(),
-            not_after_s: c.info().map(|i| i.not_after_s),
+            not_after_s: info.as_ref().map(|i| i.not_after_s),
         })
         .collect();
     let mut secrets: Vec<XdsResource> = used
-        .into_iter()
-        .map(|c| secret(c, state))
+        .iter()
+        .map(|(c, info)| secret_of(c, info.as_ref(), state))
         .collect::<Result<_, _>>()?;
     secrets.extend(state.gateways.values().filter_map(client_ca_secret));
     Ok((secrets, expiry))
@@ -146,7 +151,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::secret::Secret;
+    use crate::{model::Resource, secret::Secret};
 
     const CHAIN: &str = include_str!("../../../tests/fixtures/tls/localhost.crt");
     const KEY: &str = include_str!("../../../tests/fixtures/tls/localhost.key");

@@ -134,19 +134,10 @@ fn hsts_filter(max_age_s: u32) -> hcm::HttpFilter {
     let mutation = header_mutation::HeaderMutation {
         mutations: Some(header_mutation::Mutations {
             response_mutations: vec![common::HeaderMutation {
-                action: Some(common::header_mutation::Action::Append(
-                    core::HeaderValueOption {
-                        header: Some(core::HeaderValue {
-                            key: "strict-transport-security".into(),
-                            value: format!("max-age={max_age_s}; includeSubDomains"),
-                            ..Default::default()
-                        }),
-                        append_action:
-                            core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                                as i32,
-                        ..Default::default()
-                    },
-                )),
+                action: Some(common::header_mutation::Action::Append(super::set_header(
+                    "strict-transport-security",
+                    format!("max-age={max_age_s}; includeSubDomains"),
+                ))),
             }],
             ..Default::default()
         }),

@@ -91,16 +91,7 @@ pub fn overload_replies() -> Vec<hcm::ResponseMapper> {
             content_type: "application/json".into(),
             ..Default::default()
         }),
-        headers_to_add: vec![core::HeaderValueOption {
-            header: Some(core::HeaderValue {
-                key: "retry-after".into(),
-                value: "1".into(),
-                ..Default::default()
-            }),
-            append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                as i32,
-            ..Default::default()
-        }],
+        headers_to_add: vec![super::set_header("retry-after", "1".into())],
         ..Default::default()
     })
     .collect()

@@ -2,7 +2,7 @@
 //! and names the endpoints' certificates are verified against, SNI, ALPN
 //! by protocol, and for mTLS the client certificate's files.
 
-use gatehouse_proto::{cluster, core, matcher, tls, to_any};
+use gatehouse_proto::{cluster, matcher, tls, to_any};
 
 use crate::model::{
     ConfigState, Protocol, Service,
@@ -19,15 +19,12 @@ pub fn apply(service: &Service, state: &ConfigState, c: &mut cluster::Cluster) {
 }
 
 fn context(service: &Service, t: &UpstreamTls, state: &ConfigState) -> tls::UpstreamTlsContext {
-    use core::data_source::Specifier;
     use tls::subject_alt_name_matcher::SanType;
 
-    let file = |path: &str| core::DataSource {
-        specifier: Some(Specifier::Filename(path.to_owned())),
-        ..Default::default()
-    };
     let validation = tls::CertificateValidationContext {
-        trusted_ca: Some(file(t.ca_file.as_deref().unwrap_or(SYSTEM_CA_BUNDLE))),
+        trusted_ca: Some(super::file_source(
+            t.ca_file.as_deref().unwrap_or(SYSTEM_CA_BUNDLE),
+        )),
         match_typed_subject_alt_names: t
             .verify_subject_alt_names
             .iter()

@@ -12,7 +12,7 @@
 use gatehouse_proto::{cel, core, hcm, protobuf, rbac, rbac_filter, route, to_any};
 use time::OffsetDateTime;
 
-use super::details_start_with;
+use super::{details_start_with, set_header as header};
 use crate::model::Route;
 
 /// The RBAC filter a sunset route enables (allows everything elsewhere).
@@ -40,18 +40,6 @@ pub fn http_date(unix_s: i64) -> String {
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_default()
-}
-
-fn header(key: &str, value: String) -> core::HeaderValueOption {
-    core::HeaderValueOption {
-        header: Some(core::HeaderValue {
-            key: key.into(),
-            value,
-            ..Default::default()
-        }),
-        append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
 }
 
 fn string(value: &str) -> protobuf::Value {

@@ -26,16 +26,10 @@ pub(super) fn answer(
             content_type: "application/json".into(),
             ..Default::default()
         }),
-        headers_to_add: vec![core::HeaderValueOption {
-            header: Some(core::HeaderValue {
-                key: "www-authenticate".into(),
-                value: challenge.into(),
-                ..Default::default()
-            }),
-            append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                as i32,
-            ..Default::default()
-        }],
+        headers_to_add: vec![super::super::set_header(
+            "www-authenticate",
+            challenge.into(),
+        )],
         ..Default::default()
     }
 }
