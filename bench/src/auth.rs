@@ -352,7 +352,7 @@ pub async fn serve_noop(port: u16, with_identity: bool) {
         .await;
 }
 
-async fn start_noop(with_identity: bool) -> (SocketAddr, tokio::process::Child) {
+pub(crate) async fn start_noop(with_identity: bool) -> (SocketAddr, tokio::process::Child) {
     let port = free_port();
     let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
         .args(["noop-authz", "--port", &port.to_string()])

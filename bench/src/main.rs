@@ -22,6 +22,7 @@
 mod auth;
 mod broker;
 mod canary;
+mod exact;
 mod load;
 mod observability;
 mod quota;
@@ -115,6 +116,10 @@ enum Command {
     /// TLS termination vs plaintext on one route (kept-alive and a new
     /// connection per request), and certificate rotation under load.
     Tls(Slices),
+    /// The exact path: an API-key route with a per-consumer exact limit
+    /// (ext-authz + ratelimit-service on Redis) beside the same configuration
+    /// served by the zero-work fixtures, and the two mixes between them.
+    ExactPath(Slices),
     /// Canary rollouts: promote → every node, and the analysis' detection
     /// delay for a canary failing 20 % of requests.
     Canary {
@@ -285,6 +290,7 @@ async fn run(command: Command) {
         Command::QuotaAccuracy { warm_up, seconds } => quota::run(warm_up, seconds).await,
         Command::Canary { envoys, rounds } => canary::run(envoys, rounds).await,
         Command::Tls(s) => tls::run(s.seconds, s.rounds, s.connections).await,
+        Command::ExactPath(s) => exact::run(s.seconds, s.rounds, s.connections).await,
         Command::Broker {
             subscribers,
             messages,

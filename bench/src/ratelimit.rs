@@ -230,7 +230,9 @@ fn local_ratelimit_bootstrap(proxy_port: u16, upstream: std::net::SocketAddr) ->
     crate::static_envoy(proxy_port, upstream, routes, filter)
 }
 
-async fn start_noop_rls(with_headers: bool) -> (std::net::SocketAddr, tokio::process::Child) {
+pub(crate) async fn start_noop_rls(
+    with_headers: bool,
+) -> (std::net::SocketAddr, tokio::process::Child) {
     let port = gatehouse_e2e::free_port();
     let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
         .args(["noop-rls", "--port", &port.to_string()])
