@@ -408,11 +408,15 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
         ),
         ("invalid base64", "!!!.???.***".to_owned()),
     ];
-    for (what, token) in hostile {
+    // /orders has scopes (the payload in metadata), /audit none (the header only).
+    for ((what, token), path) in hostile
+        .into_iter()
+        .flat_map(|h| [(h.clone(), "/orders"), (h, "/audit")])
+    {
         let answer = envoy
-            .send("/orders", &[("authorization", &bearer(token))])
+            .send(path, &[("authorization", &bearer(token))])
             .await;
-        assert_eq!(answer.status, 401, "{what}");
+        assert_eq!(answer.status, 401, "{what} on {path}");
         assert_eq!(answer.body["error"], "invalid_token", "{what}");
         assert_eq!(
             answer.headers["www-authenticate"],

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use gatehouse_proto::{hcm, matcher, rbac, rbac_filter, to_any};
 
 use super::{
-    HEADER, INVALID_TOKEN_POLICY, JWT_FILTER, PAYLOAD, RBAC_FILTER, TOKEN_CHECKS_FILTER,
-    envoy_issuers, exact,
+    INVALID_TOKEN_POLICY, JWT_FILTER, PAYLOAD, RBAC_FILTER, TOKEN_CHECKS_FILTER, envoy_issuers,
+    exact, header_key,
 };
 use crate::model::ConfigState;
 
@@ -103,32 +103,35 @@ pub(super) fn per_route(
 
 /// Refuses, as ext-authz does, tokens with `crit` entries (Envoy ignores
 /// them; we understand none) and tokens whose `alg` their issuer does not
-/// allow (Envoy accepts any algorithm the issuer's keys are for).
+/// allow (Envoy accepts any algorithm the issuer's keys are for). Each
+/// issuer's provider writes the token's header under its own key, so the
+/// key present names the issuer that verified the token.
 pub(super) fn token_checks(state: &ConfigState) -> rbac_filter::RbacPerRoute {
     use matcher::value_matcher::MatchPattern;
-    let allowed: Vec<rbac::Principal> = envoy_issuers(state)
-        .map(|issuer| {
-            let algorithms = issuer
+    let mut invalid = Vec::new();
+    let mut allowed = Vec::new();
+    for issuer in envoy_issuers(state) {
+        let key = header_key(&issuer.name);
+        invalid.push(payload_principal(jwt_metadata(
+            &[&key, "crit"],
+            MatchPattern::PresentMatch(true),
+        )));
+        allowed.push(any_of(
+            issuer
                 .algorithms
                 .iter()
-                .map(|a| string_is(&[HEADER, "alg"], a.as_str()))
-                .collect();
-            all_of(vec![
-                string_is(&[PAYLOAD, "iss"], &issuer.issuer),
-                any_of(algorithms),
-            ])
-        })
-        .collect();
-    let invalid = any_of(vec![
-        payload_principal(jwt_metadata(
-            &[HEADER, "crit"],
-            MatchPattern::PresentMatch(true),
-        )),
-        principal(rbac::principal::Identifier::NotId(Box::new(any_of(
-            allowed,
-        )))),
-    ]);
-    per_route(rbac::rbac::Action::Deny, INVALID_TOKEN_POLICY, invalid)
+                .map(|a| string_is(&[&key, "alg"], a.as_str()))
+                .collect(),
+        ));
+    }
+    invalid.push(principal(rbac::principal::Identifier::NotId(Box::new(
+        any_of(allowed),
+    ))));
+    per_route(
+        rbac::rbac::Action::Deny,
+        INVALID_TOKEN_POLICY,
+        any_of(invalid),
+    )
 }
 
 /// The token grants every one of `scopes` (`scope` split on spaces, or `scp`).
