@@ -23,6 +23,7 @@ mod auth;
 mod broker;
 mod canary;
 mod exact;
+mod instructions;
 mod load;
 mod observability;
 mod quota;
@@ -120,6 +121,13 @@ enum Command {
     /// (ext-authz + ratelimit-service on Redis) beside the same configuration
     /// served by the zero-work fixtures, and the two mixes between them.
     ExactPath(Slices),
+    /// Envoy's instructions per request under callgrind (valgrind), route
+    /// by route: public, quota policy, JWT verified in Envoy, JWT + quota.
+    EnvoyInstructions {
+        /// Sequential requests counted per route.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+    },
     /// Canary rollouts: promote → every node, and the analysis' detection
     /// delay for a canary failing 20 % of requests.
     Canary {
@@ -291,6 +299,7 @@ async fn run(command: Command) {
         Command::Canary { envoys, rounds } => canary::run(envoys, rounds).await,
         Command::Tls(s) => tls::run(s.seconds, s.rounds, s.connections).await,
         Command::ExactPath(s) => exact::run(s.seconds, s.rounds, s.connections).await,
+        Command::EnvoyInstructions { requests } => instructions::run(requests).await,
         Command::Broker {
             subscribers,
             messages,
