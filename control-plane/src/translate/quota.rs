@@ -77,12 +77,19 @@ pub fn apply(r: &Route, envoy: &mut route::Route, policy: Option<&RateLimitPolic
             },
         )),
     };
+    // The route's name only for a policy counting by route: every header
+    // set here is work on each request (set, matched, removed).
+    let by_route = policy
+        .by
+        .iter()
+        .any(|b| CountBy::parse(b) == Some(CountBy::Route));
+    let mut headers = vec![(QUOTA_HEADER, policy.name.as_str())];
+    if by_route {
+        headers.push((QUOTA_ROUTE_HEADER, r.name.as_str()));
+    }
     let per_route = header_mutation::HeaderMutationPerRoute {
         mutations: Some(header_mutation::Mutations {
-            request_mutations: vec![
-                set(QUOTA_HEADER, &policy.name),
-                set(QUOTA_ROUTE_HEADER, &r.name),
-            ],
+            request_mutations: headers.iter().map(|(k, v)| set(k, v)).collect(),
             ..Default::default()
         }),
     };
@@ -91,7 +98,7 @@ pub fn apply(r: &Route, envoy: &mut route::Route, policy: Option<&RateLimitPolic
         .insert(HEADER_MUTATION_FILTER.into(), to_any(&per_route));
     envoy
         .request_headers_to_remove
-        .extend([QUOTA_HEADER.to_owned(), QUOTA_ROUTE_HEADER.to_owned()]);
+        .extend(headers.iter().map(|(k, _)| (*k).to_owned()));
 }
 
 /// The header mutation filter: nothing of its own, per-route settings only.
@@ -296,5 +303,52 @@ fn bucket_settings(p: &RateLimitPolicy) -> quota_filter::RateLimitQuotaBucketSet
                 ),
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use prost::Message;
+
+    use super::*;
+
+    fn headers_set(by: &[&str]) -> (Vec<String>, Vec<String>) {
+        let policy: RateLimitPolicy = serde_json::from_value(serde_json::json!({
+            "name": "q", "limit": {"requests": 100, "per": "minute"}, "by": by,
+            "routes": ["orders"], "enforcement": "quota"}))
+        .unwrap();
+        let route: Route = serde_json::from_value(serde_json::json!({"name": "orders",
+            "match": {"path_prefix": "/"}, "destination": {"service": "s"}}))
+        .unwrap();
+        let mut envoy = route::Route::default();
+        apply(&route, &mut envoy, Some(&policy));
+        let per_route = header_mutation::HeaderMutationPerRoute::decode(
+            envoy.typed_per_filter_config[HEADER_MUTATION_FILTER]
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let set = per_route
+            .mutations
+            .unwrap()
+            .request_mutations
+            .into_iter()
+            .filter_map(|m| match m.action {
+                Some(mutation_rules::header_mutation::Action::Append(h)) => Some(h.header?.key),
+                _ => None,
+            })
+            .collect();
+        (set, envoy.request_headers_to_remove)
+    }
+
+    #[test]
+    fn the_route_is_named_in_a_header_only_for_policies_counting_by_route() {
+        let (set, removed) = headers_set(&["consumer"]);
+        assert_eq!(set, [QUOTA_HEADER]);
+        assert_eq!(removed, [QUOTA_HEADER]);
+        let (set, removed) = headers_set(&["consumer", "route"]);
+        assert_eq!(set, [QUOTA_HEADER, QUOTA_ROUTE_HEADER]);
+        assert_eq!(removed, [QUOTA_HEADER, QUOTA_ROUTE_HEADER]);
     }
 }
