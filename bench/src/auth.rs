@@ -19,7 +19,7 @@ use std::{
 };
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Upstream, XdsVariant, free_port,
+    ControlPlane, Envoy, ExtAuthz, Upstream, free_port,
     tokens::{TestKey, claims, jwks},
 };
 use gatehouse_ext_authz::{
@@ -398,12 +398,10 @@ async fn gateway(
     upstream: &Upstream,
     keys: &[&TestKey],
 ) -> (ControlPlane, Envoy) {
-    let proxy_port = free_port();
-    let mut options = ControlPlaneOptions::new(proxy_port);
-    options.ext_authz_addr = Some(authz);
-    let cp = ControlPlane::start(options).await;
-    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
-    cp.apply("/v1/services/up", upstream.service("up")).await;
+    let (cp, envoy) = crate::gateway_with(upstream, |options| {
+        options.ext_authz_addr = Some(authz);
+    })
+    .await;
     cp.apply("/v1/consumers/bench", json!({"plan": "pro"}))
         .await;
     cp.apply(

@@ -11,8 +11,7 @@
 use std::net::SocketAddr;
 
 use gatehouse_e2e::{
-    ControlPlane, ControlPlaneOptions, Envoy, ExtAuthz, Sidecar, Upstream, XdsVariant, free_port,
-    redis::RedisServer,
+    ControlPlane, Envoy, ExtAuthz, Sidecar, Upstream, free_port, redis::RedisServer,
 };
 use serde_json::json;
 
@@ -28,13 +27,11 @@ const FULL: &str = "Gatehouse ext-authz + Gatehouse RLS on Redis (the exact path
 /// at `authz` and `rls`: /bare, and /key (API key, a per-consumer exact
 /// limit never reached).
 async fn gateway(authz: SocketAddr, rls: SocketAddr, upstream: &Upstream) -> (ControlPlane, Envoy) {
-    let proxy_port = free_port();
-    let mut options = ControlPlaneOptions::new(proxy_port);
-    options.ext_authz_addr = Some(authz);
-    options.ratelimit_addr = Some(rls);
-    let cp = ControlPlane::start(options).await;
-    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
-    cp.apply("/v1/services/up", upstream.service("up")).await;
+    let (cp, envoy) = crate::gateway_with(upstream, |options| {
+        options.ext_authz_addr = Some(authz);
+        options.ratelimit_addr = Some(rls);
+    })
+    .await;
     cp.apply("/v1/consumers/bench", json!({"plan": "pro"}))
         .await;
     cp.apply(

@@ -331,6 +331,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// A control plane (its options set by `configure`) and an Envoy it drives
+/// over SotW, with `upstream` as the service `up`.
+pub(crate) async fn gateway_with(
+    upstream: &Upstream,
+    configure: impl FnOnce(&mut ControlPlaneOptions),
+) -> (ControlPlane, Envoy) {
+    let proxy_port = free_port();
+    let mut options = ControlPlaneOptions::new(proxy_port);
+    configure(&mut options);
+    let cp = ControlPlane::start(options).await;
+    let envoy = Envoy::start(cp.xds, proxy_port, XdsVariant::StateOfTheWorld).await;
+    cp.apply("/v1/services/up", upstream.service("up")).await;
+    (cp, envoy)
+}
+
 /// A statically configured Envoy (for Envoy's own filters, compared with
 /// ours under the same settings): one listener on `proxy_port` in front of
 /// `upstream`, with `routes` before the catch-all route and `filters`

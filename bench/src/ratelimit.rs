@@ -266,17 +266,10 @@ async fn gateway_enforcing(
     enforcement: &str,
 ) -> (gatehouse_e2e::ControlPlane, gatehouse_e2e::Envoy) {
     use serde_json::json;
-    let proxy_port = gatehouse_e2e::free_port();
-    let mut options = gatehouse_e2e::ControlPlaneOptions::new(proxy_port);
-    options.ratelimit_addr = Some(rls);
-    let cp = gatehouse_e2e::ControlPlane::start(options).await;
-    let envoy = gatehouse_e2e::Envoy::start(
-        cp.xds,
-        proxy_port,
-        gatehouse_e2e::XdsVariant::StateOfTheWorld,
-    )
+    let (cp, envoy) = crate::gateway_with(upstream, |options| {
+        options.ratelimit_addr = Some(rls);
+    })
     .await;
-    cp.apply("/v1/services/up", upstream.service("up")).await;
     for name in ["bare", "limited"] {
         cp.apply(
             &format!("/v1/routes/{name}"),
