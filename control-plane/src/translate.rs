@@ -364,6 +364,43 @@ pub(crate) fn details_start_with(prefix: &str) -> gatehouse_proto::accesslog::Ac
     cel(format!("response.code_details.startsWith('{prefix}')"))
 }
 
+/// Local replies Envoy marked with its response `flag` (`RL`, `UO`, …).
+pub(crate) fn response_flag(flag: &str) -> gatehouse_proto::accesslog::AccessLogFilter {
+    use gatehouse_proto::accesslog::{self, access_log_filter::FilterSpecifier};
+    accesslog::AccessLogFilter {
+        filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
+            accesslog::ResponseFlagFilter {
+                flags: vec![flag.into()],
+            },
+        )),
+    }
+}
+
+/// A local-reply mapper giving the local replies `filter` selects the JSON
+/// body `{"error": code, "message": message}` (the shape of ext-authz's
+/// refusals), keeping their status and headers.
+pub(crate) fn json_reply(
+    filter: gatehouse_proto::accesslog::AccessLogFilter,
+    code: &str,
+    message: &str,
+) -> gatehouse_proto::hcm::ResponseMapper {
+    use core::{data_source::Specifier, substitution_format_string::Format};
+    gatehouse_proto::hcm::ResponseMapper {
+        filter: Some(filter),
+        body_format_override: Some(core::SubstitutionFormatString {
+            format: Some(Format::TextFormatSource(core::DataSource {
+                specifier: Some(Specifier::InlineString(
+                    serde_json::json!({"error": code, "message": message}).to_string(),
+                )),
+                ..Default::default()
+            })),
+            content_type: "application/json".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Requests (or local replies) for which the CEL `expression` holds.
 pub(crate) fn cel(expression: String) -> gatehouse_proto::accesslog::AccessLogFilter {
     use accesslog::{access_log_filter::FilterSpecifier, extension_filter::ConfigType};

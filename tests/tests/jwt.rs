@@ -413,9 +413,7 @@ async fn jwts_verified_in_envoy_without_ext_authz() {
         .into_iter()
         .flat_map(|h| [(h.clone(), "/orders"), (h, "/audit")])
     {
-        let answer = envoy
-            .send(path, &[("authorization", &bearer(token))])
-            .await;
+        let answer = envoy.send(path, &[("authorization", &bearer(token))]).await;
         assert_eq!(answer.status, 401, "{what} on {path}");
         assert_eq!(answer.body["error"], "invalid_token", "{what}");
         assert_eq!(

@@ -99,6 +99,9 @@ async fn per_consumer_limits_answer_429_with_ratelimit_headers() {
     let limited = g.envoy.send("/orders", &[("x-api-key", &alice)]).await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    // The JSON body of ext-authz's refusals (and of a quota policy's 429).
+    assert_eq!(limited.header("content-type"), Some("application/json"));
+    assert_eq!(limited.body["error"], "rate_limited");
     let retry: u64 = limited
         .header("retry-after")
         .expect("retry-after")

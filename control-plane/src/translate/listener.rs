@@ -74,6 +74,7 @@ pub fn http_connection_manager(
             let mut replies = jwt::local_replies();
             replies.mappers.insert(0, version::sunset_reply());
             replies.mappers.extend(resilience::overload_replies());
+            replies.mappers.push(ratelimit::rate_limited_reply());
             replies
         }),
         upgrade_configs: websocket::upgrade_configs(),

@@ -269,11 +269,8 @@ fn bucket_settings(p: &RateLimitPolicy) -> quota_filter::RateLimitQuotaBucketSet
             .filter_map(|b| CountBy::parse(b))
             .map(|b| key_part(&b)),
     );
-    let body = serde_json::json!({
-        "error": "rate_limited",
-        "message": "too many requests",
-    })
-    .to_string();
+    let (error, message) = super::ratelimit::RATE_LIMITED;
+    let body = serde_json::json!({"error": error, "message": message}).to_string();
     quota_filter::RateLimitQuotaBucketSettings {
         bucket_id_builder: Some(settings::BucketIdBuilder {
             bucket_id_builder: parts.into_iter().collect(),

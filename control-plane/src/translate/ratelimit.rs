@@ -31,6 +31,16 @@ use crate::{
 pub const RATELIMIT_CLUSTER: &str = "gatehouse_ratelimit";
 pub const RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
 
+/// The body of every 429 for a rate limit, exact or quota: the shape of
+/// ext-authz's refusals.
+pub const RATE_LIMITED: (&str, &str) = ("rate_limited", "too many requests");
+
+/// The exact mode's 429 (the rate limit filter's local reply, flagged `RL`)
+/// with the JSON body; its `RateLimit-*` and `Retry-After` headers stay.
+pub fn rate_limited_reply() -> hcm::ResponseMapper {
+    super::json_reply(super::response_flag("RL"), RATE_LIMITED.0, RATE_LIMITED.1)
+}
+
 /// Where Envoy reaches ratelimit-service and how it treats failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitSettings {

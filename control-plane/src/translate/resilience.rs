@@ -4,7 +4,7 @@
 //! circuit breakers for both priority classes, always set (the documented
 //! defaults, not Envoy's 1,024).
 
-use gatehouse_proto::{accesslog, cluster, core, hcm, http_types, protobuf};
+use gatehouse_proto::{cluster, core, hcm, http_types, protobuf};
 
 use super::{details_start_with, duration_ms, shedding::SHED_DETAILS};
 use crate::model::{
@@ -51,19 +51,9 @@ pub fn protect(service: &Service, c: &mut cluster::Cluster) {
 /// (`shedding.rs`), as JSON with `Retry-After`, so clients back off instead
 /// of hammering.
 pub fn overload_replies() -> Vec<hcm::ResponseMapper> {
-    use accesslog::access_log_filter::FilterSpecifier;
-    use core::{data_source::Specifier, substitution_format_string::Format};
-
-    let flag = |flag: &str| accesslog::AccessLogFilter {
-        filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(
-            accesslog::ResponseFlagFilter {
-                flags: vec![flag.into()],
-            },
-        )),
-    };
     [
         (
-            flag("UO"),
+            super::response_flag("UO"),
             "overloaded",
             "the service is at capacity; retry later",
         ),
@@ -73,26 +63,15 @@ pub fn overload_replies() -> Vec<hcm::ResponseMapper> {
             "the gateway is shedding best-effort traffic; retry later",
         ),
         (
-            flag("UH"),
+            super::response_flag("UH"),
             "unavailable",
             "the service has no healthy endpoint; retry later",
         ),
     ]
     .into_iter()
     .map(|(filter, code, message)| hcm::ResponseMapper {
-        filter: Some(filter),
-        body_format_override: Some(core::SubstitutionFormatString {
-            format: Some(Format::TextFormatSource(core::DataSource {
-                specifier: Some(Specifier::InlineString(
-                    serde_json::json!({"error": code, "message": message}).to_string(),
-                )),
-                ..Default::default()
-            })),
-            content_type: "application/json".into(),
-            ..Default::default()
-        }),
         headers_to_add: vec![super::set_header("retry-after", "1".into())],
-        ..Default::default()
+        ..super::json_reply(filter, code, message)
     })
     .collect()
 }
