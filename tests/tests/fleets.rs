@@ -12,10 +12,7 @@ use gatehouse_e2e::{
 use serde_json::{Value, json};
 
 async fn status(port: u16, path: &str) -> u16 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let client = gatehouse_e2e::client();
     probe(&client, &format!("http://127.0.0.1:{port}{path}"))
         .await
         .0

@@ -53,10 +53,7 @@ async fn json_and_grpc_web_reach_a_real_grpc_server() {
     g.cp.until_converged(version).await;
     g.cp.assert_no_nacks().await;
 
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = gatehouse_e2e::client();
     let post = |body: &'static str| {
         http.post(g.envoy.url("/grpc.health.v1.Health/Check"))
             .header("content-type", "application/json")

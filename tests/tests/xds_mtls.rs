@@ -93,10 +93,7 @@ async fn every_xds_client_presents_a_certificate_naming_its_node() {
     )
     .await;
     cp.until_converged(version).await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = gatehouse_e2e::client();
     eventually(Duration::from_secs(10), "Envoy to serve", || async {
         probe(&http, &envoy.url("/")).await.0 == 200
     })
