@@ -351,6 +351,20 @@ pub(crate) fn json_content_type() -> core::HeaderValueOption {
     }
 }
 
+/// Switches on, for one route, an HTTP filter that is off by default and
+/// has nothing to configure there: Envoy reads a `FilterConfig` whose
+/// `config` is present but empty as "enabled here" (an absent one is
+/// refused). Filters with a per-route configuration are switched on by it.
+pub(crate) fn enable_filter(envoy: &mut gatehouse_proto::route::Route, filter: &str) {
+    let enabled = gatehouse_proto::route::FilterConfig {
+        config: Some(protobuf::Any::default()),
+        ..Default::default()
+    };
+    envoy
+        .typed_per_filter_config
+        .insert(filter.into(), to_any(&enabled));
+}
+
 pub(crate) fn duration_ms(ms: u32) -> protobuf::Duration {
     protobuf::Duration {
         seconds: i64::from(ms / 1000),

@@ -6,7 +6,7 @@
 //! any `google.api.http` mappings the descriptors declare) and gRPC errors
 //! turned into HTTP statuses.
 
-use gatehouse_proto::{grpc_json_transcoder as transcoder, grpc_web, hcm, protobuf, route, to_any};
+use gatehouse_proto::{grpc_json_transcoder as transcoder, grpc_web, hcm, route, to_any};
 
 use crate::model::{ConfigState, Route};
 
@@ -50,13 +50,7 @@ pub fn filters() -> [hcm::HttpFilter; 2] {
 pub fn apply(r: &Route, state: &ConfigState, envoy: &mut route::Route) {
     let Some(grpc) = &r.grpc else { return };
     if grpc.web {
-        let enabled = route::FilterConfig {
-            config: Some(protobuf::Any::default()),
-            ..Default::default()
-        };
-        envoy
-            .typed_per_filter_config
-            .insert(GRPC_WEB_FILTER.into(), to_any(&enabled));
+        super::enable_filter(envoy, GRPC_WEB_FILTER);
     }
     let Some(api) = grpc.transcode.as_ref().and_then(|a| state.grpc_apis.get(a)) else {
         return;

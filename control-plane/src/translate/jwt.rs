@@ -16,8 +16,9 @@
 //!   spaces, `scp` may be a list; 403). The payload stays out of metadata
 //!   otherwise: Envoy copies all of a request's metadata into its usage log
 //!   entry, which made a JWT route cost a third more than a plain one.
-//! - The filters are always in the chain, so an Envoy whose listener is
-//!   still being replaced refuses (never skips) a requirement it lacks.
+//! - The filters are always in the chain (off until a route's per-route
+//!   configuration switches them on), so an Envoy whose listener is still
+//!   being replaced refuses (never skips) a requirement it lacks.
 //! - The `jwt_authn` configuration is an ECDS resource named after the
 //!   filter: issuer and key changes update it without replacing listeners.
 //! - Denials: 401 `missing_credentials` / `invalid_token`, 403

@@ -96,6 +96,7 @@ pub fn apply(r: &Route, envoy: &mut route::Route, policy: Option<&RateLimitPolic
     envoy
         .typed_per_filter_config
         .insert(HEADER_MUTATION_FILTER.into(), to_any(&per_route));
+    super::enable_filter(envoy, QUOTA_FILTER);
     envoy
         .request_headers_to_remove
         .extend(headers.iter().map(|(k, _)| (*k).to_owned()));

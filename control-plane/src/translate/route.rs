@@ -77,8 +77,12 @@ fn virtual_host(
                 // Refused before translation when there are two.
                 let quota_policy = quota::route_policy(r, context.state).ok().flatten();
                 quota::apply(r, &mut envoy, quota_policy);
+                let rate_limits = ratelimit::route_rate_limits(r, context.state);
+                if !rate_limits.is_empty() {
+                    super::enable_filter(&mut envoy, ratelimit::RATELIMIT_FILTER);
+                }
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
-                    action.rate_limits = ratelimit::route_rate_limits(r, context.state);
+                    action.rate_limits = rate_limits;
                     retry::apply(r, action);
                     let services: Vec<_> = r
                         .destination
@@ -310,6 +314,59 @@ mod tests {
             names(default),
             ["exact", "regex", "prefix-long", "get-only", "prefix-short"]
         );
+    }
+
+    #[test]
+    fn routes_switch_on_only_the_filters_they_use() {
+        let mut state = ConfigState::default();
+        for (name, enforcement) in [("exact", "exact"), ("quota", "quota")] {
+            let policy: crate::model::ratelimit::RateLimitPolicy = serde_json::from_value(json!({
+                "name": name, "limit": {"requests": 10, "per": "minute"}, "by": ["client_ip"],
+                "routes": [name], "enforcement": enforcement}))
+            .expect("policy");
+            state.rate_limit_policies.insert(name.into(), policy);
+        }
+        let routes = ["public", "exact", "quota"].map(|name| {
+            route(
+                json!({"name": name, "match": {"path_prefix": format!("/{name}")},
+                         "destination": {"service": "s"}}),
+            )
+        });
+        let refs: Vec<&Route> = routes.iter().collect();
+        let config = route_configuration(
+            &refs,
+            &RouteContext {
+                spoofable: Vec::new(),
+                state: &state,
+            },
+        );
+        let switched_on = |name: &str| {
+            let r = config.virtual_hosts[0]
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .expect("route");
+            let mut filters: Vec<&str> = r
+                .typed_per_filter_config
+                .keys()
+                .map(String::as_str)
+                .collect();
+            filters.sort_unstable();
+            filters
+        };
+        assert!(switched_on("public").is_empty());
+        assert_eq!(switched_on("exact"), [ratelimit::RATELIMIT_FILTER]);
+        assert_eq!(
+            switched_on("quota"),
+            [quota::HEADER_MUTATION_FILTER, quota::QUOTA_FILTER]
+        );
+
+        // Every listener's filters are off until a route switches them on.
+        let manager = super::super::http_connection_manager(&Default::default(), "t");
+        let (router, others) = manager.http_filters.split_last().expect("filters");
+        assert_eq!(router.name, "envoy.filters.http.router");
+        assert!(!router.disabled);
+        assert!(others.iter().all(|f| f.disabled), "{others:?}");
     }
 
     #[test]

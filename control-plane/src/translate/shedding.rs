@@ -71,18 +71,10 @@ pub fn shedding_filter(settings: &SheddingSettings) -> hcm::HttpFilter {
     }
 }
 
-/// Switches the filter on for a route that asks to be shed first: Envoy
-/// reads a `FilterConfig` whose `config` is present but empty as "enabled
-/// here" (an absent one is refused).
+/// Switches the filter on for a route that asks to be shed first.
 pub fn apply(r: &Route, envoy: &mut route::Route) {
     if r.load_shedding {
-        let enabled = route::FilterConfig {
-            config: Some(protobuf::Any::default()),
-            ..Default::default()
-        };
-        envoy
-            .typed_per_filter_config
-            .insert(SHEDDING_FILTER.into(), to_any(&enabled));
+        super::enable_filter(envoy, SHEDDING_FILTER);
     }
 }
 
