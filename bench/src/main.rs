@@ -356,19 +356,25 @@ fn static_envoy(
     routes: &str,
     filters: &str,
 ) -> String {
+    static_bootstrap(
+        &[static_listener(proxy_port, routes, filters)],
+        upstream,
+        "",
+    )
+}
+
+/// One listener of [`static_bootstrap`]: on `port`, `routes` before the
+/// catch-all route to `upstream`, `filters` before the router.
+fn static_listener(port: u16, routes: &str, filters: &str) -> String {
     format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {proxy_port}}}}}
+        r#"  - name: http-{port}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static
+          stat_prefix: static_{port}
           use_remote_address: true
           normalize_path: true
           merge_slashes: true
@@ -383,14 +389,31 @@ static_resources:
 {filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
+"#
+    )
+}
+
+/// A static Envoy: `listeners` ([`static_listener`]), the `upstream`
+/// cluster and `clusters` (YAML list items, already indented).
+fn static_bootstrap(
+    listeners: &[String],
+    upstream: std::net::SocketAddr,
+    clusters: &str,
+) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+{listeners}  clusters:
   - name: upstream
     type: STATIC
     connect_timeout: 1s
     load_assignment:
       cluster_name: upstream
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
-"#,
+{clusters}"#,
+        listeners = listeners.concat(),
         upstream_port = upstream.port()
     )
 }
