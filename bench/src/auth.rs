@@ -49,8 +49,8 @@ use crate::{
     us,
 };
 
-const ISS: &str = "https://idp.bench/";
-const AUD: &str = "bench-api";
+pub(crate) const ISS: &str = "https://idp.bench/";
+pub(crate) const AUD: &str = "bench-api";
 const KEY: &str =
     "gk_0123456789ab_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -372,7 +372,24 @@ pub(crate) async fn start_noop(with_identity: bool) -> (SocketAddr, tokio::proce
 
 /// Envoy with `jwt_authn` (and no ext_authz), statically configured.
 fn jwt_authn_bootstrap(proxy_port: u16, upstream: SocketAddr, jwks: &str) -> String {
-    let filter = format!(
+    crate::static_envoy(
+        proxy_port,
+        upstream,
+        "",
+        &jwt_authn_filter(jwks, "/jwt", None),
+    )
+}
+
+/// Envoy's `jwt_authn` (YAML, indented for [`crate::static_listener`]):
+/// the bench issuer's tokens required under `prefix`, cached, and the
+/// `sub` claim copied to `claim_header` when given.
+pub(crate) fn jwt_authn_filter(jwks: &str, prefix: &str, claim_header: Option<&str>) -> String {
+    let claim = claim_header.map_or(String::new(), |header| {
+        format!(
+            "                  claim_to_headers: [{{header_name: {header}, claim_name: sub}}]\n"
+        )
+    });
+    format!(
         r#"          - name: envoy.filters.http.jwt_authn
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
@@ -382,12 +399,11 @@ fn jwt_authn_bootstrap(proxy_port: u16, upstream: SocketAddr, jwks: &str) -> Str
                   audiences: ["{AUD}"]
                   local_jwks: {{inline_string: '{jwks}'}}
                   jwt_cache_config: {{jwt_cache_size: 1000}}
-              rules:
-              - match: {{prefix: "/jwt"}}
+{claim}              rules:
+              - match: {{prefix: "{prefix}"}}
                 requires: {{provider_name: bench}}
 "#
-    );
-    crate::static_envoy(proxy_port, upstream, "", &filter)
+    )
 }
 
 /// A control plane and Envoy whose ext_authz cluster points at `authz`,

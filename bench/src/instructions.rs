@@ -24,8 +24,7 @@ use gatehouse_e2e::{
 };
 use serde_json::json;
 
-const ISS: &str = "https://idp.bench/";
-const AUD: &str = "bench-api";
+use crate::auth::{AUD, ISS};
 
 /// The Envoy executable itself: the project's venv holds a Python launcher
 /// (`.venv/bin/envoy`) in front of the binary valgrind must run.
@@ -169,22 +168,7 @@ fn floor_bootstrap(
 ) -> String {
     use gatehouse_proto::ratelimit::{DOMAIN, descriptor as d};
     let consumer_header = gatehouse_control_plane::translate::auth::IDENTITY_HEADERS[0];
-    let jwt = format!(
-        r#"          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                bench:
-                  issuer: "{ISS}"
-                  audiences: ["{AUD}"]
-                  local_jwks: {{inline_string: '{jwks}'}}
-                  jwt_cache_config: {{jwt_cache_size: 1000}}
-                  claim_to_headers: [{{header_name: {consumer_header}, claim_name: sub}}]
-              rules:
-              - match: {{prefix: "/"}}
-                requires: {{provider_name: bench}}
-"#
-    );
+    let jwt = crate::auth::jwt_authn_filter(jwks, "/", Some(consumer_header));
     let quota = |policy: &str, key: &str, input: &str| {
         format!(
             r#"          - name: envoy.filters.http.rate_limit_quota
