@@ -390,6 +390,12 @@ pub(crate) fn response_flag(flag: &str) -> gatehouse_proto::accesslog::AccessLog
     }
 }
 
+/// `{"error": code, "message": message}`: the shape of ext-authz's refusals,
+/// which every error Envoy answers by itself takes.
+pub(crate) fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": code, "message": message}).to_string()
+}
+
 /// A local-reply mapper giving the local replies `filter` selects the JSON
 /// body `{"error": code, "message": message}` (the shape of ext-authz's
 /// refusals), keeping their status and headers.
@@ -403,9 +409,7 @@ pub(crate) fn json_reply(
         filter: Some(filter),
         body_format_override: Some(core::SubstitutionFormatString {
             format: Some(Format::TextFormatSource(core::DataSource {
-                specifier: Some(Specifier::InlineString(
-                    serde_json::json!({"error": code, "message": message}).to_string(),
-                )),
+                specifier: Some(Specifier::InlineString(error_body(code, message))),
                 ..Default::default()
             })),
             content_type: "application/json".into(),

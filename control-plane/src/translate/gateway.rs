@@ -195,7 +195,7 @@ pub fn tls_refusal(envoy: &route::Route) -> route::Route {
         )),
         ..Default::default()
     });
-    let body = r#"{"error":"tls_required","message":"this route is served over HTTPS only"}"#;
+    let body = super::error_body("tls_required", "this route is served over HTTPS only");
     route::Route {
         name: format!("{}_tls_required", envoy.name),
         r#match: Some(matched),
@@ -203,7 +203,7 @@ pub fn tls_refusal(envoy: &route::Route) -> route::Route {
             route::DirectResponseAction {
                 status: 403,
                 body: Some(core::DataSource {
-                    specifier: Some(core::data_source::Specifier::InlineString(body.into())),
+                    specifier: Some(core::data_source::Specifier::InlineString(body)),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -271,7 +271,7 @@ fn bucket_settings(p: &RateLimitPolicy) -> quota_filter::RateLimitQuotaBucketSet
             .map(|b| key_part(&b)),
     );
     let (error, message) = super::ratelimit::RATE_LIMITED;
-    let body = serde_json::json!({"error": error, "message": message}).to_string();
+    let body = super::error_body(error, message);
     quota_filter::RateLimitQuotaBucketSettings {
         bucket_id_builder: Some(settings::BucketIdBuilder {
             bucket_id_builder: parts.into_iter().collect(),

@@ -157,6 +157,19 @@ fn action(part: &CountBy, route: &str, jwt_in_envoy: bool) -> Action {
     }
 }
 
+/// Gives a route its exact policies' descriptors and switches the rate
+/// limit filter on for it (only routes with limits pay for the filter).
+pub fn apply(r: &Route, state: &ConfigState, envoy: &mut route::Route) {
+    let rate_limits = route_rate_limits(r, state);
+    if rate_limits.is_empty() {
+        return;
+    }
+    if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
+        action.rate_limits = rate_limits;
+        super::enable_filter(envoy, RATELIMIT_FILTER);
+    }
+}
+
 /// The `rate_limits` of one route: its policies, then the plan quota.
 pub fn route_rate_limits(r: &Route, state: &ConfigState) -> Vec<route::RateLimit> {
     use gatehouse_proto::ratelimit::descriptor as d;

@@ -77,12 +77,8 @@ fn virtual_host(
                 // Refused before translation when there are two.
                 let quota_policy = quota::route_policy(r, context.state).ok().flatten();
                 quota::apply(r, &mut envoy, quota_policy);
-                let rate_limits = ratelimit::route_rate_limits(r, context.state);
-                if !rate_limits.is_empty() {
-                    super::enable_filter(&mut envoy, ratelimit::RATELIMIT_FILTER);
-                }
+                ratelimit::apply(r, context.state, &mut envoy);
                 if let Some(route::route::Action::Route(action)) = envoy.action.as_mut() {
-                    action.rate_limits = rate_limits;
                     retry::apply(r, action);
                     let services: Vec<_> = r
                         .destination

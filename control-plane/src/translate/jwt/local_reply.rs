@@ -1,7 +1,7 @@
 //! Local replies: `jwt_authn`'s and RBAC's refusals rewritten into
 //! ext-authz's JSON errors and `WWW-Authenticate` challenges.
 
-use gatehouse_proto::{accesslog, core, hcm, protobuf};
+use gatehouse_proto::{accesslog, hcm, protobuf};
 
 use super::super::details_start_with;
 use super::{INVALID_TOKEN_POLICY, JWT_DENIED, RBAC_DENIED, ROUTE_METADATA, SCOPE_KEY};
@@ -13,24 +13,13 @@ pub(super) fn answer(
     message: &str,
     challenge: &str,
 ) -> hcm::ResponseMapper {
-    use core::{data_source::Specifier, substitution_format_string::Format};
-    let body = serde_json::json!({"error": code, "message": message}).to_string();
     hcm::ResponseMapper {
-        filter: Some(filter),
         status_code: status.map(|value| protobuf::UInt32Value { value }),
-        body_format_override: Some(core::SubstitutionFormatString {
-            format: Some(Format::TextFormatSource(core::DataSource {
-                specifier: Some(Specifier::InlineString(body)),
-                ..Default::default()
-            })),
-            content_type: "application/json".into(),
-            ..Default::default()
-        }),
         headers_to_add: vec![super::super::set_header(
             "www-authenticate",
             challenge.into(),
         )],
-        ..Default::default()
+        ..super::super::json_reply(filter, code, message)
     }
 }
 
