@@ -426,17 +426,15 @@ async fn gateway(
     )
     .await;
     for (name, auth) in [
-        ("bare", json!(null)),
-        ("key", json!({"method": "api_key"})),
-        ("jwt", json!({"method": "jwt"})),
-        ("envoyjwt", json!({"method": "jwt", "verify_in": "envoy"})),
+        ("bare", None),
+        ("key", Some(json!({"method": "api_key"}))),
+        ("jwt", Some(json!({"method": "jwt"}))),
+        (
+            "envoyjwt",
+            Some(json!({"method": "jwt", "verify_in": "envoy"})),
+        ),
     ] {
-        let mut route =
-            json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}});
-        if !auth.is_null() {
-            route["auth"] = auth;
-        }
-        cp.apply(&format!("/v1/routes/{name}"), route).await;
+        crate::route_to_up(&cp, name, auth).await;
     }
     (cp, envoy)
 }
@@ -470,14 +468,8 @@ pub async fn run(settings: Settings) {
     )
     .await;
     let ext = ExtAuthz::start(cp.xds, ext_port, &[]).await;
-    let created: serde_json::Value = cp
-        .post("/v1/consumers/bench/keys", json!({}))
-        .await
-        .json()
-        .await
-        .expect("key");
-    let key = created["key"].as_str().expect("key").to_owned();
-    let key_headers = vec![("x-api-key".to_owned(), key.clone())];
+    let key_headers = vec![crate::bench_key_header(&cp).await];
+    let key = key_headers[0].1.clone();
     let jwt_headers = vec![("authorization".to_owned(), bearer(&token))];
     until_ok(&envoy.url("/key"), &key_headers).await;
     until_ok(&envoy.url("/jwt"), &jwt_headers).await;

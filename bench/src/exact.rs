@@ -34,17 +34,8 @@ async fn gateway(authz: SocketAddr, rls: SocketAddr, upstream: &Upstream) -> (Co
     .await;
     cp.apply("/v1/consumers/bench", json!({"plan": "pro"}))
         .await;
-    cp.apply(
-        "/v1/routes/bare",
-        json!({"match": {"path_prefix": "/bare"}, "destination": {"service": "up"}}),
-    )
-    .await;
-    cp.apply(
-        "/v1/routes/key",
-        json!({"match": {"path_prefix": "/key"}, "destination": {"service": "up"},
-               "auth": {"method": "api_key"}}),
-    )
-    .await;
+    crate::route_to_up(&cp, "bare", None).await;
+    crate::route_to_up(&cp, "key", Some(json!({"method": "api_key"}))).await;
     cp.apply(
         "/v1/rate-limit-policies/per-consumer",
         json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["consumer"],
@@ -64,14 +55,7 @@ pub async fn run(seconds: u64, rounds: usize, connections: u32) {
     let authz = ExtAuthz::start(cp.xds, authz_addr.port(), &[]).await;
     let url = format!("--redis-url={}", redis.url());
     let rls = Sidecar::ratelimit(cp.xds, rls_addr.port(), &[&url]).await;
-    let created: serde_json::Value = cp
-        .post("/v1/consumers/bench/keys", json!({}))
-        .await
-        .json()
-        .await
-        .expect("key");
-    let key = created["key"].as_str().expect("key").to_owned();
-    let headers = vec![("x-api-key".to_owned(), key)];
+    let headers = vec![crate::bench_key_header(&cp).await];
 
     let (noop_authz, noop_authz_process) = crate::auth::start_noop(true).await;
     let (noop_rls, noop_rls_process) = crate::ratelimit::start_noop_rls(true).await;

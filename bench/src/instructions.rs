@@ -257,12 +257,7 @@ pub async fn run(requests: usize) {
         ("scoped", Some(&scoped)),
         ("jwtq", Some(&jwt)),
     ] {
-        let mut route =
-            json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}});
-        if let Some(auth) = auth {
-            route["auth"] = auth.clone();
-        }
-        cp.apply(&format!("/v1/routes/{name}"), route).await;
+        crate::route_to_up(&cp, name, auth.cloned()).await;
     }
     for (name, by, route) in [
         ("per-ip", "client_ip", "limited"),

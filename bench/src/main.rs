@@ -331,6 +331,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Applies route `name`: `/{name}` to the service `up`, under `auth` when
+/// given.
+pub(crate) async fn route_to_up(cp: &ControlPlane, name: &str, auth: Option<serde_json::Value>) {
+    let mut route = serde_json::json!({"match": {"path_prefix": format!("/{name}")},
+                                       "destination": {"service": "up"}});
+    if let Some(auth) = auth {
+        route["auth"] = auth;
+    }
+    cp.apply(&format!("/v1/routes/{name}"), route).await;
+}
+
+/// A new API key of the consumer `bench`, as the request header carrying it.
+pub(crate) async fn bench_key_header(cp: &ControlPlane) -> (String, String) {
+    let created: serde_json::Value = cp
+        .post("/v1/consumers/bench/keys", serde_json::json!({}))
+        .await
+        .json()
+        .await
+        .expect("key");
+    let key = created["key"].as_str().expect("key").to_owned();
+    ("x-api-key".to_owned(), key)
+}
+
 /// A control plane (its options set by `configure`) and an Envoy it drives
 /// over SotW, with `upstream` as the service `up`.
 pub(crate) async fn gateway_with(

@@ -271,11 +271,7 @@ async fn gateway_enforcing(
     })
     .await;
     for name in ["bare", "limited"] {
-        cp.apply(
-            &format!("/v1/routes/{name}"),
-            json!({"match": {"path_prefix": format!("/{name}")}, "destination": {"service": "up"}}),
-        )
-        .await;
+        crate::route_to_up(&cp, name, None).await;
     }
     cp.apply(
         "/v1/rate-limit-policies/per-ip",
@@ -293,27 +289,23 @@ async fn gateway_enforcing(
 async fn jwt_quota_route(cp: &gatehouse_e2e::ControlPlane) -> crate::auth::Headers {
     use gatehouse_e2e::tokens::{TestKey, claims, jwks};
     use serde_json::json;
-    const ISS: &str = "https://idp.bench/";
-    const AUD: &str = "bench-api";
+
+    use crate::auth::{AUD, ISS};
     let key = TestKey::rsa("rs");
     cp.apply(
         "/v1/jwt-issuers/idp",
         json!({"issuer": ISS, "jwks": jwks(&[&key]), "algorithms": ["RS256"], "audiences": [AUD]}),
     )
     .await;
-    cp.apply(
-        "/v1/routes/jwtq",
-        json!({"match": {"path_prefix": "/jwtq"}, "destination": {"service": "up"},
-               "auth": {"method": "jwt", "verify_in": "envoy"}}),
-    )
-    .await;
-    // The same JWT route without a limit: what the JWT alone costs.
-    cp.apply(
-        "/v1/routes/jwtonly",
-        json!({"match": {"path_prefix": "/jwtonly"}, "destination": {"service": "up"},
-               "auth": {"method": "jwt", "verify_in": "envoy"}}),
-    )
-    .await;
+    // And the same JWT route without a limit: what the JWT alone costs.
+    for name in ["jwtq", "jwtonly"] {
+        crate::route_to_up(
+            cp,
+            name,
+            Some(json!({"method": "jwt", "verify_in": "envoy"})),
+        )
+        .await;
+    }
     cp.apply(
         "/v1/rate-limit-policies/per-consumer",
         json!({"limit": {"requests": 1_000_000_000, "per": "second"}, "by": ["consumer"],
