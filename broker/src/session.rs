@@ -21,7 +21,10 @@ use std::{
 };
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -38,6 +41,8 @@ const COMMANDS_PER_SECOND: f64 = 20.0;
 const COMMAND_BURST: f64 = 50.0;
 /// Longest wait for a client to take a frame.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for each half of a closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -84,6 +89,7 @@ struct Session {
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
 
 /// Writes a frame; false when the client is gone or takes too long.
 async fn send(sink: &mut Sink, message: Message) -> bool {
@@ -93,12 +99,29 @@ async fn send(sink: &mut Sink, message: Message) -> bool {
     )
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
+/// Closes with `code` and finishes the closing handshake: what the client
+/// sent before it saw our Close is read and dropped until its own Close
+/// (or [`CLOSE_WAIT`]). A socket closed with unread input is reset, and a
+/// reset can lose the Close frame on its way to the client.
+async fn close(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &'static str) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: reason.into(),
     }));
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+    if !matches!(
+        tokio::time::timeout(CLOSE_WAIT, sink.send(frame)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn error(topic: &str, error: &str) -> String {
@@ -210,7 +233,7 @@ pub async fn run(
     socket: WebSocket,
     broker: Arc<Broker>,
     who: Identity,
-    _slot: Slot,
+    slot: Slot,
     first: Option<(String, Option<String>)>,
 ) {
     let metrics = broker.metrics.clone();
@@ -226,6 +249,8 @@ pub async fn run(
     let (mut sink, mut stream) = socket.split();
     let reason = serve(&mut session, &mut sink, &mut stream, &outbox, first).await;
     session.end();
+    // The connection's slot is free before its end is counted.
+    drop(slot);
     metrics.connections.dec();
     metrics
         .disconnects
@@ -236,7 +261,7 @@ pub async fn run(
 async fn serve(
     session: &mut Session,
     sink: &mut Sink,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut Stream,
     outbox: &Outbox,
     first: Option<(String, Option<String>)>,
 ) -> &'static str {
@@ -257,7 +282,7 @@ async fn serve(
     loop {
         tokio::select! {
             () = broker.going_away.cancelled() => {
-                close(sink, 1001, "going away").await;
+                close(sink, stream, 1001, "going away").await;
                 return "going_away";
             }
             taken = outbox.take() => match taken {
@@ -271,7 +296,7 @@ async fn serve(
                     }
                 }
                 Err(Closing::SlowConsumer) => {
-                    close(sink, 4000, "slow consumer: queue full").await;
+                    close(sink, stream, 4000, "slow consumer: queue full").await;
                     return "slow_consumer";
                 }
             },
@@ -291,11 +316,11 @@ async fn serve(
                 match message {
                     Message::Text(text) => {
                         if text.len() > MAX_COMMAND_BYTES {
-                            close(sink, 1009, "command too big").await;
+                            close(sink, stream, 1009, "command too big").await;
                             return "protocol";
                         }
                         if !budget.take() {
-                            close(sink, 1008, "too many commands").await;
+                            close(sink, stream, 1008, "too many commands").await;
                             return "flood";
                         }
                         let reply = session.command(&text).await;
@@ -304,7 +329,7 @@ async fn serve(
                         }
                     }
                     Message::Binary(_) => {
-                        close(sink, 1003, "commands are JSON text").await;
+                        close(sink, stream, 1003, "commands are JSON text").await;
                         return "protocol";
                     }
                     Message::Close(_) => return "client",
