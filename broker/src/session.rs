@@ -93,8 +93,13 @@ type Stream = SplitStream<WebSocket>;
 
 /// Writes a frame; false when the client is gone or takes too long.
 async fn send(sink: &mut Sink, message: Message) -> bool {
+    send_within(sink, message, WRITE_TIMEOUT).await
+}
+
+/// Writes a frame within `wait`; false when the client is gone or slower.
+async fn send_within(sink: &mut Sink, message: Message, wait: Duration) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await,
+        tokio::time::timeout(wait, sink.send(message)).await,
         Ok(Ok(()))
     )
 }
@@ -108,10 +113,7 @@ async fn close(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &'static
         code,
         reason: reason.into(),
     }));
-    if !matches!(
-        tokio::time::timeout(CLOSE_WAIT, sink.send(frame)).await,
-        Ok(Ok(()))
-    ) {
+    if !send_within(sink, frame, CLOSE_WAIT).await {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
